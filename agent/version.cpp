@@ -1,0 +1,7 @@
+#include "agent/version.hpp"
+
+namespace wrenn::agent {
+
+std::string_view version() { return WRENN_VERSION; }
+
+}  // namespace wrenn::agent

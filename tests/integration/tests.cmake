@@ -1,0 +1,2 @@
+# One line per group of kernel tests; see wrenn_kernel_test in ../CMakeLists.txt.
+wrenn_kernel_test(NAME "harness" TAGS "[harness]")
