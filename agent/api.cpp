@@ -1,0 +1,356 @@
+#include "agent/api.hpp"
+
+#include <boost/beast/http/field.hpp>
+#include <boost/beast/http/status.hpp>
+#include <boost/beast/http/verb.hpp>
+#include <boost/json.hpp>
+#include <memory>
+#include <string_view>
+
+namespace wrenn::agent {
+
+namespace http = boost::beast::http;
+namespace json = boost::json;
+
+namespace {
+
+HttpResponse make_response(const HttpRequest& request, unsigned status, std::string body,
+                           std::string_view content_type = "application/json") {
+    HttpResponse res{static_cast<http::status>(status), request.version()};
+    res.set(http::field::server, "wrenn-agent");
+    res.set(http::field::content_type, content_type);
+    res.keep_alive(request.keep_alive());
+    res.body() = std::move(body);
+    res.prepare_payload();
+    return res;
+}
+
+HttpResponse json_response(const HttpRequest& request, unsigned status, const json::value& value) {
+    return make_response(request, status, json::serialize(value) + "\n");
+}
+
+HttpResponse failure_response(const HttpRequest& request, const Failure& f) {
+    return json_error(request, failure_http_status(f.kind), failure_code(f.kind), f.error.message());
+}
+
+// Parses a JSON object body and refuses fields it does not know, naming them. An empty body
+// counts as {} for operations whose fields are all optional.
+struct Body {
+    json::object object;
+    std::optional<std::string> problem;
+};
+
+Body parse_body(const HttpRequest& request, std::initializer_list<std::string_view> known,
+                bool allow_empty) {
+    Body body;
+    if (request.body().empty()) {
+        if (!allow_empty) {
+            body.problem = "the request needs a JSON object body";
+        }
+        return body;
+    }
+    boost::system::error_code ec;
+    json::value value = json::parse(request.body(), ec);
+    if (ec) {
+        body.problem = "the body is not valid JSON: " + ec.message();
+        return body;
+    }
+    if (!value.is_object()) {
+        body.problem = "the body must be a JSON object";
+        return body;
+    }
+    body.object = std::move(value.as_object());
+    for (const auto& field : body.object) {
+        bool ok = false;
+        for (auto k : known) {
+            ok = ok || field.key() == k;
+        }
+        if (!ok) {
+            body.problem = "unknown field '" + std::string(field.key()) + "'";
+            return body;
+        }
+    }
+    return body;
+}
+
+// Reads an optional string field; sets problem when it is there but not a string.
+std::optional<std::string> string_field(const json::object& obj, std::string_view key,
+                                        std::optional<std::string>& problem) {
+    const auto* v = obj.if_contains(key);
+    if (v == nullptr || v->is_null()) {
+        return std::nullopt;
+    }
+    if (!v->is_string()) {
+        problem = "field '" + std::string(key) + "' must be a string";
+        return std::nullopt;
+    }
+    return std::string(v->as_string());
+}
+
+std::string_view strip_query(std::string_view target) {
+    return target.substr(0, target.find('?'));
+}
+
+std::vector<std::string_view> split_path(std::string_view path) {
+    std::vector<std::string_view> parts;
+    std::size_t pos = 0;
+    while (pos < path.size()) {
+        if (path[pos] == '/') {
+            ++pos;
+            continue;
+        }
+        auto end = path.find('/', pos);
+        if (end == std::string_view::npos) {
+            end = path.size();
+        }
+        parts.push_back(path.substr(pos, end - pos));
+        pos = end;
+    }
+    return parts;
+}
+
+json::object health_json(const KernelSupport& k) {
+    auto part = [](bool ok, const std::string& reason) {
+        json::object o{{"usable", ok}};
+        if (!ok) {
+            o["reason"] = reason;
+        }
+        return o;
+    };
+    return json::object{{"status", k.device_mapper && k.loop ? "ok" : "unavailable"},
+                        {"device_mapper", part(k.device_mapper, k.device_mapper_reason)},
+                        {"loop", part(k.loop, k.loop_reason)},
+                        {"tcmu", part(k.tcmu, k.tcmu_reason)}};
+}
+
+json::object template_json(const TemplateInfo& t) {
+    return json::object{{"name", t.name},
+                        {"path", t.path},
+                        {"size_bytes", t.size_bytes},
+                        {"sandboxes", t.sandboxes}};
+}
+
+}  // namespace
+
+HttpResponse json_error(const HttpRequest& request, unsigned status, std::string_view code,
+                        std::string_view message) {
+    json::object body{{"error", json::object{{"code", code}, {"message", message}}}};
+    return json_response(request, status, body);
+}
+
+Api::Api(SandboxManager& manager, Platform& platform, Metrics& metrics)
+    : manager_(manager), platform_(platform), metrics_(metrics) {}
+
+void Api::handle(HttpRequest&& request_in, Respond respond) {
+    // The request outlives this call: answers may come from the worker pool.
+    auto request = std::make_shared<HttpRequest>(std::move(request_in));
+    const auto& req = *request;
+    const auto parts = split_path(strip_query(req.target()));
+    const http::verb verb = req.method();
+
+    auto method_not_allowed = [&](std::string_view allow) {
+        HttpResponse res = json_error(req, 405, "method_not_allowed",
+                                      std::string(req.method_string()) + " is not allowed on " +
+                                          std::string(strip_query(req.target())) + " (allowed: " +
+                                          std::string(allow) + ")");
+        res.set(http::field::allow, allow);
+        respond(std::move(res));
+    };
+    auto bad_request = [&](std::string_view message) {
+        respond(json_error(req, 400, "invalid_request", message));
+    };
+    auto answer_sandbox = [request, respond](unsigned status) {
+        return [request, respond, status](Outcome<Sandbox> outcome) {
+            if (!outcome) {
+                respond(failure_response(*request, outcome.failure()));
+                return;
+            }
+            respond(json_response(*request, status, api_view(outcome.value())));
+        };
+    };
+
+    if (parts.size() == 1 && parts[0] == "healthz") {
+        if (verb != http::verb::get) {
+            return method_not_allowed("GET");
+        }
+        const KernelSupport support = platform_.support();
+        const bool ok = support.device_mapper && support.loop;
+        return respond(json_response(req, ok ? 200 : 503, health_json(support)));
+    }
+    if (parts.size() == 1 && parts[0] == "metrics") {
+        if (verb != http::verb::get) {
+            return method_not_allowed("GET");
+        }
+        Metrics::Gauges gauges;
+        gauges.sandboxes_by_state = manager_.count_by_state();
+        const auto counts = platform_.attached_origins();
+        gauges.loops_attached = counts.loops;
+        gauges.tcmu_origins_attached = counts.tcmu;
+        return respond(make_response(req, 200, metrics_.render(gauges),
+                                     "text/plain; version=0.0.4; charset=utf-8"));
+    }
+    if (parts.size() == 1 && parts[0] == "templates") {
+        if (verb != http::verb::get) {
+            return method_not_allowed("GET");
+        }
+        return manager_.list_templates([request, respond](Outcome<std::vector<TemplateInfo>> out) {
+            if (!out) {
+                return respond(failure_response(*request, out.failure()));
+            }
+            json::array list;
+            for (const auto& t : out.value()) {
+                list.push_back(template_json(t));
+            }
+            respond(json_response(*request, 200, json::object{{"templates", std::move(list)}}));
+        });
+    }
+    if (parts.empty() || parts[0] != "sandboxes" || parts.size() > 3) {
+        return respond(json_error(req, 404, "not_found",
+                                  "no route " + std::string(strip_query(req.target())) +
+                                      " (see docs/api.md)"));
+    }
+
+    if (parts.size() == 1) {
+        if (verb == http::verb::get) {
+            json::array list;
+            for (const auto& sb : manager_.list()) {
+                list.push_back(api_view(sb));
+            }
+            return respond(json_response(req, 200, json::object{{"sandboxes", std::move(list)}}));
+        }
+        if (verb != http::verb::post) {
+            return method_not_allowed("GET, POST");
+        }
+        Body body = parse_body(req, {"id", "template", "origin"}, false);
+        if (body.problem) {
+            return bad_request(*body.problem);
+        }
+        CreateRequest create;
+        std::optional<std::string> problem;
+        create.id = string_field(body.object, "id", problem).value_or("");
+        auto template_name = string_field(body.object, "template", problem);
+        if (problem) {
+            return bad_request(*problem);
+        }
+        if (!create.id.empty() && !is_valid_name(create.id)) {
+            return bad_request("field 'id' must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
+        }
+        const auto* origin = body.object.if_contains("origin");
+        if (origin != nullptr && !origin->is_null()) {
+            if (template_name) {
+                return bad_request("give either 'template' or 'origin', not both");
+            }
+            if (!origin->is_object()) {
+                return bad_request("field 'origin' must be an object");
+            }
+            const auto& o = origin->as_object();
+            for (const auto& field : o) {
+                const auto k = field.key();
+                if (k != "type" && k != "config" && k != "handler" && k != "size_bytes") {
+                    return bad_request("unknown field 'origin." + std::string(k) + "'");
+                }
+            }
+            auto type = string_field(o, "type", problem);
+            auto config = string_field(o, "config", problem);
+            auto handler = string_field(o, "handler", problem);
+            if (problem) {
+                return bad_request(*problem);
+            }
+            if (type.value_or("") != "tcmu") {
+                return bad_request("field 'origin.type' must be \"tcmu\" (for a template, give 'template')");
+            }
+            if (!config || config->empty() || (*config)[0] != '/') {
+                return bad_request("field 'origin.config' must be an absolute path to the backstore's config");
+            }
+            OriginSpec spec{OriginSpec::Type::Tcmu, *config, handler.value_or("overlaybd"), std::nullopt};
+            if (spec.handler.empty() || spec.handler.find('/') != std::string::npos) {
+                return bad_request("field 'origin.handler' must be a handler name like \"overlaybd\"");
+            }
+            if (const auto* size = o.if_contains("size_bytes"); size != nullptr && !size->is_null()) {
+                if (size->is_uint64() && size->as_uint64() > 0) {
+                    spec.size_bytes = size->as_uint64();
+                } else if (size->is_int64() && size->as_int64() > 0) {
+                    spec.size_bytes = static_cast<std::uint64_t>(size->as_int64());
+                } else {
+                    return bad_request("field 'origin.size_bytes' must be a positive integer");
+                }
+            }
+            create.tcmu_origin = std::move(spec);
+        } else {
+            if (!template_name) {
+                return bad_request("field 'template' is required (or 'origin' for a TCMU origin)");
+            }
+            if (!is_valid_name(*template_name)) {
+                return bad_request("field 'template' must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
+            }
+            create.template_name = *template_name;
+        }
+        return manager_.create(std::move(create), answer_sandbox(201));
+    }
+
+    const std::string id(parts[1]);
+    if (!is_valid_name(id)) {
+        return bad_request("sandbox id in the path must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
+    }
+    if (parts.size() == 2) {
+        if (verb == http::verb::get) {
+            return manager_.get_live(id, answer_sandbox(200));
+        }
+        if (verb == http::verb::delete_) {
+            return manager_.destroy(id, [request, respond](Outcome<Done> out) {
+                if (!out) {
+                    return respond(failure_response(*request, out.failure()));
+                }
+                HttpResponse res{http::status::no_content, request->version()};
+                res.set(http::field::server, "wrenn-agent");
+                res.keep_alive(request->keep_alive());
+                res.prepare_payload();
+                respond(std::move(res));
+            });
+        }
+        return method_not_allowed("GET, DELETE");
+    }
+
+    const std::string_view action = parts[2];
+    if (action != "pause" && action != "resume" && action != "flatten") {
+        return respond(json_error(req, 404, "not_found",
+                                  "no route " + std::string(strip_query(req.target())) +
+                                      " (actions: pause, resume, flatten)"));
+    }
+    if (verb != http::verb::post) {
+        return method_not_allowed("POST");
+    }
+    if (action == "pause" || action == "resume") {
+        Body body = parse_body(req, {}, true);
+        if (body.problem) {
+            return bad_request(*body.problem);
+        }
+        if (action == "pause") {
+            return manager_.pause(id, answer_sandbox(200));
+        }
+        return manager_.resume(id, answer_sandbox(200));
+    }
+    Body body = parse_body(req, {"template"}, false);
+    if (body.problem) {
+        return bad_request(*body.problem);
+    }
+    std::optional<std::string> problem;
+    auto name = string_field(body.object, "template", problem);
+    if (problem) {
+        return bad_request(*problem);
+    }
+    if (!name || !is_valid_name(*name)) {
+        return bad_request("field 'template' is required and must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
+    }
+    manager_.flatten(id, *name, [request, respond](Outcome<TemplateInfo> out) {
+        if (!out) {
+            return respond(failure_response(*request, out.failure()));
+        }
+        respond(json_response(*request, 201,
+                              json::object{{"template", out->name},
+                                           {"path", out->path},
+                                           {"size_bytes", out->size_bytes}}));
+    });
+}
+
+}  // namespace wrenn::agent

@@ -1,0 +1,34 @@
+#pragma once
+
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <functional>
+
+#include "agent/metrics.hpp"
+#include "agent/sandbox_manager.hpp"
+
+namespace wrenn::agent {
+
+using HttpRequest = boost::beast::http::request<boost::beast::http::string_body>;
+using HttpResponse = boost::beast::http::response<boost::beast::http::string_body>;
+using Respond = std::function<void(HttpResponse)>;
+
+// The HTTP API's routes, apart from any transport: parses and validates the request, hands the
+// work to the SandboxManager (which runs kernel work on its pool) and answers through
+// `respond`, exactly once, possibly from another thread. Tests call handle() directly.
+class Api {
+public:
+    Api(SandboxManager& manager, Platform& platform, Metrics& metrics);
+    void handle(HttpRequest&& request, Respond respond);
+
+private:
+    SandboxManager& manager_;
+    Platform& platform_;
+    Metrics& metrics_;
+};
+
+// {"error": {"code": ..., "message": ...}} with the given status.
+HttpResponse json_error(const HttpRequest& request, unsigned status, std::string_view code,
+                        std::string_view message);
+
+}  // namespace wrenn::agent

@@ -1,0 +1,60 @@
+#pragma once
+
+#include <cassert>
+#include <string_view>
+#include <utility>
+#include <variant>
+
+#include "common/error.hpp"
+
+namespace wrenn::agent {
+
+// Why an agent operation failed, as the API reports it. The Error says what happened in words;
+// the kind says what the client can do about it (and picks the HTTP status and error code).
+enum class FailureKind {
+    InvalidRequest,    // 400 invalid_request
+    NotFound,          // 404 not_found
+    TemplateNotFound,  // 404 template_not_found
+    AlreadyExists,     // 409 already_exists
+    TemplateExists,    // 409 template_exists
+    InvalidState,      // 409 invalid_state
+    DeviceBusy,        // 409 device_busy
+    SnapshotInvalid,   // 409 snapshot_invalid
+    Unavailable,       // 503 unavailable
+    Internal,          // 500 internal
+};
+
+std::string_view failure_code(FailureKind kind);
+unsigned failure_http_status(FailureKind kind);
+
+struct Failure {
+    FailureKind kind;
+    Error error;
+};
+
+inline Failure failure(FailureKind kind, std::string action, int code = 0, std::string detail = {}) {
+    return Failure{kind, Error(std::move(action), code, std::move(detail))};
+}
+
+// A value or a Failure: what every SandboxManager operation returns.
+template <class T>
+class [[nodiscard]] Outcome {
+public:
+    Outcome(T value) : v_(std::in_place_index<0>, std::move(value)) {}  // NOLINT: implicit by design
+    Outcome(Failure f) : v_(std::in_place_index<1>, std::move(f)) {}   // NOLINT
+
+    [[nodiscard]] bool ok() const noexcept { return v_.index() == 0; }
+    explicit operator bool() const noexcept { return ok(); }
+    T& value() & { assert(ok()); return std::get<0>(v_); }
+    const T& value() const& { assert(ok()); return std::get<0>(v_); }
+    T* operator->() { return &value(); }
+    const T* operator->() const { return &value(); }
+    const Failure& failure() const& { assert(!ok()); return std::get<1>(v_); }
+
+private:
+    std::variant<T, Failure> v_;
+};
+
+struct Done {};  // the value of an operation that returns nothing (destroy)
+
+}  // namespace wrenn::agent

@@ -1,0 +1,73 @@
+#include "agent/metrics.hpp"
+
+#include <cstdio>
+
+namespace wrenn::agent {
+
+void Metrics::observe(std::string_view op, std::chrono::duration<double> seconds,
+                      std::string_view code) {
+    const double s = seconds.count();
+    std::lock_guard lock(mu_);
+    auto it = durations_.find(op);
+    if (it == durations_.end()) {
+        it = durations_.emplace(std::string(op), Histogram{}).first;
+    }
+    Histogram& h = it->second;
+    for (std::size_t i = 0; i < kBuckets.size(); ++i) {
+        if (s <= kBuckets[i]) {
+            ++h.buckets[i];
+        }
+    }
+    ++h.count;
+    h.sum += s;
+    if (code != "ok") {
+        ++errors_[{std::string(op), std::string(code)}];
+    }
+}
+
+std::string Metrics::render(const Gauges& gauges) const {
+    std::string out;
+    char line[256];
+    out += "# HELP wrenn_sandboxes Sandboxes by state.\n# TYPE wrenn_sandboxes gauge\n";
+    for (const char* state : {"running", "paused"}) {
+        auto it = gauges.sandboxes_by_state.find(state);
+        std::snprintf(line, sizeof line, "wrenn_sandboxes{state=\"%s\"} %zu\n", state,
+                      it == gauges.sandboxes_by_state.end() ? 0 : it->second);
+        out += line;
+    }
+    out += "# HELP wrenn_loops_attached Template loop devices held by the agent.\n"
+           "# TYPE wrenn_loops_attached gauge\n";
+    out += "wrenn_loops_attached " + std::to_string(gauges.loops_attached) + "\n";
+    out += "# HELP wrenn_tcmu_origins_attached TCMU origins held by the agent.\n"
+           "# TYPE wrenn_tcmu_origins_attached gauge\n";
+    out += "wrenn_tcmu_origins_attached " + std::to_string(gauges.tcmu_origins_attached) + "\n";
+
+    std::lock_guard lock(mu_);
+    out += "# HELP wrenn_operation_duration_seconds Duration of sandbox operations.\n"
+           "# TYPE wrenn_operation_duration_seconds histogram\n";
+    for (const auto& [op, h] : durations_) {
+        for (std::size_t i = 0; i < kBuckets.size(); ++i) {
+            std::snprintf(line, sizeof line,
+                          "wrenn_operation_duration_seconds_bucket{op=\"%s\",le=\"%g\"} %llu\n",
+                          op.c_str(), kBuckets[i], static_cast<unsigned long long>(h.buckets[i]));
+            out += line;
+        }
+        std::snprintf(line, sizeof line,
+                      "wrenn_operation_duration_seconds_bucket{op=\"%s\",le=\"+Inf\"} %llu\n"
+                      "wrenn_operation_duration_seconds_sum{op=\"%s\"} %.6f\n"
+                      "wrenn_operation_duration_seconds_count{op=\"%s\"} %llu\n",
+                      op.c_str(), static_cast<unsigned long long>(h.count), op.c_str(), h.sum,
+                      op.c_str(), static_cast<unsigned long long>(h.count));
+        out += line;
+    }
+    out += "# HELP wrenn_operation_errors_total Failed operations by error code.\n"
+           "# TYPE wrenn_operation_errors_total counter\n";
+    for (const auto& [key, n] : errors_) {
+        std::snprintf(line, sizeof line, "wrenn_operation_errors_total{op=\"%s\",code=\"%s\"} %llu\n",
+                      key.first.c_str(), key.second.c_str(), static_cast<unsigned long long>(n));
+        out += line;
+    }
+    return out;
+}
+
+}  // namespace wrenn::agent

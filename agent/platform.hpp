@@ -1,0 +1,96 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "agent/sandbox.hpp"
+#include "common/result.hpp"
+
+namespace wrenn::agent {
+
+// What the running kernel offers; a missing piece comes with the reason, for /healthz.
+struct KernelSupport {
+    bool device_mapper = false;
+    bool loop = false;
+    bool tcmu = false;
+    std::string device_mapper_reason;
+    std::string loop_reason;
+    std::string tcmu_reason;
+};
+
+struct AttachedOrigin {
+    std::string device;  // "/dev/loop3", "/dev/sda"
+    std::uint64_t size_bytes = 0;
+};
+
+struct SnapshotInfo {
+    bool exists = false;
+    int open_count = 0;
+};
+
+struct SnapshotUsage {
+    enum class State { Active, Invalid, Overflow, Other };
+    State state = State::Active;
+    std::uint64_t allocated_bytes = 0;
+    std::uint64_t total_bytes = 0;
+};
+
+struct FlattenResult {
+    std::uint64_t size_bytes = 0;
+    std::size_t chunks_applied = 0;
+    std::string method;
+};
+
+// The kernel as the sandbox lifecycle sees it. LinuxPlatform composes loop/, dm/, tcmu/ and
+// flatten/; the unit tests use a fake. Every call may block: callers run them on the worker
+// pool, never on the io_context.
+class Platform {
+public:
+    virtual ~Platform() = default;
+
+    // Cheap: answered from what the platform learned at start (no kernel call per request).
+    virtual KernelSupport support() = 0;
+
+    struct OriginCounts {
+        std::size_t loops = 0;
+        std::size_t tcmu = 0;
+    };
+    virtual OriginCounts attached_origins() = 0;
+
+    // Shared origins, reference-counted by OriginSpec::key(): the first acquire attaches (or
+    // finds again, after a restart), the last release lets go.
+    virtual Result<AttachedOrigin> acquire_origin(const OriginSpec& origin) = 0;
+    virtual void release_origin(const OriginSpec& origin) = 0;
+
+    // Attaches the CoW file on a read-write loop and creates the persistent snapshot `name`
+    // over origin + CoW. Returns the device path, which exists on return. The CoW loop lives
+    // exactly as long as the snapshot holds it (autoclear), so nothing leaks on failure or crash.
+    virtual Result<std::string> create_snapshot(const std::string& id, const std::string& origin_device,
+                                                std::uint64_t origin_bytes,
+                                                const std::string& cow_path) = 0;
+    // Removes the snapshot device, with a bounded retry while it is busy; never deferred.
+    // EBUSY: still held open (detail has the open count); ENXIO: there is no such device.
+    virtual Result<void> remove_snapshot(const std::string& id) = 0;
+    virtual Result<std::optional<SnapshotInfo>> snapshot_info(const std::string& id) = 0;
+    virtual Result<SnapshotUsage> snapshot_usage(const std::string& id) = 0;
+    // Ids of every wrenn- snapshot device in the kernel.
+    virtual Result<std::vector<std::string>> list_snapshots() = 0;
+
+    // Checks that a paused CoW can be used again: errno 0 with SnapshotInvalid semantics is
+    // reported through `invalid` (the kernel marked the store invalid); other problems as Error.
+    virtual Result<bool> cow_store_valid(const std::string& cow_path, std::uint64_t origin_bytes) = 0;
+
+    // Writes a standalone image of origin + CoW to `out` (never overwriting it).
+    virtual Result<FlattenResult> flatten(const std::string& origin, const std::string& cow_path,
+                                          const std::string& out) = 0;
+
+    // Boot-time cleanup: let go of loops whose backing file is under `dir`, and of TCMU
+    // devices we attached. Returns how many were released.
+    virtual Result<std::size_t> release_loops_under(const std::string& dir) = 0;
+    virtual Result<std::size_t> detach_tcmu_origins() = 0;
+};
+
+}  // namespace wrenn::agent

@@ -1,0 +1,194 @@
+#include "agent/sandbox.hpp"
+
+#include <boost/json.hpp>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+
+namespace wrenn::agent {
+
+namespace json = boost::json;
+
+std::string_view to_string(SandboxState state) {
+    return state == SandboxState::Running ? "running" : "paused";
+}
+
+std::string OriginSpec::key() const { return (type == Type::Loop ? "loop:" : "tcmu:") + path; }
+
+namespace {
+
+json::object origin_to_json(const OriginSpec& origin, const std::string& device) {
+    json::object out;
+    out["type"] = origin.type == OriginSpec::Type::Loop ? "loop" : "tcmu";
+    if (origin.type == OriginSpec::Type::Tcmu) {
+        out["config"] = origin.path;
+        out["handler"] = origin.handler;
+        if (origin.size_bytes) {
+            out["size_bytes"] = *origin.size_bytes;
+        }
+    } else {
+        out["image"] = origin.path;
+    }
+    out["device"] = device.empty() ? json::value(nullptr) : json::value(device);
+    return out;
+}
+
+Error bad_record(std::string detail) { return Error("read sandbox record", 0, std::move(detail)); }
+
+Result<std::string> get_string(const json::object& obj, std::string_view key) {
+    const auto* v = obj.if_contains(key);
+    if (v == nullptr || !v->is_string()) {
+        return bad_record("field '" + std::string(key) + "' is missing or not a string");
+    }
+    return std::string(v->as_string());
+}
+
+Result<std::uint64_t> get_u64(const json::object& obj, std::string_view key) {
+    const auto* v = obj.if_contains(key);
+    if (v == nullptr) {
+        return bad_record("field '" + std::string(key) + "' is missing");
+    }
+    if (v->is_uint64()) {
+        return v->as_uint64();
+    }
+    if (v->is_int64() && v->as_int64() >= 0) {
+        return static_cast<std::uint64_t>(v->as_int64());
+    }
+    return bad_record("field '" + std::string(key) + "' is not a non-negative integer");
+}
+
+}  // namespace
+
+json::object record_to_json(const Sandbox& s) {
+    json::object out;
+    out["version"] = 1;
+    out["id"] = s.id;
+    out["state"] = to_string(s.state);
+    out["template"] = s.template_name.empty() ? json::value(nullptr) : json::value(s.template_name);
+    out["origin"] = origin_to_json(s.origin, s.origin_device);
+    out["device"] = s.device.empty() ? json::value(nullptr) : json::value(s.device);
+    out["cow"] = json::object{{"path", s.cow_path},
+                              {"size_bytes", s.cow_size_bytes},
+                              {"allocated_bytes", s.cow_allocated_bytes}};
+    out["origin_size_bytes"] = s.origin_size_bytes;
+    out["created_at"] = s.created_at;
+    out["updated_at"] = s.updated_at;
+    out["last_error"] = s.last_error ? json::value(*s.last_error) : json::value(nullptr);
+    return out;
+}
+
+json::object api_view(const Sandbox& s) {
+    json::object out = record_to_json(s);
+    out.erase("version");
+    out.erase("origin_size_bytes");
+    return out;
+}
+
+Result<Sandbox> record_from_json(const json::value& value) {
+    if (!value.is_object()) {
+        return bad_record("not a JSON object");
+    }
+    const auto& obj = value.as_object();
+    Sandbox s;
+    auto id = get_string(obj, "id");
+    if (!id) {
+        return std::move(id).error();
+    }
+    s.id = *id;
+    auto state = get_string(obj, "state");
+    if (!state) {
+        return std::move(state).error();
+    }
+    if (*state == "running") {
+        s.state = SandboxState::Running;
+    } else if (*state == "paused") {
+        s.state = SandboxState::Paused;
+    } else {
+        return bad_record("unknown state '" + *state + "'");
+    }
+    if (const auto* t = obj.if_contains("template"); t != nullptr && t->is_string()) {
+        s.template_name = std::string(t->as_string());
+    }
+    if (const auto* d = obj.if_contains("device"); d != nullptr && d->is_string()) {
+        s.device = std::string(d->as_string());
+    }
+    const auto* origin = obj.if_contains("origin");
+    if (origin == nullptr || !origin->is_object()) {
+        return bad_record("field 'origin' is missing");
+    }
+    const auto& o = origin->as_object();
+    auto type = get_string(o, "type");
+    if (!type) {
+        return std::move(type).error();
+    }
+    if (*type == "loop") {
+        auto image = get_string(o, "image");
+        if (!image) {
+            return std::move(image).error();
+        }
+        s.origin = OriginSpec{OriginSpec::Type::Loop, *image, {}, std::nullopt};
+    } else if (*type == "tcmu") {
+        auto config = get_string(o, "config");
+        auto handler = get_string(o, "handler");
+        if (!config || !handler) {
+            return bad_record("tcmu origin needs 'config' and 'handler'");
+        }
+        s.origin = OriginSpec{OriginSpec::Type::Tcmu, *config, *handler, std::nullopt};
+        if (o.contains("size_bytes")) {
+            auto size = get_u64(o, "size_bytes");
+            if (!size) {
+                return std::move(size).error();
+            }
+            s.origin.size_bytes = *size;
+        }
+    } else {
+        return bad_record("unknown origin type '" + *type + "'");
+    }
+    if (const auto* dev = o.if_contains("device"); dev != nullptr && dev->is_string()) {
+        s.origin_device = std::string(dev->as_string());
+    }
+    const auto* cow = obj.if_contains("cow");
+    if (cow == nullptr || !cow->is_object()) {
+        return bad_record("field 'cow' is missing");
+    }
+    auto cow_path = get_string(cow->as_object(), "path");
+    auto cow_size = get_u64(cow->as_object(), "size_bytes");
+    if (!cow_path || !cow_size) {
+        return bad_record("field 'cow' needs 'path' and 'size_bytes'");
+    }
+    s.cow_path = *cow_path;
+    s.cow_size_bytes = *cow_size;
+    if (auto alloc = get_u64(cow->as_object(), "allocated_bytes")) {
+        s.cow_allocated_bytes = *alloc;
+    }
+    if (auto size = get_u64(obj, "origin_size_bytes")) {
+        s.origin_size_bytes = *size;
+    }
+    if (auto created = get_string(obj, "created_at")) {
+        s.created_at = *created;
+    }
+    if (auto updated = get_string(obj, "updated_at")) {
+        s.updated_at = *updated;
+    }
+    if (const auto* err = obj.if_contains("last_error"); err != nullptr && err->is_string()) {
+        s.last_error = std::string(err->as_string());
+    }
+    return s;
+}
+
+std::string utc_now() {
+    const auto now = std::chrono::system_clock::now();
+    const std::time_t secs = std::chrono::system_clock::to_time_t(now);
+    const auto millis =
+        std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+    std::tm tm{};
+    gmtime_r(&secs, &tm);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                  static_cast<int>(millis));
+    return buf;
+}
+
+}  // namespace wrenn::agent

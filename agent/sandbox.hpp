@@ -1,0 +1,54 @@
+#pragma once
+
+#include <boost/json/value.hpp>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "common/result.hpp"
+
+namespace wrenn::agent {
+
+enum class SandboxState { Running, Paused };
+std::string_view to_string(SandboxState state);
+
+// Where a sandbox's read-only origin comes from: a template image on a shared loop device, or
+// a TCMU block device (overlaybd) shared by every sandbox with the same config.
+struct OriginSpec {
+    enum class Type { Loop, Tcmu };
+    Type type = Type::Loop;
+    std::string path;       // Loop: the template image; Tcmu: the backstore's config file
+    std::string handler;    // Tcmu only: "overlaybd" by default
+    std::optional<std::uint64_t> size_bytes;  // Tcmu only: written as dev_size when set
+
+    // The key by which origins are shared and reference-counted.
+    [[nodiscard]] std::string key() const;
+    bool operator==(const OriginSpec&) const = default;
+};
+
+// Everything the agent knows of one sandbox: what sandbox.json holds, and what the API shows.
+struct Sandbox {
+    std::string id;
+    SandboxState state = SandboxState::Running;
+    std::string template_name;  // empty for a TCMU origin
+    OriginSpec origin;
+    std::string origin_device;  // "/dev/loop3" or "/dev/sda" while running; empty when paused
+    std::string device;         // "/dev/mapper/wrenn-<id>" while running; empty when paused
+    std::string cow_path;
+    std::uint64_t cow_size_bytes = 0;
+    std::uint64_t origin_size_bytes = 0;
+    std::uint64_t cow_allocated_bytes = 0;  // last known: live from dm status while running
+    std::string created_at;
+    std::string updated_at;
+    std::optional<std::string> last_error;
+};
+
+// The record as written to sandbox.json (all fields) and the view the API returns.
+boost::json::object record_to_json(const Sandbox& sandbox);
+Result<Sandbox> record_from_json(const boost::json::value& json);
+boost::json::object api_view(const Sandbox& sandbox);
+
+// "2026-11-21T13:35:27.123Z"
+std::string utc_now();
+
+}  // namespace wrenn::agent

@@ -1,0 +1,731 @@
+#include "agent/sandbox_manager.hpp"
+
+#include <spdlog/spdlog.h>
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <boost/asio/post.hpp>
+#include <algorithm>
+#include <cerrno>
+#include <random>
+#include <set>
+
+#include "dm/snapshot_format.hpp"
+
+namespace wrenn::agent {
+
+namespace asio = boost::asio;
+
+// One sandbox in the table. `record` is guarded by the manager's mutex; everything that
+// changes the kernel or the disk for this sandbox runs on `strand`, one operation at a time.
+struct SandboxManager::Entry {
+    explicit Entry(asio::thread_pool& pool) : strand(asio::make_strand(pool)) {}
+    asio::strand<asio::thread_pool::executor_type> strand;
+    Sandbox record;
+    bool ready = false;        // false while its create is in flight: invisible to reads
+    bool gone = false;         // destroyed (or its create failed): later operations say not found
+    bool origin_held = false;  // we hold a reference on its origin (running, origin acquired)
+};
+
+bool is_valid_name(std::string_view name) { return dm::is_valid_sandbox_id(name); }
+
+namespace {
+
+Failure internal(const Error& error) { return Failure{FailureKind::Internal, error}; }
+
+// What a failed device removal means to the client: held open is something they can fix.
+Failure removal_failure(Error error) {
+    const FailureKind kind =
+        error.code() == EBUSY ? FailureKind::DeviceBusy : FailureKind::Internal;
+    return Failure{kind, std::move(error)};
+}
+
+SnapshotUsage::State usage_state_of(const Result<SnapshotUsage>& usage) {
+    return usage ? usage->state : SnapshotUsage::State::Active;
+}
+
+}  // namespace
+
+SandboxManager::SandboxManager(Platform& platform, StateStore& store, Options options,
+                               asio::thread_pool& workers, Metrics& metrics)
+    : platform_(platform),
+      store_(store),
+      options_(std::move(options)),
+      workers_(workers),
+      metrics_(metrics) {}
+
+SandboxManager::~SandboxManager() {
+    wait_idle();
+    queries_.join();
+}
+
+std::string SandboxManager::template_path(const std::string& name) const {
+    return options_.templates_dir + "/" + name + ".img";
+}
+
+SandboxManager::EntryPtr SandboxManager::find(const std::string& id) const {
+    std::lock_guard lock(mu_);
+    auto it = entries_.find(id);
+    if (it == entries_.end() || !it->second->ready || it->second->gone) {
+        return nullptr;
+    }
+    return it->second;
+}
+
+Sandbox SandboxManager::snapshot_of(const EntryPtr& entry) const {
+    std::lock_guard lock(mu_);
+    return entry->record;
+}
+
+// Writes the record, then makes it the one reads see. On a failed write the in-memory record
+// still moves on: it says what the kernel now has, and the next start repairs the file.
+Result<void> SandboxManager::commit(const EntryPtr& entry, const Sandbox& next) {
+    auto written = store_.write_record(next);
+    std::lock_guard lock(mu_);
+    entry->record = next;
+    return written;
+}
+
+std::optional<Failure> SandboxManager::check_kernel() const {
+    const KernelSupport support = platform_.support();
+    if (!support.device_mapper) {
+        return failure(FailureKind::Unavailable, "device-mapper is not usable", 0,
+                       support.device_mapper_reason);
+    }
+    if (!support.loop) {
+        return failure(FailureKind::Unavailable, "loop devices are not usable", 0,
+                       support.loop_reason);
+    }
+    return std::nullopt;
+}
+
+std::string SandboxManager::make_id() const {
+    static constexpr char kAlphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+    thread_local std::mt19937_64 rng{std::random_device{}()};
+    std::uniform_int_distribution<std::size_t> pick(0, sizeof kAlphabet - 2);
+    std::string id = "sb-";
+    for (int i = 0; i < 10; ++i) {
+        id += kAlphabet[pick(rng)];
+    }
+    return id;
+}
+
+template <class T>
+void SandboxManager::run_on_strand(const EntryPtr& entry, std::string op,
+                                   std::function<Outcome<T>()> fn, Callback<T> done) {
+    {
+        std::lock_guard lock(idle_mu_);
+        ++in_flight_;
+    }
+    const std::string id = entry->record.id;
+    asio::post(entry->strand, [this, entry, id, op = std::move(op), fn = std::move(fn),
+                               done = std::move(done)]() mutable {
+        const auto start = std::chrono::steady_clock::now();
+        Outcome<T> outcome = [&]() -> Outcome<T> {
+            {
+                std::lock_guard lock(mu_);
+                if (entry->gone) {
+                    return failure(FailureKind::NotFound, op + " " + id, 0, "no such sandbox");
+                }
+            }
+            return fn();
+        }();
+        const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+        const std::string code =
+            outcome ? "ok" : std::string(failure_code(outcome.failure().kind));
+        metrics_.observe(op, took, code);
+        if (outcome) {
+            spdlog::info("sandbox={} op={} duration_ms={:.1f} result=ok", id, op,
+                         took.count() * 1000);
+        } else {
+            spdlog::warn("sandbox={} op={} duration_ms={:.1f} result={} error=\"{}\"", id, op,
+                         took.count() * 1000, code, outcome.failure().error.message());
+        }
+        done(std::move(outcome));
+        std::lock_guard lock(idle_mu_);
+        if (--in_flight_ == 0) {
+            idle_cv_.notify_all();
+        }
+    });
+}
+
+// ---- create -------------------------------------------------------------------------------
+
+void SandboxManager::create(CreateRequest request, Callback<Sandbox> done) {
+    if (request.id.empty()) {
+        request.id = make_id();
+    }
+    if (!is_valid_name(request.id)) {
+        done(failure(FailureKind::InvalidRequest, "create sandbox", 0,
+                     "id must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}"));
+        return;
+    }
+    auto entry = std::make_shared<Entry>(workers_);
+    entry->record.id = request.id;
+    {
+        std::lock_guard lock(mu_);
+        if (entries_.count(request.id) != 0) {
+            done(failure(FailureKind::AlreadyExists, "create " + request.id, 0,
+                         "a sandbox with this id exists"));
+            return;
+        }
+        entries_.emplace(request.id, entry);
+    }
+    run_on_strand<Sandbox>(
+        entry, "create",
+        [this, entry, request = std::move(request)] {
+            auto outcome = do_create(entry, request);
+            std::lock_guard lock(mu_);
+            if (outcome) {
+                entry->ready = true;
+            } else {
+                entry->gone = true;
+                entries_.erase(entry->record.id);
+            }
+            return outcome;
+        },
+        std::move(done));
+}
+
+Outcome<Sandbox> SandboxManager::do_create(const EntryPtr& entry, const CreateRequest& request) {
+    const std::string& id = request.id;
+    const std::string what = "create " + id;
+    if (auto missing = check_kernel()) {
+        missing->error = std::move(missing->error).within(what);
+        return *missing;
+    }
+    Sandbox sb;
+    sb.id = id;
+    if (request.tcmu_origin) {
+        sb.origin = *request.tcmu_origin;
+    } else {
+        if (!is_valid_name(request.template_name)) {
+            return failure(FailureKind::InvalidRequest, what, 0,
+                           "template must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
+        }
+        sb.template_name = request.template_name;
+        sb.origin = OriginSpec{OriginSpec::Type::Loop, template_path(request.template_name), {}, {}};
+        struct stat st {};
+        if (::stat(sb.origin.path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+            return failure(FailureKind::TemplateNotFound, what, 0,
+                           "no template '" + request.template_name + "' (looked for " +
+                               sb.origin.path + ")");
+        }
+    }
+
+    auto origin = platform_.acquire_origin(sb.origin);
+    if (!origin) {
+        return internal(std::move(origin).error().within(what));
+    }
+    auto release_origin = [&] { platform_.release_origin(sb.origin); };
+    sb.origin_device = origin->device;
+    sb.origin_size_bytes = origin->size_bytes;
+    sb.cow_path = store_.cow_path(id);
+    sb.cow_size_bytes = dm::cow_size_for_origin(origin->size_bytes);
+
+    if (auto files = store_.create_sandbox_files(id, sb.cow_size_bytes); !files) {
+        release_origin();
+        const FailureKind kind =
+            files.error().code() == EEXIST ? FailureKind::AlreadyExists : FailureKind::Internal;
+        return Failure{kind, std::move(files).error().within(what)};
+    }
+    auto device = platform_.create_snapshot(id, origin->device, origin->size_bytes, sb.cow_path);
+    if (!device) {
+        release_origin();
+        if (auto removed = store_.remove_sandbox(id); !removed) {
+            spdlog::error("sandbox={} op=create cleanup failed: {}", id, removed.error().message());
+        }
+        return internal(std::move(device).error().within(what));
+    }
+    sb.device = *device;
+    sb.state = SandboxState::Running;
+    sb.created_at = sb.updated_at = utc_now();
+
+    // The record is written last: until it exists, a crash leaves an unfinished folder that
+    // the next start removes together with its device.
+    if (auto written = commit(entry, sb); !written) {
+        if (auto removed = platform_.remove_snapshot(id); !removed) {
+            spdlog::error("sandbox={} op=create cleanup failed: {}", id, removed.error().message());
+        }
+        release_origin();
+        (void)store_.remove_sandbox(id);
+        return internal(std::move(written).error().within(what));
+    }
+    std::lock_guard lock(mu_);
+    entry->origin_held = true;
+    return sb;
+}
+
+// ---- pause --------------------------------------------------------------------------------
+
+void SandboxManager::pause(const std::string& id, Callback<Sandbox> done) {
+    auto entry = find(id);
+    if (!entry) {
+        done(failure(FailureKind::NotFound, "pause " + id, 0, "no such sandbox"));
+        return;
+    }
+    run_on_strand<Sandbox>(entry, "pause", [this, entry] { return do_pause(entry); },
+                           std::move(done));
+}
+
+Outcome<Sandbox> SandboxManager::do_pause(const EntryPtr& entry) {
+    Sandbox sb = snapshot_of(entry);
+    const std::string what = "pause " + sb.id;
+    if (sb.state != SandboxState::Running) {
+        return failure(FailureKind::InvalidState, what, 0, "the sandbox is already paused");
+    }
+    // Last look at the usage while the device is there; a snapshot the kernel invalidated is
+    // still paused (its CoW is kept), and resume will refuse it.
+    auto usage = platform_.snapshot_usage(sb.id);
+    if (usage) {
+        sb.cow_allocated_bytes = usage->allocated_bytes;
+    }
+
+    // A failure to remove the device is fatal to the pause: nothing is released, the sandbox
+    // stays running with its device, and the error is kept in its record.
+    if (auto removed = platform_.remove_snapshot(sb.id); !removed && removed.error().code() != ENXIO) {
+        Failure f = removal_failure(std::move(removed).error().within(what));
+        sb.last_error = f.error.message();
+        sb.updated_at = utc_now();
+        if (auto written = commit(entry, sb); !written) {
+            spdlog::error("sandbox={} op=pause: {}", sb.id, written.error().message());
+        }
+        return f;
+    }
+    {
+        std::lock_guard lock(mu_);
+        if (entry->origin_held) {
+            entry->origin_held = false;
+            platform_.release_origin(sb.origin);
+        }
+    }
+    sb.state = SandboxState::Paused;
+    sb.device.clear();
+    sb.origin_device.clear();
+    sb.last_error.reset();
+    if (usage_state_of(usage) == SnapshotUsage::State::Invalid ||
+        usage_state_of(usage) == SnapshotUsage::State::Overflow) {
+        sb.last_error = "the kernel invalidated this snapshot before the pause; it cannot be resumed";
+    }
+    sb.updated_at = utc_now();
+    if (auto written = commit(entry, sb); !written) {
+        return internal(std::move(written).error().within(what + " (the device is removed)"));
+    }
+    return sb;
+}
+
+// ---- resume -------------------------------------------------------------------------------
+
+void SandboxManager::resume(const std::string& id, Callback<Sandbox> done) {
+    auto entry = find(id);
+    if (!entry) {
+        done(failure(FailureKind::NotFound, "resume " + id, 0, "no such sandbox"));
+        return;
+    }
+    run_on_strand<Sandbox>(entry, "resume", [this, entry] { return do_resume(entry); },
+                           std::move(done));
+}
+
+Outcome<Sandbox> SandboxManager::do_resume(const EntryPtr& entry) {
+    Sandbox sb = snapshot_of(entry);
+    const std::string what = "resume " + sb.id;
+    if (sb.state != SandboxState::Paused) {
+        return failure(FailureKind::InvalidState, what, 0, "the sandbox is running");
+    }
+    if (auto missing = check_kernel()) {
+        missing->error = std::move(missing->error).within(what);
+        return *missing;
+    }
+    auto valid = platform_.cow_store_valid(sb.cow_path, sb.origin_size_bytes);
+    if (!valid) {
+        const FailureKind kind =
+            valid.error().code() == 0 ? FailureKind::SnapshotInvalid : FailureKind::Internal;
+        return Failure{kind, std::move(valid).error().within(what)};
+    }
+    if (!*valid) {
+        return failure(FailureKind::SnapshotInvalid, what, 0,
+                       "the kernel marked this CoW invalid (an I/O error or a full CoW); its "
+                       "data cannot be used as a snapshot again");
+    }
+    // A device of the same name is stale (a crash between create and record, or someone
+    // else's): it goes first, so the new one is built over exactly this CoW.
+    auto info = platform_.snapshot_info(sb.id);
+    if (!info) {
+        return internal(std::move(info).error().within(what));
+    }
+    if (info->has_value()) {
+        spdlog::warn("sandbox={} op=resume removing stale device first", sb.id);
+        if (auto removed = platform_.remove_snapshot(sb.id); !removed && removed.error().code() != ENXIO) {
+            return removal_failure(std::move(removed).error().within(what + ": remove stale device"));
+        }
+    }
+    auto origin = platform_.acquire_origin(sb.origin);
+    if (!origin) {
+        return internal(std::move(origin).error().within(what));
+    }
+    if (sb.origin_size_bytes != 0 && origin->size_bytes != sb.origin_size_bytes) {
+        platform_.release_origin(sb.origin);
+        return failure(FailureKind::InvalidState, what, 0,
+                       "the origin is " + std::to_string(origin->size_bytes) +
+                           " bytes now, the sandbox was made over " +
+                           std::to_string(sb.origin_size_bytes) + " bytes; was the template replaced?");
+    }
+    auto device = platform_.create_snapshot(sb.id, origin->device, origin->size_bytes, sb.cow_path);
+    if (!device) {
+        platform_.release_origin(sb.origin);
+        return internal(std::move(device).error().within(what));
+    }
+    sb.state = SandboxState::Running;
+    sb.device = *device;
+    sb.origin_device = origin->device;
+    sb.origin_size_bytes = origin->size_bytes;
+    sb.last_error.reset();
+    sb.updated_at = utc_now();
+    {
+        std::lock_guard lock(mu_);
+        entry->origin_held = true;
+    }
+    if (auto written = commit(entry, sb); !written) {
+        // Running now, but the record says paused: the next start would remove the device as
+        // stale. Say so; the sandbox is usable and the next pause rewrites the record.
+        return internal(std::move(written).error().within(what + " (the device is up)"));
+    }
+    return sb;
+}
+
+// ---- destroy ------------------------------------------------------------------------------
+
+void SandboxManager::destroy(const std::string& id, Callback<Done> done) {
+    auto entry = find(id);
+    if (!entry) {
+        done(failure(FailureKind::NotFound, "destroy " + id, 0, "no such sandbox"));
+        return;
+    }
+    run_on_strand<Done>(entry, "destroy", [this, entry] { return do_destroy(entry); },
+                        std::move(done));
+}
+
+Outcome<Done> SandboxManager::do_destroy(const EntryPtr& entry) {
+    Sandbox sb = snapshot_of(entry);
+    const std::string what = "destroy " + sb.id;
+    // Whatever the record says, a device of this name goes (a paused sandbox may have a stale one).
+    if (auto removed = platform_.remove_snapshot(sb.id); !removed && removed.error().code() != ENXIO) {
+        Failure f = removal_failure(std::move(removed).error().within(what));
+        sb.last_error = f.error.message();
+        sb.updated_at = utc_now();
+        (void)commit(entry, sb);
+        return f;
+    }
+    {
+        std::lock_guard lock(mu_);
+        if (entry->origin_held) {
+            entry->origin_held = false;
+            platform_.release_origin(sb.origin);
+        }
+    }
+    if (auto removed = store_.remove_sandbox(sb.id); !removed) {
+        // The device is gone; the files stay for a retry of the destroy.
+        sb.state = SandboxState::Paused;
+        sb.device.clear();
+        sb.origin_device.clear();
+        sb.last_error = removed.error().message();
+        std::lock_guard lock(mu_);
+        entry->record = sb;
+        return internal(std::move(removed).error().within(what));
+    }
+    std::lock_guard lock(mu_);
+    entry->gone = true;
+    entries_.erase(sb.id);
+    return Done{};
+}
+
+// ---- flatten ------------------------------------------------------------------------------
+
+void SandboxManager::flatten(const std::string& id, const std::string& template_name,
+                             Callback<TemplateInfo> done) {
+    auto entry = find(id);
+    if (!entry) {
+        done(failure(FailureKind::NotFound, "flatten " + id, 0, "no such sandbox"));
+        return;
+    }
+    run_on_strand<TemplateInfo>(
+        entry, "flatten", [this, entry, template_name] { return do_flatten(entry, template_name); },
+        std::move(done));
+}
+
+Outcome<TemplateInfo> SandboxManager::do_flatten(const EntryPtr& entry, const std::string& name) {
+    Sandbox sb = snapshot_of(entry);
+    const std::string what = "flatten " + sb.id + " into template " + name;
+    if (!is_valid_name(name)) {
+        return failure(FailureKind::InvalidRequest, what, 0,
+                       "template must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
+    }
+    if (sb.state != SandboxState::Paused) {
+        return failure(FailureKind::InvalidState, what, 0,
+                       "the sandbox is running; pause it first so its CoW is stable");
+    }
+    const std::string out = template_path(name);
+    if (::access(out.c_str(), F_OK) == 0) {
+        return failure(FailureKind::TemplateExists, what, 0, out + " exists; pick another name");
+    }
+    auto valid = platform_.cow_store_valid(sb.cow_path, sb.origin_size_bytes);
+    if (!valid || !*valid) {
+        Error err = valid ? Error(what, 0, "the kernel marked this CoW invalid")
+                          : std::move(valid).error().within(what);
+        const FailureKind kind =
+            err.code() == 0 ? FailureKind::SnapshotInvalid : FailureKind::Internal;
+        return Failure{kind, std::move(err)};
+    }
+    // A loop origin is read straight from its image file (so it can be reflinked); a TCMU
+    // origin only exists as a block device, attached for the copy.
+    std::string origin_path = sb.origin.path;
+    const bool needs_device = sb.origin.type == OriginSpec::Type::Tcmu;
+    if (needs_device) {
+        auto origin = platform_.acquire_origin(sb.origin);
+        if (!origin) {
+            return internal(std::move(origin).error().within(what));
+        }
+        origin_path = origin->device;
+    }
+    auto result = platform_.flatten(origin_path, sb.cow_path, out);
+    if (needs_device) {
+        platform_.release_origin(sb.origin);
+    }
+    if (!result) {
+        const FailureKind kind = result.error().code() == EEXIST ? FailureKind::TemplateExists
+                                 : result.error().code() == 0    ? FailureKind::SnapshotInvalid
+                                                                 : FailureKind::Internal;
+        return Failure{kind, std::move(result).error().within(what)};
+    }
+    return TemplateInfo{name, out, result->size_bytes, 0};
+}
+
+// ---- reads --------------------------------------------------------------------------------
+
+std::optional<Sandbox> SandboxManager::get(const std::string& id) const {
+    std::lock_guard lock(mu_);
+    auto it = entries_.find(id);
+    if (it == entries_.end() || !it->second->ready || it->second->gone) {
+        return std::nullopt;
+    }
+    return it->second->record;
+}
+
+std::vector<Sandbox> SandboxManager::list() const {
+    std::lock_guard lock(mu_);
+    std::vector<Sandbox> out;
+    out.reserve(entries_.size());
+    for (const auto& [id, entry] : entries_) {
+        if (entry->ready && !entry->gone) {
+            out.push_back(entry->record);
+        }
+    }
+    return out;
+}
+
+std::map<std::string, std::size_t> SandboxManager::count_by_state() const {
+    std::map<std::string, std::size_t> counts;
+    for (const auto& sb : list()) {
+        ++counts[std::string(to_string(sb.state))];
+    }
+    return counts;
+}
+
+void SandboxManager::get_live(const std::string& id, Callback<Sandbox> done) {
+    asio::post(queries_, [this, id, done = std::move(done)] {
+        auto entry = find(id);
+        if (!entry) {
+            done(failure(FailureKind::NotFound, "get " + id, 0, "no such sandbox"));
+            return;
+        }
+        Sandbox sb = snapshot_of(entry);
+        if (sb.state == SandboxState::Running) {
+            // A status ioctl: cheap, and not queued behind this sandbox's operations.
+            if (auto usage = platform_.snapshot_usage(id)) {
+                sb.cow_allocated_bytes = usage->allocated_bytes;
+                std::lock_guard lock(mu_);
+                entry->record.cow_allocated_bytes = usage->allocated_bytes;
+            }
+        }
+        done(std::move(sb));
+    });
+}
+
+void SandboxManager::list_templates(Callback<std::vector<TemplateInfo>> done) {
+    asio::post(queries_, [this, done = std::move(done)] {
+        std::map<std::string, std::size_t> users;
+        for (const auto& sb : list()) {
+            if (!sb.template_name.empty()) {
+                ++users[sb.template_name];
+            }
+        }
+        std::vector<TemplateInfo> out;
+        DIR* dir = ::opendir(options_.templates_dir.c_str());
+        if (dir == nullptr) {
+            if (errno == ENOENT) {
+                done(std::move(out));
+            } else {
+                done(internal(errno_error("list templates in " + options_.templates_dir)));
+            }
+            return;
+        }
+        while (const dirent* e = ::readdir(dir)) {
+            std::string file = e->d_name;
+            if (file.size() <= 4 || file.compare(file.size() - 4, 4, ".img") != 0) {
+                continue;
+            }
+            std::string name = file.substr(0, file.size() - 4);
+            if (!is_valid_name(name)) {
+                continue;
+            }
+            struct stat st {};
+            const std::string path = options_.templates_dir + "/" + file;
+            if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+                continue;
+            }
+            out.push_back(TemplateInfo{name, path, static_cast<std::uint64_t>(st.st_size), users[name]});
+        }
+        ::closedir(dir);
+        std::sort(out.begin(), out.end(),
+                  [](const TemplateInfo& a, const TemplateInfo& b) { return a.name < b.name; });
+        done(std::move(out));
+    });
+}
+
+void SandboxManager::wait_idle() {
+    std::unique_lock lock(idle_mu_);
+    idle_cv_.wait(lock, [this] { return in_flight_ == 0; });
+}
+
+std::size_t SandboxManager::in_flight() const {
+    std::lock_guard lock(idle_mu_);
+    return in_flight_;
+}
+
+// ---- startup and boot ---------------------------------------------------------------------
+
+RecoveryReport SandboxManager::recover() {
+    RecoveryReport report;
+    auto loaded = store_.load();
+    if (!loaded) {
+        report.problems.push_back(loaded.error().message());
+        return report;
+    }
+    for (const auto& [name, error] : loaded->unreadable) {
+        // Kept as they are: a record we cannot read is not a licence to delete its CoW.
+        report.problems.push_back("sandbox folder " + name + " left alone: " + error.message());
+    }
+    auto devices = platform_.list_snapshots();
+    if (!devices) {
+        report.problems.push_back(devices.error().message());
+    }
+    const std::set<std::string> live(devices ? devices->begin() : std::vector<std::string>::const_iterator{},
+                                     devices ? devices->end() : std::vector<std::string>::const_iterator{});
+    std::set<std::string> owned;
+
+    for (Sandbox& sb : loaded->sandboxes) {
+        auto entry = std::make_shared<Entry>(workers_);
+        if (sb.state == SandboxState::Running && live.count(sb.id) != 0) {
+            // Adopt: the device is up, so its origin is too; take our reference on it again.
+            auto origin = platform_.acquire_origin(sb.origin);
+            if (origin) {
+                entry->origin_held = true;
+                sb.origin_device = origin->device;
+            } else {
+                report.problems.push_back("adopt " + sb.id + ": " + origin.error().message());
+            }
+            owned.insert(sb.id);
+            ++report.adopted;
+            spdlog::info("sandbox={} op=recover result=adopted device={}", sb.id, sb.device);
+        } else if (sb.state == SandboxState::Running) {
+            sb.state = SandboxState::Paused;
+            sb.device.clear();
+            sb.origin_device.clear();
+            sb.updated_at = utc_now();
+            if (auto written = store_.write_record(sb); !written) {
+                report.problems.push_back(written.error().message());
+            }
+            ++report.paused;
+            spdlog::info("sandbox={} op=recover result=paused (its device was gone)", sb.id);
+        }
+        entry->record = sb;
+        entry->ready = true;
+        std::lock_guard lock(mu_);
+        entries_[sb.id] = entry;
+    }
+    if (devices) {
+        for (const auto& id : *devices) {
+            if (owned.count(id) != 0) {
+                continue;
+            }
+            if (auto removed = platform_.remove_snapshot(id); removed || removed.error().code() == ENXIO) {
+                ++report.stale_removed;
+                spdlog::info("sandbox={} op=recover result=stale device removed", id);
+            } else {
+                report.problems.push_back("remove stale device: " + removed.error().message());
+            }
+        }
+    }
+    for (const auto& id : loaded->unfinished) {
+        if (auto removed = store_.remove_sandbox(id); removed) {
+            ++report.unfinished_removed;
+            spdlog::info("sandbox={} op=recover result=unfinished create removed", id);
+        } else {
+            report.problems.push_back(removed.error().message());
+        }
+    }
+    return report;
+}
+
+Result<RecoveryReport> SandboxManager::cleanup_stale() {
+    RecoveryReport report;
+    auto devices = platform_.list_snapshots();
+    if (!devices) {
+        return std::move(devices).error().within("cleanup-stale");
+    }
+    std::vector<std::string> failed;
+    for (const auto& id : *devices) {
+        if (auto removed = platform_.remove_snapshot(id); removed || removed.error().code() == ENXIO) {
+            ++report.stale_removed;
+        } else {
+            failed.push_back(removed.error().message());
+        }
+    }
+    auto loaded = store_.load();
+    if (!loaded) {
+        return std::move(loaded).error().within("cleanup-stale");
+    }
+    for (Sandbox& sb : loaded->sandboxes) {
+        if (sb.state != SandboxState::Running) {
+            continue;
+        }
+        sb.state = SandboxState::Paused;
+        sb.device.clear();
+        sb.origin_device.clear();
+        sb.updated_at = utc_now();
+        if (auto written = store_.write_record(sb); !written) {
+            failed.push_back(written.error().message());
+        } else {
+            ++report.paused;
+        }
+    }
+    for (const std::string& dir : {store_.state_dir(), options_.templates_dir}) {
+        if (auto released = platform_.release_loops_under(dir); !released) {
+            failed.push_back(released.error().message());
+        }
+    }
+    if (auto detached = platform_.detach_tcmu_origins(); !detached) {
+        failed.push_back(detached.error().message());
+    }
+    if (!failed.empty()) {
+        std::string detail;
+        for (const auto& f : failed) {
+            detail += (detail.empty() ? "" : "; ") + f;
+        }
+        return Error("cleanup-stale", 0, detail);
+    }
+    return report;
+}
+
+}  // namespace wrenn::agent

@@ -1,0 +1,129 @@
+#pragma once
+
+#include <boost/asio/strand.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "agent/failure.hpp"
+#include "agent/metrics.hpp"
+#include "agent/platform.hpp"
+#include "agent/sandbox.hpp"
+#include "agent/state_store.hpp"
+
+namespace wrenn::agent {
+
+struct CreateRequest {
+    std::string id;  // empty: the agent makes one
+    std::string template_name;                // a loop origin from <templates-dir>/<name>.img
+    std::optional<OriginSpec> tcmu_origin;    // or a TCMU origin
+};
+
+struct TemplateInfo {
+    std::string name;
+    std::string path;
+    std::uint64_t size_bytes = 0;
+    std::size_t sandboxes = 0;
+};
+
+struct RecoveryReport {
+    std::size_t adopted = 0;         // running, device still there
+    std::size_t paused = 0;          // were running, device gone (host rebooted)
+    std::size_t stale_removed = 0;   // wrenn- devices no running sandbox owns
+    std::size_t unfinished_removed = 0;
+    std::vector<std::string> problems;  // what could not be repaired, in words
+};
+
+template <class T>
+using Callback = std::function<void(Outcome<T>)>;
+
+// The sandbox lifecycle. Owns the in-memory table of sandboxes and keeps it and the records on
+// disk in step with the kernel. Operations on one sandbox run one at a time on that sandbox's
+// strand; operations on different sandboxes run in parallel on the worker pool. Reads (get,
+// list) answer from memory and never wait for a kernel operation. Every step is ordered so
+// that a crash at any instant leaves a state recover() repairs without losing CoW data.
+class SandboxManager {
+public:
+    struct Options {
+        std::string templates_dir;
+    };
+
+    SandboxManager(Platform& platform, StateStore& store, Options options,
+                   boost::asio::thread_pool& workers, Metrics& metrics);
+    ~SandboxManager();
+    SandboxManager(const SandboxManager&) = delete;
+    SandboxManager& operator=(const SandboxManager&) = delete;
+
+    // Startup: reads every record, adopts running sandboxes whose device is there, pauses those
+    // whose device is gone, removes every other wrenn- device and unfinished creates. Blocking;
+    // call before serving.
+    RecoveryReport recover();
+    // Boot: removes every wrenn- device, lets go of our loops and TCMU devices, marks running
+    // sandboxes paused. Blocking. Ok when everything was cleaned.
+    Result<RecoveryReport> cleanup_stale();
+
+    void create(CreateRequest request, Callback<Sandbox> done);
+    void pause(const std::string& id, Callback<Sandbox> done);
+    void resume(const std::string& id, Callback<Sandbox> done);
+    void destroy(const std::string& id, Callback<Done> done);
+    void flatten(const std::string& id, const std::string& template_name, Callback<TemplateInfo> done);
+    // The sandbox with live CoW usage from the kernel (runs on the query pool, not the strand).
+    void get_live(const std::string& id, Callback<Sandbox> done);
+
+    [[nodiscard]] std::optional<Sandbox> get(const std::string& id) const;
+    [[nodiscard]] std::vector<Sandbox> list() const;
+    void list_templates(Callback<std::vector<TemplateInfo>> done);
+    [[nodiscard]] std::map<std::string, std::size_t> count_by_state() const;
+
+    // Blocks until no operation is in flight (SIGTERM: stop accepting, then drain).
+    void wait_idle();
+    [[nodiscard]] std::size_t in_flight() const;
+
+    [[nodiscard]] const StateStore& store() const { return store_; }
+
+private:
+    struct Entry;
+    using EntryPtr = std::shared_ptr<Entry>;
+
+    Outcome<Sandbox> do_create(const EntryPtr& entry, const CreateRequest& request);
+    Outcome<Sandbox> do_pause(const EntryPtr& entry);
+    Outcome<Sandbox> do_resume(const EntryPtr& entry);
+    Outcome<Done> do_destroy(const EntryPtr& entry);
+    Outcome<TemplateInfo> do_flatten(const EntryPtr& entry, const std::string& template_name);
+
+    EntryPtr find(const std::string& id) const;
+    // Runs fn on the entry's strand, counts it in flight, logs one line and records metrics.
+    template <class T>
+    void run_on_strand(const EntryPtr& entry, std::string op, std::function<Outcome<T>()> fn,
+                       Callback<T> done);
+    Sandbox snapshot_of(const EntryPtr& entry) const;
+    Result<void> commit(const EntryPtr& entry, const Sandbox& next);
+    std::optional<Failure> check_kernel() const;
+    std::string make_id() const;
+    std::string template_path(const std::string& name) const;
+
+    Platform& platform_;
+    StateStore& store_;
+    Options options_;
+    boost::asio::thread_pool& workers_;
+    boost::asio::thread_pool queries_{2};
+    Metrics& metrics_;
+
+    mutable std::mutex mu_;  // guards entries_ and every Entry's record
+    std::map<std::string, EntryPtr> entries_;
+
+    mutable std::mutex idle_mu_;
+    std::condition_variable idle_cv_;
+    std::size_t in_flight_ = 0;
+};
+
+bool is_valid_name(std::string_view name);  // ids and template names: [A-Za-z0-9][A-Za-z0-9_-]{0,63}
+
+}  // namespace wrenn::agent

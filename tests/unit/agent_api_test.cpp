@@ -1,0 +1,212 @@
+#include <boost/json.hpp>
+#include <catch2/catch.hpp>
+
+#include "agent_fixture.hpp"
+
+using namespace wrenn::agent;
+using namespace wrenn::agent::testing;
+namespace http = boost::beast::http;
+namespace json = boost::json;
+
+namespace {
+
+struct ApiFixture : AgentFixture {
+    Api api{*manager, platform, metrics};
+
+    HttpResponse call(http::verb verb, std::string target, std::string body = {}) {
+        HttpRequest req{verb, target, 11};
+        req.body() = std::move(body);
+        req.prepare_payload();
+        auto promise = std::make_shared<std::promise<HttpResponse>>();
+        auto future = promise->get_future();
+        api.handle(std::move(req), [promise](HttpResponse res) { promise->set_value(std::move(res)); });
+        return future.get();
+    }
+    static json::value body_of(const HttpResponse& res) { return json::parse(res.body()); }
+    static std::string error_code(const HttpResponse& res) {
+        return std::string(body_of(res).at("error").at("code").as_string());
+    }
+    static std::string error_message(const HttpResponse& res) {
+        return std::string(body_of(res).at("error").at("message").as_string());
+    }
+};
+
+}  // namespace
+
+TEST_CASE("POST /sandboxes creates and answers 201 with the sandbox", "[api]") {
+    ApiFixture f;
+    auto res = f.call(http::verb::post, "/sandboxes", R"({"id": "sb1", "template": "base"})");
+    REQUIRE(res.result_int() == 201);
+    auto body = ApiFixture::body_of(res).as_object();
+    CHECK(body.at("id").as_string() == "sb1");
+    CHECK(body.at("state").as_string() == "running");
+    CHECK(body.at("device").as_string() == "/dev/mapper/wrenn-sb1");
+    CHECK(body.at("template").as_string() == "base");
+    CHECK(body.at("origin").at("type").as_string() == "loop");
+    CHECK(body.at("origin").at("device").as_string() == "/dev/loop7");
+    CHECK(body.at("cow").at("size_bytes").to_number<std::uint64_t>() > 0);
+    CHECK(body.contains("created_at"));
+    CHECK(res[http::field::content_type] == "application/json");
+}
+
+TEST_CASE("every create error has its status and code", "[api]") {
+    ApiFixture f;
+    REQUIRE(f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() == 201);
+    auto dup = f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})");
+    CHECK(dup.result_int() == 409);
+    CHECK(ApiFixture::error_code(dup) == "already_exists");
+    auto missing = f.call(http::verb::post, "/sandboxes", R"({"id":"sb2","template":"nope"})");
+    CHECK(missing.result_int() == 404);
+    CHECK(ApiFixture::error_code(missing) == "template_not_found");
+    auto unknown = f.call(http::verb::post, "/sandboxes", R"({"id":"sb3","template":"base","size":1})");
+    CHECK(unknown.result_int() == 400);
+    CHECK(ApiFixture::error_code(unknown) == "invalid_request");
+    CHECK_THAT(ApiFixture::error_message(unknown), Catch::Contains("'size'"));
+    auto malformed = f.call(http::verb::post, "/sandboxes", R"({"id":)");
+    CHECK(malformed.result_int() == 400);
+    auto wrong_type = f.call(http::verb::post, "/sandboxes", R"({"id":7,"template":"base"})");
+    CHECK(wrong_type.result_int() == 400);
+    CHECK_THAT(ApiFixture::error_message(wrong_type), Catch::Contains("'id'"));
+    auto traversal = f.call(http::verb::post, "/sandboxes", R"({"id":"../../etc","template":"base"})");
+    CHECK(traversal.result_int() == 400);
+    auto tmpl_traversal = f.call(http::verb::post, "/sandboxes", R"({"template":"../../etc/passwd"})");
+    CHECK(tmpl_traversal.result_int() == 400);
+    auto not_object = f.call(http::verb::post, "/sandboxes", R"([1,2])");
+    CHECK(not_object.result_int() == 400);
+    auto no_template = f.call(http::verb::post, "/sandboxes", R"({"id":"x"})");
+    CHECK(no_template.result_int() == 400);
+    CHECK_THAT(ApiFixture::error_message(no_template), Catch::Contains("'template'"));
+    f.platform.kernel.device_mapper = false;
+    f.platform.kernel.device_mapper_reason = "the kernel has no device-mapper";
+    auto unavailable = f.call(http::verb::post, "/sandboxes", R"({"template":"base"})");
+    CHECK(unavailable.result_int() == 503);
+    CHECK(ApiFixture::error_code(unavailable) == "unavailable");
+}
+
+TEST_CASE("a TCMU origin is parsed and validated", "[api]") {
+    ApiFixture f;
+    auto res = f.call(http::verb::post, "/sandboxes",
+                      R"({"id":"t1","origin":{"type":"tcmu","config":"/etc/obd/c.json","size_bytes":1048576}})");
+    REQUIRE(res.result_int() == 201);
+    auto body = ApiFixture::body_of(res);
+    CHECK(body.at("origin").at("type").as_string() == "tcmu");
+    CHECK(body.at("origin").at("handler").as_string() == "overlaybd");
+    CHECK(body.at("origin").at("device").as_string() == "/dev/sda");
+    CHECK(f.call(http::verb::post, "/sandboxes", R"({"origin":{"type":"tcmu","config":"rel.json"}})").result_int() == 400);
+    CHECK(f.call(http::verb::post, "/sandboxes", R"({"origin":{"type":"tcmu","config":"/c","size_bytes":-1}})").result_int() == 400);
+    CHECK(f.call(http::verb::post, "/sandboxes", R"({"origin":{"type":"tcmu","config":"/c","x":1}})").result_int() == 400);
+    CHECK(f.call(http::verb::post, "/sandboxes", R"({"template":"base","origin":{"type":"tcmu","config":"/c"}})").result_int() == 400);
+}
+
+TEST_CASE("GET, pause, resume and DELETE of a sandbox", "[api]") {
+    ApiFixture f;
+    REQUIRE(f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() == 201);
+    auto got = f.call(http::verb::get, "/sandboxes/sb1");
+    REQUIRE(got.result_int() == 200);
+    CHECK(ApiFixture::body_of(got).at("cow").at("allocated_bytes").to_number<std::uint64_t>() == 8192u);
+    auto list = f.call(http::verb::get, "/sandboxes");
+    REQUIRE(list.result_int() == 200);
+    CHECK(ApiFixture::body_of(list).at("sandboxes").as_array().size() == 1);
+    auto paused = f.call(http::verb::post, "/sandboxes/sb1/pause");
+    REQUIRE(paused.result_int() == 200);
+    CHECK(ApiFixture::body_of(paused).at("state").as_string() == "paused");
+    auto twice = f.call(http::verb::post, "/sandboxes/sb1/pause");
+    CHECK(twice.result_int() == 409);
+    CHECK(ApiFixture::error_code(twice) == "invalid_state");
+    auto resumed = f.call(http::verb::post, "/sandboxes/sb1/resume", "{}");
+    REQUIRE(resumed.result_int() == 200);
+    CHECK(ApiFixture::body_of(resumed).at("state").as_string() == "running");
+    CHECK(f.call(http::verb::post, "/sandboxes/sb1/pause", R"({"force":true})").result_int() == 400);
+    auto deleted = f.call(http::verb::delete_, "/sandboxes/sb1");
+    CHECK(deleted.result_int() == 204);
+    CHECK(deleted.body().empty());
+    auto gone = f.call(http::verb::get, "/sandboxes/sb1");
+    CHECK(gone.result_int() == 404);
+    CHECK(ApiFixture::error_code(gone) == "not_found");
+}
+
+TEST_CASE("a busy device at pause is a 409 device_busy and the sandbox stays running", "[api]") {
+    ApiFixture f;
+    REQUIRE(f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() == 201);
+    f.platform.fail_remove_errno = EBUSY;
+    auto res = f.call(http::verb::post, "/sandboxes/sb1/pause");
+    CHECK(res.result_int() == 409);
+    CHECK(ApiFixture::error_code(res) == "device_busy");
+    auto got = ApiFixture::body_of(f.call(http::verb::get, "/sandboxes/sb1"));
+    CHECK(got.at("state").as_string() == "running");
+    CHECK_THAT(std::string(got.at("last_error").as_string()), Catch::Contains("device busy"));
+    f.platform.fail_remove_errno = EIO;
+    CHECK(f.call(http::verb::post, "/sandboxes/sb1/pause").result_int() == 500);
+}
+
+TEST_CASE("resume of an invalidated CoW is a 409 snapshot_invalid", "[api]") {
+    ApiFixture f;
+    REQUIRE(f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() == 201);
+    REQUIRE(f.call(http::verb::post, "/sandboxes/sb1/pause").result_int() == 200);
+    f.platform.cow_valid = false;
+    auto res = f.call(http::verb::post, "/sandboxes/sb1/resume");
+    CHECK(res.result_int() == 409);
+    CHECK(ApiFixture::error_code(res) == "snapshot_invalid");
+}
+
+TEST_CASE("flatten answers 201, 409 invalid_state and 409 template_exists", "[api]") {
+    ApiFixture f;
+    REQUIRE(f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() == 201);
+    auto running = f.call(http::verb::post, "/sandboxes/sb1/flatten", R"({"template":"gold"})");
+    CHECK(running.result_int() == 409);
+    CHECK(ApiFixture::error_code(running) == "invalid_state");
+    REQUIRE(f.call(http::verb::post, "/sandboxes/sb1/pause").result_int() == 200);
+    auto exists = f.call(http::verb::post, "/sandboxes/sb1/flatten", R"({"template":"base"})");
+    CHECK(exists.result_int() == 409);
+    CHECK(ApiFixture::error_code(exists) == "template_exists");
+    auto made = f.call(http::verb::post, "/sandboxes/sb1/flatten", R"({"template":"gold"})");
+    REQUIRE(made.result_int() == 201);
+    CHECK(ApiFixture::body_of(made).at("template").as_string() == "gold");
+    CHECK(f.call(http::verb::post, "/sandboxes/sb1/flatten", R"({"template":"../x"})").result_int() == 400);
+    CHECK(f.call(http::verb::post, "/sandboxes/sb1/flatten", "").result_int() == 400);
+}
+
+TEST_CASE("unknown routes are 404, wrong methods 405 with Allow", "[api]") {
+    ApiFixture f;
+    CHECK(f.call(http::verb::get, "/nope").result_int() == 404);
+    CHECK(f.call(http::verb::get, "/").result_int() == 404);
+    CHECK(f.call(http::verb::post, "/sandboxes/sb1/explode").result_int() == 404);
+    CHECK(f.call(http::verb::get, "/sandboxes/a/b/c/d").result_int() == 404);
+    auto put = f.call(http::verb::put, "/sandboxes");
+    CHECK(put.result_int() == 405);
+    CHECK(put[http::field::allow] == "GET, POST");
+    CHECK(f.call(http::verb::get, "/sandboxes/sb1/pause").result_int() == 405);
+    CHECK(f.call(http::verb::post, "/healthz").result_int() == 405);
+    CHECK(f.call(http::verb::get, "/sandboxes/..%2f..%2fetc").result_int() == 400);
+    CHECK(f.call(http::verb::get, "/sandboxes/nope").result_int() == 404);
+}
+
+TEST_CASE("healthz reports what the kernel offers", "[api]") {
+    ApiFixture f;
+    auto ok = f.call(http::verb::get, "/healthz");
+    CHECK(ok.result_int() == 200);
+    CHECK(ApiFixture::body_of(ok).at("status").as_string() == "ok");
+    f.platform.kernel.device_mapper = false;
+    f.platform.kernel.device_mapper_reason = "no device-mapper";
+    auto down = f.call(http::verb::get, "/healthz");
+    CHECK(down.result_int() == 503);
+    CHECK(ApiFixture::body_of(down).at("device_mapper").at("reason").as_string() == "no device-mapper");
+}
+
+TEST_CASE("templates and metrics", "[api]") {
+    ApiFixture f;
+    REQUIRE(f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() == 201);
+    auto templates = ApiFixture::body_of(f.call(http::verb::get, "/templates"));
+    REQUIRE(templates.at("templates").as_array().size() == 1);
+    CHECK(templates.at("templates").at(0).at("name").as_string() == "base");
+    CHECK(templates.at("templates").at(0).at("sandboxes").to_number<std::uint64_t>() == 1);
+    CHECK(templates.at("templates").at(0).at("size_bytes").to_number<std::uint64_t>() == f.platform.origin_size);
+    f.platform.fail_remove_errno = EBUSY;
+    (void)f.call(http::verb::post, "/sandboxes/sb1/pause");
+    auto metrics = f.call(http::verb::get, "/metrics");
+    REQUIRE(metrics.result_int() == 200);
+    CHECK_THAT(metrics.body(), Catch::Contains("wrenn_sandboxes{state=\"running\"} 1"));
+    CHECK_THAT(metrics.body(), Catch::Contains("wrenn_operation_errors_total{op=\"pause\",code=\"device_busy\"} 1"));
+    CHECK_THAT(metrics.body(), Catch::Contains("wrenn_operation_duration_seconds_count{op=\"create\"} 1"));
+    CHECK_THAT(metrics.body(), Catch::Contains("wrenn_loops_attached 1"));
+}

@@ -1,0 +1,103 @@
+#pragma once
+
+// A SandboxManager over a FakePlatform and a state dir in a fresh temp folder, with a template
+// "base" in it; helpers that wait for an operation's callback.
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <boost/asio/thread_pool.hpp>
+#include <filesystem>
+#include <future>
+#include <memory>
+
+#include "agent/api.hpp"
+#include "agent/sandbox_manager.hpp"
+#include "agent/state_store.hpp"
+#include "fake_platform.hpp"
+
+namespace wrenn::agent::testing {
+
+class TempDir {
+public:
+    TempDir() {
+        std::string tmpl = (std::filesystem::temp_directory_path() / "wrenn-test-XXXXXX").string();
+        path_ = ::mkdtemp(tmpl.data());
+    }
+    ~TempDir() {
+        std::error_code ec;
+        std::filesystem::remove_all(path_, ec);
+    }
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    [[nodiscard]] const std::string& path() const { return path_; }
+
+private:
+    std::string path_;
+};
+
+inline void write_file(const std::string& path, std::uint64_t size) {
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    REQUIRE(fd >= 0);
+    REQUIRE(::ftruncate(fd, static_cast<off_t>(size)) == 0);
+    ::close(fd);
+}
+
+struct AgentFixture {
+    TempDir tmp;
+    FakePlatform platform;
+    Metrics metrics;
+    boost::asio::thread_pool workers{4};
+    std::unique_ptr<StateStore> store;
+    std::unique_ptr<SandboxManager> manager;
+
+    AgentFixture() {
+        std::filesystem::create_directories(templates_dir());
+        write_file(templates_dir() + "/base.img", platform.origin_size);
+        start();
+    }
+    ~AgentFixture() { stop(); }
+
+    std::string templates_dir() const { return tmp.path() + "/templates"; }
+
+    void start() {
+        auto opened = StateStore::open(tmp.path() + "/state");
+        REQUIRE(opened.ok());
+        store = std::make_unique<StateStore>(std::move(opened).value());
+        manager = std::make_unique<SandboxManager>(
+            platform, *store, SandboxManager::Options{templates_dir()}, workers, metrics);
+    }
+    // As a restart of the agent: a new manager over the same state dir and "kernel".
+    void stop() { manager.reset(); }
+    RecoveryReport restart() {
+        stop();
+        start();
+        return manager->recover();
+    }
+
+    template <class T, class Op>
+    Outcome<T> wait(Op op) {
+        auto promise = std::make_shared<std::promise<Outcome<T>>>();
+        auto future = promise->get_future();
+        op([promise](Outcome<T> out) { promise->set_value(std::move(out)); });
+        return future.get();
+    }
+
+    Outcome<Sandbox> create(const std::string& id, const std::string& tmpl = "base") {
+        return wait<Sandbox>([&](auto cb) { manager->create(CreateRequest{id, tmpl, {}}, cb); });
+    }
+    Outcome<Sandbox> pause(const std::string& id) {
+        return wait<Sandbox>([&](auto cb) { manager->pause(id, cb); });
+    }
+    Outcome<Sandbox> resume(const std::string& id) {
+        return wait<Sandbox>([&](auto cb) { manager->resume(id, cb); });
+    }
+    Outcome<Done> destroy(const std::string& id) {
+        return wait<Done>([&](auto cb) { manager->destroy(id, cb); });
+    }
+    Outcome<TemplateInfo> flatten(const std::string& id, const std::string& name) {
+        return wait<TemplateInfo>([&](auto cb) { manager->flatten(id, name, cb); });
+    }
+};
+
+}  // namespace wrenn::agent::testing

@@ -1,0 +1,140 @@
+#pragma once
+
+// A Platform with the kernel replaced by maps: devices, origins and their reference counts.
+// Failures are injected per call so the agent's state machine can be driven through every path.
+
+#include <cerrno>
+#include <map>
+#include <mutex>
+#include <set>
+
+#include "agent/platform.hpp"
+
+namespace wrenn::agent::testing {
+
+class FakePlatform : public Platform {
+public:
+    KernelSupport kernel{true, true, true, "", "", ""};
+    std::uint64_t origin_size = 64ull << 20;
+
+    // Injected failures: errno for the next call of that kind (0 = succeed).
+    int fail_remove_errno = 0;
+    int fail_create_errno = 0;
+    int fail_acquire_errno = 0;
+    bool cow_valid = true;
+    int cow_error_errno = -1;  // >= 0: cow_store_valid fails with this errno
+
+    std::map<std::string, std::string> devices;      // id -> origin device
+    std::map<std::string, int> origin_refs;          // origin key -> references
+    std::set<std::string> attached_ever;             // origin keys ever attached
+    std::vector<std::string> calls;                  // "create sb1", "remove sb1", ...
+    std::set<std::string> released_dirs;
+    std::size_t tcmu_detached = 0;
+    mutable std::mutex mu;
+
+    KernelSupport support() override { return kernel; }
+
+    OriginCounts attached_origins() override {
+        std::lock_guard lock(mu);
+        OriginCounts counts;
+        for (const auto& [key, refs] : origin_refs) {
+            (key.rfind("loop:", 0) == 0 ? counts.loops : counts.tcmu) += refs > 0 ? 1 : 0;
+        }
+        return counts;
+    }
+
+    Result<AttachedOrigin> acquire_origin(const OriginSpec& origin) override {
+        std::lock_guard lock(mu);
+        calls.push_back("acquire " + origin.key());
+        if (fail_acquire_errno != 0) {
+            return Error("acquire " + origin.path, std::exchange(fail_acquire_errno, 0));
+        }
+        ++origin_refs[origin.key()];
+        attached_ever.insert(origin.key());
+        return AttachedOrigin{origin.type == OriginSpec::Type::Loop ? "/dev/loop7" : "/dev/sda",
+                              origin.size_bytes.value_or(origin_size)};
+    }
+
+    void release_origin(const OriginSpec& origin) override {
+        std::lock_guard lock(mu);
+        calls.push_back("release " + origin.key());
+        if (--origin_refs[origin.key()] <= 0) {
+            origin_refs.erase(origin.key());
+        }
+    }
+
+    Result<std::string> create_snapshot(const std::string& id, const std::string& origin_device,
+                                        std::uint64_t, const std::string&) override {
+        std::lock_guard lock(mu);
+        calls.push_back("create " + id);
+        if (fail_create_errno != 0) {
+            return Error("create wrenn-" + id, std::exchange(fail_create_errno, 0));
+        }
+        if (devices.count(id) != 0) {
+            return Error("create wrenn-" + id, EEXIST);
+        }
+        devices[id] = origin_device;
+        return "/dev/mapper/wrenn-" + id;
+    }
+
+    Result<void> remove_snapshot(const std::string& id) override {
+        std::lock_guard lock(mu);
+        calls.push_back("remove " + id);
+        if (fail_remove_errno != 0) {
+            return Error("remove wrenn-" + id, std::exchange(fail_remove_errno, 0), "open count 1");
+        }
+        if (devices.erase(id) == 0) {
+            return Error("remove wrenn-" + id, ENXIO);
+        }
+        return success();
+    }
+
+    Result<std::optional<SnapshotInfo>> snapshot_info(const std::string& id) override {
+        std::lock_guard lock(mu);
+        if (devices.count(id) == 0) {
+            return std::optional<SnapshotInfo>{};
+        }
+        return std::optional<SnapshotInfo>{SnapshotInfo{true, 0}};
+    }
+
+    Result<SnapshotUsage> snapshot_usage(const std::string& id) override {
+        std::lock_guard lock(mu);
+        if (devices.count(id) == 0) {
+            return Error("status wrenn-" + id, ENXIO);
+        }
+        return SnapshotUsage{SnapshotUsage::State::Active, 8192, 1 << 20};
+    }
+
+    Result<std::vector<std::string>> list_snapshots() override {
+        std::lock_guard lock(mu);
+        std::vector<std::string> out;
+        for (const auto& [id, dev] : devices) {
+            out.push_back(id);
+        }
+        return out;
+    }
+
+    Result<bool> cow_store_valid(const std::string& cow, std::uint64_t) override {
+        if (cow_error_errno >= 0) {
+            return Error("read " + cow, cow_error_errno, "bad magic");
+        }
+        return cow_valid;
+    }
+
+    Result<FlattenResult> flatten(const std::string&, const std::string&, const std::string& out) override {
+        std::lock_guard lock(mu);
+        calls.push_back("flatten " + out);
+        return FlattenResult{origin_size, 3, "fake"};
+    }
+
+    Result<std::size_t> release_loops_under(const std::string& dir) override {
+        released_dirs.insert(dir);
+        return std::size_t{0};
+    }
+    Result<std::size_t> detach_tcmu_origins() override {
+        ++tcmu_detached;
+        return std::size_t{0};
+    }
+};
+
+}  // namespace wrenn::agent::testing
