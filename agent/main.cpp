@@ -1,9 +1,35 @@
-#include <cstdio>
+// wrenn-agent's entry point: parse the command line and hand over. Everything else lives in
+// wrenn_agent_core, which the tests link too.
+#include <iostream>
+#include <string>
+#include <variant>
+#include <vector>
 
-#include "agent/version.hpp"
+#include "agent/cli.hpp"
+#include "agent/serve.hpp"
+#include "flatten/cli.hpp"
+#include "tcmu/cli.hpp"
 
-int main() {
-    std::printf("wrenn-agent %.*s\n", static_cast<int>(wrenn::agent::version().size()),
-                wrenn::agent::version().data());
-    return 0;
+int main(int argc, char** argv) {
+    using namespace wrenn::agent;
+    const std::vector<std::string> args(argv + 1, argv + argc);
+    try {
+        const Command command = parse_command_line(args);
+        if (const auto* print = std::get_if<PrintAndExit>(&command)) {
+            (print->status == 0 ? std::cout : std::cerr) << print->text;
+            return print->status;
+        }
+        if (const auto* sub = std::get_if<Subcommand>(&command)) {
+            if (sub->name == "flatten") {
+                return wrenn::flatten::run_cli(sub->args, std::cout, std::cerr);
+            }
+            return wrenn::tcmu::run_cli(sub->args, std::cout, std::cerr);
+        }
+        const auto& options = std::get<ServeOptions>(command);
+        return options.cleanup_stale ? run_cleanup_stale(options) : run_serve(options);
+    } catch (const std::exception& e) {
+        // Only startup can throw (allocation, thread creation); nothing recovers from that.
+        std::cerr << "wrenn-agent: " << e.what() << "\n";
+        return 1;
+    }
 }

@@ -87,10 +87,11 @@ public:
     virtual Result<FlattenResult> flatten(const std::string& origin, const std::string& cow_path,
                                           const std::string& out) = 0;
 
-    // Boot-time cleanup: let go of loops whose backing file is under `dir`, and of TCMU
-    // devices we attached. Returns how many were released.
+    // Boot-time cleanup: let go of loops whose backing file is under `dir`, and of the TCMU
+    // devices attached for these configs (only ours: overlaybd shares the same HBA).
+    // Returns how many were released.
     virtual Result<std::size_t> release_loops_under(const std::string& dir) = 0;
-    virtual Result<std::size_t> detach_tcmu_origins() = 0;
+    virtual Result<std::size_t> detach_tcmu_origins(const std::vector<std::string>& configs) = 0;
 };
 
 }  // namespace wrenn::agent

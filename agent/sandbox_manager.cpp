@@ -696,7 +696,11 @@ Result<RecoveryReport> SandboxManager::cleanup_stale() {
     if (!loaded) {
         return std::move(loaded).error().within("cleanup-stale");
     }
+    std::vector<std::string> tcmu_configs;
     for (Sandbox& sb : loaded->sandboxes) {
+        if (sb.origin.type == OriginSpec::Type::Tcmu) {
+            tcmu_configs.push_back(sb.origin.path);
+        }
         if (sb.state != SandboxState::Running) {
             continue;
         }
@@ -715,7 +719,7 @@ Result<RecoveryReport> SandboxManager::cleanup_stale() {
             failed.push_back(released.error().message());
         }
     }
-    if (auto detached = platform_.detach_tcmu_origins(); !detached) {
+    if (auto detached = platform_.detach_tcmu_origins(tcmu_configs); !detached) {
         failed.push_back(detached.error().message());
     }
     if (!failed.empty()) {

@@ -131,8 +131,8 @@ public:
         released_dirs.insert(dir);
         return std::size_t{0};
     }
-    Result<std::size_t> detach_tcmu_origins() override {
-        ++tcmu_detached;
+    Result<std::size_t> detach_tcmu_origins(const std::vector<std::string>& configs) override {
+        tcmu_detached += configs.size();
         return std::size_t{0};
     }
 };

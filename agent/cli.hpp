@@ -1,0 +1,40 @@
+#pragma once
+
+#include <iosfwd>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "common/result.hpp"
+
+namespace wrenn::agent {
+
+struct ServeOptions {
+    std::vector<std::string> listen{"127.0.0.1:7070"};
+    std::string state_dir = "/var/lib/wrenn";
+    std::string templates_dir;  // default: <state-dir>/templates
+    std::string log_level = "info";
+    std::string log_format = "text";
+    std::optional<std::string> token_file;
+    bool insecure_no_token = false;
+    unsigned workers = 16;
+    bool cleanup_stale = false;  // --cleanup-stale: clean up for boot and exit
+};
+
+// What the command line asks for: serve (or --cleanup-stale), a subcommand that takes the rest
+// of the arguments (flatten, tcmu), or text to print and an exit status (--help, --version,
+// a usage error).
+struct Subcommand {
+    std::string name;
+    std::vector<std::string> args;
+};
+struct PrintAndExit {
+    std::string text;
+    int status = 0;
+};
+using Command = std::variant<ServeOptions, Subcommand, PrintAndExit>;
+
+Command parse_command_line(const std::vector<std::string>& args);
+
+}  // namespace wrenn::agent

@@ -1,0 +1,60 @@
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+
+#include "agent/platform.hpp"
+#include "dm/device_mapper.hpp"
+#include "loop/loop_registry.hpp"
+
+namespace wrenn::agent {
+
+// The Platform over the real kernel: template loops through loop::LoopRegistry, snapshots
+// through dm::DeviceMapper, TCMU origins through tcmu/, flatten through flatten/. What the kernel
+// lacks is learned once at start and reported by support(); the agent still starts, so that
+// /healthz can say what is missing.
+class LinuxPlatform final : public Platform {
+public:
+    struct Options {
+        std::chrono::milliseconds remove_time_limit{5000};
+    };
+    explicit LinuxPlatform(Options options);
+
+    KernelSupport support() override;
+    OriginCounts attached_origins() override;
+    Result<AttachedOrigin> acquire_origin(const OriginSpec& origin) override;
+    void release_origin(const OriginSpec& origin) override;
+    Result<std::string> create_snapshot(const std::string& id, const std::string& origin_device,
+                                        std::uint64_t origin_bytes, const std::string& cow_path) override;
+    Result<void> remove_snapshot(const std::string& id) override;
+    Result<std::optional<SnapshotInfo>> snapshot_info(const std::string& id) override;
+    Result<SnapshotUsage> snapshot_usage(const std::string& id) override;
+    Result<std::vector<std::string>> list_snapshots() override;
+    Result<bool> cow_store_valid(const std::string& cow_path, std::uint64_t origin_bytes) override;
+    Result<FlattenResult> flatten(const std::string& origin, const std::string& cow_path,
+                                  const std::string& out) override;
+    Result<std::size_t> release_loops_under(const std::string& dir) override;
+    Result<std::size_t> detach_tcmu_origins(const std::vector<std::string>& configs) override;
+
+private:
+    Result<dm::DeviceMapper*> mapper();
+
+    Options options_;
+    KernelSupport support_;
+    std::optional<dm::DeviceMapper> dm_;
+    loop::LoopRegistry loops_;
+
+    struct TcmuOrigin {
+        std::string id;
+        std::string device;
+        std::uint64_t size_bytes = 0;
+        std::size_t references = 0;
+    };
+    std::mutex tcmu_mu_;  // held across attach/detach: one TCMU origin changes at a time
+    std::map<std::string, TcmuOrigin> tcmu_;  // by config path
+};
+
+}  // namespace wrenn::agent

@@ -1,0 +1,84 @@
+#include "agent/logging.hpp"
+
+#include <spdlog/pattern_formatter.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <ctime>
+
+namespace wrenn::agent {
+
+namespace {
+
+// Formats a log record as {"time": ..., "level": ..., "msg": ...}.
+class JsonFormatter final : public spdlog::formatter {
+public:
+    void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
+        const auto secs = std::chrono::system_clock::to_time_t(msg.time);
+        const auto millis = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                msg.time.time_since_epoch()).count() % 1000;
+        std::tm tm{};
+        gmtime_r(&secs, &tm);
+        char stamp[64];
+        std::snprintf(stamp, sizeof stamp, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                      tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                      static_cast<int>(millis));
+        const auto level = spdlog::level::to_string_view(msg.level);
+        std::string line = "{\"time\":\"";
+        line += stamp;
+        line += "\",\"level\":\"";
+        line.append(level.data(), level.size());
+        line += "\",\"msg\":";
+        line += json_quote(std::string_view(msg.payload.data(), msg.payload.size()));
+        line += "}\n";
+        dest.append(line.data(), line.data() + line.size());
+    }
+    [[nodiscard]] std::unique_ptr<spdlog::formatter> clone() const override {
+        return std::make_unique<JsonFormatter>();
+    }
+};
+
+}  // namespace
+
+std::string json_quote(std::string_view text) {
+    std::string out = "\"";
+    for (const char c : text) {
+        switch (c) {
+            case '"': out += "\\\""; break;
+            case '\\': out += "\\\\"; break;
+            case '\n': out += "\\n"; break;
+            case '\r': out += "\\r"; break;
+            case '\t': out += "\\t"; break;
+            default:
+                if (static_cast<unsigned char>(c) < 0x20) {
+                    char buf[8];
+                    std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(c));
+                    out += buf;
+                } else {
+                    out += c;
+                }
+        }
+    }
+    out += "\"";
+    return out;
+}
+
+Result<void> setup_logging(const std::string& level, const std::string& format) {
+    const auto parsed = spdlog::level::from_str(level);
+    if (parsed == spdlog::level::off && level != "off") {
+        return Error("set log level", EINVAL, "'" + level + "' is not one of trace, debug, info, warn, error, off");
+    }
+    auto logger = spdlog::stderr_logger_mt("wrenn-agent");
+    if (format == "json") {
+        logger->set_formatter(std::make_unique<JsonFormatter>());
+    } else {
+        logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+    }
+    logger->set_level(parsed);
+    logger->flush_on(spdlog::level::info);
+    spdlog::set_default_logger(logger);
+    return success();
+}
+
+}  // namespace wrenn::agent

@@ -1,0 +1,196 @@
+#include "agent/serve.hpp"
+
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <csignal>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include "agent/api.hpp"
+#include "agent/linux_platform.hpp"
+#include "agent/logging.hpp"
+#include "agent/sandbox_manager.hpp"
+#include "agent/state_store.hpp"
+#include "http/listen_address.hpp"
+#include "http/server.hpp"
+
+namespace wrenn::agent {
+
+namespace asio = boost::asio;
+
+namespace {
+
+Result<std::string> read_token(const std::string& path) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) {
+        return errno_error("read token file " + path);
+    }
+    if ((st.st_mode & 077) != 0) {
+        spdlog::warn("token file {} is readable by other users; chmod 600 it", path);
+    }
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    std::string token = text.str();
+    while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back())) != 0) {
+        token.pop_back();
+    }
+    while (!token.empty() && std::isspace(static_cast<unsigned char>(token.front())) != 0) {
+        token.erase(token.begin());
+    }
+    if (token.size() < 16) {
+        return Error("read token file " + path, 0, "the token must be at least 16 characters");
+    }
+    return token;
+}
+
+void log_report(const RecoveryReport& report) {
+    spdlog::info("recovered state: {} adopted, {} paused (device gone), {} stale devices removed, "
+                 "{} unfinished creates removed",
+                 report.adopted, report.paused, report.stale_removed, report.unfinished_removed);
+    for (const auto& problem : report.problems) {
+        spdlog::error("recovery: {}", problem);
+    }
+}
+
+}  // namespace
+
+int run_serve(const ServeOptions& options) {
+    if (auto logging = setup_logging(options.log_level, options.log_format); !logging) {
+        std::cerr << "wrenn-agent: " << logging.error().message() << "\n";
+        return 2;
+    }
+    http::ServerOptions server_options;
+    bool remote = false;
+    for (const auto& text : options.listen) {
+        auto address = http::parse_listen_address(text);
+        if (!address) {
+            spdlog::error("--listen {}: {}", text, address.error().message());
+            return 2;
+        }
+        remote = remote || !address->is_loopback();
+        server_options.listen.push_back(*address);
+    }
+    if (options.token_file) {
+        auto token = read_token(*options.token_file);
+        if (!token) {
+            spdlog::error("{}", token.error().message());
+            return 2;
+        }
+        server_options.bearer_token = *token;
+    } else if (remote && !options.insecure_no_token) {
+        spdlog::error("a --listen address other than loopback or a unix socket needs --token-file "
+                      "(anyone who can reach it could create and destroy sandboxes)");
+        return 2;
+    } else if (remote) {
+        spdlog::warn("serving beyond loopback without a token (--insecure-no-token)");
+    }
+
+    auto store = StateStore::open(options.state_dir);
+    if (!store) {
+        spdlog::error("{}", store.error().message());
+        return 1;
+    }
+    LinuxPlatform platform(LinuxPlatform::Options{});
+    const KernelSupport support = platform.support();
+    if (!support.device_mapper) {
+        spdlog::warn("device-mapper is not usable: {}; creates will answer 503 until it is",
+                     support.device_mapper_reason);
+    }
+    Metrics metrics;
+    asio::thread_pool workers(options.workers);
+    SandboxManager manager(platform, *store, SandboxManager::Options{options.templates_dir},
+                           workers, metrics);
+    // Without device-mapper no snapshot can exist, so running records become paused: true.
+    log_report(manager.recover());
+
+    Api api(manager, platform, metrics);
+    asio::io_context ioc;
+    auto server = http::Server::create(ioc, server_options,
+                                       [&api](http::Request&& request, http::Respond respond) {
+                                           api.handle(std::move(request), std::move(respond));
+                                       });
+    if (!server) {
+        spdlog::error("{}", server.error().message());
+        return 1;
+    }
+    for (const auto& address : (*server)->bound()) {
+        spdlog::info("wrenn-agent serving on {} (state {}, templates {})", address.to_string(),
+                     store->state_dir(), options.templates_dir);
+    }
+
+    // SIGINT/SIGTERM: stop accepting; a helper thread waits for operations in flight (never
+    // the io_context, which must keep writing their responses), then stops the loop.
+    std::thread drainer;
+    asio::signal_set signals(ioc, SIGINT, SIGTERM);
+    signals.async_wait([&](const boost::system::error_code& ec, int signal) {
+        if (ec) {
+            return;
+        }
+        spdlog::info("signal {}: no new connections; finishing {} operation(s) in flight", signal,
+                     manager.in_flight());
+        (*server)->stop_accepting();
+        drainer = std::thread([&] {
+            manager.wait_idle();
+            // Let the last responses reach their sockets.
+            for (int i = 0; i < 50 && (*server)->connections() > 0; ++i) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            }
+            ioc.stop();
+        });
+    });
+    std::signal(SIGPIPE, SIG_IGN);
+
+    const unsigned io_threads = std::max(1u, std::min(2u, std::thread::hardware_concurrency()));
+    std::vector<std::thread> threads;
+    for (unsigned i = 1; i < io_threads; ++i) {
+        threads.emplace_back([&ioc] { ioc.run(); });
+    }
+    ioc.run();
+    for (auto& t : threads) {
+        t.join();
+    }
+    if (drainer.joinable()) {
+        drainer.join();
+    }
+    manager.wait_idle();
+    spdlog::info("wrenn-agent stopped");
+    return 0;
+}
+
+int run_cleanup_stale(const ServeOptions& options) {
+    if (auto logging = setup_logging(options.log_level, options.log_format); !logging) {
+        std::cerr << "wrenn-agent: " << logging.error().message() << "\n";
+        return 2;
+    }
+    auto store = StateStore::open(options.state_dir);
+    if (!store) {
+        spdlog::error("cleanup-stale: {}", store.error().message());
+        return 1;
+    }
+    LinuxPlatform platform(LinuxPlatform::Options{});
+    if (!platform.support().device_mapper) {
+        spdlog::error("cleanup-stale: {}", platform.support().device_mapper_reason);
+        return 1;
+    }
+    Metrics metrics;
+    asio::thread_pool workers(1);
+    SandboxManager manager(platform, *store, SandboxManager::Options{options.templates_dir},
+                           workers, metrics);
+    auto report = manager.cleanup_stale();
+    if (!report) {
+        spdlog::error("{}; see the devices with 'dmsetup ls' and retry", report.error().message());
+        return 1;
+    }
+    spdlog::info("cleanup-stale: removed {} wrenn- device(s), marked {} sandbox(es) paused",
+                 report->stale_removed, report->paused);
+    return 0;
+}
+
+}  // namespace wrenn::agent

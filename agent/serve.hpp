@@ -1,0 +1,14 @@
+#pragma once
+
+#include "agent/cli.hpp"
+
+namespace wrenn::agent {
+
+// `wrenn-agent serve`: recovers state, serves the API until SIGINT/SIGTERM, then stops
+// accepting, lets operations in flight finish and exits 0. Returns the exit status.
+int run_serve(const ServeOptions& options);
+
+// `wrenn-agent --cleanup-stale`: for boot. Returns 0 when everything was cleaned, else 1.
+int run_cleanup_stale(const ServeOptions& options);
+
+}  // namespace wrenn::agent

@@ -1,0 +1,60 @@
+#include <catch2/catch.hpp>
+
+#include "agent/cli.hpp"
+#include "agent/logging.hpp"
+
+using namespace wrenn::agent;
+
+TEST_CASE("serve is the default and has the documented defaults", "[cli]") {
+    for (const auto& args : {std::vector<std::string>{}, std::vector<std::string>{"serve"}}) {
+        auto cmd = parse_command_line(args);
+        REQUIRE(std::holds_alternative<ServeOptions>(cmd));
+        const auto& o = std::get<ServeOptions>(cmd);
+        CHECK(o.listen == std::vector<std::string>{"127.0.0.1:7070"});
+        CHECK(o.state_dir == "/var/lib/wrenn");
+        CHECK(o.templates_dir == "/var/lib/wrenn/templates");
+        CHECK_FALSE(o.cleanup_stale);
+        CHECK_FALSE(o.token_file);
+    }
+}
+
+TEST_CASE("options are parsed; --listen repeats and replaces the default", "[cli]") {
+    auto cmd = parse_command_line({"serve", "--listen", "127.0.0.1:8080", "--listen", "unix:/run/w.sock",
+                                   "--state-dir", "/srv/w", "--log-format", "json", "--token-file", "/etc/t"});
+    REQUIRE(std::holds_alternative<ServeOptions>(cmd));
+    const auto& o = std::get<ServeOptions>(cmd);
+    CHECK(o.listen == std::vector<std::string>{"127.0.0.1:8080", "unix:/run/w.sock"});
+    CHECK(o.templates_dir == "/srv/w/templates");
+    CHECK(o.log_format == "json");
+    CHECK(o.token_file == "/etc/t");
+}
+
+TEST_CASE("--cleanup-stale, --help, --version and errors", "[cli]") {
+    auto cleanup = parse_command_line({"--cleanup-stale", "--state-dir", "/x"});
+    REQUIRE(std::holds_alternative<ServeOptions>(cleanup));
+    CHECK(std::get<ServeOptions>(cleanup).cleanup_stale);
+    auto help = parse_command_line({"--help"});
+    REQUIRE(std::holds_alternative<PrintAndExit>(help));
+    CHECK(std::get<PrintAndExit>(help).status == 0);
+    CHECK_THAT(std::get<PrintAndExit>(help).text, Catch::Contains("--cleanup-stale") && Catch::Contains("curl"));
+    auto version = parse_command_line({"--version"});
+    CHECK_THAT(std::get<PrintAndExit>(version).text, Catch::StartsWith("wrenn-agent "));
+    auto bad = parse_command_line({"--no-such-flag"});
+    REQUIRE(std::holds_alternative<PrintAndExit>(bad));
+    CHECK(std::get<PrintAndExit>(bad).status == 2);
+    CHECK_THAT(std::get<PrintAndExit>(bad).text, Catch::Contains("no-such-flag"));
+    auto format = parse_command_line({"--log-format", "xml"});
+    CHECK(std::get<PrintAndExit>(format).status == 2);
+}
+
+TEST_CASE("flatten and tcmu take the rest of the arguments", "[cli]") {
+    auto cmd = parse_command_line({"tcmu", "attach", "--id", "7"});
+    REQUIRE(std::holds_alternative<Subcommand>(cmd));
+    CHECK(std::get<Subcommand>(cmd).name == "tcmu");
+    CHECK(std::get<Subcommand>(cmd).args == std::vector<std::string>{"attach", "--id", "7"});
+}
+
+TEST_CASE("JSON log lines escape what they carry", "[cli]") {
+    CHECK(json_quote("a \"b\"\n\\") == R"("a \"b\"\n\\")");
+    CHECK(json_quote(std::string("\x01", 1)) == R"("\u0001")");
+}
