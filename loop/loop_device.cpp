@@ -14,9 +14,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <thread>
+#include <utility>
 
 namespace wrenn::loop {
 namespace {
@@ -217,7 +219,7 @@ Result<LoopDevice> LoopDevice::attach(const std::string& file, const AttachOptio
         }
         const int err = configure(loop_fd.get(), backing.get(), file, flags, path);
         if (err == EBUSY) {
-            spdlog::debug("{}: {} was taken by another process (try {} of {}); taking another",
+            spdlog::debug("{}: {} was bound by someone else first (try {} of {}); taking another",
                           action, path, attempt, kMaxAttachAttempts);
             continue;
         }
@@ -235,7 +237,7 @@ Result<LoopDevice> LoopDevice::attach(const std::string& file, const AttachOptio
         return LoopDevice(std::move(loop_fd), number, st.st_rdev);
     }
     return Error(action, EBUSY,
-                 "every free loop was taken by another process, " +
+                 "every free loop was bound by someone else first, " +
                      std::to_string(kMaxAttachAttempts) + " tries");
 }
 
