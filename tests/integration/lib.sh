@@ -1,0 +1,143 @@
+# Helpers for the shell integration tests: they run as root in a kernel with device-mapper
+# (tests/in-kernel puts them there), drive the real wrenn-agent binary with curl, and check
+# what a user would: status codes, devices, loops, bytes read back.
+# Usage: source this, then call start_agent, api, expect_*; finish with `finish`.
+
+set -uo pipefail
+
+BUILD=${1:?usage: $0 BUILD_DIR}
+AGENT="$BUILD/wrenn-agent"
+PREFIX=${WRENN_TEST_PREFIX:-t$$x}
+WORK=/scratch/$PREFIX
+STATE=$WORK/state
+TEMPLATES=$STATE/templates
+PORT=${WRENN_TEST_PORT:-7070}
+URL=http://127.0.0.1:$PORT
+AGENT_PID=""
+AGENT_LOG=$WORK/agent.log
+PASSED=0
+FAILED=0
+
+mkdir -p "$TEMPLATES"
+
+fail() {
+    echo "FAIL: $*" >&2
+    FAILED=$((FAILED + 1))
+}
+pass() {
+    PASSED=$((PASSED + 1))
+}
+expect_eq() {  # what actual expected
+    if [ "$2" == "$3" ]; then pass; else fail "$1: got '$2', expected '$3'"; fi
+}
+expect_true() {  # what command...
+    local what=$1
+    shift
+    if "$@"; then pass; else fail "$what"; fi
+}
+# A fatal check: the rest of the test makes no sense without it.
+require() {
+    local what=$1
+    shift
+    if ! "$@"; then
+        fail "$what (fatal)"
+        finish
+    fi
+    pass
+}
+
+# api METHOD PATH [BODY]: sets STATUS and BODY.
+api() {
+    local method=$1 path=$2 data=${3:-}
+    local out
+    out=$(mktemp)
+    if [ -n "$data" ]; then
+        STATUS=$(curl -s -o "$out" -w '%{http_code}' -X "$method" -H 'Content-Type: application/json' \
+            --max-time 60 -d "$data" "$URL$path")
+    else
+        STATUS=$(curl -s -o "$out" -w '%{http_code}' -X "$method" --max-time 60 "$URL$path")
+    fi
+    BODY=$(cat "$out")
+    rm -f "$out"
+}
+# json FIELD: a top-level or dotted field of BODY (python3 is on the host root).
+json() {
+    python3 -c 'import json,sys
+v=json.loads(sys.argv[1])
+for k in sys.argv[2].split("."):
+    v = v[int(k)] if isinstance(v, list) else v.get(k)
+print("" if v is None else v)' "$BODY" "$1"
+}
+
+start_agent() {
+    "$AGENT" serve --listen "127.0.0.1:$PORT" --state-dir "$STATE" --log-level debug "$@" \
+        >>"$AGENT_LOG" 2>&1 &
+    AGENT_PID=$!
+    for _ in $(seq 1 100); do
+        if curl -s -o /dev/null --max-time 1 "$URL/healthz"; then
+            return 0
+        fi
+        if ! kill -0 "$AGENT_PID" 2>/dev/null; then
+            echo "agent exited at start; its log:" >&2
+            cat "$AGENT_LOG" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "agent did not answer within 10 s" >&2
+    return 1
+}
+stop_agent() {  # SIGTERM, and check it exits 0
+    [ -n "$AGENT_PID" ] || return 0
+    kill -TERM "$AGENT_PID"
+    wait "$AGENT_PID"
+    local rc=$?
+    AGENT_PID=""
+    return $rc
+}
+kill_agent() {
+    [ -n "$AGENT_PID" ] || return 0
+    kill -KILL "$AGENT_PID"
+    wait "$AGENT_PID" 2>/dev/null
+    AGENT_PID=""
+}
+
+# Kernel facts, read straight from the kernel.
+wrenn_devices() { dmsetup ls 2>/dev/null | awk '$1 ~ /^wrenn-/ {print $1}' | sort; }
+loops_backed_by() {  # loops whose backing file is $1 (exact) or under $1/
+    local f n=0
+    for f in /sys/block/loop*/loop/backing_file; do
+        [ -e "$f" ] || continue
+        case "$(cat "$f")" in "$1" | "$1"/*) n=$((n + 1)) ;; esac
+    done
+    echo $n
+}
+# write_marker DEV OFFSET_MIB TEXT / read_marker DEV OFFSET_MIB LEN
+write_marker() {
+    printf '%s' "$3" | dd of="$1" bs=1M seek="$2" conv=notrunc,fsync status=none
+}
+read_marker() {
+    dd if="$1" bs=1M skip="$2" count=1 iflag=direct status=none | head -c "$3"
+}
+
+make_template() {  # name size_mib: random bytes, so every read is checked against the image
+    head -c "$(($2 * 1024 * 1024))" /dev/urandom >"$TEMPLATES/$1.img"
+}
+
+finish() {
+    kill_agent
+    # Our strays: every wrenn- device and every loop over our files goes, whatever happened.
+    for d in $(wrenn_devices); do dmsetup remove --retry "$d" >/dev/null 2>&1; done
+    for f in /sys/block/loop*/loop/backing_file; do
+        [ -e "$f" ] || continue
+        case "$(cat "$f")" in "$WORK"/*) losetup -d "/dev/$(basename "$(dirname "$(dirname "$f")")")" 2>/dev/null ;; esac
+    done
+    if [ "$FAILED" -ne 0 ]; then
+        echo "--- agent log (last 60 lines) ---" >&2
+        tail -n 60 "$AGENT_LOG" >&2
+    fi
+    rm -rf "$WORK"
+    echo "$PASSED passed, $FAILED failed"
+    [ "$FAILED" -eq 0 ] && [ "$PASSED" -gt 0 ]
+    exit $?
+}
