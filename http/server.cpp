@@ -1,0 +1,819 @@
+#include "http/server.hpp"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core/basic_stream.hpp>
+#include <boost/beast/core/bind_handler.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/write.hpp>
+#include <cerrno>
+#include <cstdint>
+#include <limits>
+#include <mutex>
+#include <unordered_map>
+
+#include "common/unique_fd.hpp"
+
+namespace wrenn::http {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using tcp = boost::asio::ip::tcp;
+using unix_socket = boost::asio::local::stream_protocol;
+
+// ---------------------------------------------------------------------------------------------
+// Pure helpers.
+
+namespace {
+
+void append_json_string(std::string& out, std::string_view text) {
+    out += '"';
+    for (const char c : text) {
+        switch (c) {
+            case '"':
+                out += "\\\"";
+                break;
+            case '\\':
+                out += "\\\\";
+                break;
+            case '\n':
+                out += "\\n";
+                break;
+            case '\r':
+                out += "\\r";
+                break;
+            case '\t':
+                out += "\\t";
+                break;
+            default:
+                if (static_cast<unsigned char>(c) < 0x20) {
+                    static constexpr char hex[] = "0123456789abcdef";
+                    out += "\\u00";
+                    out += hex[(c >> 4) & 0xf];
+                    out += hex[c & 0xf];
+                } else {
+                    out += c;
+                }
+        }
+    }
+    out += '"';
+}
+
+// Takes time that depends only on the length of `expected` (the secret), not on where the
+// first difference is, so a client cannot find the token byte by byte by timing 401s.
+bool constant_time_equal(std::string_view given, std::string_view expected) {
+    std::size_t diff = given.size() ^ expected.size();
+    for (std::size_t i = 0; i < expected.size(); ++i) {
+        const unsigned char g = i < given.size() ? static_cast<unsigned char>(given[i]) : 0;
+        diff |= g ^ static_cast<unsigned char>(expected[i]);
+    }
+    return diff == 0;
+}
+
+bool iequals_ascii(std::string_view a, std::string_view b) {
+    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+               return (x | 0x20) == (y | 0x20);
+           });
+}
+
+std::string_view target_path(std::string_view target) {
+    return target.substr(0, target.find('?'));
+}
+
+bool authorized(const std::optional<std::string>& token, const Request& req) {
+    if (!token) {
+        return true;
+    }
+    // Health checks come from load balancers and supervisors that hold no token.
+    if (req.method() == bhttp::verb::get && target_path(req.target()) == "/healthz") {
+        return true;
+    }
+    const auto it = req.find(bhttp::field::authorization);
+    if (it == req.end()) {
+        return false;
+    }
+    std::string_view value = it->value();
+    constexpr std::string_view scheme = "Bearer ";
+    // RFC 9110 section 11.1: the auth scheme is case-insensitive.
+    if (value.size() < scheme.size() || !iequals_ascii(value.substr(0, scheme.size()), scheme)) {
+        return false;
+    }
+    value.remove_prefix(scheme.size());
+    while (!value.empty() && value.front() == ' ') {
+        value.remove_prefix(1);
+    }
+    return constant_time_equal(value, *token);
+}
+
+}  // namespace
+
+Response error_response(unsigned version, bhttp::status status, std::string_view code,
+                        std::string_view message, bool keep_alive) {
+    Response res{status, version};
+    res.set(bhttp::field::content_type, "application/json");
+    std::string body = "{\"error\":{\"code\":";
+    append_json_string(body, code);
+    body += ",\"message\":";
+    append_json_string(body, message);
+    body += "}}";
+    res.body() = std::move(body);
+    res.keep_alive(keep_alive);
+    res.prepare_payload();
+    return res;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared state, sessions and listeners.
+
+namespace detail {
+
+// A live connection as the server sees it; both calls may come from any thread.
+class SessionBase {
+  public:
+    virtual ~SessionBase() = default;
+    // Finish the current request, if any, then close.
+    virtual void drain() = 0;
+    // Close now, dropping any response still pending.
+    virtual void close_now() = 0;
+};
+
+// What the server and its sessions share. Sessions keep it alive, so it outlives the Server
+// object when connections are still closing.
+struct ServerState {
+    ServerState(ServerOptions o, Handler h) : opts(std::move(o)), handler(std::move(h)) {}
+
+    const ServerOptions opts;
+    const Handler handler;
+    std::atomic<std::size_t> connections{0};
+    std::atomic<bool> draining{false};
+    std::atomic<std::uint64_t> next_id{1};
+
+    std::mutex mutex;
+    std::unordered_map<std::uint64_t, std::weak_ptr<SessionBase>> sessions;
+
+    void add(std::uint64_t id, std::weak_ptr<SessionBase> session) {
+        std::lock_guard lock(mutex);
+        sessions.emplace(id, std::move(session));
+    }
+    void remove(std::uint64_t id) {
+        std::lock_guard lock(mutex);
+        sessions.erase(id);
+    }
+    std::vector<std::shared_ptr<SessionBase>> live() {
+        std::vector<std::shared_ptr<SessionBase>> out;
+        std::lock_guard lock(mutex);
+        for (auto& [id, weak] : sessions) {
+            if (auto session = weak.lock()) {
+                out.push_back(std::move(session));
+            }
+        }
+        return out;
+    }
+};
+
+// One listening socket and its accept loop.
+class ListenerBase {
+  public:
+    virtual ~ListenerBase() = default;
+    virtual void start() = 0;
+    // Idempotent; after it returns the socket is closed and new connections are refused.
+    virtual void close() = 0;
+};
+
+namespace {
+
+std::string describe_peer(const tcp::socket& socket) {
+    boost::system::error_code ec;
+    const auto ep = socket.remote_endpoint(ec);
+    if (ec) {
+        return "tcp:?";
+    }
+    return ep.address().is_v6() ? "[" + ep.address().to_string() + "]:" + std::to_string(ep.port())
+                                : ep.address().to_string() + ":" + std::to_string(ep.port());
+}
+
+std::string describe_peer(const unix_socket::socket& socket) {
+    boost::system::error_code ec;
+    const auto ep = socket.local_endpoint(ec);
+    return ec ? "unix:?" : "unix:" + ep.path();
+}
+
+// One HTTP/1.1 connection: reads requests one at a time with limits and timeouts, checks the
+// token, hands each request to the handler and writes its response, then reads the next
+// (keep-alive) or closes gracefully. All its state is touched only on its strand; the strand
+// is the executor of the socket it was accepted into.
+template <class Protocol>
+class Session final : public SessionBase, public std::enable_shared_from_this<Session<Protocol>> {
+  public:
+    using Socket = typename Protocol::socket;
+    using Stream = beast::basic_stream<Protocol>;
+
+    Session(std::shared_ptr<ServerState> state, Socket socket)
+        : state_(std::move(state)),
+          id_(state_->next_id.fetch_add(1)),
+          peer_(describe_peer(socket)),
+          strand_(socket.get_executor()),
+          stream_(std::move(socket)),
+          handler_timer_(strand_) {
+        state_->connections.fetch_add(1);
+    }
+
+    ~Session() override {
+        state_->remove(id_);
+        state_->connections.fetch_sub(1);
+        spdlog::debug("http: connection {} from {} closed", id_, peer_);
+    }
+
+    void run() {
+        state_->add(id_, this->weak_from_this());
+        spdlog::debug("http: connection {} from {} accepted", id_, peer_);
+        net::dispatch(strand_, [self = this->shared_from_this()] { self->start_read(); });
+    }
+
+    void drain() override {
+        net::post(strand_, [self = this->shared_from_this()] { self->on_drain(); });
+    }
+
+    void close_now() override {
+        net::post(strand_, [self = this->shared_from_this()] { self->close(); });
+    }
+
+  private:
+    enum class Phase { Reading, Handling, Writing, Closing };
+
+    const ServerOptions& opts() const { return state_->opts; }
+
+    void start_read() {
+        if (phase_ == Phase::Closing) {
+            return;
+        }
+        phase_ = Phase::Reading;
+        if (state_->draining.load() && idle()) {
+            close();
+            return;
+        }
+        parser_.emplace();
+        parser_->body_limit(opts().body_limit);
+        parser_->header_limit(static_cast<std::uint32_t>(
+            std::min<std::size_t>(opts().header_limit, std::numeric_limits<std::uint32_t>::max())));
+        // A fresh connection gets read_timeout for its first request: connecting and then
+        // sending nothing is a slow client. Between kept-alive requests the client may think
+        // for idle_timeout; once a request's first byte arrives it has read_timeout to finish.
+        request_started_ = first_request_ || buffer_.size() > 0;
+        first_request_ = false;
+        stream_.expires_after(request_started_ ? opts().read_timeout : opts().idle_timeout);
+        read_some();
+    }
+
+    // No request in progress and nothing buffered or waiting in the kernel.
+    bool idle() {
+        if (buffer_.size() > 0 || (parser_ && parser_->got_some())) {
+            return false;
+        }
+        boost::system::error_code ec;
+        return stream_.socket().available(ec) == 0 || ec;
+    }
+
+    void read_some() {
+        bhttp::async_read_some(
+            stream_, buffer_, *parser_,
+            beast::bind_front_handler(&Session::on_read, this->shared_from_this()));
+    }
+
+    void on_read(beast::error_code ec, std::size_t) {
+        if (ec) {
+            on_read_error(ec);
+            return;
+        }
+        if (parser_->is_done()) {
+            handle_request();
+            return;
+        }
+        if (!request_started_ && (parser_->got_some() || buffer_.size() > 0)) {
+            request_started_ = true;
+            stream_.expires_after(opts().read_timeout);
+        }
+        read_some();
+    }
+
+    void on_read_error(beast::error_code ec) {
+        if (phase_ == Phase::Closing || ec == net::error::operation_aborted) {
+            return;
+        }
+        if (ec == bhttp::error::end_of_stream) {
+            spdlog::debug("http: connection {} from {}: client closed", id_, peer_);
+            graceful_close();
+            return;
+        }
+        if (ec == beast::error::timeout) {
+            // basic_stream closed the socket when its timer fired.
+            spdlog::warn("http: connection {} from {}: {} waiting for a request, closing", id_,
+                         peer_, request_started_ ? "timed out" : "idle");
+            phase_ = Phase::Closing;
+            return;
+        }
+        if (ec == bhttp::error::body_limit) {
+            spdlog::warn("http: connection {} from {}: body larger than {} bytes", id_, peer_,
+                         opts().body_limit);
+            write_error(
+                bhttp::status::payload_too_large, "payload_too_large",
+                "request body is larger than " + std::to_string(opts().body_limit) + " bytes");
+            return;
+        }
+        if (ec == bhttp::error::header_limit || ec == bhttp::error::buffer_overflow) {
+            spdlog::warn("http: connection {} from {}: header larger than {} bytes", id_, peer_,
+                         opts().header_limit);
+            write_error(
+                bhttp::status::request_header_fields_too_large, "header_too_large",
+                "request header is larger than " + std::to_string(opts().header_limit) + " bytes");
+            return;
+        }
+        if (ec.category() == bhttp::make_error_code(bhttp::error::bad_method).category() &&
+            ec != bhttp::error::partial_message) {
+            spdlog::warn("http: connection {} from {}: bad request: {}", id_, peer_, ec.message());
+            write_error(bhttp::status::bad_request, "bad_request",
+                        "malformed HTTP request: " + ec.message());
+            return;
+        }
+        // Reset, or closed in the middle of a request: nobody is left to answer.
+        spdlog::debug("http: connection {} from {}: read: {}", id_, peer_, ec.message());
+        close();
+    }
+
+    void handle_request() {
+        phase_ = Phase::Handling;
+        Request req = parser_->release();
+        parser_.reset();
+        request_version_ = req.version();
+        request_keep_alive_ = req.keep_alive();
+        request_is_head_ = req.method() == bhttp::verb::head;
+        const std::uint64_t seq = ++seq_;
+
+        if (!authorized(opts().bearer_token, req)) {
+            spdlog::warn("http: connection {} from {}: {} {}: missing or wrong bearer token", id_,
+                         peer_, std::string_view(req.method_string()),
+                         std::string_view(req.target()));
+            auto res = error_response(request_version_, bhttp::status::unauthorized, "unauthorized",
+                                      "missing or wrong bearer token", request_keep_alive_);
+            res.set(bhttp::field::www_authenticate, "Bearer");
+            on_response(seq, std::move(res));
+            return;
+        }
+
+        // The handler may keep respond forever and never call it; then this timer is what ends
+        // the session. respond holds only a weak reference, so it keeps nothing alive.
+        handler_timer_.expires_after(opts().idle_timeout);
+        handler_timer_.async_wait([self = this->shared_from_this(), seq](beast::error_code ec) {
+            if (!ec && self->phase_ == Phase::Handling && self->seq_ == seq) {
+                spdlog::warn("http: connection {} from {}: no response within {} s, closing",
+                             self->id_, self->peer_, self->opts().idle_timeout.count());
+                self->close();
+            }
+        });
+
+        Respond respond = [weak = this->weak_from_this(), strand = strand_, seq](Response res) {
+            net::post(strand, [weak, seq, res = std::move(res)]() mutable {
+                if (auto self = weak.lock()) {
+                    self->on_response(seq, std::move(res));
+                }
+            });
+        };
+        try {
+            state_->handler(std::move(req), std::move(respond));
+        } catch (const std::exception& e) {
+            spdlog::warn("http: connection {} from {}: handler threw: {}", id_, peer_, e.what());
+            on_response(seq, error_response(request_version_, bhttp::status::internal_server_error,
+                                            "internal_error", "internal error", false));
+        }
+    }
+
+    void on_response(std::uint64_t seq, Response res) {
+        if (phase_ != Phase::Handling || seq != seq_) {
+            spdlog::debug("http: connection {} from {}: dropping a late or repeated response", id_,
+                          peer_);
+            return;
+        }
+        handler_timer_.cancel();
+        const bool keep =
+            request_keep_alive_ && res.keep_alive() && !draining_ && !state_->draining.load();
+        write(std::move(res), keep);
+    }
+
+    void write_error(bhttp::status status, std::string_view code, const std::string& message) {
+        write(error_response(11, status, code, message, false), false);
+    }
+
+    void write(Response res, bool keep_alive) {
+        phase_ = Phase::Writing;
+        res.version(request_version_);
+        res.keep_alive(keep_alive);
+        try {
+            res.prepare_payload();
+        } catch (const std::invalid_argument&) {
+            // 1xx, 204 and 304 responses must not carry a body (RFC 9110 section 6.4.1).
+            res.body().clear();
+            res.prepare_payload();
+        }
+        if (request_is_head_) {
+            // Keep the Content-Length of the body a GET would get, but send no body.
+            res.body().clear();
+        }
+        response_.emplace(std::move(res));
+        stream_.expires_after(opts().read_timeout);
+        bhttp::async_write(
+            stream_, *response_,
+            [self = this->shared_from_this(), keep_alive](beast::error_code ec, std::size_t) {
+                self->on_write(ec, keep_alive);
+            });
+    }
+
+    void on_write(beast::error_code ec, bool keep_alive) {
+        response_.reset();
+        request_is_head_ = false;
+        if (ec) {
+            if (ec != net::error::operation_aborted) {
+                spdlog::debug("http: connection {} from {}: write: {}", id_, peer_, ec.message());
+            }
+            close();
+            return;
+        }
+        if (!keep_alive) {
+            graceful_close();
+            return;
+        }
+        start_read();
+    }
+
+    void on_drain() {
+        draining_ = true;
+        if (phase_ == Phase::Reading && idle()) {
+            spdlog::debug("http: connection {} from {}: closing idle connection", id_, peer_);
+            close();
+        }
+    }
+
+    // Sends FIN, then reads and discards what the client still sends (say, the rest of a body
+    // we refused) for a bounded time: closing with unread data makes the kernel send RST, and
+    // the client could lose the response we just wrote.
+    void graceful_close() {
+        phase_ = Phase::Closing;
+        beast::error_code ec;
+        stream_.socket().shutdown(Socket::shutdown_send, ec);
+        if (ec) {
+            close();
+            return;
+        }
+        stream_.expires_after(
+            std::min<std::chrono::seconds>(opts().read_timeout, std::chrono::seconds(5)));
+        linger();
+    }
+
+    void linger() {
+        stream_.async_read_some(
+            net::buffer(linger_buffer_),
+            [self = this->shared_from_this()](beast::error_code ec, std::size_t n) {
+                self->lingered_ += n;
+                if (ec || self->lingered_ > kLingerLimit) {
+                    self->close();
+                    return;
+                }
+                self->linger();
+            });
+    }
+
+    void close() {
+        phase_ = Phase::Closing;
+        handler_timer_.cancel();
+        stream_.close();
+    }
+
+    static constexpr std::size_t kLingerLimit = 1024 * 1024;
+
+    std::shared_ptr<ServerState> state_;
+    const std::uint64_t id_;
+    const std::string peer_;
+    const typename Socket::executor_type strand_;
+    Stream stream_;
+    net::steady_timer handler_timer_;
+    beast::flat_buffer buffer_;
+    std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+    std::optional<Response> response_;
+    std::array<char, 16 * 1024> linger_buffer_{};
+    std::size_t lingered_ = 0;
+    Phase phase_ = Phase::Reading;
+    bool first_request_ = true;
+    bool request_started_ = false;
+    bool draining_ = false;
+    bool request_keep_alive_ = false;
+    bool request_is_head_ = false;
+    unsigned request_version_ = 11;
+    std::uint64_t seq_ = 0;  // numbers requests, so a late respond cannot answer a later one
+};
+
+// Accepts connections on one socket, each into a fresh strand. The acceptor is touched from
+// the io_context (accept completions) and from stop_accepting's thread, so a mutex guards it.
+template <class Protocol>
+class Listener final : public ListenerBase,
+                       public std::enable_shared_from_this<Listener<Protocol>> {
+  public:
+    using Acceptor = typename Protocol::acceptor;
+
+    Listener(net::io_context& ioc, std::shared_ptr<ServerState> state, std::string name)
+        : ioc_(ioc),
+          state_(std::move(state)),
+          name_(std::move(name)),
+          acceptor_(ioc),
+          retry_timer_(ioc) {}
+
+    ~Listener() override { close(); }
+
+    Acceptor& acceptor() { return acceptor_; }
+
+    // For a unix socket: the file to remove on close, if it is still the one we bound.
+    void own_socket_file(std::string path, dev_t dev, ino_t ino) {
+        socket_path_ = std::move(path);
+        socket_dev_ = dev;
+        socket_ino_ = ino;
+    }
+
+    void start() override {
+        std::lock_guard lock(mutex_);
+        arm();
+    }
+
+    void close() override {
+        std::lock_guard lock(mutex_);
+        if (closed_) {
+            return;
+        }
+        closed_ = true;
+        boost::system::error_code ec;
+        acceptor_.close(ec);
+        retry_timer_.cancel();
+        if (!socket_path_.empty()) {
+            struct stat st {};
+            // Another server may have replaced the file since; leave its socket alone.
+            if (::lstat(socket_path_.c_str(), &st) == 0 && st.st_dev == socket_dev_ &&
+                st.st_ino == socket_ino_ && ::unlink(socket_path_.c_str()) != 0) {
+                spdlog::warn("http: remove {}: {}", socket_path_, describe_errno(errno));
+            }
+        }
+        spdlog::debug("http: stopped listening on {}", name_);
+    }
+
+  private:
+    // Called with mutex_ held.
+    void arm() {
+        if (closed_) {
+            return;
+        }
+        acceptor_.async_accept(net::make_strand(ioc_), [self = this->shared_from_this()](
+                                                           beast::error_code ec, auto socket) {
+            self->on_accept(ec, typename Protocol::socket(std::move(socket)));
+        });
+    }
+
+    void on_accept(beast::error_code ec, typename Protocol::socket socket) {
+        if (ec == net::error::operation_aborted) {
+            return;
+        }
+        if (!ec) {
+            // Asio accepts without SOCK_CLOEXEC; the agent never execs, but keep the rule.
+            ::fcntl(socket.native_handle(), F_SETFD, FD_CLOEXEC);
+            std::make_shared<Session<Protocol>>(state_, std::move(socket))->run();
+        }
+        std::lock_guard lock(mutex_);
+        if (closed_) {
+            return;
+        }
+        if (ec) {
+            // EMFILE, ENFILE, ENOBUFS...: retry a little later rather than spin.
+            spdlog::warn("http: accept on {}: {}", name_, ec.message());
+            retry_timer_.expires_after(std::chrono::milliseconds(100));
+            retry_timer_.async_wait([self = this->shared_from_this()](beast::error_code wait_ec) {
+                if (!wait_ec) {
+                    std::lock_guard relock(self->mutex_);
+                    self->arm();
+                }
+            });
+            return;
+        }
+        arm();
+    }
+
+    net::io_context& ioc_;
+    std::shared_ptr<ServerState> state_;
+    const std::string name_;
+    std::mutex mutex_;
+    Acceptor acceptor_;
+    net::steady_timer retry_timer_;
+    bool closed_ = false;
+    std::string socket_path_;
+    dev_t socket_dev_ = 0;
+    ino_t socket_ino_ = 0;
+};
+
+Error listen_error(const ListenAddress& address, int code, std::string detail = {}) {
+    return Error("listen " + address.to_string(), code, std::move(detail));
+}
+
+Result<std::shared_ptr<ListenerBase>> open_tcp(net::io_context& ioc,
+                                               const std::shared_ptr<ServerState>& state,
+                                               const ListenAddress& address, ListenAddress& bound) {
+    boost::system::error_code ec;
+    // "localhost" means the IPv4 loopback: resolving it would block, and may yield ::1 too.
+    const auto ip =
+        net::ip::make_address(address.host == "localhost" ? "127.0.0.1" : address.host, ec);
+    if (ec) {
+        return listen_error(address, EINVAL, "not an IP address");
+    }
+    const tcp::endpoint endpoint(ip, address.port);
+    auto listener = std::make_shared<Listener<tcp>>(ioc, state, address.to_string());
+    UniqueFd fd(::socket(ip.is_v6() ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!fd) {
+        return listen_error(address, errno);
+    }
+    auto& acceptor = listener->acceptor();
+    acceptor.assign(endpoint.protocol(), fd.get(), ec);
+    if (ec) {
+        return listen_error(address, ec.value());
+    }
+    fd.release();
+    // Lets a restarted agent bind while connections of the old one sit in TIME_WAIT.
+    acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec) {
+        acceptor.bind(endpoint, ec);
+    }
+    if (!ec) {
+        acceptor.listen(net::socket_base::max_listen_connections, ec);
+    }
+    if (ec) {
+        return listen_error(address, ec.value());
+    }
+    bound = address;
+    bound.port = acceptor.local_endpoint(ec).port();
+    spdlog::info("http: listening on {}", bound.to_string());
+    return std::shared_ptr<ListenerBase>(std::move(listener));
+}
+
+// Whether a server is accepting on the unix socket at path: connect() to a socket file nobody
+// listens on fails with ECONNREFUSED at once, so this does not block.
+bool unix_socket_is_live(const std::string& path) {
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!fd) {
+        return false;
+    }
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    path.copy(addr.sun_path, sizeof addr.sun_path - 1);
+    if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0) {
+        return true;
+    }
+    return errno == EAGAIN || errno == EINPROGRESS;  // backlog full: someone is listening
+}
+
+Result<std::shared_ptr<ListenerBase>> open_unix(net::io_context& ioc,
+                                                const std::shared_ptr<ServerState>& state,
+                                                const ListenAddress& address,
+                                                ListenAddress& bound) {
+    const std::string& path = address.path;
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            return listen_error(address, EEXIST,
+                                "the path is not a socket; refusing to replace it");
+        }
+        if (unix_socket_is_live(path)) {
+            return listen_error(address, EADDRINUSE, "another server is listening on it");
+        }
+        // A socket file left by a server that died: bind() would fail with EADDRINUSE.
+        if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+            return listen_error(address, errno, "removing the stale socket file");
+        }
+        spdlog::info("http: removed stale socket file {}", path);
+    } else if (errno != ENOENT) {
+        return listen_error(address, errno);
+    }
+
+    auto listener = std::make_shared<Listener<unix_socket>>(ioc, state, address.to_string());
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!fd) {
+        return listen_error(address, errno);
+    }
+    boost::system::error_code ec;
+    auto& acceptor = listener->acceptor();
+    acceptor.assign(unix_socket(), fd.get(), ec);
+    if (ec) {
+        return listen_error(address, ec.value());
+    }
+    fd.release();
+    acceptor.bind(unix_socket::endpoint(path), ec);
+    if (ec) {
+        return listen_error(address, ec.value());
+    }
+    if (::lstat(path.c_str(), &st) != 0) {
+        return listen_error(address, errno, "stat after bind");
+    }
+    listener->own_socket_file(path, st.st_dev, st.st_ino);
+    // Connecting needs write permission on the socket file. Until listen() below, connect()
+    // is refused, so nobody gets in through the umask's mode before this chmod.
+    if (::chmod(path.c_str(), 0600) != 0) {
+        return listen_error(address, errno, "chmod 0600");
+    }
+    acceptor.listen(net::socket_base::max_listen_connections, ec);
+    if (ec) {
+        return listen_error(address, ec.value());
+    }
+    bound = address;
+    spdlog::info("http: listening on {}", bound.to_string());
+    return std::shared_ptr<ListenerBase>(std::move(listener));
+}
+
+}  // namespace
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------------
+// Server.
+
+Result<std::unique_ptr<Server>> Server::create(net::io_context& ioc, ServerOptions opts,
+                                               Handler handler) {
+    if (opts.listen.empty()) {
+        return Error("start http server", EINVAL, "no listen address");
+    }
+    if (!handler) {
+        return Error("start http server", EINVAL, "no handler");
+    }
+    auto state = std::make_shared<detail::ServerState>(std::move(opts), std::move(handler));
+    std::vector<std::shared_ptr<detail::ListenerBase>> listeners;
+    std::vector<ListenAddress> bound;
+    for (const auto& address : state->opts.listen) {
+        ListenAddress actual;
+        auto listener = address.kind == ListenAddress::Kind::Tcp
+                            ? detail::open_tcp(ioc, state, address, actual)
+                            : detail::open_unix(ioc, state, address, actual);
+        if (!listener) {
+            // The listeners opened so far close (and remove their socket files) on the way out.
+            return std::move(listener).error();
+        }
+        listeners.push_back(std::move(*listener));
+        bound.push_back(std::move(actual));
+    }
+    for (auto& listener : listeners) {
+        listener->start();
+    }
+    return std::unique_ptr<Server>(
+        new Server(std::move(state), std::move(listeners), std::move(bound)));
+}
+
+Server::Server(std::shared_ptr<detail::ServerState> state,
+               std::vector<std::shared_ptr<detail::ListenerBase>> listeners,
+               std::vector<ListenAddress> bound)
+    : state_(std::move(state)), listeners_(std::move(listeners)), bound_(std::move(bound)) {}
+
+Server::~Server() {
+    stop_accepting();
+    for (auto& session : state_->live()) {
+        session->close_now();
+    }
+}
+
+void Server::stop_accepting() {
+    // Set before closing the listeners: a session accepted in the meantime sees the flag when
+    // it starts reading, and every session seen below gets drain().
+    const bool was_draining = state_->draining.exchange(true);
+    for (auto& listener : listeners_) {
+        listener->close();
+    }
+    if (!was_draining) {
+        for (auto& session : state_->live()) {
+            session->drain();
+        }
+    }
+}
+
+std::size_t Server::connections() const {
+    return state_->connections.load();
+}
+
+std::vector<ListenAddress> Server::bound() const {
+    return bound_;
+}
+
+}  // namespace wrenn::http

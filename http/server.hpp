@@ -1,0 +1,86 @@
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/status.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.hpp"
+#include "http/listen_address.hpp"
+
+namespace wrenn::http {
+
+using Request = boost::beast::http::request<boost::beast::http::string_body>;
+using Response = boost::beast::http::response<boost::beast::http::string_body>;
+// Delivers the response for one request. May be called from any thread, exactly once; later
+// calls, and calls after the connection is gone, are dropped. The server sets Content-Length,
+// the HTTP version and keep-alive on the response it is given.
+using Respond = std::function<void(Response)>;
+// Called on the connection's strand for every request that passed the transport checks.
+// Must not block: hand slow work to another thread and call respond from there.
+using Handler = std::function<void(Request&&, Respond)>;
+
+struct ServerOptions {
+    std::vector<ListenAddress> listen;
+    // When set, every request except GET /healthz needs "Authorization: Bearer <token>",
+    // else 401 JSON.
+    std::optional<std::string> bearer_token;
+    std::size_t body_limit = 64 * 1024;     // larger -> 413 JSON
+    std::size_t header_limit = 8 * 1024;    // larger -> 431 JSON
+    std::chrono::seconds read_timeout{30};  // per request, from its first byte; also bounds writes
+    // Wait for the next request on a kept-alive connection, and for a handler's response.
+    std::chrono::seconds idle_timeout{60};
+};
+
+namespace detail {
+struct ServerState;
+class ListenerBase;
+}  // namespace detail
+
+// Owns the listening sockets (and the unix socket files it created) and the live connections.
+// A Server either listens on every address it was given or does not exist. Destroying it closes
+// the listeners and every connection; responses still pending are dropped. The io_context must
+// outlive it and every Respond callback that may still be called.
+class Server {
+  public:
+    // Binds and listens on every address in opts.listen; accepting starts when ioc runs.
+    // Errors read as "listen 127.0.0.1:7070: address already in use".
+    static Result<std::unique_ptr<Server>> create(boost::asio::io_context& ioc, ServerOptions opts,
+                                                  Handler handler);
+    ~Server();
+    Server(const Server&) = delete;
+    Server& operator=(const Server&) = delete;
+
+    // Closes the listeners (new connections are refused) and removes their socket files. Idle
+    // connections close at once; busy ones finish their current request, answer it with
+    // "Connection: close" and close. Safe to call from any thread, more than once.
+    void stop_accepting();
+    // Live connections, including those waiting for a handler's response.
+    std::size_t connections() const;
+    // The addresses listened on, with the real port where port 0 was asked for.
+    std::vector<ListenAddress> bound() const;
+
+  private:
+    Server(std::shared_ptr<detail::ServerState> state,
+           std::vector<std::shared_ptr<detail::ListenerBase>> listeners,
+           std::vector<ListenAddress> bound);
+
+    std::shared_ptr<detail::ServerState> state_;
+    std::vector<std::shared_ptr<detail::ListenerBase>> listeners_;
+    std::vector<ListenAddress> bound_;
+};
+
+// JSON error body used for every transport-level error: {"error":{"code":"...","message":"..."}}
+// with Content-Type application/json; "Connection: close" unless keep_alive.
+Response error_response(unsigned version, boost::beast::http::status status, std::string_view code,
+                        std::string_view message, bool keep_alive);
+
+}  // namespace wrenn::http

@@ -1,0 +1,754 @@
+// The HTTP transport over real sockets: 127.0.0.1 with port 0, and unix sockets in a temp dir.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <catch2/catch.hpp>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include "common/unique_fd.hpp"
+#include "http/server.hpp"
+
+namespace bhttp = boost::beast::http;
+namespace net = boost::asio;
+using namespace std::chrono_literals;
+using wrenn::UniqueFd;
+using wrenn::http::Handler;
+using wrenn::http::ListenAddress;
+using wrenn::http::Request;
+using wrenn::http::Respond;
+using wrenn::http::Response;
+using wrenn::http::Server;
+using wrenn::http::ServerOptions;
+
+namespace {
+
+ListenAddress loopback_any_port() {
+    ListenAddress a;
+    a.kind = ListenAddress::Kind::Tcp;
+    a.host = "127.0.0.1";
+    a.port = 0;
+    return a;
+}
+
+ListenAddress unix_address(const std::string& path) {
+    ListenAddress a;
+    a.kind = ListenAddress::Kind::Unix;
+    a.path = path;
+    return a;
+}
+
+Response text_response(const Request& req, std::string body) {
+    Response res{bhttp::status::ok, req.version()};
+    res.set(bhttp::field::content_type, "text/plain");
+    res.body() = std::move(body);
+    return res;
+}
+
+// Answers "<METHOD> <target> <body>" at once.
+void echo(Request&& req, Respond respond) {
+    std::string body = std::string(req.method_string()) + " " + std::string(req.target());
+    if (!req.body().empty()) {
+        body += " " + req.body();
+    }
+    respond(text_response(req, std::move(body)));
+}
+
+// A temp directory removed with its contents at scope exit.
+struct TempDir {
+    std::filesystem::path path;
+    TempDir() {
+        std::string tmpl = (std::filesystem::temp_directory_path() / "wrenn-http-XXXXXX").string();
+        REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+        path = tmpl;
+    }
+    ~TempDir() {
+        std::error_code ec;
+        std::filesystem::remove_all(path, ec);
+    }
+};
+
+// Threads that the test's handlers start to answer later; joined before the server goes.
+struct Workers {
+    std::mutex mutex;
+    std::vector<std::thread> threads;
+    void spawn(std::function<void()> f) {
+        std::lock_guard lock(mutex);
+        threads.emplace_back(std::move(f));
+    }
+    void join() {
+        std::vector<std::thread> all;
+        {
+            std::lock_guard lock(mutex);
+            all.swap(threads);
+        }
+        for (auto& t : all) {
+            t.join();
+        }
+    }
+    ~Workers() { join(); }
+};
+
+// A server running on two io_context threads, as the agent may run it.
+struct TestServer {
+    net::io_context ioc;
+    std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
+    std::unique_ptr<Server> server;
+    std::vector<std::thread> threads;
+
+    TestServer(ServerOptions opts, Handler handler) {
+        if (opts.listen.empty()) {
+            opts.listen.push_back(loopback_any_port());
+        }
+        auto created = Server::create(ioc, std::move(opts), std::move(handler));
+        if (!created.ok()) {
+            FAIL("create: " << created.error().message());
+        }
+        server = std::move(*created);
+        work.emplace(ioc.get_executor());
+        for (int i = 0; i < 2; ++i) {
+            threads.emplace_back([this] { ioc.run(); });
+        }
+    }
+    ~TestServer() { shutdown(); }
+
+    void shutdown() {
+        server.reset();
+        work.reset();
+        // Sessions close at once when the server goes; give them a moment, then stop anyway.
+        const auto deadline = std::chrono::steady_clock::now() + 5s;
+        while (!ioc.stopped() && std::chrono::steady_clock::now() < deadline) {
+            std::this_thread::sleep_for(5ms);
+        }
+        ioc.stop();
+        for (auto& t : threads) {
+            t.join();
+        }
+        threads.clear();
+    }
+
+    std::uint16_t port() const { return server->bound().at(0).port; }
+
+    // Waits until the server has this many live connections.
+    bool wait_connections(std::size_t n, std::chrono::milliseconds timeout = 5s) const {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (server->connections() != n) {
+            if (std::chrono::steady_clock::now() > deadline) {
+                return false;
+            }
+            std::this_thread::sleep_for(2ms);
+        }
+        return true;
+    }
+};
+
+// A blocking test client on a raw socket, with poll() deadlines so a broken server fails the
+// test instead of hanging it.
+class Client {
+  public:
+    static int connect_tcp(std::uint16_t port, UniqueFd& out) {
+        UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_port = htons(port);
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+            return errno;
+        }
+        out = std::move(fd);
+        return 0;
+    }
+    static int connect_unix(const std::string& path, UniqueFd& out) {
+        UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        path.copy(addr.sun_path, sizeof addr.sun_path - 1);
+        if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+            return errno;
+        }
+        out = std::move(fd);
+        return 0;
+    }
+
+    explicit Client(std::uint16_t port) {
+        const int err = connect_tcp(port, fd_);
+        INFO("connect: " << std::strerror(err));
+        REQUIRE(err == 0);
+    }
+    explicit Client(const std::string& unix_path) {
+        const int err = connect_unix(unix_path, fd_);
+        INFO("connect: " << std::strerror(err));
+        REQUIRE(err == 0);
+    }
+
+    // Sends all of data; false when the server has closed or reset the connection.
+    bool send(std::string_view data) {
+        while (!data.empty()) {
+            const ssize_t n = ::send(fd_.get(), data.data(), data.size(), MSG_NOSIGNAL);
+            if (n < 0) {
+                if (errno == EINTR) {
+                    continue;
+                }
+                return false;
+            }
+            data.remove_prefix(static_cast<std::size_t>(n));
+        }
+        return true;
+    }
+
+    // Reads one response; nullopt on EOF, reset, timeout or a malformed response.
+    std::optional<Response> read_response(std::chrono::milliseconds timeout = 5s) {
+        bhttp::response_parser<bhttp::string_body> parser;
+        parser.eager(true);
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (!parser.is_done()) {
+            if (!buffer_.empty()) {
+                boost::beast::error_code ec;
+                const auto used = parser.put(net::buffer(buffer_), ec);
+                buffer_.erase(0, used);
+                if (ec && ec != bhttp::error::need_more) {
+                    return std::nullopt;
+                }
+                if (parser.is_done()) {
+                    break;
+                }
+                if (used > 0 && !ec) {
+                    continue;
+                }
+            }
+            const int got = receive(deadline);
+            if (got <= 0) {
+                return std::nullopt;
+            }
+        }
+        return parser.release();
+    }
+
+    // Whether the server closes the connection (EOF or reset) before the timeout, discarding
+    // anything it still sends.
+    bool closed_by_server(std::chrono::milliseconds timeout = 5s) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        for (;;) {
+            const int got = receive(deadline);
+            if (got == 0 || got == -ECONNRESET) {
+                return true;
+            }
+            if (got == -ETIMEDOUT) {
+                return false;
+            }
+            if (got < 0) {
+                return true;
+            }
+        }
+    }
+
+    // Abortive close: RST instead of FIN.
+    void reset() {
+        linger lg{1, 0};
+        ::setsockopt(fd_.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        fd_.reset();
+    }
+    void close() { fd_.reset(); }
+
+  private:
+    // >0 bytes appended to buffer_, 0 on EOF, -errno on error, -ETIMEDOUT at the deadline.
+    int receive(std::chrono::steady_clock::time_point deadline) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) {
+            return -ETIMEDOUT;
+        }
+        pollfd pfd{fd_.get(), POLLIN, 0};
+        const int ready = ::poll(&pfd, 1, static_cast<int>(left.count()));
+        if (ready == 0) {
+            return -ETIMEDOUT;
+        }
+        if (ready < 0) {
+            return -errno;
+        }
+        char chunk[16384];
+        const ssize_t n = ::recv(fd_.get(), chunk, sizeof chunk, 0);
+        if (n < 0) {
+            return -errno;
+        }
+        buffer_.append(chunk, static_cast<std::size_t>(n));
+        return static_cast<int>(n);
+    }
+
+    UniqueFd fd_;
+    std::string buffer_;
+};
+
+std::string get(std::string_view target, std::string_view extra_headers = "") {
+    return "GET " + std::string(target) + " HTTP/1.1\r\nHost: test\r\n" +
+           std::string(extra_headers) + "\r\n";
+}
+
+std::string post(std::string_view target, std::string_view body) {
+    return "POST " + std::string(target) +
+           " HTTP/1.1\r\nHost: test\r\nContent-Length: " + std::to_string(body.size()) +
+           "\r\n\r\n" + std::string(body);
+}
+
+void check_json_error(const Response& res, bhttp::status status, std::string_view code) {
+    CHECK(res.result() == status);
+    CHECK(res[bhttp::field::content_type] == "application/json");
+    CHECK_THAT(res.body(), Catch::Contains("{\"error\":{\"code\":\"" + std::string(code) + "\""));
+}
+
+}  // namespace
+
+TEST_CASE("http server: GET returns the handler's body", "[http]") {
+    TestServer ts({}, echo);
+    Client c(ts.port());
+    REQUIRE(c.send(get("/v1/sandboxes?x=1")));
+    auto res = c.read_response();
+    REQUIRE(res);
+    CHECK(res->result() == bhttp::status::ok);
+    CHECK(res->body() == "GET /v1/sandboxes?x=1");
+    CHECK(res->at(bhttp::field::content_length) == "21");
+    CHECK(res->keep_alive());
+    CHECK(ts.server->connections() == 1);
+}
+
+TEST_CASE("http server: keep-alive serves two requests on one connection", "[http]") {
+    TestServer ts({}, echo);
+    Client c(ts.port());
+    REQUIRE(c.send(get("/one")));
+    auto first = c.read_response();
+    REQUIRE(first);
+    CHECK(first->body() == "GET /one");
+    REQUIRE(c.send(post("/two", "hello")));
+    auto second = c.read_response();
+    REQUIRE(second);
+    CHECK(second->body() == "POST /two hello");
+    // Pipelined: both requests in one write, answered in order.
+    REQUIRE(c.send(get("/three") + get("/four", "Connection: close\r\n")));
+    auto third = c.read_response();
+    auto fourth = c.read_response();
+    REQUIRE(third);
+    REQUIRE(fourth);
+    CHECK(third->body() == "GET /three");
+    CHECK(fourth->body() == "GET /four");
+    CHECK_FALSE(fourth->keep_alive());
+    CHECK(c.closed_by_server());
+    CHECK(ts.wait_connections(0));
+}
+
+TEST_CASE("http server: a handler may respond later from another thread", "[http]") {
+    Workers workers;
+    TestServer ts({}, [&](Request&& req, Respond respond) {
+        workers.spawn([req = std::move(req), respond] {
+            std::this_thread::sleep_for(200ms);
+            respond(text_response(req, "late"));
+            respond(text_response(req, "twice"));  // a second call is dropped
+        });
+    });
+    Client c(ts.port());
+    const auto start = std::chrono::steady_clock::now();
+    REQUIRE(c.send(get("/slow")));
+    auto res = c.read_response();
+    REQUIRE(res);
+    CHECK(res->body() == "late");
+    CHECK(std::chrono::steady_clock::now() - start >= 190ms);
+    // The connection is still usable after the dropped second response.
+    REQUIRE(c.send(get("/again")));
+    auto again = c.read_response();
+    REQUIRE(again);
+    CHECK(again->body() == "late");
+    workers.join();
+}
+
+TEST_CASE("http server: a body over the limit gets 413 and the connection closes", "[http]") {
+    TestServer ts({}, echo);
+    Client c(ts.port());
+    c.send(post("/big", std::string(64 * 1024 + 1, 'x')));  // the server may close mid-way
+    auto res = c.read_response();
+    REQUIRE(res);
+    check_json_error(*res, bhttp::status::payload_too_large, "payload_too_large");
+    CHECK_FALSE(res->keep_alive());
+    CHECK(c.closed_by_server());
+
+    // Exactly at the limit is fine.
+    Client ok(ts.port());
+    REQUIRE(ok.send(post("/big", std::string(64 * 1024, 'x'))));
+    auto fine = ok.read_response();
+    REQUIRE(fine);
+    CHECK(fine->result() == bhttp::status::ok);
+
+    // A chunked body over the limit is refused too.
+    Client chunked(ts.port());
+    std::string req = "POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for (int i = 0; i < 3; ++i) {
+        req += "8000\r\n" + std::string(0x8000, 'y') + "\r\n";
+    }
+    req += "0\r\n\r\n";
+    chunked.send(req);
+    auto refused = chunked.read_response();
+    REQUIRE(refused);
+    check_json_error(*refused, bhttp::status::payload_too_large, "payload_too_large");
+}
+
+TEST_CASE("http server: a header over the limit gets 431", "[http]") {
+    TestServer ts({}, echo);
+    Client c(ts.port());
+    c.send(get("/", "X-Big: " + std::string(9000, 'h') + "\r\n"));
+    auto res = c.read_response();
+    REQUIRE(res);
+    check_json_error(*res, bhttp::status::request_header_fields_too_large, "header_too_large");
+    CHECK_FALSE(res->keep_alive());
+    CHECK(c.closed_by_server());
+}
+
+TEST_CASE("http server: malformed requests get 400 and the connection closes", "[http]") {
+    TestServer ts({}, echo);
+    for (const char* garbage :
+         {"GARBAGE\r\n\r\n", "GET / HTTP/9.9\r\n\r\n", "\x01\x02\x03 / x\r\n\r\n",
+          "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: nope\r\n\r\n",
+          "GET / HTTP/1.1\r\nBad Header\r\n\r\n"}) {
+        INFO("request: " << garbage);
+        Client c(ts.port());
+        REQUIRE(c.send(garbage));
+        auto res = c.read_response();
+        REQUIRE(res);
+        check_json_error(*res, bhttp::status::bad_request, "bad_request");
+        CHECK((*res)[bhttp::field::connection] == "close");
+        CHECK(c.closed_by_server());
+    }
+    CHECK(ts.wait_connections(0));
+}
+
+TEST_CASE("http server: a slow client is cut off after read_timeout", "[http]") {
+    ServerOptions opts;
+    opts.read_timeout = 1s;
+    opts.idle_timeout = 10s;
+    TestServer ts(opts, echo);
+
+    SECTION("half a request, then silence") {
+        Client c(ts.port());
+        const auto start = std::chrono::steady_clock::now();
+        REQUIRE(c.send("GET /half HTTP/1.1\r\nHost: te"));
+        CHECK(c.closed_by_server(5s));
+        const auto took = std::chrono::steady_clock::now() - start;
+        CHECK(took >= 900ms);
+        CHECK(took < 3s);
+    }
+    SECTION("a trickle of bytes does not extend the deadline") {
+        Client c(ts.port());
+        const auto start = std::chrono::steady_clock::now();
+        const std::string req = get("/trickle");
+        bool closed = false;
+        for (char ch : req.substr(0, req.size() - 1)) {
+            if (!c.send(std::string_view(&ch, 1))) {
+                closed = true;
+                break;
+            }
+            std::this_thread::sleep_for(100ms);
+            if (std::chrono::steady_clock::now() - start > 2500ms) {
+                break;
+            }
+        }
+        CHECK((closed || c.closed_by_server(2s)));
+        CHECK(std::chrono::steady_clock::now() - start < 4s);
+    }
+    SECTION("connecting and sending nothing") {
+        Client c(ts.port());
+        CHECK(c.closed_by_server(5s));
+    }
+    CHECK(ts.wait_connections(0));
+}
+
+TEST_CASE("http server: bearer token", "[http]") {
+    ServerOptions opts;
+    opts.bearer_token = "s3cret-token";
+    TestServer ts(opts, echo);
+    Client c(ts.port());
+
+    REQUIRE(c.send(get("/v1/sandboxes")));
+    auto missing = c.read_response();
+    REQUIRE(missing);
+    check_json_error(*missing, bhttp::status::unauthorized, "unauthorized");
+    CHECK((*missing)[bhttp::field::www_authenticate] == "Bearer");
+    CHECK(missing->keep_alive());
+
+    for (const char* wrong : {"Bearer s3cret-tokeN", "Bearer s3cret-token-longer", "Bearer s3cret",
+                              "Bearer ", "Basic s3cret-token", "s3cret-token"}) {
+        INFO("Authorization: " << wrong);
+        REQUIRE(c.send(get("/v1/sandboxes", std::string("Authorization: ") + wrong + "\r\n")));
+        auto res = c.read_response();
+        REQUIRE(res);
+        check_json_error(*res, bhttp::status::unauthorized, "unauthorized");
+    }
+
+    REQUIRE(c.send(get("/v1/sandboxes", "Authorization: Bearer s3cret-token\r\n")));
+    auto right = c.read_response();
+    REQUIRE(right);
+    CHECK(right->result() == bhttp::status::ok);
+    CHECK(right->body() == "GET /v1/sandboxes");
+
+    REQUIRE(c.send(get("/v1/sandboxes", "Authorization: bearer s3cret-token\r\n")));
+    auto lower = c.read_response();
+    REQUIRE(lower);
+    CHECK(lower->result() == bhttp::status::ok);
+
+    REQUIRE(c.send(get("/healthz")));
+    auto health = c.read_response();
+    REQUIRE(health);
+    CHECK(health->result() == bhttp::status::ok);
+
+    REQUIRE(c.send(post("/healthz", "")));
+    auto post_health = c.read_response();
+    REQUIRE(post_health);
+    CHECK(post_health->result() == bhttp::status::unauthorized);
+}
+
+TEST_CASE("http server: unix socket is 0600, replaces a stale file, and is removed", "[http]") {
+    TempDir dir;
+    const std::string path = (dir.path / "agent.sock").string();
+
+    // A stale socket file, as a crashed agent leaves it: bound, then closed without unlink.
+    {
+        UniqueFd stale(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        path.copy(addr.sun_path, sizeof addr.sun_path - 1);
+        REQUIRE(::bind(stale.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    }
+    REQUIRE(std::filesystem::is_socket(path));
+
+    ServerOptions opts;
+    opts.listen = {unix_address(path), loopback_any_port()};
+    {
+        TestServer ts(opts, echo);
+        struct stat st {};
+        REQUIRE(::stat(path.c_str(), &st) == 0);
+        CHECK(S_ISSOCK(st.st_mode));
+        CHECK((st.st_mode & 07777) == 0600);
+        REQUIRE(ts.server->bound().size() == 2);
+        CHECK(ts.server->bound()[0].to_string() == "unix:" + path);
+        CHECK(ts.server->bound()[1].port != 0);
+
+        Client c(path);
+        REQUIRE(c.send(get("/over-unix")));
+        auto res = c.read_response();
+        REQUIRE(res);
+        CHECK(res->body() == "GET /over-unix");
+
+        // A second server on the same live socket is refused and leaves the file alone.
+        net::io_context other;
+        ServerOptions same;
+        same.listen = {unix_address(path)};
+        auto second = Server::create(other, same, echo);
+        REQUIRE_FALSE(second.ok());
+        CHECK(second.error().code() == EADDRINUSE);
+        CHECK(std::filesystem::is_socket(path));
+        Client still(path);
+        REQUIRE(still.send(get("/still")));
+        CHECK(still.read_response());
+    }
+    CHECK_FALSE(std::filesystem::exists(path));
+}
+
+TEST_CASE("http server: a path that is not a socket is never replaced", "[http]") {
+    TempDir dir;
+    const std::string path = (dir.path / "not-a-socket").string();
+    { UniqueFd f(::open(path.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644)); }
+    net::io_context ioc;
+    ServerOptions opts;
+    opts.listen = {unix_address(path)};
+    auto server = Server::create(ioc, opts, echo);
+    REQUIRE_FALSE(server.ok());
+    CHECK(server.error().code() == EEXIST);
+    CHECK_THAT(server.error().message(), Catch::StartsWith("listen unix:" + path));
+    CHECK(std::filesystem::is_regular_file(path));
+}
+
+TEST_CASE("http server: bind errors name the address; nothing half-made stays", "[http]") {
+    TestServer ts({}, echo);
+    TempDir dir;
+    const std::string path = (dir.path / "x.sock").string();
+    net::io_context ioc;
+    ServerOptions opts;
+    ListenAddress taken = loopback_any_port();
+    taken.port = ts.port();
+    opts.listen = {unix_address(path), taken};
+    auto server = Server::create(ioc, opts, echo);
+    REQUIRE_FALSE(server.ok());
+    CHECK(server.error().code() == EADDRINUSE);
+    CHECK(server.error().message() ==
+          "listen 127.0.0.1:" + std::to_string(ts.port()) + ": address already in use");
+    // The unix listener opened before the failure is gone again, file and all.
+    CHECK_FALSE(std::filesystem::exists(path));
+
+    ServerOptions none;
+    CHECK_FALSE(Server::create(ioc, none, echo).ok());
+}
+
+TEST_CASE("http server: stop_accepting refuses new connections and finishes work", "[http]") {
+    Workers workers;
+    std::atomic<int> slow_started{0};
+    TestServer ts({}, [&](Request&& req, Respond respond) {
+        if (req.target() == "/slow") {
+            slow_started = 1;
+            workers.spawn([req = std::move(req), respond] {
+                std::this_thread::sleep_for(300ms);
+                respond(text_response(req, "slow done"));
+            });
+            return;
+        }
+        echo(std::move(req), std::move(respond));
+    });
+    const auto port = ts.port();
+
+    Client idle(port);  // served once, then idle between requests
+    REQUIRE(idle.send(get("/first")));
+    REQUIRE(idle.read_response());
+
+    Client busy(port);
+    REQUIRE(busy.send(get("/slow")));
+    while (slow_started == 0) {
+        std::this_thread::sleep_for(1ms);
+    }
+    ts.server->stop_accepting();
+    ts.server->stop_accepting();  // idempotent
+
+    UniqueFd refused;
+    CHECK(Client::connect_tcp(port, refused) == ECONNREFUSED);
+
+    CHECK(idle.closed_by_server(2s));
+    auto res = busy.read_response();
+    REQUIRE(res);
+    CHECK(res->body() == "slow done");
+    CHECK_FALSE(res->keep_alive());
+    CHECK(busy.closed_by_server(2s));
+    CHECK(ts.wait_connections(0));
+    workers.join();
+}
+
+TEST_CASE("http server: a client gone before the response is no problem", "[http]") {
+    Workers workers;
+    std::atomic<int> responded{0};
+    TestServer ts({}, [&](Request&& req, Respond respond) {
+        workers.spawn([&responded, req = std::move(req), respond] {
+            std::this_thread::sleep_for(100ms);
+            respond(text_response(req, "nobody listens"));
+            ++responded;
+        });
+    });
+    {
+        Client gone(ts.port());
+        REQUIRE(gone.send(get("/a")));
+        std::this_thread::sleep_for(20ms);
+        gone.close();
+    }
+    {
+        Client reset(ts.port());
+        REQUIRE(reset.send(get("/b")));
+        std::this_thread::sleep_for(20ms);
+        reset.reset();
+    }
+    while (responded < 2) {
+        std::this_thread::sleep_for(5ms);
+    }
+    CHECK(ts.wait_connections(0));
+    Client next(ts.port());
+    REQUIRE(next.send(get("/c")));
+    auto res = next.read_response();
+    REQUIRE(res);
+    CHECK(res->body() == "nobody listens");
+    workers.join();
+}
+
+TEST_CASE("http server: a handler that never responds cannot hold the connection", "[http]") {
+    std::mutex mutex;
+    std::vector<Respond> kept;
+    ServerOptions opts;
+    opts.idle_timeout = 1s;
+    TestServer ts(opts, [&](Request&&, Respond respond) {
+        std::lock_guard lock(mutex);
+        kept.push_back(std::move(respond));
+    });
+    Client c(ts.port());
+    REQUIRE(c.send(get("/forever")));
+    CHECK(c.closed_by_server(4s));
+    CHECK(ts.wait_connections(0));
+    // Answering after the session is gone is dropped quietly.
+    std::lock_guard lock(mutex);
+    REQUIRE(kept.size() == 1);
+    kept[0](Response{bhttp::status::ok, 11});
+}
+
+TEST_CASE("http server: a handler that throws gets a 500", "[http]") {
+    TestServer ts({}, [](Request&&, Respond) { throw std::runtime_error("boom"); });
+    Client c(ts.port());
+    REQUIRE(c.send(get("/throw")));
+    auto res = c.read_response();
+    REQUIRE(res);
+    check_json_error(*res, bhttp::status::internal_server_error, "internal_error");
+}
+
+TEST_CASE("http server: a cut at every byte of a request leaves the server serving", "[http]") {
+    ServerOptions opts;
+    opts.read_timeout = 2s;
+    TestServer ts(opts, echo);
+    const std::string request = post("/v1/sandboxes", "{\"id\":\"sb1\"}");
+    for (std::size_t cut = 0; cut <= request.size(); ++cut) {
+        INFO("cut after " << cut << " bytes");
+        {
+            Client c(ts.port());
+            REQUIRE(c.send(std::string_view(request).substr(0, cut)));
+            if (cut % 2 == 0) {
+                c.close();
+            } else {
+                c.reset();
+            }
+        }
+        {
+            // A byte replaced by NUL at the same offset: an answer or a close, never a crash.
+            std::string broken = request;
+            if (cut < broken.size()) {
+                broken[cut] = '\0';
+            }
+            Client c(ts.port());
+            c.send(broken);
+            auto res = c.read_response(3s);
+            if (res) {
+                CHECK((res->result() == bhttp::status::ok ||
+                       res->result() == bhttp::status::bad_request));
+            }
+        }
+        Client next(ts.port());
+        REQUIRE(next.send(request));
+        auto res = next.read_response();
+        REQUIRE(res);
+        CHECK(res->body() == "POST /v1/sandboxes {\"id\":\"sb1\"}");
+    }
+    CHECK(ts.wait_connections(0));
+}
+
+TEST_CASE("http server: error_response is JSON with escaped text", "[http]") {
+    auto res = wrenn::http::error_response(11, bhttp::status::not_found, "not_found",
+                                           "no \"sb1\"\n\\ here\x01", true);
+    CHECK(res.result() == bhttp::status::not_found);
+    CHECK(res[bhttp::field::content_type] == "application/json");
+    CHECK(res.body() ==
+          "{\"error\":{\"code\":\"not_found\",\"message\":\"no \\\"sb1\\\"\\n\\\\ here\\u0001\"}}");
+    CHECK(res.keep_alive());
+    CHECK(res[bhttp::field::content_length] == std::to_string(res.body().size()));
+    auto closing = wrenn::http::error_response(10, bhttp::status::bad_request, "x", "y", false);
+    CHECK_FALSE(closing.keep_alive());
+}
