@@ -19,6 +19,7 @@ namespace {
 
 // ---- The kernel side: the only place in wrenn-agent that writes to configfs. ----------------
 
+// ConfigfsOps on the real file system: plain syscalls, fds O_CLOEXEC and closed on every path.
 class RealConfigfsOps final : public ConfigfsOps {
   public:
     Result<void> make_dir(const std::string& path) override {

@@ -1,5 +1,7 @@
 // attach/detach over a fake configfs that acts as the kernel would: mkdir of a core device or a
 // tpg makes its attribute files, writing the nexus gives an address, linking the LUN makes a disk.
+#include <spdlog/spdlog.h>
+
 #include <catch2/catch.hpp>
 #include <cerrno>
 #include <filesystem>
@@ -543,6 +545,8 @@ TEST_CASE("the tcmu CLI attaches, detaches and explains its usage", "[tcmu]") {
 
     out.str("");
     CHECK(tcmu::run_cli({"detach", "--id", "123", "-v"}, out, err, kernel, fake_options()) == 0);
+    CHECK(spdlog::get_level() == spdlog::level::debug);
+    spdlog::set_level(spdlog::level::info);
     CHECK(kernel.leftovers().empty());
 
     kernel.disk_appears = false;
