@@ -1,0 +1,24 @@
+#pragma once
+
+// `wrenn-agent tcmu attach|detach`: the command-line face of configfs.hpp.
+
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+#include "tcmu/configfs.hpp"
+
+namespace wrenn::tcmu {
+
+// args: the words after "tcmu", e.g. {"attach", "--id", "7", "--config", "/x/config.v1.json"}.
+//   attach --id ID --config FILE [--handler NAME] [--size BYTES] [-v]   prints /dev/sdX
+//   detach --id ID [-v]
+// Also `--help`. Returns 0 on success; on failure writes the reason to err and returns 1
+// (2 for a usage error). -v raises the spdlog level to debug.
+int run_cli(std::vector<std::string> args, std::ostream& out, std::ostream& err);
+
+// The same over given ops and options (tests use a fake configfs).
+int run_cli(std::vector<std::string> args, std::ostream& out, std::ostream& err, ConfigfsOps& ops,
+            const AttachOptions& opts);
+
+}  // namespace wrenn::tcmu

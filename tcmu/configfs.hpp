@@ -1,0 +1,91 @@
+#pragma once
+
+// Attach and detach TCMU block devices through configfs, in the order overlaybd-attacher uses:
+// a core device under target/core/user_999999999, a tcm_loop target that exports it as a SCSI
+// disk, and the wait for that disk's /dev/sdX. configfs.cpp is the only code that writes to
+// configfs; everything else here goes through ConfigfsOps so that tests can run it over a fake.
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.hpp"
+
+namespace wrenn::tcmu {
+
+struct AttachRequest {
+    std::string id;           // decimal, 1..13 digits (see is_valid_id)
+    std::string config_path;  // handler argument: overlaybd's config.v1.json, a .qcow2 for "qcow"
+    std::string handler = "overlaybd";
+    std::optional<std::uint64_t> size_bytes;  // dev_size; the qcow handler needs it
+    unsigned max_data_area_mb = 4;            // overlaybd's value
+    unsigned cmd_time_out_s = 0;              // 0: leave the kernel's default
+};
+
+struct AttachOptions {
+    std::string configfs_root = "/sys/kernel/config";
+    std::string sys_root = "/sys";
+    std::string dev_root = "/dev";
+    int attempts = 5;  // whole attach tries
+    std::chrono::milliseconds retry_delay{1000};
+    int enable_eagain_retries = 100;  // overlaybd: 100 x 50 ms
+    std::chrono::milliseconds enable_retry_delay{50};
+    std::chrono::milliseconds disk_wait{10000};  // per try, for /dev/sdX to appear
+};
+
+// The file operations attach/detach need, by path, each failing with the errno it got. The real
+// implementation (real_configfs_ops) calls the kernel; tests inject a fake that records calls.
+// Time is here too so that a fake can make retries and waits instantaneous.
+class ConfigfsOps {
+  public:
+    virtual ~ConfigfsOps() = default;
+    virtual Result<void> make_dir(const std::string& path) = 0;
+    virtual Result<void> remove_dir(const std::string& path) = 0;
+    // One write(2) of the whole value: configfs attributes take a value per write.
+    virtual Result<void> write_file(const std::string& path, std::string_view value) = 0;
+    virtual Result<std::string> read_file(const std::string& path) = 0;
+    virtual Result<void> make_symlink(const std::string& target, const std::string& link) = 0;
+    virtual Result<void> remove_link(const std::string& path) = 0;
+    // Entry names, without "." and "..".
+    virtual Result<std::vector<std::string>> list_dir(const std::string& path) = 0;
+    virtual bool exists(const std::string& path) = 0;
+    virtual std::chrono::steady_clock::time_point now() = 0;
+    virtual void sleep_for(std::chrono::milliseconds duration) = 0;
+};
+
+// The process-wide implementation that calls the kernel (stateless, thread-safe).
+ConfigfsOps& real_configfs_ops();
+
+// Attach: core device, control (dev_config, max_data_area_mb, dev_size), enable (bounded EAGAIN
+// retry), attrib/cmd_time_out, loopback <wwn>/tpgt_1/lun/lun_0, nexus, LUN symlink, read
+// tpgt_1/address, wait (bounded) for /sys/class/scsi_device/<H:C:T>:0/device/block/sdX.
+// Returns "/dev/sdX"; never succeeds without the disk. A failed try removes what it created;
+// the whole attach is tried opts.attempts times. Appends a log of what it did (and why it
+// failed) to result_file_for_config(config_path) when that config names one.
+Result<std::string> attach(const AttachRequest& req, const AttachOptions& opts = {});
+Result<std::string> attach(ConfigfsOps& ops, const AttachRequest& req, const AttachOptions& opts);
+
+// Removes the LUN link, lun_0, tpgt_1, the loopback target and the core device, in that order.
+// Parts already gone are skipped, so detaching twice (or a half-attached id) succeeds.
+Result<void> detach(std::string_view id, const AttachOptions& opts = {});
+Result<void> detach(ConfigfsOps& ops, std::string_view id, const AttachOptions& opts);
+
+// "/dev/sdX" when the id's core device, loopback target and disk all exist; nullopt otherwise.
+Result<std::optional<std::string>> find_attached(std::string_view id,
+                                                 const AttachOptions& opts = {});
+Result<std::optional<std::string>> find_attached(ConfigfsOps& ops, std::string_view id,
+                                                 const AttachOptions& opts);
+
+// Ids of the dev_<id> folders under user_999999999 (valid ids only), sorted.
+Result<std::vector<std::string>> list_attached(const AttachOptions& opts = {});
+Result<std::vector<std::string>> list_attached(ConfigfsOps& ops, const AttachOptions& opts);
+
+// The config path the device was attached with, from its attrib/dev_config (for adoption).
+Result<std::string> attached_config(std::string_view id, const AttachOptions& opts = {});
+Result<std::string> attached_config(ConfigfsOps& ops, std::string_view id,
+                                    const AttachOptions& opts);
+
+}  // namespace wrenn::tcmu

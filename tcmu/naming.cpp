@@ -1,0 +1,167 @@
+#include "tcmu/naming.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+#include <cerrno>
+#include <filesystem>
+
+#include "common/unique_fd.hpp"
+
+namespace wrenn::tcmu {
+
+namespace {
+
+constexpr std::size_t kIdDigits = 13;
+
+bool all_digits(std::string_view s) {
+    for (char c : s) {
+        if (c < '0' || c > '9') {
+            return false;
+        }
+    }
+    return true;
+}
+
+Result<std::string> read_small_file(const std::string& path) {
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) {
+        return errno_error("open " + path);
+    }
+    std::string out;
+    char buf[4096];
+    for (;;) {
+        ssize_t n = ::read(fd.get(), buf, sizeof buf);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return errno_error("read " + path);
+        }
+        if (n == 0) {
+            return out;
+        }
+        out.append(buf, static_cast<std::size_t>(n));
+        if (out.size() > (1U << 20)) {
+            return Error("read " + path, EFBIG, "an overlaybd config is far smaller than 1 MiB");
+        }
+    }
+}
+
+}  // namespace
+
+bool is_valid_id(std::string_view id) {
+    return !id.empty() && id.size() <= kIdDigits && all_digits(id);
+}
+
+std::string wwn_for_id(std::string_view id) {
+    std::string out = "naa.199";
+    if (id.size() < kIdDigits) {
+        out.append(kIdDigits - id.size(), '0');
+    }
+    out += id;
+    return out;
+}
+
+std::string hba_dir() {
+    return "target/core/user_" + std::to_string(kDefaultHba);
+}
+
+std::string core_device_name(std::string_view id) {
+    return "dev_" + std::string(id);
+}
+
+std::string core_device_dir(std::string_view id) {
+    return hba_dir() + "/" + core_device_name(id);
+}
+
+std::string loopback_dir() {
+    return "target/loopback";
+}
+
+std::string loopback_target_dir(std::string_view id) {
+    return loopback_dir() + "/" + wwn_for_id(id);
+}
+
+std::string id_for_config(std::string_view config_path) {
+    std::uint64_t hash = 14695981039346656037ULL;  // FNV-1a 64 offset basis
+    for (char c : config_path) {
+        hash ^= static_cast<unsigned char>(c);
+        hash *= 1099511628211ULL;  // FNV-1a 64 prime
+    }
+    // 12 digits fit the WWN's 13 with room; 0 is avoided so an id never reads as "unset".
+    std::uint64_t id = hash % 1000000000000ULL;
+    if (id == 0) {
+        id = 1;
+    }
+    return std::to_string(id);
+}
+
+std::string dev_config_for(std::string_view handler, std::string_view config_path) {
+    std::string out(handler);
+    out += '/';
+    out += config_path;
+    return out;
+}
+
+Result<std::string> config_from_dev_config(std::string_view dev_config) {
+    while (!dev_config.empty() && (dev_config.back() == '\n' || dev_config.back() == '\0')) {
+        dev_config.remove_suffix(1);
+    }
+    auto slash = dev_config.find('/');
+    if (slash == std::string_view::npos || slash == 0 || slash + 1 == dev_config.size()) {
+        return Error("parse dev_config", EINVAL,
+                     "expected <handler>/<config>, got \"" + std::string(dev_config) + "\"");
+    }
+    return std::string(dev_config.substr(slash + 1));
+}
+
+Result<std::string> parse_scsi_address(std::string_view text) {
+    while (!text.empty() && (text.back() == '\n' || text.back() == ' ' || text.back() == '\0')) {
+        text.remove_suffix(1);
+    }
+    int colons = 0;
+    bool ok = !text.empty() && text.front() != ':' && text.back() != ':';
+    for (std::size_t i = 0; ok && i < text.size(); ++i) {
+        if (text[i] == ':') {
+            ok = text[i - 1] != ':';
+            ++colons;
+        } else if (text[i] < '0' || text[i] > '9') {
+            ok = false;
+        }
+    }
+    if (!ok || colons != 2) {
+        return Error("parse scsi address", EINVAL,
+                     "expected H:C:T, got \"" + std::string(text) + "\"");
+    }
+    return std::string(text);
+}
+
+Result<std::string> result_file_for_config(const std::string& config_path) {
+    auto text = read_small_file(config_path);
+    if (!text) {
+        return std::move(text).error().within("find resultFile of " + config_path);
+    }
+    boost::system::error_code ec;
+    boost::json::value doc = boost::json::parse(*text, ec);
+    if (ec || !doc.is_object()) {
+        return Error("find resultFile of " + config_path, EINVAL,
+                     ec ? "not JSON: " + ec.message() : "not a JSON object");
+    }
+    std::filesystem::path dir = std::filesystem::path(config_path).parent_path();
+    const boost::json::value* result = doc.as_object().if_contains("resultFile");
+    if (result == nullptr || (result->is_string() && result->as_string().empty())) {
+        return (dir / "init-debug.log").string();
+    }
+    if (!result->is_string()) {
+        return Error("find resultFile of " + config_path, EINVAL, "resultFile is not a string");
+    }
+    std::filesystem::path file(std::string(result->as_string()));
+    if (file.is_absolute()) {
+        return file.string();
+    }
+    return (dir / file).string();
+}
+
+}  // namespace wrenn::tcmu

@@ -1,0 +1,51 @@
+#pragma once
+
+// Names and paths of a TCMU device in configfs, as overlaybd-attacher forms them. Pure functions
+// (result_file_for_config only reads the config file), unit-tested in tcmu_naming_test.cpp.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "common/result.hpp"
+
+namespace wrenn::tcmu {
+
+// The HBA number of the default tenant: user_999999999 in configfs. Only it is supported.
+inline constexpr std::uint64_t kDefaultHba = 999999999;
+
+// A device id: decimal digits, 1 to 13 of them (the WWN pads it to 13).
+bool is_valid_id(std::string_view id);
+
+// The loopback target's WWN: "naa.199" + id zero-padded to 13 digits (123456 ->
+// "naa.1990000000123456"). 199 is overlaybd's prefix for the default tenant.
+std::string wwn_for_id(std::string_view id);
+
+// Relative to the configfs root: the HBA folder "target/core/user_999999999", the core device
+// "target/core/user_999999999/dev_<id>" and the loopback target "target/loopback/<wwn>".
+std::string hba_dir();
+std::string core_device_name(std::string_view id);  // "dev_<id>"
+std::string core_device_dir(std::string_view id);
+std::string loopback_dir();
+std::string loopback_target_dir(std::string_view id);
+
+// A stable id for a config path (FNV-1a 64 of the path, mod 10^12, never 0), so that an agent
+// that restarts finds the device it attached for the same config.
+std::string id_for_config(std::string_view config_path);
+
+// The "dev_config" control value: "<handler>/<config path>" (an absolute path gives "qcow//x").
+std::string dev_config_for(std::string_view handler, std::string_view config_path);
+
+// The config path back from what attrib/dev_config shows ("overlaybd//a/b.json\n" -> "/a/b.json"):
+// everything after the handler name and its slash, without the trailing newline.
+Result<std::string> config_from_dev_config(std::string_view dev_config);
+
+// The SCSI address from tpgt_1/address ("2:0:1\n" -> "2:0:1"); errors unless it is H:C:T.
+Result<std::string> parse_scsi_address(std::string_view text);
+
+// Where overlaybd reports the result of opening a device: the "resultFile" of its
+// config.v1.json, absolute as is, relative to the config's folder, or
+// "<config dir>/init-debug.log" when absent. Errors when the config cannot be read or parsed.
+Result<std::string> result_file_for_config(const std::string& config_path);
+
+}  // namespace wrenn::tcmu

@@ -1,0 +1,247 @@
+// tcmu::attach/detach against the real kernel: Debian's tcmu-runner with its qcow handler is the
+// backstore (overlaybd's is not packaged). The no-runner case runs first: once a tcmu-runner has
+// told the kernel it answers netlink commands, the kernel waits for its reply on every enable.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/unique_fd.hpp"
+#include "tcmu/configfs.hpp"
+#include "tcmu/naming.hpp"
+
+namespace tcmu = wrenn::tcmu;
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr std::size_t kImageBytes = 1 << 20;
+
+std::string prefix() {
+    const char* p = std::getenv("WRENN_TEST_PREFIX");
+    REQUIRE(p != nullptr);
+    return p;
+}
+
+// Runs a program to completion (tests may run tools); returns its exit status.
+int run(std::vector<std::string> argv) {
+    pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        std::vector<char*> args;
+        for (auto& a : argv) {
+            args.push_back(a.data());
+        }
+        args.push_back(nullptr);
+        ::execvp(args[0], args.data());
+        ::_exit(127);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+std::string read_text(const fs::path& path) {
+    std::stringstream s;
+    s << std::ifstream(path).rdbuf();
+    return s.str();
+}
+
+// A tcmu-runner started for the test, stopped (SIGTERM, then waited for) on destruction.
+struct Runner {
+    pid_t pid = -1;
+    fs::path log_dir;
+
+    explicit Runner(fs::path dir) : log_dir(std::move(dir)) {
+        fs::create_directories(log_dir);
+        pid = ::fork();
+        REQUIRE(pid >= 0);
+        if (pid == 0) {
+            int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+            ::dup2(null, 0);
+            ::dup2(null, 1);
+            ::execlp("tcmu-runner", "tcmu-runner", "-l", log_dir.c_str(),
+                     static_cast<char*>(nullptr));
+            ::_exit(127);
+        }
+    }
+    Runner(const Runner&) = delete;
+    Runner& operator=(const Runner&) = delete;
+    ~Runner() {
+        if (pid > 0) {
+            ::kill(pid, SIGTERM);
+            int status = 0;
+            ::waitpid(pid, &status, 0);
+        }
+    }
+
+    // Waits until the log shows the qcow handler registered (tcmu-runner loads all handlers,
+    // then starts listening; a device added before that is picked up by its startup scan).
+    void wait_ready() const {
+        auto deadline = std::chrono::steady_clock::now() + 60s;
+        std::string log;
+        while (std::chrono::steady_clock::now() < deadline) {
+            int status = 0;
+            REQUIRE(::waitpid(pid, &status, WNOHANG) == 0);  // still running
+            log = read_text(log_dir / "tcmu-runner.log");
+            if (log.find("Handler rbd is registered") != std::string::npos) {
+                break;
+            }
+            std::this_thread::sleep_for(100ms);
+        }
+        INFO("tcmu-runner log:\n" << log);
+        REQUIRE(log.find("Handler qcow is registered") != std::string::npos);
+        std::this_thread::sleep_for(500ms);
+    }
+};
+
+bool runner_running() {
+    for (const auto& entry : fs::directory_iterator("/proc")) {
+        std::string comm = read_text(entry.path() / "comm");
+        if (comm == "tcmu-runner\n") {
+            return true;
+        }
+    }
+    return false;
+}
+
+// Names under a folder that start with a given string.
+std::vector<std::string> entries(const fs::path& dir, const std::string& start) {
+    std::vector<std::string> out;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(dir, ec)) {
+        std::string name = entry.path().filename().string();
+        if (name.rfind(start, 0) == 0) {
+            out.push_back(name);
+        }
+    }
+    return out;
+}
+
+void require_configfs_empty() {
+    CHECK(entries("/sys/kernel/config/target/core/user_999999999", "dev_").empty());
+    CHECK(entries("/sys/kernel/config/target/loopback", "naa.").empty());
+}
+
+// A 1 MiB raw image with known bytes and its qcow2 copy, in a per-run folder on /scratch.
+struct Image {
+    fs::path dir;
+    fs::path qcow;
+    std::string bytes;
+
+    Image() {
+        REQUIRE(fs::is_directory("/scratch"));
+        dir = fs::path("/scratch") / (prefix() + "-tcmu");
+        fs::create_directories(dir);
+        bytes.resize(kImageBytes);
+        for (std::size_t i = 0; i < bytes.size(); ++i) {
+            bytes[i] = static_cast<char>((i * 7 + i / 4096) % 251);
+        }
+        std::string tag = "wrenn " + prefix();
+        bytes.replace(0, tag.size(), tag);
+        std::ofstream(dir / "raw.img", std::ios::binary)
+            .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+        qcow = dir / "image.qcow2";
+        REQUIRE(run({"qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2",
+                     (dir / "raw.img").string(), qcow.string()}) == 0);
+    }
+    ~Image() {
+        std::error_code ec;
+        fs::remove_all(dir, ec);
+    }
+};
+
+std::string read_device(const std::string& dev, std::size_t bytes) {
+    wrenn::UniqueFd fd(::open(dev.c_str(), O_RDONLY | O_CLOEXEC));
+    REQUIRE(fd.valid());
+    std::string out(bytes, '\0');
+    std::size_t done = 0;
+    while (done < bytes) {
+        ssize_t n = ::pread(fd.get(), out.data() + done, bytes - done, static_cast<off_t>(done));
+        REQUIRE(n > 0);
+        done += static_cast<std::size_t>(n);
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("tcmu attach without a backstore fails in bounded time, says why, leaves nothing",
+          "[tcmu]") {
+    REQUIRE(::geteuid() == 0);
+    REQUIRE_FALSE(runner_running());
+    Image image;
+    tcmu::AttachRequest req;
+    req.config_path = image.qcow.string();
+    req.id = tcmu::id_for_config(req.config_path);
+    req.handler = "qcow";
+    req.size_bytes = kImageBytes;
+    req.cmd_time_out_s = 2;  // nobody answers the SCSI scan; let its commands time out quickly
+    REQUIRE_FALSE(tcmu::find_attached(req.id)->has_value());
+
+    tcmu::AttachOptions opts;
+    opts.attempts = 2;
+    opts.retry_delay = 100ms;
+    opts.disk_wait = 3s;
+    auto start = std::chrono::steady_clock::now();
+    auto disk = tcmu::attach(req, opts);
+    auto took = std::chrono::steady_clock::now() - start;
+    REQUIRE_FALSE(disk.ok());
+    INFO(disk.error().message());
+    WARN("attach without tcmu-runner failed after "
+         << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+         << " ms: " << disk.error().message());
+    CHECK_THAT(disk.error().message(),
+               Catch::StartsWith("attach tcmu device " + req.id + " (try 2 of 2)"));
+    CHECK(took < 120s);
+    require_configfs_empty();
+    CHECK(tcmu::list_attached()->empty());
+}
+
+TEST_CASE("tcmu attach over tcmu-runner's qcow handler gives a disk with the image's bytes",
+          "[tcmu]") {
+    REQUIRE(::geteuid() == 0);
+    Image image;
+    Runner runner(image.dir / "runner-log");
+    runner.wait_ready();
+
+    tcmu::AttachRequest req;
+    req.config_path = image.qcow.string();
+    req.id = tcmu::id_for_config(req.config_path);
+    req.handler = "qcow";
+    req.size_bytes = kImageBytes;
+    REQUIRE_FALSE(tcmu::find_attached(req.id)->has_value());
+    tcmu::AttachOptions opts;
+    opts.attempts = 3;
+    opts.disk_wait = 30s;  // the VM runs under TCG
+
+    auto disk = tcmu::attach(req, opts);
+    INFO("tcmu-runner log:\n" << read_text(runner.log_dir / "tcmu-runner.log"));
+    REQUIRE(disk.ok());
+    CHECK(disk->rfind("/dev/sd", 0) == 0);
+    CHECK(read_device(*disk, kImageBytes) == image.bytes);
+
+    CHECK(*tcmu::find_attached(req.id) == std::optional<std::string>(*disk));
+    CHECK(*tcmu::list_attached() == std::vector<std::string>{req.id});
+    CHECK(*tcmu::attached_config(req.id) == req.config_path);
+    auto again = tcmu::attach(req, opts);
+    REQUIRE_FALSE(again.ok());
+    CHECK(again.error().code() == EEXIST);
+
+    REQUIRE(tcmu::detach(req.id).ok());
+    require_configfs_empty();
+    CHECK_FALSE(tcmu::find_attached(req.id)->has_value());
+    CHECK(tcmu::detach(req.id).ok());  // idempotent
+}

@@ -1,0 +1,569 @@
+// attach/detach over a fake configfs that acts as the kernel would: mkdir of a core device or a
+// tpg makes its attribute files, writing the nexus gives an address, linking the LUN makes a disk.
+#include <spdlog/spdlog.h>
+
+#include <catch2/catch.hpp>
+#include <cerrno>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "tcmu/cli.hpp"
+#include "tcmu/configfs.hpp"
+#include "tcmu/naming.hpp"
+
+namespace tcmu = wrenn::tcmu;
+using wrenn::Error;
+using wrenn::Result;
+
+namespace {
+
+const std::string kCfg = "/fake/config";
+const std::string kSys = "/fake/sys";
+const std::string kDev = "/fake/dev";
+
+bool starts_with(const std::string& s, const std::string& prefix) {
+    return s.rfind(prefix, 0) == 0;
+}
+bool ends_with(const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() &&
+           s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+std::string parent_of(const std::string& path) {
+    return path.substr(0, path.rfind('/'));
+}
+
+// An in-memory configfs + sysfs + /dev. Records every mkdir/write/read/symlink/unlink/rmdir in
+// order; the operation with index fail_at fails with fail_errno (once).
+class FakeKernel final : public tcmu::ConfigfsOps {
+  public:
+    enum class Type { dir, file, link };
+    struct Node {
+        Type type;
+        std::string content;
+        bool by_kernel;  // made by the kernel: removed with its folder, never by the user
+    };
+
+    std::map<std::string, Node> nodes;
+    std::vector<std::string> log;
+    int fail_at = -1;
+    int fail_errno = EIO;
+    int enable_eagain = 0;     // this many writes to enable fail with EAGAIN first
+    bool disk_appears = true;  // linking the LUN makes a disk
+    bool dev_node_appears = true;
+    std::chrono::steady_clock::time_point clock{};
+    std::chrono::milliseconds slept{0};
+    int next_target = 1;
+
+    FakeKernel() {
+        for (const std::string& d : {kCfg, kCfg + "/target", kCfg + "/target/core", kSys, kDev}) {
+            nodes[d] = {Type::dir, "", true};
+        }
+    }
+
+    // What the user (attach) made, excluding the folders shared by all devices.
+    [[nodiscard]] std::set<std::string> leftovers() const {
+        std::set<std::string> out;
+        for (const auto& [path, node] : nodes) {
+            bool shared =
+                path == kCfg + "/" + tcmu::hba_dir() || path == kCfg + "/" + tcmu::loopback_dir();
+            if (!shared && (!node.by_kernel || starts_with(path, kSys + "/class") ||
+                            starts_with(path, kDev + "/"))) {
+                out.insert(path);
+            }
+        }
+        return out;
+    }
+
+    [[nodiscard]] int count(const std::string& entry) const {
+        return static_cast<int>(std::count(log.begin(), log.end(), entry));
+    }
+
+    Result<void> make_dir(const std::string& path) override {
+        if (auto e = record("mkdir " + path)) {
+            return *e;
+        }
+        if (!is(parent_of(path), Type::dir)) {
+            return Error("mkdir " + path, ENOENT);
+        }
+        if (nodes.count(path) != 0) {
+            return Error("mkdir " + path, EEXIST);
+        }
+        nodes[path] = {Type::dir, "", false};
+        if (starts_with(path, kCfg + "/" + tcmu::hba_dir() + "/dev_")) {
+            for (const char* f : {"/control", "/enable", "/info"}) {
+                nodes[path + f] = {Type::file, "", true};
+            }
+            nodes[path + "/attrib"] = {Type::dir, "", true};
+            nodes[path + "/attrib/cmd_time_out"] = {Type::file, "30\n", true};
+            nodes[path + "/attrib/dev_config"] = {Type::file, "\n", true};
+        } else if (ends_with(path, "/tpgt_1")) {
+            nodes[path + "/nexus"] = {Type::file, "", true};
+            nodes[path + "/address"] = {Type::file, "", true};
+            nodes[path + "/lun"] = {Type::dir, "", true};
+        }
+        return {};
+    }
+
+    Result<void> remove_dir(const std::string& path) override {
+        if (auto e = record("rmdir " + path)) {
+            return *e;
+        }
+        if (!is(path, Type::dir)) {
+            return Error("rmdir " + path, ENOENT);
+        }
+        for (const auto& [p, node] : nodes) {
+            if (starts_with(p, path + "/") && !node.by_kernel) {
+                return Error("rmdir " + path, ENOTEMPTY);
+            }
+        }
+        erase_tree(path);
+        return {};
+    }
+
+    Result<void> write_file(const std::string& path, std::string_view value) override {
+        if (auto e = record("write " + path + " " + std::string(value))) {
+            return *e;
+        }
+        if (!is(path, Type::file)) {
+            return Error("open " + path, ENOENT);
+        }
+        if (ends_with(path, "/enable") && enable_eagain > 0) {
+            --enable_eagain;
+            return Error("write " + path, EAGAIN);
+        }
+        if (ends_with(path, "/control") && starts_with(std::string(value), "dev_config=")) {
+            nodes[parent_of(path) + "/attrib/dev_config"].content =
+                std::string(value.substr(11)) + "\n";
+        }
+        if (ends_with(path, "/nexus")) {
+            nodes[parent_of(path) + "/address"].content =
+                "0:0:" + std::to_string(next_target++) + "\n";
+        }
+        nodes[path].content = value;
+        return {};
+    }
+
+    Result<std::string> read_file(const std::string& path) override {
+        if (auto e = record("read " + path)) {
+            return *e;
+        }
+        if (!is(path, Type::file)) {
+            return Error("open " + path, ENOENT);
+        }
+        return nodes[path].content;
+    }
+
+    Result<void> make_symlink(const std::string& target, const std::string& link) override {
+        if (auto e = record("symlink " + link + " -> " + target)) {
+            return *e;
+        }
+        if (!is(parent_of(link), Type::dir) || nodes.count(target) == 0) {
+            return Error("symlink " + link, ENOENT);
+        }
+        if (nodes.count(link) != 0) {
+            return Error("symlink " + link, EEXIST);
+        }
+        nodes[link] = {Type::link, target, false};
+        std::string address = nodes[parent_of(parent_of(parent_of(link))) + "/address"].content;
+        if (disk_appears && !address.empty()) {
+            address.pop_back();
+            std::string disk = "sd" + std::string(1, static_cast<char>('a' + next_target - 2));
+            nodes[kSys + "/class/scsi_device/" + address + ":0/device/block/" + disk] = {Type::dir,
+                                                                                         "", true};
+            if (dev_node_appears) {
+                nodes[kDev + "/" + disk] = {Type::file, "", true};
+            }
+            disks[link] = {kSys + "/class/scsi_device/" + address + ":0", kDev + "/" + disk};
+        }
+        return {};
+    }
+
+    Result<void> remove_link(const std::string& path) override {
+        if (auto e = record("unlink " + path)) {
+            return *e;
+        }
+        if (!is(path, Type::link)) {
+            return Error("unlink " + path, ENOENT);
+        }
+        nodes.erase(path);
+        if (auto it = disks.find(path); it != disks.end()) {
+            erase_tree(it->second.first);
+            nodes.erase(it->second.second);
+            disks.erase(it);
+        }
+        return {};
+    }
+
+    Result<std::vector<std::string>> list_dir(const std::string& path) override {
+        std::set<std::string> names;
+        for (const auto& [p, node] : nodes) {
+            if (starts_with(p, path + "/")) {
+                std::string rest = p.substr(path.size() + 1);
+                names.insert(rest.substr(0, rest.find('/')));
+            }
+        }
+        if (names.empty() && !is(path, Type::dir)) {
+            return Error("open " + path, ENOENT);
+        }
+        return std::vector<std::string>(names.begin(), names.end());
+    }
+
+    bool exists(const std::string& path) override {
+        if (nodes.count(path) != 0) {
+            return true;
+        }
+        auto it = nodes.lower_bound(path + "/");
+        return it != nodes.end() && starts_with(it->first, path + "/");
+    }
+
+    std::chrono::steady_clock::time_point now() override { return clock; }
+    void sleep_for(std::chrono::milliseconds d) override {
+        clock += d;
+        slept += d;
+    }
+
+  private:
+    std::map<std::string, std::pair<std::string, std::string>>
+        disks;  // link -> (scsi dir, dev node)
+
+    std::optional<Error> record(std::string entry) {
+        int index = static_cast<int>(log.size());
+        log.push_back(entry);
+        if (index == fail_at) {
+            return Error("injected " + entry, fail_errno);
+        }
+        return std::nullopt;
+    }
+    bool is(const std::string& path, Type type) const {
+        auto it = nodes.find(path);
+        return it != nodes.end() && it->second.type == type;
+    }
+    void erase_tree(const std::string& path) {
+        for (auto it = nodes.begin(); it != nodes.end();) {
+            it = it->first == path || starts_with(it->first, path + "/") ? nodes.erase(it)
+                                                                         : std::next(it);
+        }
+    }
+};
+
+tcmu::AttachOptions fake_options() {
+    tcmu::AttachOptions opts;
+    opts.configfs_root = kCfg;
+    opts.sys_root = kSys;
+    opts.dev_root = kDev;
+    opts.attempts = 1;
+    opts.retry_delay = std::chrono::milliseconds(1000);
+    opts.disk_wait = std::chrono::milliseconds(2000);
+    return opts;
+}
+
+tcmu::AttachRequest request() {
+    tcmu::AttachRequest req;
+    req.id = "123";
+    req.config_path = "/cfgs/a/config.v1.json";
+    req.size_bytes = 4096;
+    req.cmd_time_out_s = 7;
+    return req;
+}
+
+const std::string kCore = kCfg + "/target/core/user_999999999/dev_123";
+const std::string kTarget = kCfg + "/target/loopback/naa.1990000000000123";
+
+const std::vector<std::string> kAttachSequence = {
+    "mkdir " + kCfg + "/target/core/user_999999999",
+    "mkdir " + kCore,
+    "write " + kCore + "/control dev_config=overlaybd//cfgs/a/config.v1.json",
+    "write " + kCore + "/control max_data_area_mb=4",
+    "write " + kCore + "/control dev_size=4096",
+    "write " + kCore + "/enable 1",
+    "write " + kCore + "/attrib/cmd_time_out 7",
+    "mkdir " + kCfg + "/target/loopback",
+    "mkdir " + kTarget,
+    "mkdir " + kTarget + "/tpgt_1",
+    "mkdir " + kTarget + "/tpgt_1/lun/lun_0",
+    "write " + kTarget + "/tpgt_1/nexus naa.1990000000000123",
+    "symlink " + kTarget + "/tpgt_1/lun/lun_0/dev_123 -> " + kCore,
+    "read " + kTarget + "/tpgt_1/address",
+};
+
+const std::vector<std::string> kDetachSequence = {
+    "unlink " + kTarget + "/tpgt_1/lun/lun_0/dev_123",
+    "rmdir " + kTarget + "/tpgt_1/lun/lun_0",
+    "rmdir " + kTarget + "/tpgt_1",
+    "rmdir " + kTarget,
+    "rmdir " + kCore,
+};
+
+}  // namespace
+
+TEST_CASE("attach runs overlaybd-attacher's configfs sequence and returns the disk", "[tcmu]") {
+    FakeKernel kernel;
+    auto disk = tcmu::attach(kernel, request(), fake_options());
+    REQUIRE(disk.ok());
+    CHECK(*disk == kDev + "/sda");
+    CHECK(kernel.log == kAttachSequence);
+
+    CHECK(*tcmu::find_attached(kernel, "123", fake_options()) == kDev + "/sda");
+    CHECK(*tcmu::list_attached(kernel, fake_options()) == std::vector<std::string>{"123"});
+    CHECK(*tcmu::attached_config(kernel, "123", fake_options()) == "/cfgs/a/config.v1.json");
+}
+
+TEST_CASE("attach leaves out dev_size and cmd_time_out when not asked for", "[tcmu]") {
+    FakeKernel kernel;
+    auto req = request();
+    req.size_bytes.reset();
+    req.cmd_time_out_s = 0;
+    req.handler = "qcow";
+    req.config_path = "/scratch/img.qcow2";
+    REQUIRE(tcmu::attach(kernel, req, fake_options()).ok());
+    CHECK(kernel.count("write " + kCore + "/control dev_config=qcow//scratch/img.qcow2") == 1);
+    for (const std::string& entry : kernel.log) {
+        CHECK_FALSE(entry.find("dev_size") != std::string::npos);
+        CHECK_FALSE(entry.find("cmd_time_out") != std::string::npos);
+    }
+}
+
+TEST_CASE("detach removes everything in reverse order and is idempotent", "[tcmu]") {
+    FakeKernel kernel;
+    REQUIRE(tcmu::attach(kernel, request(), fake_options()).ok());
+    kernel.log.clear();
+    REQUIRE(tcmu::detach(kernel, "123", fake_options()).ok());
+    CHECK(kernel.log == kDetachSequence);
+    CHECK(kernel.leftovers().empty());
+    CHECK_FALSE(tcmu::find_attached(kernel, "123", fake_options())->has_value());
+    CHECK(tcmu::list_attached(kernel, fake_options())->empty());
+
+    kernel.log.clear();
+    CHECK(tcmu::detach(kernel, "123", fake_options()).ok());
+    CHECK(kernel.log == kDetachSequence);
+    CHECK(tcmu::detach(kernel, "999", fake_options()).ok());  // never attached
+}
+
+TEST_CASE("detach reports a failure other than a missing part, with its path", "[tcmu]") {
+    FakeKernel kernel;
+    REQUIRE(tcmu::attach(kernel, request(), fake_options()).ok());
+    kernel.fail_at = static_cast<int>(kernel.log.size()) + 4;  // rmdir of the core device
+    kernel.fail_errno = EBUSY;
+    auto r = tcmu::detach(kernel, "123", fake_options());
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code() == EBUSY);
+    CHECK_THAT(r.error().message(),
+               Catch::StartsWith("detach tcmu device 123: injected rmdir " + kCore));
+    CHECK(tcmu::detach(kernel, "123", fake_options()).ok());  // the next try finishes the job
+    CHECK(kernel.leftovers().empty());
+}
+
+TEST_CASE("a failure at any attach step names the step and leaves nothing behind", "[tcmu]") {
+    const std::vector<std::string> steps = {
+        "create tcmu hba user_999999999",
+        "create tcmu device dev_123",
+        "configure tcmu device dev_123",
+        "configure tcmu device dev_123",
+        "configure tcmu device dev_123",
+        "enable tcmu device dev_123",
+        "set cmd_time_out of tcmu device dev_123",
+        "create loopback fabric",
+        "create loopback target naa.1990000000000123",
+        "create loopback target naa.1990000000000123",
+        "create loopback target naa.1990000000000123",
+        "create nexus of naa.1990000000000123",
+        "export dev_123 as lun_0 of naa.1990000000000123",
+        "read SCSI address of naa.1990000000000123",
+    };
+    REQUIRE(steps.size() == kAttachSequence.size());
+    for (int k = 0; k < static_cast<int>(kAttachSequence.size()); ++k) {
+        DYNAMIC_SECTION("failing step " << k << ": "
+                                        << kAttachSequence[static_cast<std::size_t>(k)]) {
+            FakeKernel kernel;
+            kernel.fail_at = k;
+            kernel.fail_errno = EIO;
+            auto disk = tcmu::attach(kernel, request(), fake_options());
+            REQUIRE_FALSE(disk.ok());
+            CHECK(disk.error().code() == EIO);
+            CHECK_THAT(disk.error().message(),
+                       Catch::StartsWith("attach tcmu device 123 (try 1 of 1): " +
+                                         steps[static_cast<std::size_t>(k)] + ": injected " +
+                                         kAttachSequence[static_cast<std::size_t>(k)]));
+            CHECK(kernel.leftovers().empty());
+            // The log is exactly the sequence up to the failure, then its undo.
+            std::vector<std::string> prefix(kAttachSequence.begin(),
+                                            kAttachSequence.begin() + k + 1);
+            CHECK(std::vector<std::string>(kernel.log.begin(), kernel.log.begin() + k + 1) ==
+                  prefix);
+        }
+    }
+}
+
+TEST_CASE("a failed try is undone and the whole attach retried", "[tcmu]") {
+    FakeKernel kernel;
+    kernel.fail_at = 5;  // the first enable
+    auto opts = fake_options();
+    opts.attempts = 3;
+    auto disk = tcmu::attach(kernel, request(), opts);
+    REQUIRE(disk.ok());
+    CHECK(kernel.count("mkdir " + kCore) == 2);
+    CHECK(kernel.count("rmdir " + kCore) == 1);
+    CHECK(kernel.slept == opts.retry_delay);
+}
+
+TEST_CASE("attach gives up after the configured number of tries", "[tcmu]") {
+    FakeKernel kernel;
+    kernel.disk_appears = false;
+    auto opts = fake_options();
+    opts.attempts = 3;
+    auto disk = tcmu::attach(kernel, request(), opts);
+    REQUIRE_FALSE(disk.ok());
+    CHECK(disk.error().code() == ETIMEDOUT);
+    CHECK_THAT(disk.error().message(), Catch::StartsWith("attach tcmu device 123 (try 3 of 3)"));
+    CHECK(kernel.count("mkdir " + kCore) == 3);
+    CHECK(kernel.count("rmdir " + kCore) == 3);
+    CHECK(kernel.leftovers().empty());
+    CHECK(kernel.slept >= 2 * opts.retry_delay + 3 * opts.disk_wait);
+    CHECK(kernel.slept <=
+          2 * opts.retry_delay + 3 * (opts.disk_wait + std::chrono::milliseconds(100)));
+}
+
+TEST_CASE("EAGAIN on enable is retried, then succeeds", "[tcmu]") {
+    FakeKernel kernel;
+    kernel.enable_eagain = 3;
+    auto opts = fake_options();
+    REQUIRE(tcmu::attach(kernel, request(), opts).ok());
+    CHECK(kernel.count("write " + kCore + "/enable 1") == 4);
+    CHECK(kernel.count("mkdir " + kCore) == 1);
+    CHECK(kernel.slept == 3 * opts.enable_retry_delay);
+}
+
+TEST_CASE("EAGAIN on enable is retried only a bounded number of times", "[tcmu]") {
+    FakeKernel kernel;
+    kernel.enable_eagain = 1000;
+    auto opts = fake_options();
+    opts.enable_eagain_retries = 5;
+    auto disk = tcmu::attach(kernel, request(), opts);
+    REQUIRE_FALSE(disk.ok());
+    CHECK(disk.error().code() == EAGAIN);
+    CHECK_THAT(disk.error().message(), Catch::Contains("enable tcmu device dev_123: injected") ||
+                                           Catch::Contains("enable tcmu device dev_123: write"));
+    CHECK(kernel.count("write " + kCore + "/enable 1") == 6);
+    CHECK(kernel.leftovers().empty());
+}
+
+TEST_CASE("no disk is an error after a bounded wait, never a success", "[tcmu]") {
+    FakeKernel kernel;
+    kernel.disk_appears = false;
+    auto opts = fake_options();
+    auto disk = tcmu::attach(kernel, request(), opts);
+    REQUIRE_FALSE(disk.ok());
+    CHECK(disk.error().code() == ETIMEDOUT);
+    CHECK_THAT(disk.error().message(), Catch::Contains("no block device under " + kSys +
+                                                       "/class/scsi_device/0:0:1:0/device/block"));
+    CHECK(kernel.slept >= opts.disk_wait);
+    CHECK(kernel.slept <= opts.disk_wait + std::chrono::milliseconds(100));
+    CHECK(kernel.leftovers().empty());
+}
+
+TEST_CASE("a disk in sysfs without its /dev node is not a success", "[tcmu]") {
+    FakeKernel kernel;
+    kernel.dev_node_appears = false;
+    auto disk = tcmu::attach(kernel, request(), fake_options());
+    REQUIRE_FALSE(disk.ok());
+    CHECK_THAT(disk.error().message(), Catch::Contains(kDev + "/sda does not"));
+    CHECK(kernel.leftovers().empty());
+}
+
+TEST_CASE("attach never touches a device it did not make", "[tcmu]") {
+    FakeKernel kernel;
+    REQUIRE(tcmu::attach(kernel, request(), fake_options()).ok());
+    auto opts = fake_options();
+    opts.attempts = 5;
+    auto again = tcmu::attach(kernel, request(), opts);
+    REQUIRE_FALSE(again.ok());
+    CHECK(again.error().code() == EEXIST);
+    CHECK(kernel.count("mkdir " + kCore) == 2);  // no retries
+    CHECK(*tcmu::find_attached(kernel, "123", fake_options()) == kDev + "/sda");
+}
+
+TEST_CASE("attach rejects bad requests before touching configfs", "[tcmu]") {
+    FakeKernel kernel;
+    auto req = request();
+    req.id = "12345678901234";
+    CHECK(tcmu::attach(kernel, req, fake_options()).error().code() == EINVAL);
+    req = request();
+    req.handler = "a/b";
+    CHECK(tcmu::attach(kernel, req, fake_options()).error().code() == EINVAL);
+    req = request();
+    req.config_path.clear();
+    CHECK(tcmu::attach(kernel, req, fake_options()).error().code() == EINVAL);
+    CHECK(kernel.log.empty());
+    CHECK(tcmu::detach(kernel, "x", fake_options()).error().code() == EINVAL);
+}
+
+TEST_CASE("two devices get their own targets and disks", "[tcmu]") {
+    FakeKernel kernel;
+    auto a = request();
+    auto b = request();
+    b.id = "7";
+    REQUIRE(*tcmu::attach(kernel, a, fake_options()) == kDev + "/sda");
+    REQUIRE(*tcmu::attach(kernel, b, fake_options()) == kDev + "/sdb");
+    CHECK(*tcmu::list_attached(kernel, fake_options()) == std::vector<std::string>{"123", "7"});
+    REQUIRE(tcmu::detach(kernel, "123", fake_options()).ok());
+    CHECK(*tcmu::find_attached(kernel, "7", fake_options()) == kDev + "/sdb");
+    REQUIRE(tcmu::detach(kernel, "7", fake_options()).ok());
+    CHECK(kernel.leftovers().empty());
+}
+
+TEST_CASE("attach appends what it did to overlaybd's result file", "[tcmu]") {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "wrenn-tcmu-XXXXXX").string();
+    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+    std::filesystem::path dir = tmpl;
+    std::ofstream(dir / "config.v1.json") << R"({"lowers": [], "resultFile": "result"})";
+    FakeKernel kernel;
+    kernel.disk_appears = false;
+    auto req = request();
+    req.config_path = (dir / "config.v1.json").string();
+    REQUIRE_FALSE(tcmu::attach(kernel, req, fake_options()).ok());
+    std::stringstream text;
+    text << std::ifstream(dir / "result").rdbuf();
+    std::filesystem::remove_all(dir);
+    CHECK_THAT(text.str(), Catch::Contains("wrenn tcmu attach 123: mkdir " + kCore));
+    CHECK_THAT(text.str(), Catch::Contains("failed: attach dev_123 as a disk"));
+    CHECK_THAT(text.str(), Catch::Contains("cleanup: removed " + kCore));
+}
+
+TEST_CASE("the tcmu CLI attaches, detaches and explains its usage", "[tcmu]") {
+    FakeKernel kernel;
+    std::ostringstream out, err;
+    int rc = tcmu::run_cli({"attach", "--id", "123", "--config", "/x/img.qcow2", "--handler",
+                            "qcow", "--size", "1048576"},
+                           out, err, kernel, fake_options());
+    CHECK(rc == 0);
+    CHECK(out.str() == kDev + "/sda\n");
+    CHECK(kernel.count("write " + kCore + "/control dev_size=1048576") == 1);
+    CHECK(kernel.count("write " + kCore + "/control dev_config=qcow//x/img.qcow2") == 1);
+
+    out.str("");
+    CHECK(tcmu::run_cli({"detach", "--id", "123", "-v"}, out, err, kernel, fake_options()) == 0);
+    CHECK(spdlog::get_level() == spdlog::level::debug);
+    spdlog::set_level(spdlog::level::info);
+    CHECK(kernel.leftovers().empty());
+
+    kernel.disk_appears = false;
+    err.str("");
+    CHECK(tcmu::run_cli({"attach", "--id", "5", "--config", "/x/c.json"}, out, err, kernel,
+                        fake_options()) == 1);
+    CHECK_THAT(err.str(), Catch::Contains("no block device"));
+
+    err.str("");
+    CHECK(tcmu::run_cli({"attach", "--id", "5"}, out, err, kernel, fake_options()) == 2);
+    CHECK_THAT(err.str(), Catch::Contains("config"));
+    CHECK(tcmu::run_cli({"detach"}, out, err, kernel, fake_options()) == 2);
+    CHECK(tcmu::run_cli({"frobnicate"}, out, err, kernel, fake_options()) == 2);
+    out.str("");
+    CHECK(tcmu::run_cli({"--help"}, out, err, kernel, fake_options()) == 0);
+    CHECK_THAT(out.str(), Catch::Contains("tcmu attach --id ID --config FILE"));
+    out.str("");
+    CHECK(tcmu::run_cli({"attach", "--help"}, out, err, kernel, fake_options()) == 0);
+    CHECK_THAT(out.str(), Catch::Contains("--handler"));
+}
