@@ -33,8 +33,13 @@ constexpr std::uint64_t kExtent = 1ull << 20;
     std::exit(1);
 }
 
+struct Attached {
+    std::string path;
+    int fd;  // autoclear detaches the loop on last close: keep it open until dm holds it
+};
+
 // Attaches file to a free loop device with autoclear: it lives while the dm table holds it.
-std::string attach(const std::string& file, bool read_only) {
+Attached attach(const std::string& file, bool read_only) {
     int backing = ::open(file.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
     int ctl = ::open("/dev/loop-control", O_RDWR | O_CLOEXEC);
     if (backing < 0 || ctl < 0) {
@@ -52,12 +57,12 @@ std::string attach(const std::string& file, bool read_only) {
         cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR | (read_only ? LO_FLAGS_READ_ONLY : 0);
         const int rc = ::ioctl(dev, LOOP_CONFIGURE, &cfg);
         const int err = errno;
-        ::close(dev);
         if (rc == 0) {
             ::close(ctl);
             ::close(backing);
-            return path;
+            return {path, dev};
         }
+        ::close(dev);
         if (err != EBUSY) {
             errno = err;
             die("LOOP_CONFIGURE " + path);
@@ -111,7 +116,9 @@ int prepare(const std::string& dir, const std::string& name) {
     }
     ::close(fd);
 
-    const std::string params = attach(tmpl, true) + " " + attach(cow, false) + " P 8";
+    const Attached origin_loop = attach(tmpl, true);
+    const Attached cow_loop = attach(cow, false);
+    const std::string params = origin_loop.path + " " + cow_loop.path + " P 8";
     dm_udev_set_sync_support(0);
     dm_task* t = dm_task_create(DM_DEVICE_CREATE);
     dm_info info{};
@@ -121,6 +128,8 @@ int prepare(const std::string& dir, const std::string& name) {
         die("create snapshot " + name + " (" + params + ")");
     }
     dm_task_destroy(t);
+    ::close(origin_loop.fd);
+    ::close(cow_loop.fd);
     const std::string dev = "/dev/dm-" + std::to_string(info.minor);
 
     // 1% of the chunks rewritten, each once, at random.
