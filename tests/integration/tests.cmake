@@ -2,4 +2,5 @@
 wrenn_kernel_test(NAME "harness" TAGS "[harness]")
 wrenn_kernel_test(NAME "loop" TAGS "[loop]")
 wrenn_kernel_test(NAME "tcmu" TAGS "[tcmu]")
+wrenn_kernel_test(NAME "flatten" TAGS "[flatten]")
 wrenn_kernel_test(NAME "agent lifecycle" SCRIPT integration/agent_lifecycle.sh)

@@ -1,0 +1,28 @@
+#pragma once
+
+// Flattening a paused sandbox: origin image + the CoW file of its removed dm-snapshot ->
+// one standalone image, without device-mapper (the exception store is read directly).
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "common/result.hpp"
+#include "flatten/image_copy.hpp"
+
+namespace wrenn::flatten {
+
+struct FlattenStats {
+    std::uint64_t size_bytes;
+    std::size_t chunks_applied;
+    CopyMethod method;
+};
+
+// origin: a regular file or a block device. The CoW's store is read and checked in full before
+// any output exists. Writes <out>.tmp-XXXXXX, fsyncs, renames to out (never overwriting an
+// existing out: EEXIST error), fsyncs the directory. On any error, no output file remains.
+Result<FlattenStats> flatten(const std::string& origin, const std::string& cow,
+                             const std::string& out);
+
+}  // namespace wrenn::flatten

@@ -1,0 +1,75 @@
+#pragma once
+
+// The one file of flatten/ that talks to the kernel: opening images, FICLONE,
+// copy_file_range, SEEK_DATA/SEEK_HOLE, pread/pwrite, fsync and the no-replace rename.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.hpp"
+#include "common/unique_fd.hpp"
+#include "flatten/exception_store.hpp"
+
+namespace wrenn::flatten {
+
+// How the origin's bytes reached the output, fastest first.
+enum class CopyMethod { Reflink, CopyFileRange, ReadWrite };
+std::string_view to_string(CopyMethod);
+
+// A file or block device opened O_RDONLY|O_CLOEXEC, with its size in bytes.
+struct OpenedImage {
+    UniqueFd fd;
+    std::uint64_t size = 0;
+    bool block_device = false;
+};
+// Opens a regular file or a block device (size from BLKGETSIZE64); anything else is EINVAL.
+Result<OpenedImage> open_read_only(const std::string& path);
+
+// A ReadAt over pread(fd); errors name path. fd must outlive the reader.
+ReadAt pread_reader(int fd, std::string path);
+
+// A new, empty output file <out>.tmp-XXXXXX beside out. Owns the temp file: the destructor
+// removes it unless commit() succeeded, so a failed flatten leaves no file behind.
+class PendingOutput {
+  public:
+    // EEXIST when out already exists (checked again, atomically, at commit).
+    static Result<PendingOutput> create(const std::string& out);
+
+    PendingOutput(PendingOutput&&) noexcept;
+    PendingOutput& operator=(PendingOutput&&) = delete;
+    PendingOutput(const PendingOutput&) = delete;
+    PendingOutput& operator=(const PendingOutput&) = delete;
+    ~PendingOutput();
+
+    [[nodiscard]] int fd() const noexcept { return fd_.get(); }
+    [[nodiscard]] const std::string& temp_path() const noexcept { return temp_; }
+
+    // fsync the file, rename it to out without ever replacing an existing out (EEXIST), fsync
+    // the directory so that the name survives a crash too.
+    Result<void> commit();
+
+  private:
+    PendingOutput(UniqueFd fd, std::string temp, std::string out);
+    UniqueFd fd_;
+    std::string temp_;
+    std::string out_;
+    bool committed_ = false;
+};
+
+// Copies origin into the empty out_fd, sized to origin.size, keeping it sparse: FICLONE when
+// the filesystem can, else copy_file_range over the data segments (SEEK_DATA/SEEK_HOLE), else
+// read/write that skips all-zero blocks. A block device is read in large blocks (ReadWrite).
+// `fastest` lets tests start lower in that list.
+Result<CopyMethod> copy_image(const OpenedImage& origin, int out_fd,
+                              CopyMethod fastest = CopyMethod::Reflink);
+
+// Writes each exception's CoW chunk over its origin chunk in out_fd, cut at origin_size.
+// exceptions must be sorted by old_chunk (as read_exception_store returns them); adjacent
+// runs are coalesced into large reads and writes. Returns the number of chunks applied.
+Result<std::size_t> apply_exceptions(int cow_fd, int out_fd,
+                                     const std::vector<Exception>& exceptions,
+                                     std::uint64_t chunk_bytes, std::uint64_t origin_size);
+
+}  // namespace wrenn::flatten
