@@ -46,8 +46,7 @@ LinuxPlatform::LinuxPlatform(Options options)
     } else {
         support_.device_mapper_reason =
             mapper.error().message() +
-            "; this kernel needs device-mapper with the snapshot target (modprobe dm-snapshot), "
-            "and the agent must run as root";
+            "; load it with 'modprobe dm-snapshot' (the agent must run as root)";
     }
     if (::access("/dev/loop-control", R_OK | W_OK) == 0) {
         support_.loop = true;

@@ -616,12 +616,18 @@ RecoveryReport SandboxManager::recover() {
         // Kept as they are: a record we cannot read is not a licence to delete its CoW.
         report.problems.push_back("sandbox folder " + name + " left alone: " + error.message());
     }
-    auto devices = platform_.list_snapshots();
+    // Without device-mapper no snapshot exists: every running record becomes paused.
+    Result<std::vector<std::string>> devices = std::vector<std::string>{};
+    if (platform_.support().device_mapper) {
+        devices = platform_.list_snapshots();
+    }
     if (!devices) {
         report.problems.push_back(devices.error().message());
     }
-    const std::set<std::string> live(devices ? devices->begin() : std::vector<std::string>::const_iterator{},
-                                     devices ? devices->end() : std::vector<std::string>::const_iterator{});
+    std::set<std::string> live;
+    if (devices) {
+        live.insert(devices->begin(), devices->end());
+    }
     std::set<std::string> owned;
 
     for (Sandbox& sb : loaded->sandboxes) {

@@ -44,7 +44,7 @@ std::string describe_errno(int code) {
         case ENXIO:
             return "no such device";
         case ENODEV:
-            return "no such device (is the kernel module loaded?)";
+            return "no such device";
         case EEXIST:
             return "already exists";
         case EACCES:
