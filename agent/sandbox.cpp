@@ -70,7 +70,9 @@ json::object record_to_json(const Sandbox& s) {
     out["device"] = s.device.empty() ? json::value(nullptr) : json::value(s.device);
     out["cow"] = json::object{{"path", s.cow_path},
                               {"size_bytes", s.cow_size_bytes},
-                              {"allocated_bytes", s.cow_allocated_bytes}};
+                              {"allocated_bytes", s.cow_allocated_bytes},
+                              {"status", s.cow_status.empty() ? json::value(nullptr)
+                                                              : json::value(s.cow_status)}};
     out["origin_size_bytes"] = s.origin_size_bytes;
     out["created_at"] = s.created_at;
     out["updated_at"] = s.updated_at;
@@ -161,6 +163,9 @@ Result<Sandbox> record_from_json(const json::value& value) {
     s.cow_size_bytes = *cow_size;
     if (auto alloc = get_u64(cow->as_object(), "allocated_bytes")) {
         s.cow_allocated_bytes = *alloc;
+    }
+    if (const auto* st = cow->as_object().if_contains("status"); st != nullptr && st->is_string()) {
+        s.cow_status = std::string(st->as_string());
     }
     if (auto size = get_u64(obj, "origin_size_bytes")) {
         s.origin_size_bytes = *size;

@@ -38,6 +38,9 @@ struct Sandbox {
     std::uint64_t cow_size_bytes = 0;
     std::uint64_t origin_size_bytes = 0;
     std::uint64_t cow_allocated_bytes = 0;  // last known: live from dm status while running
+    // The kernel's word on the snapshot at the last look: "active", "invalid" (an I/O error,
+    // e.g. the CoW's filesystem is full), "overflow"; empty when unknown or paused.
+    std::string cow_status;
     std::string created_at;
     std::string updated_at;
     std::optional<std::string> last_error;

@@ -45,6 +45,16 @@ SnapshotUsage::State usage_state_of(const Result<SnapshotUsage>& usage) {
     return usage ? usage->state : SnapshotUsage::State::Active;
 }
 
+std::string_view usage_status(SnapshotUsage::State state) {
+    switch (state) {
+        case SnapshotUsage::State::Active: return "active";
+        case SnapshotUsage::State::Invalid: return "invalid";
+        case SnapshotUsage::State::Overflow: return "overflow";
+        case SnapshotUsage::State::Other: return "unknown";
+    }
+    return "unknown";
+}
+
 }  // namespace
 
 SandboxManager::SandboxManager(Platform& platform, StateStore& store, Options options,
@@ -239,6 +249,7 @@ Outcome<Sandbox> SandboxManager::do_create(const EntryPtr& entry, const CreateRe
         return internal(std::move(device).error().within(what));
     }
     sb.device = *device;
+    sb.cow_status = "active";
     sb.state = SandboxState::Running;
     sb.created_at = sb.updated_at = utc_now();
 
@@ -303,6 +314,7 @@ Outcome<Sandbox> SandboxManager::do_pause(const EntryPtr& entry) {
     sb.state = SandboxState::Paused;
     sb.device.clear();
     sb.origin_device.clear();
+    sb.cow_status.clear();
     sb.last_error.reset();
     if (usage_state_of(usage) == SnapshotUsage::State::Invalid ||
         usage_state_of(usage) == SnapshotUsage::State::Overflow) {
@@ -378,6 +390,7 @@ Outcome<Sandbox> SandboxManager::do_resume(const EntryPtr& entry) {
     }
     sb.state = SandboxState::Running;
     sb.device = *device;
+    sb.cow_status = "active";
     sb.origin_device = origin->device;
     sb.origin_size_bytes = origin->size_bytes;
     sb.last_error.reset();
@@ -544,8 +557,10 @@ void SandboxManager::get_live(const std::string& id, Callback<Sandbox> done) {
             // A status ioctl: cheap, and not queued behind this sandbox's operations.
             if (auto usage = platform_.snapshot_usage(id)) {
                 sb.cow_allocated_bytes = usage->allocated_bytes;
+                sb.cow_status = usage_status(usage->state);
                 std::lock_guard lock(mu_);
                 entry->record.cow_allocated_bytes = usage->allocated_bytes;
+                entry->record.cow_status = sb.cow_status;
             }
         }
         done(std::move(sb));

@@ -210,3 +210,17 @@ TEST_CASE("templates and metrics", "[api]") {
     CHECK_THAT(metrics.body(), Catch::Contains("wrenn_operation_duration_seconds_count{op=\"create\"} 1"));
     CHECK_THAT(metrics.body(), Catch::Contains("wrenn_loops_attached 1"));
 }
+
+TEST_CASE("a snapshot the kernel invalidated shows in GET and in the record after pause", "[api]") {
+    ApiFixture f;
+    REQUIRE(f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() == 201);
+    CHECK(ApiFixture::body_of(f.call(http::verb::get, "/sandboxes/sb1")).at("cow").at("status").as_string() == "active");
+    f.platform.usage_state = SnapshotUsage::State::Invalid;
+    auto got = ApiFixture::body_of(f.call(http::verb::get, "/sandboxes/sb1"));
+    CHECK(got.at("state").as_string() == "running");
+    CHECK(got.at("cow").at("status").as_string() == "invalid");
+    auto paused = f.call(http::verb::post, "/sandboxes/sb1/pause");
+    REQUIRE(paused.result_int() == 200);
+    CHECK_THAT(std::string(ApiFixture::body_of(paused).at("last_error").as_string()),
+               Catch::Contains("invalidated"));
+}

@@ -22,6 +22,7 @@ public:
     int fail_create_errno = 0;
     int fail_acquire_errno = 0;
     bool cow_valid = true;
+    SnapshotUsage::State usage_state = SnapshotUsage::State::Active;
     int cow_error_errno = -1;  // >= 0: cow_store_valid fails with this errno
 
     std::map<std::string, std::string> devices;      // id -> origin device
@@ -102,7 +103,7 @@ public:
         if (devices.count(id) == 0) {
             return Error("status wrenn-" + id, ENXIO);
         }
-        return SnapshotUsage{SnapshotUsage::State::Active, 8192, 1 << 20};
+        return SnapshotUsage{usage_state, 8192, 1 << 20};
     }
 
     Result<std::vector<std::string>> list_snapshots() override {
