@@ -146,7 +146,7 @@ std::string under(const std::string& root, const std::string& relative) {
 
 // The configfs and sysfs paths of one id.
 struct DevicePaths {
-    std::string hba, core, control, enable, cmd_time_out, dev_config;
+    std::string hba, core, control, enable, cmd_time_out, dev_config, nl_reply_supported;
     std::string loopback, target, tpg, lun, link, nexus, address;
 
     DevicePaths(std::string_view id, const AttachOptions& opts)
@@ -156,6 +156,7 @@ struct DevicePaths {
           enable(core + "/enable"),
           cmd_time_out(core + "/attrib/cmd_time_out"),
           dev_config(core + "/attrib/dev_config"),
+          nl_reply_supported(core + "/attrib/nl_reply_supported"),
           loopback(under(opts.configfs_root, loopback_dir())),
           target(under(opts.configfs_root, loopback_target_dir(id))),
           tpg(target + "/tpgt_1"),
@@ -321,6 +322,16 @@ Result<std::string> attach_once(ConfigfsOps& ops, const AttachRequest& req,
             return fail(std::move(r).error(), "configure tcmu device " + dev_name);
         }
         log.add("write " + paths.control + ": " + value);
+    }
+    if (opts.skip_netlink_reply) {
+        // See AttachOptions::skip_netlink_reply. Kernels before 4.16 lack the attribute and
+        // never wait, so ENOENT is fine.
+        Result<void> r = ops.write_file(paths.nl_reply_supported, "-1");
+        if (!r && r.error().code() != ENOENT) {
+            return fail(std::move(r).error(), "configure tcmu device " + dev_name);
+        }
+        log.add(r ? "write " + paths.nl_reply_supported + ": -1"
+                  : "no " + paths.nl_reply_supported);
     }
     if (Result<void> r = enable_device(ops, paths, opts, log); !r) {
         return fail(std::move(r).error(), "enable tcmu device " + dev_name);

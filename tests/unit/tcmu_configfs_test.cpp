@@ -99,6 +99,7 @@ class FakeKernel final : public tcmu::ConfigfsOps {
             nodes[path + "/attrib"] = {Type::dir, "", true};
             nodes[path + "/attrib/cmd_time_out"] = {Type::file, "30\n", true};
             nodes[path + "/attrib/dev_config"] = {Type::file, "\n", true};
+            nodes[path + "/attrib/nl_reply_supported"] = {Type::file, "0\n", true};
         } else if (ends_with(path, "/tpgt_1")) {
             nodes[path + "/nexus"] = {Type::file, "", true};
             nodes[path + "/address"] = {Type::file, "", true};
@@ -278,6 +279,7 @@ const std::vector<std::string> kAttachSequence = {
     "write " + kCore + "/control dev_config=overlaybd//cfgs/a/config.v1.json",
     "write " + kCore + "/control max_data_area_mb=4",
     "write " + kCore + "/control dev_size=4096",
+    "write " + kCore + "/attrib/nl_reply_supported -1",
     "write " + kCore + "/enable 1",
     "write " + kCore + "/attrib/cmd_time_out 7",
     "mkdir " + kCfg + "/target/loopback",
@@ -363,6 +365,7 @@ TEST_CASE("a failure at any attach step names the step and leaves nothing behind
         "configure tcmu device dev_123",
         "configure tcmu device dev_123",
         "configure tcmu device dev_123",
+        "configure tcmu device dev_123",
         "enable tcmu device dev_123",
         "set cmd_time_out of tcmu device dev_123",
         "create loopback fabric",
@@ -399,7 +402,7 @@ TEST_CASE("a failure at any attach step names the step and leaves nothing behind
 
 TEST_CASE("a failed try is undone and the whole attach retried", "[tcmu]") {
     FakeKernel kernel;
-    kernel.fail_at = 5;  // the first enable
+    kernel.fail_at = 6;  // the first enable
     auto opts = fake_options();
     opts.attempts = 3;
     auto disk = tcmu::attach(kernel, request(), opts);
@@ -566,4 +569,20 @@ TEST_CASE("the tcmu CLI attaches, detaches and explains its usage", "[tcmu]") {
     out.str("");
     CHECK(tcmu::run_cli({"attach", "--help"}, out, err, kernel, fake_options()) == 0);
     CHECK_THAT(out.str(), Catch::Contains("--handler"));
+}
+
+TEST_CASE("attach can leave nl_reply_supported alone, as overlaybd does", "[tcmu]") {
+    FakeKernel kernel;
+    auto opts = fake_options();
+    opts.skip_netlink_reply = false;
+    REQUIRE(tcmu::attach(kernel, request(), opts).ok());
+    CHECK(kernel.count("write " + kCore + "/attrib/nl_reply_supported -1") == 0);
+    CHECK(kernel.log.size() == kAttachSequence.size() - 1);
+}
+
+TEST_CASE("a kernel without nl_reply_supported is fine", "[tcmu]") {
+    FakeKernel kernel;
+    kernel.fail_at = 5;  // the nl_reply_supported write
+    kernel.fail_errno = ENOENT;
+    REQUIRE(tcmu::attach(kernel, request(), fake_options()).ok());
 }
