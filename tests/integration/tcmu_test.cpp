@@ -249,6 +249,17 @@ TEST_CASE("tcmu attach over tcmu-runner's qcow handler gives a disk with the ima
     REQUIRE_FALSE(again.ok());
     CHECK(again.error().code() == EEXIST);
 
+    // A device-mapper table over the disk holds it: detach refuses instead of failing its I/O.
+    const std::string holder = prefix() + "-tcmu-holder";
+    REQUIRE(run({"env", "DM_DISABLE_UDEV=1", "dmsetup", "create", holder, "--table",
+                 "0 " + std::to_string(kImageBytes / 512) + " linear " + *disk + " 0"}) == 0);
+    auto busy = tcmu::detach(req.id);
+    CHECK(run({"env", "DM_DISABLE_UDEV=1", "dmsetup", "remove", holder}) == 0);
+    REQUIRE_FALSE(busy.ok());
+    CHECK(busy.error().code() == EBUSY);
+    CHECK_THAT(busy.error().message(), Catch::Contains(*disk + " is held by dm-"));
+    CHECK(*tcmu::find_attached(req.id) == std::optional<std::string>(*disk));
+
     REQUIRE(tcmu::detach(req.id).ok());
     require_configfs_empty();
     CHECK_FALSE(tcmu::find_attached(req.id)->has_value());

@@ -292,6 +292,7 @@ const std::vector<std::string> kAttachSequence = {
 };
 
 const std::vector<std::string> kDetachSequence = {
+    "read " + kTarget + "/tpgt_1/address",  // to find the disk and check its holders
     "unlink " + kTarget + "/tpgt_1/lun/lun_0/dev_123",
     "rmdir " + kTarget + "/tpgt_1/lun/lun_0",
     "rmdir " + kTarget + "/tpgt_1",
@@ -347,7 +348,7 @@ TEST_CASE("detach removes everything in reverse order and is idempotent", "[tcmu
 TEST_CASE("detach reports a failure other than a missing part, with its path", "[tcmu]") {
     FakeKernel kernel;
     REQUIRE(tcmu::attach(kernel, request(), fake_options()).ok());
-    kernel.fail_at = static_cast<int>(kernel.log.size()) + 4;  // rmdir of the core device
+    kernel.fail_at = static_cast<int>(kernel.log.size()) + 5;  // rmdir of the core device
     kernel.fail_errno = EBUSY;
     auto r = tcmu::detach(kernel, "123", fake_options());
     REQUIRE_FALSE(r.ok());
@@ -585,4 +586,35 @@ TEST_CASE("a kernel without nl_reply_supported is fine", "[tcmu]") {
     kernel.fail_at = 5;  // the nl_reply_supported write
     kernel.fail_errno = ENOENT;
     REQUIRE(tcmu::attach(kernel, request(), fake_options()).ok());
+}
+
+TEST_CASE("detach refuses while device-mapper holds the disk", "[tcmu]") {
+    FakeKernel kernel;
+    REQUIRE(*tcmu::attach(kernel, request(), fake_options()) == kDev + "/sda");
+    kernel.nodes[kSys + "/class/block/sda/holders/dm-3"] = {FakeKernel::Type::link, "", true};
+    kernel.log.clear();
+    auto r = tcmu::detach(kernel, "123", fake_options());
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code() == EBUSY);
+    CHECK(r.error().message() ==
+          "detach tcmu device 123: device busy (" + kDev + "/sda is held by dm-3)");
+    CHECK(kernel.count("unlink " + kTarget + "/tpgt_1/lun/lun_0/dev_123") == 0);
+    kernel.nodes.erase(kSys + "/class/block/sda/holders/dm-3");
+    CHECK(tcmu::detach(kernel, "123", fake_options()).ok());
+}
+
+TEST_CASE("a try whose cleanup fails is not retried, and the error says what is left", "[tcmu]") {
+    FakeKernel kernel;
+    kernel.disk_appears = false;
+    kernel.fail_at =
+        static_cast<int>(kAttachSequence.size()) + 4;  // cleanup's rmdir of the core device
+    kernel.fail_errno = EBUSY;
+    auto opts = fake_options();
+    opts.attempts = 3;
+    auto disk = tcmu::attach(kernel, request(), opts);
+    REQUIRE_FALSE(disk.ok());
+    CHECK(disk.error().code() == ETIMEDOUT);
+    CHECK_THAT(disk.error().message(), Catch::Contains("cleanup failed: injected rmdir " + kCore));
+    CHECK(kernel.count("mkdir " + kCore) == 1);
+    CHECK(kernel.leftovers() == std::set<std::string>{kCore});
 }
