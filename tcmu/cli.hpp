@@ -13,7 +13,8 @@ namespace wrenn::tcmu {
 // args: the words after "tcmu", e.g. {"attach", "--id", "7", "--config", "/x/config.v1.json"}.
 //   attach --id ID --config FILE [--handler NAME] [--size BYTES] [-v]   prints /dev/sdX
 //   detach --id ID [-v]
-// Also `--help`. Returns 0 on success; on failure writes the reason to err and returns 1
+// Without --id, attach uses id_for_config(FILE), so attaching the same config again finds the
+// same device. Also `--help`. Returns 0 on success; on failure writes the reason to err and returns 1
 // (2 for a usage error). -v raises the spdlog level to debug.
 int run_cli(std::vector<std::string> args, std::ostream& out, std::ostream& err);
 

@@ -146,7 +146,7 @@ std::string under(const std::string& root, const std::string& relative) {
 
 // The configfs and sysfs paths of one id.
 struct DevicePaths {
-    std::string hba, core, control, enable, cmd_time_out, dev_config;
+    std::string hba, core, control, enable, cmd_time_out, dev_config, nl_reply_supported;
     std::string loopback, target, tpg, lun, link, nexus, address;
 
     DevicePaths(std::string_view id, const AttachOptions& opts)
@@ -156,6 +156,7 @@ struct DevicePaths {
           enable(core + "/enable"),
           cmd_time_out(core + "/attrib/cmd_time_out"),
           dev_config(core + "/attrib/dev_config"),
+          nl_reply_supported(core + "/attrib/nl_reply_supported"),
           loopback(under(opts.configfs_root, loopback_dir())),
           target(under(opts.configfs_root, loopback_target_dir(id))),
           tpg(target + "/tpgt_1"),
@@ -322,6 +323,16 @@ Result<std::string> attach_once(ConfigfsOps& ops, const AttachRequest& req,
         }
         log.add("write " + paths.control + ": " + value);
     }
+    if (opts.skip_netlink_reply) {
+        // See AttachOptions::skip_netlink_reply. Kernels before 4.16 lack the attribute and
+        // never wait, so ENOENT is fine.
+        Result<void> r = ops.write_file(paths.nl_reply_supported, "-1");
+        if (!r && r.error().code() != ENOENT) {
+            return fail(std::move(r).error(), "configure tcmu device " + dev_name);
+        }
+        log.add(r ? "write " + paths.nl_reply_supported + ": -1"
+                  : "no " + paths.nl_reply_supported);
+    }
     if (Result<void> r = enable_device(ops, paths, opts, log); !r) {
         return fail(std::move(r).error(), "enable tcmu device " + dev_name);
     }
@@ -409,6 +420,24 @@ void append_result_file(const AttachRequest& req, const Transcript& log) {
     }
 }
 
+// The "sdX" of an id's LUN from sysfs, if its target has an address and the disk is there.
+std::optional<std::string> disk_name(ConfigfsOps& ops, const DevicePaths& paths,
+                                     const AttachOptions& opts) {
+    auto text = ops.read_file(paths.address);
+    if (!text) {
+        return std::nullopt;
+    }
+    auto address = parse_scsi_address(*text);
+    if (!address) {
+        return std::nullopt;  // no nexus
+    }
+    auto names = ops.list_dir(block_dir_for(opts, *address));
+    if (!names || names->empty()) {
+        return std::nullopt;
+    }
+    return names->front();
+}
+
 Result<void> validate(const AttachRequest& req) {
     const std::string action = "attach tcmu device " + req.id;
     if (!is_valid_id(req.id)) {
@@ -486,6 +515,18 @@ Result<void> detach(ConfigfsOps& ops, std::string_view id, const AttachOptions& 
     }
     const DevicePaths paths(id, opts);
     const std::string action = "detach tcmu device " + std::string(id);
+    // Removing the LUN under a device-mapper table would fail its I/O (and invalidate a
+    // persistent snapshot's CoW), so refuse while the disk has holders in sysfs.
+    if (auto disk = disk_name(ops, paths, opts)) {
+        auto holders = ops.list_dir(opts.sys_root + "/class/block/" + *disk + "/holders");
+        if (holders && !holders->empty()) {
+            std::string names;
+            for (const std::string& h : *holders) {
+                names += (names.empty() ? "" : ", ") + h;
+            }
+            return Error(action, EBUSY, opts.dev_root + "/" + *disk + " is held by " + names);
+        }
+    }
     // The reverse of attach; ENOENT means that part is already gone (or was never made).
     struct Step {
         bool link;
@@ -521,22 +562,11 @@ Result<std::optional<std::string>> find_attached(ConfigfsOps& ops, std::string_v
     if (!ops.exists(paths.core) || !ops.exists(paths.link)) {
         return none;
     }
-    auto text = ops.read_file(paths.address);
-    if (!text) {
-        if (text.error().code() == ENOENT) {
-            return none;
-        }
-        return std::move(text).error().within("find tcmu device " + std::string(id));
-    }
-    auto address = parse_scsi_address(*text);
-    if (!address) {
-        return none;  // no nexus yet: not attached
-    }
-    auto names = ops.list_dir(block_dir_for(opts, *address));
-    if (!names || names->empty()) {
+    auto disk = disk_name(ops, paths, opts);
+    if (!disk) {
         return none;
     }
-    std::string dev = opts.dev_root + "/" + names->front();
+    std::string dev = opts.dev_root + "/" + *disk;
     if (!ops.exists(dev)) {
         return none;
     }

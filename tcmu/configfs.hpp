@@ -34,6 +34,12 @@ struct AttachOptions {
     int enable_eagain_retries = 100;  // overlaybd: 100 x 50 ms
     std::chrono::milliseconds enable_retry_delay{50};
     std::chrono::milliseconds disk_wait{10000};  // per try, for /dev/sdX to appear
+    // Write -1 to attrib/nl_reply_supported before enable, so the kernel does not wait for the
+    // backstore to answer the "device added" netlink event. Checked in the VM (6.1): once any
+    // tcmu-runner has announced that it replies and then exited, every later enable with no
+    // backstore running blocks forever in uninterruptible sleep. The disk wait still proves
+    // the backstore took the device. (overlaybd-attacher leaves the kernel default.)
+    bool skip_netlink_reply = true;
 };
 
 // The file operations attach/detach need, by path, each failing with the errno it got. The real

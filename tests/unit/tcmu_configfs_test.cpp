@@ -99,6 +99,7 @@ class FakeKernel final : public tcmu::ConfigfsOps {
             nodes[path + "/attrib"] = {Type::dir, "", true};
             nodes[path + "/attrib/cmd_time_out"] = {Type::file, "30\n", true};
             nodes[path + "/attrib/dev_config"] = {Type::file, "\n", true};
+            nodes[path + "/attrib/nl_reply_supported"] = {Type::file, "0\n", true};
         } else if (ends_with(path, "/tpgt_1")) {
             nodes[path + "/nexus"] = {Type::file, "", true};
             nodes[path + "/address"] = {Type::file, "", true};
@@ -278,6 +279,7 @@ const std::vector<std::string> kAttachSequence = {
     "write " + kCore + "/control dev_config=overlaybd//cfgs/a/config.v1.json",
     "write " + kCore + "/control max_data_area_mb=4",
     "write " + kCore + "/control dev_size=4096",
+    "write " + kCore + "/attrib/nl_reply_supported -1",
     "write " + kCore + "/enable 1",
     "write " + kCore + "/attrib/cmd_time_out 7",
     "mkdir " + kCfg + "/target/loopback",
@@ -290,6 +292,7 @@ const std::vector<std::string> kAttachSequence = {
 };
 
 const std::vector<std::string> kDetachSequence = {
+    "read " + kTarget + "/tpgt_1/address",  // to find the disk and check its holders
     "unlink " + kTarget + "/tpgt_1/lun/lun_0/dev_123",
     "rmdir " + kTarget + "/tpgt_1/lun/lun_0",
     "rmdir " + kTarget + "/tpgt_1",
@@ -345,7 +348,7 @@ TEST_CASE("detach removes everything in reverse order and is idempotent", "[tcmu
 TEST_CASE("detach reports a failure other than a missing part, with its path", "[tcmu]") {
     FakeKernel kernel;
     REQUIRE(tcmu::attach(kernel, request(), fake_options()).ok());
-    kernel.fail_at = static_cast<int>(kernel.log.size()) + 4;  // rmdir of the core device
+    kernel.fail_at = static_cast<int>(kernel.log.size()) + 5;  // rmdir of the core device
     kernel.fail_errno = EBUSY;
     auto r = tcmu::detach(kernel, "123", fake_options());
     REQUIRE_FALSE(r.ok());
@@ -360,6 +363,7 @@ TEST_CASE("a failure at any attach step names the step and leaves nothing behind
     const std::vector<std::string> steps = {
         "create tcmu hba user_999999999",
         "create tcmu device dev_123",
+        "configure tcmu device dev_123",
         "configure tcmu device dev_123",
         "configure tcmu device dev_123",
         "configure tcmu device dev_123",
@@ -399,7 +403,7 @@ TEST_CASE("a failure at any attach step names the step and leaves nothing behind
 
 TEST_CASE("a failed try is undone and the whole attach retried", "[tcmu]") {
     FakeKernel kernel;
-    kernel.fail_at = 5;  // the first enable
+    kernel.fail_at = 6;  // the first enable
     auto opts = fake_options();
     opts.attempts = 3;
     auto disk = tcmu::attach(kernel, request(), opts);
@@ -566,4 +570,51 @@ TEST_CASE("the tcmu CLI attaches, detaches and explains its usage", "[tcmu]") {
     out.str("");
     CHECK(tcmu::run_cli({"attach", "--help"}, out, err, kernel, fake_options()) == 0);
     CHECK_THAT(out.str(), Catch::Contains("--handler"));
+}
+
+TEST_CASE("attach can leave nl_reply_supported alone, as overlaybd does", "[tcmu]") {
+    FakeKernel kernel;
+    auto opts = fake_options();
+    opts.skip_netlink_reply = false;
+    REQUIRE(tcmu::attach(kernel, request(), opts).ok());
+    CHECK(kernel.count("write " + kCore + "/attrib/nl_reply_supported -1") == 0);
+    CHECK(kernel.log.size() == kAttachSequence.size() - 1);
+}
+
+TEST_CASE("a kernel without nl_reply_supported is fine", "[tcmu]") {
+    FakeKernel kernel;
+    kernel.fail_at = 5;  // the nl_reply_supported write
+    kernel.fail_errno = ENOENT;
+    REQUIRE(tcmu::attach(kernel, request(), fake_options()).ok());
+}
+
+TEST_CASE("detach refuses while device-mapper holds the disk", "[tcmu]") {
+    FakeKernel kernel;
+    REQUIRE(*tcmu::attach(kernel, request(), fake_options()) == kDev + "/sda");
+    kernel.nodes[kSys + "/class/block/sda/holders/dm-3"] = {FakeKernel::Type::link, "", true};
+    kernel.log.clear();
+    auto r = tcmu::detach(kernel, "123", fake_options());
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code() == EBUSY);
+    CHECK(r.error().message() ==
+          "detach tcmu device 123: device busy (" + kDev + "/sda is held by dm-3)");
+    CHECK(kernel.count("unlink " + kTarget + "/tpgt_1/lun/lun_0/dev_123") == 0);
+    kernel.nodes.erase(kSys + "/class/block/sda/holders/dm-3");
+    CHECK(tcmu::detach(kernel, "123", fake_options()).ok());
+}
+
+TEST_CASE("a try whose cleanup fails is not retried, and the error says what is left", "[tcmu]") {
+    FakeKernel kernel;
+    kernel.disk_appears = false;
+    kernel.fail_at =
+        static_cast<int>(kAttachSequence.size()) + 4;  // cleanup's rmdir of the core device
+    kernel.fail_errno = EBUSY;
+    auto opts = fake_options();
+    opts.attempts = 3;
+    auto disk = tcmu::attach(kernel, request(), opts);
+    REQUIRE_FALSE(disk.ok());
+    CHECK(disk.error().code() == ETIMEDOUT);
+    CHECK_THAT(disk.error().message(), Catch::Contains("cleanup failed: injected rmdir " + kCore));
+    CHECK(kernel.count("mkdir " + kCore) == 1);
+    CHECK(kernel.leftovers() == std::set<std::string>{kCore});
 }
