@@ -33,8 +33,8 @@ done
 for i in $(seq 1 8); do
     write_marker "/dev/mapper/wrenn-sb$i" 3 "written-by-sb$i"
 done
-expect_eq "sb1 reads its own write" "$(read_marker /dev/mapper/wrenn-sb1 3 13)" "written-by-sb1"
-expect_eq "sb2 does not see sb1's write" "$(read_marker /dev/mapper/wrenn-sb2 3 13)" "written-by-sb2"
+expect_eq "sb1 reads its own write" "$(read_marker /dev/mapper/wrenn-sb1 3 14)" "written-by-sb1"
+expect_eq "sb2 does not see sb1's write" "$(read_marker /dev/mapper/wrenn-sb2 3 14)" "written-by-sb2"
 expect_true "the template file is untouched" \
     test "$(dd if="$TEMPLATES/base.img" bs=1M skip=3 count=1 status=none | head -c 14)" != "written-by-sb1"
 expect_eq "unwritten blocks read as the template" \
