@@ -70,7 +70,8 @@ print("" if v is None else v)' "$BODY" "$1"
 }
 
 start_agent() {
-    "$AGENT" serve --listen "127.0.0.1:$PORT" --state-dir "$STATE" --log-level debug "$@" \
+    "$AGENT" serve --listen "127.0.0.1:$PORT" --state-dir "$STATE" --templates-dir "$TEMPLATES" \
+        --log-level debug "$@" \
         >>"$AGENT_LOG" 2>&1 &
     AGENT_PID=$!
     for _ in $(seq 1 100); do
@@ -126,6 +127,7 @@ make_template() {  # name size_mib: random bytes, so every read is checked again
 
 finish() {
     kill_agent
+    for m in $(awk -v w="$WORK" '$2 ~ "^"w {print $2}' /proc/mounts | sort -r); do umount -l "$m"; done
     # Our strays: every wrenn- device and every loop over our files goes, whatever happened.
     for d in $(wrenn_devices); do dmsetup remove --retry "$d" >/dev/null 2>&1; done
     for f in /sys/block/loop*/loop/backing_file; do
