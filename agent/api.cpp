@@ -30,7 +30,8 @@ HttpResponse json_response(const HttpRequest& request, unsigned status, const js
 }
 
 HttpResponse failure_response(const HttpRequest& request, const Failure& f) {
-    return json_error(request, failure_http_status(f.kind), failure_code(f.kind), f.error.message());
+    return json_error(request, failure_http_status(f.kind), failure_code(f.kind),
+                      f.error.message());
 }
 
 // Parses a JSON object body and refuses fields it does not know, naming them. An empty body
@@ -151,8 +152,8 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
     auto method_not_allowed = [&](std::string_view allow) {
         HttpResponse res = json_error(req, 405, "method_not_allowed",
                                       std::string(req.method_string()) + " is not allowed on " +
-                                          std::string(strip_query(req.target())) + " (allowed: " +
-                                          std::string(allow) + ")");
+                                          std::string(strip_query(req.target())) +
+                                          " (allowed: " + std::string(allow) + ")");
         res.set(http::field::allow, allow);
         respond(std::move(res));
     };
@@ -205,9 +206,9 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
         });
     }
     if (parts.empty() || parts[0] != "sandboxes" || parts.size() > 3) {
-        return respond(json_error(req, 404, "not_found",
-                                  "no route " + std::string(strip_query(req.target())) +
-                                      " (see docs/api.md)"));
+        return respond(json_error(
+            req, 404, "not_found",
+            "no route " + std::string(strip_query(req.target())) + " (see docs/api.md)"));
     }
 
     if (parts.size() == 1) {
@@ -257,16 +258,21 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
                 return bad_request(*problem);
             }
             if (type.value_or("") != "tcmu") {
-                return bad_request("field 'origin.type' must be \"tcmu\" (for a template, give 'template')");
+                return bad_request(
+                    "field 'origin.type' must be \"tcmu\" (for a template, give 'template')");
             }
             if (!config || config->empty() || (*config)[0] != '/') {
-                return bad_request("field 'origin.config' must be an absolute path to the backstore's config");
+                return bad_request(
+                    "field 'origin.config' must be an absolute path to the backstore's config");
             }
-            OriginSpec spec{OriginSpec::Type::Tcmu, *config, handler.value_or("overlaybd"), std::nullopt};
+            OriginSpec spec{OriginSpec::Type::Tcmu, *config, handler.value_or("overlaybd"),
+                            std::nullopt};
             if (spec.handler.empty() || spec.handler.find('/') != std::string::npos) {
-                return bad_request("field 'origin.handler' must be a handler name like \"overlaybd\"");
+                return bad_request(
+                    "field 'origin.handler' must be a handler name like \"overlaybd\"");
             }
-            if (const auto* size = o.if_contains("size_bytes"); size != nullptr && !size->is_null()) {
+            if (const auto* size = o.if_contains("size_bytes");
+                size != nullptr && !size->is_null()) {
                 if (size->is_uint64() && size->as_uint64() > 0) {
                     spec.size_bytes = size->as_uint64();
                 } else if (size->is_int64() && size->as_int64() > 0) {
@@ -340,16 +346,17 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
         return bad_request(*problem);
     }
     if (!name || !is_valid_name(*name)) {
-        return bad_request("field 'template' is required and must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
+        return bad_request(
+            "field 'template' is required and must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
     }
     manager_.flatten(id, *name, [request, respond](Outcome<TemplateInfo> out) {
         if (!out) {
             return respond(failure_response(*request, out.failure()));
         }
-        respond(json_response(*request, 201,
-                              json::object{{"template", out->name},
-                                           {"path", out->path},
-                                           {"size_bytes", out->size_bytes}}));
+        respond(json_response(
+            *request, 201,
+            json::object{
+                {"template", out->name}, {"path", out->path}, {"size_bytes", out->size_bytes}}));
     });
 }
 

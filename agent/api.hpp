@@ -17,11 +17,11 @@ using Respond = std::function<void(HttpResponse)>;
 // work to the SandboxManager (which runs kernel work on its pool) and answers through
 // `respond`, exactly once, possibly from another thread. Tests call handle() directly.
 class Api {
-public:
+  public:
     Api(SandboxManager& manager, Platform& platform, Metrics& metrics);
     void handle(HttpRequest&& request, Respond respond);
 
-private:
+  private:
     SandboxManager& manager_;
     Platform& platform_;
     Metrics& metrics_;

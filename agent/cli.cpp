@@ -11,7 +11,8 @@ namespace po = boost::program_options;
 
 namespace {
 
-constexpr const char* kUsage = R"(wrenn-agent: copy-on-write root filesystems for sandboxes, from shared templates.
+constexpr const char* kUsage =
+    R"(wrenn-agent: copy-on-write root filesystems for sandboxes, from shared templates.
 
 Usage:
   wrenn-agent [serve] [options]         run the HTTP API (the default)
@@ -31,29 +32,27 @@ Options)";
 
 po::options_description serve_options(ServeOptions& o) {
     po::options_description desc(kUsage);
-    desc.add_options()
-        ("help,h", "print this help and exit")
-        ("version", "print the version and exit")
-        ("listen", po::value(&o.listen)->composing()->value_name("ADDR"),
-         "where to serve: HOST:PORT, [IPv6]:PORT or unix:/path (repeatable; default "
-         "127.0.0.1:7070). Anything but loopback or a unix socket needs --token-file")
-        ("state-dir", po::value(&o.state_dir)->value_name("DIR"),
-         "sandbox records and CoW files (default /var/lib/wrenn)")
-        ("templates-dir", po::value(&o.templates_dir)->value_name("DIR"),
-         "template images <name>.img (default <state-dir>/templates)")
-        ("log-level", po::value(&o.log_level)->value_name("LEVEL"),
-         "trace, debug, info, warn, error or off (default info)")
-        ("log-format", po::value(&o.log_format)->value_name("FORMAT"),
-         "text or json: one JSON object per line (default text)")
-        ("token-file", po::value<std::string>()->value_name("FILE"),
-         "file holding the bearer token every request except GET /healthz must present")
-        ("insecure-no-token", po::bool_switch(&o.insecure_no_token),
-         "allow a non-loopback --listen without a token (only where the network itself is "
-         "private, as in the test VM)")
-        ("workers", po::value(&o.workers)->value_name("N"),
-         "threads for kernel operations (default 16)")
-        ("cleanup-stale", po::bool_switch(&o.cleanup_stale),
-         "clean up stale devices for boot, then exit (see above)");
+    desc.add_options()("help,h", "print this help and exit")("version",
+                                                             "print the version and exit")(
+        "listen", po::value(&o.listen)->composing()->value_name("ADDR"),
+        "where to serve: HOST:PORT, [IPv6]:PORT or unix:/path (repeatable; default "
+        "127.0.0.1:7070). Anything but loopback or a unix socket needs --token-file")(
+        "state-dir", po::value(&o.state_dir)->value_name("DIR"),
+        "sandbox records and CoW files (default /var/lib/wrenn)")(
+        "templates-dir", po::value(&o.templates_dir)->value_name("DIR"),
+        "template images <name>.img (default <state-dir>/templates)")(
+        "log-level", po::value(&o.log_level)->value_name("LEVEL"),
+        "trace, debug, info, warn, error or off (default info)")(
+        "log-format", po::value(&o.log_format)->value_name("FORMAT"),
+        "text or json: one JSON object per line (default text)")(
+        "token-file", po::value<std::string>()->value_name("FILE"),
+        "file holding the bearer token every request except GET /healthz must present")(
+        "insecure-no-token", po::bool_switch(&o.insecure_no_token),
+        "allow a non-loopback --listen without a token (only where the network itself is "
+        "private, as in the test VM)")("workers", po::value(&o.workers)->value_name("N"),
+                                       "threads for kernel operations (default 16)")(
+        "cleanup-stale", po::bool_switch(&o.cleanup_stale),
+        "clean up stale devices for boot, then exit (see above)");
     return desc;
 }
 
@@ -82,7 +81,8 @@ Command parse_command_line(const std::vector<std::string>& args_in) {
         }
         po::notify(vm);
     } catch (const po::error& e) {
-        return PrintAndExit{std::string("wrenn-agent: ") + e.what() + " (see wrenn-agent --help)\n", 2};
+        return PrintAndExit{std::string("wrenn-agent: ") + e.what() + " (see wrenn-agent --help)\n",
+                            2};
     }
     if (vm.count("token-file") != 0) {
         options.token_file = vm["token-file"].as<std::string>();

@@ -4,32 +4,47 @@ namespace wrenn::agent {
 
 std::string_view failure_code(FailureKind kind) {
     switch (kind) {
-        case FailureKind::InvalidRequest: return "invalid_request";
-        case FailureKind::NotFound: return "not_found";
-        case FailureKind::TemplateNotFound: return "template_not_found";
-        case FailureKind::AlreadyExists: return "already_exists";
-        case FailureKind::TemplateExists: return "template_exists";
-        case FailureKind::InvalidState: return "invalid_state";
-        case FailureKind::DeviceBusy: return "device_busy";
-        case FailureKind::SnapshotInvalid: return "snapshot_invalid";
-        case FailureKind::Unavailable: return "unavailable";
-        case FailureKind::Internal: return "internal";
+        case FailureKind::InvalidRequest:
+            return "invalid_request";
+        case FailureKind::NotFound:
+            return "not_found";
+        case FailureKind::TemplateNotFound:
+            return "template_not_found";
+        case FailureKind::AlreadyExists:
+            return "already_exists";
+        case FailureKind::TemplateExists:
+            return "template_exists";
+        case FailureKind::InvalidState:
+            return "invalid_state";
+        case FailureKind::DeviceBusy:
+            return "device_busy";
+        case FailureKind::SnapshotInvalid:
+            return "snapshot_invalid";
+        case FailureKind::Unavailable:
+            return "unavailable";
+        case FailureKind::Internal:
+            return "internal";
     }
     return "internal";
 }
 
 unsigned failure_http_status(FailureKind kind) {
     switch (kind) {
-        case FailureKind::InvalidRequest: return 400;
+        case FailureKind::InvalidRequest:
+            return 400;
         case FailureKind::NotFound:
-        case FailureKind::TemplateNotFound: return 404;
+        case FailureKind::TemplateNotFound:
+            return 404;
         case FailureKind::AlreadyExists:
         case FailureKind::TemplateExists:
         case FailureKind::InvalidState:
         case FailureKind::DeviceBusy:
-        case FailureKind::SnapshotInvalid: return 409;
-        case FailureKind::Unavailable: return 503;
-        case FailureKind::Internal: return 500;
+        case FailureKind::SnapshotInvalid:
+            return 409;
+        case FailureKind::Unavailable:
+            return 503;
+        case FailureKind::Internal:
+            return 500;
     }
     return 500;
 }

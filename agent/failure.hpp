@@ -32,26 +32,37 @@ struct Failure {
     Error error;
 };
 
-inline Failure failure(FailureKind kind, std::string action, int code = 0, std::string detail = {}) {
+inline Failure failure(FailureKind kind, std::string action, int code = 0,
+                       std::string detail = {}) {
     return Failure{kind, Error(std::move(action), code, std::move(detail))};
 }
 
 // A value or a Failure: what every SandboxManager operation returns.
 template <class T>
 class [[nodiscard]] Outcome {
-public:
-    Outcome(T value) : v_(std::in_place_index<0>, std::move(value)) {}  // NOLINT: implicit by design
-    Outcome(Failure f) : v_(std::in_place_index<1>, std::move(f)) {}   // NOLINT
+  public:
+    Outcome(T value)
+        : v_(std::in_place_index<0>, std::move(value)) {}             // NOLINT: implicit by design
+    Outcome(Failure f) : v_(std::in_place_index<1>, std::move(f)) {}  // NOLINT
 
     [[nodiscard]] bool ok() const noexcept { return v_.index() == 0; }
     explicit operator bool() const noexcept { return ok(); }
-    T& value() & { assert(ok()); return std::get<0>(v_); }
-    const T& value() const& { assert(ok()); return std::get<0>(v_); }
+    T& value() & {
+        assert(ok());
+        return std::get<0>(v_);
+    }
+    const T& value() const& {
+        assert(ok());
+        return std::get<0>(v_);
+    }
     T* operator->() { return &value(); }
     const T* operator->() const { return &value(); }
-    const Failure& failure() const& { assert(!ok()); return std::get<1>(v_); }
+    const Failure& failure() const& {
+        assert(!ok());
+        return std::get<1>(v_);
+    }
 
-private:
+  private:
     std::variant<T, Failure> v_;
 };
 

@@ -54,8 +54,8 @@ LinuxPlatform::LinuxPlatform(Options options)
         support_.loop_reason = "cannot open /dev/loop-control: " + describe_errno(errno) +
                                " (modprobe loop; run as root)";
     }
-    if (path_exists("/sys/kernel/config/target/core") && path_exists("/sys/module/target_core_user") &&
-        path_exists("/sys/module/tcm_loop")) {
+    if (path_exists("/sys/kernel/config/target/core") &&
+        path_exists("/sys/module/target_core_user") && path_exists("/sys/module/tcm_loop")) {
         support_.tcmu = true;
     } else {
         support_.tcmu_reason =
@@ -63,7 +63,9 @@ LinuxPlatform::LinuxPlatform(Options options)
     }
 }
 
-KernelSupport LinuxPlatform::support() { return support_; }
+KernelSupport LinuxPlatform::support() {
+    return support_;
+}
 
 Platform::OriginCounts LinuxPlatform::attached_origins() {
     OriginCounts counts;
@@ -225,7 +227,8 @@ Result<std::vector<std::string>> LinuxPlatform::list_snapshots() {
     return ids;
 }
 
-Result<bool> LinuxPlatform::cow_store_valid(const std::string& cow_path, std::uint64_t origin_bytes) {
+Result<bool> LinuxPlatform::cow_store_valid(const std::string& cow_path,
+                                            std::uint64_t origin_bytes) {
     auto store = flatten::read_exception_store_file(cow_path, origin_bytes);
     if (store) {
         return true;

@@ -17,7 +17,7 @@ namespace wrenn::agent {
 // lacks is learned once at start and reported by support(); the agent still starts, so that
 // /healthz can say what is missing.
 class LinuxPlatform final : public Platform {
-public:
+  public:
     struct Options {
         std::chrono::milliseconds remove_time_limit{5000};
     };
@@ -28,7 +28,8 @@ public:
     Result<AttachedOrigin> acquire_origin(const OriginSpec& origin) override;
     void release_origin(const OriginSpec& origin) override;
     Result<std::string> create_snapshot(const std::string& id, const std::string& origin_device,
-                                        std::uint64_t origin_bytes, const std::string& cow_path) override;
+                                        std::uint64_t origin_bytes,
+                                        const std::string& cow_path) override;
     Result<void> remove_snapshot(const std::string& id) override;
     Result<std::optional<SnapshotInfo>> snapshot_info(const std::string& id) override;
     Result<SnapshotUsage> snapshot_usage(const std::string& id) override;
@@ -39,7 +40,7 @@ public:
     Result<std::size_t> release_loops_under(const std::string& dir) override;
     Result<std::size_t> detach_tcmu_origins(const std::vector<std::string>& configs) override;
 
-private:
+  private:
     Result<dm::DeviceMapper*> mapper();
 
     Options options_;

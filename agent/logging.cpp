@@ -13,11 +13,13 @@ namespace {
 
 // Formats a log record as {"time": ..., "level": ..., "msg": ...}.
 class JsonFormatter final : public spdlog::formatter {
-public:
+  public:
     void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
         const auto secs = std::chrono::system_clock::to_time_t(msg.time);
-        const auto millis = std::chrono::duration_cast<std::chrono::milliseconds>(
-                                msg.time.time_since_epoch()).count() % 1000;
+        const auto millis =
+            std::chrono::duration_cast<std::chrono::milliseconds>(msg.time.time_since_epoch())
+                .count() %
+            1000;
         std::tm tm{};
         gmtime_r(&secs, &tm);
         char stamp[64];
@@ -45,11 +47,21 @@ std::string json_quote(std::string_view text) {
     std::string out = "\"";
     for (const char c : text) {
         switch (c) {
-            case '"': out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\n': out += "\\n"; break;
-            case '\r': out += "\\r"; break;
-            case '\t': out += "\\t"; break;
+            case '"':
+                out += "\\\"";
+                break;
+            case '\\':
+                out += "\\\\";
+                break;
+            case '\n':
+                out += "\\n";
+                break;
+            case '\r':
+                out += "\\r";
+                break;
+            case '\t':
+                out += "\\t";
+                break;
             default:
                 if (static_cast<unsigned char>(c) < 0x20) {
                     char buf[8];
@@ -67,7 +79,8 @@ std::string json_quote(std::string_view text) {
 Result<void> setup_logging(const std::string& level, const std::string& format) {
     const auto parsed = spdlog::level::from_str(level);
     if (parsed == spdlog::level::off && level != "off") {
-        return Error("set log level", EINVAL, "'" + level + "' is not one of trace, debug, info, warn, error, off");
+        return Error("set log level", EINVAL,
+                     "'" + level + "' is not one of trace, debug, info, warn, error, off");
     }
     auto logger = spdlog::stderr_logger_mt("wrenn-agent");
     if (format == "json") {

@@ -35,16 +35,19 @@ std::string Metrics::render(const Gauges& gauges) const {
                       it == gauges.sandboxes_by_state.end() ? 0 : it->second);
         out += line;
     }
-    out += "# HELP wrenn_loops_attached Template loop devices held by the agent.\n"
-           "# TYPE wrenn_loops_attached gauge\n";
+    out +=
+        "# HELP wrenn_loops_attached Template loop devices held by the agent.\n"
+        "# TYPE wrenn_loops_attached gauge\n";
     out += "wrenn_loops_attached " + std::to_string(gauges.loops_attached) + "\n";
-    out += "# HELP wrenn_tcmu_origins_attached TCMU origins held by the agent.\n"
-           "# TYPE wrenn_tcmu_origins_attached gauge\n";
+    out +=
+        "# HELP wrenn_tcmu_origins_attached TCMU origins held by the agent.\n"
+        "# TYPE wrenn_tcmu_origins_attached gauge\n";
     out += "wrenn_tcmu_origins_attached " + std::to_string(gauges.tcmu_origins_attached) + "\n";
 
     std::lock_guard lock(mu_);
-    out += "# HELP wrenn_operation_duration_seconds Duration of sandbox operations.\n"
-           "# TYPE wrenn_operation_duration_seconds histogram\n";
+    out +=
+        "# HELP wrenn_operation_duration_seconds Duration of sandbox operations.\n"
+        "# TYPE wrenn_operation_duration_seconds histogram\n";
     for (const auto& [op, h] : durations_) {
         for (std::size_t i = 0; i < kBuckets.size(); ++i) {
             std::snprintf(line, sizeof line,
@@ -60,10 +63,12 @@ std::string Metrics::render(const Gauges& gauges) const {
                       op.c_str(), static_cast<unsigned long long>(h.count));
         out += line;
     }
-    out += "# HELP wrenn_operation_errors_total Failed operations by error code.\n"
-           "# TYPE wrenn_operation_errors_total counter\n";
+    out +=
+        "# HELP wrenn_operation_errors_total Failed operations by error code.\n"
+        "# TYPE wrenn_operation_errors_total counter\n";
     for (const auto& [key, n] : errors_) {
-        std::snprintf(line, sizeof line, "wrenn_operation_errors_total{op=\"%s\",code=\"%s\"} %llu\n",
+        std::snprintf(line, sizeof line,
+                      "wrenn_operation_errors_total{op=\"%s\",code=\"%s\"} %llu\n",
                       key.first.c_str(), key.second.c_str(), static_cast<unsigned long long>(n));
         out += line;
     }

@@ -13,7 +13,7 @@ namespace wrenn::agent {
 // Operation durations (a histogram per operation) and errors by operation and code, rendered
 // in Prometheus' text format. Thread-safe.
 class Metrics {
-public:
+  public:
     static constexpr std::array<double, 12> kBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                                         0.1,   0.25,   0.5,   1.0,  2.5,   10.0};
 
@@ -27,7 +27,7 @@ public:
     };
     [[nodiscard]] std::string render(const Gauges& gauges) const;
 
-private:
+  private:
     struct Histogram {
         std::array<std::uint64_t, kBuckets.size()> buckets{};
         std::uint64_t count = 0;

@@ -48,7 +48,7 @@ struct FlattenResult {
 // flatten/; the unit tests use a fake. Every call may block: callers run them on the worker
 // pool, never on the io_context.
 class Platform {
-public:
+  public:
     virtual ~Platform() = default;
 
     // Cheap: answered from what the platform learned at start (no kernel call per request).
@@ -68,7 +68,8 @@ public:
     // Attaches the CoW file on a read-write loop and creates the persistent snapshot `name`
     // over origin + CoW. Returns the device path, which exists on return. The CoW loop lives
     // exactly as long as the snapshot holds it (autoclear), so nothing leaks on failure or crash.
-    virtual Result<std::string> create_snapshot(const std::string& id, const std::string& origin_device,
+    virtual Result<std::string> create_snapshot(const std::string& id,
+                                                const std::string& origin_device,
                                                 std::uint64_t origin_bytes,
                                                 const std::string& cow_path) = 0;
     // Removes the snapshot device, with a bounded retry while it is busy; never deferred.
@@ -81,7 +82,8 @@ public:
 
     // Checks that a paused CoW can be used again: errno 0 with SnapshotInvalid semantics is
     // reported through `invalid` (the kernel marked the store invalid); other problems as Error.
-    virtual Result<bool> cow_store_valid(const std::string& cow_path, std::uint64_t origin_bytes) = 0;
+    virtual Result<bool> cow_store_valid(const std::string& cow_path,
+                                         std::uint64_t origin_bytes) = 0;
 
     // Writes a standalone image of origin + CoW to `out` (never overwriting it).
     virtual Result<FlattenResult> flatten(const std::string& origin, const std::string& cow_path,

@@ -14,7 +14,9 @@ std::string_view to_string(SandboxState state) {
     return state == SandboxState::Running ? "running" : "paused";
 }
 
-std::string OriginSpec::key() const { return (type == Type::Loop ? "loop:" : "tcmu:") + path; }
+std::string OriginSpec::key() const {
+    return (type == Type::Loop ? "loop:" : "tcmu:") + path;
+}
 
 namespace {
 
@@ -34,7 +36,9 @@ json::object origin_to_json(const OriginSpec& origin, const std::string& device)
     return out;
 }
 
-Error bad_record(std::string detail) { return Error("read sandbox record", 0, std::move(detail)); }
+Error bad_record(std::string detail) {
+    return Error("read sandbox record", 0, std::move(detail));
+}
 
 Result<std::string> get_string(const json::object& obj, std::string_view key) {
     const auto* v = obj.if_contains(key);
@@ -68,11 +72,11 @@ json::object record_to_json(const Sandbox& s) {
     out["template"] = s.template_name.empty() ? json::value(nullptr) : json::value(s.template_name);
     out["origin"] = origin_to_json(s.origin, s.origin_device);
     out["device"] = s.device.empty() ? json::value(nullptr) : json::value(s.device);
-    out["cow"] = json::object{{"path", s.cow_path},
-                              {"size_bytes", s.cow_size_bytes},
-                              {"allocated_bytes", s.cow_allocated_bytes},
-                              {"status", s.cow_status.empty() ? json::value(nullptr)
-                                                              : json::value(s.cow_status)}};
+    out["cow"] = json::object{
+        {"path", s.cow_path},
+        {"size_bytes", s.cow_size_bytes},
+        {"allocated_bytes", s.cow_allocated_bytes},
+        {"status", s.cow_status.empty() ? json::value(nullptr) : json::value(s.cow_status)}};
     out["origin_size_bytes"] = s.origin_size_bytes;
     out["created_at"] = s.created_at;
     out["updated_at"] = s.updated_at;
@@ -186,7 +190,8 @@ std::string utc_now() {
     const auto now = std::chrono::system_clock::now();
     const std::time_t secs = std::chrono::system_clock::to_time_t(now);
     const auto millis =
-        std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+        std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() %
+        1000;
     std::tm tm{};
     gmtime_r(&secs, &tm);
     char buf[64];

@@ -17,8 +17,8 @@ std::string_view to_string(SandboxState state);
 struct OriginSpec {
     enum class Type { Loop, Tcmu };
     Type type = Type::Loop;
-    std::string path;       // Loop: the template image; Tcmu: the backstore's config file
-    std::string handler;    // Tcmu only: "overlaybd" by default
+    std::string path;     // Loop: the template image; Tcmu: the backstore's config file
+    std::string handler;  // Tcmu only: "overlaybd" by default
     std::optional<std::uint64_t> size_bytes;  // Tcmu only: written as dev_size when set
 
     // The key by which origins are shared and reference-counted.

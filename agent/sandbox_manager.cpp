@@ -1,12 +1,12 @@
 #include "agent/sandbox_manager.hpp"
 
-#include <spdlog/spdlog.h>
 #include <dirent.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <boost/asio/post.hpp>
 #include <algorithm>
+#include <boost/asio/post.hpp>
 #include <cerrno>
 #include <random>
 #include <set>
@@ -28,11 +28,15 @@ struct SandboxManager::Entry {
     bool origin_held = false;  // we hold a reference on its origin (running, origin acquired)
 };
 
-bool is_valid_name(std::string_view name) { return dm::is_valid_sandbox_id(name); }
+bool is_valid_name(std::string_view name) {
+    return dm::is_valid_sandbox_id(name);
+}
 
 namespace {
 
-Failure internal(const Error& error) { return Failure{FailureKind::Internal, error}; }
+Failure internal(const Error& error) {
+    return Failure{FailureKind::Internal, error};
+}
 
 // What a failed device removal means to the client: held open is something they can fix.
 Failure removal_failure(Error error) {
@@ -47,10 +51,14 @@ SnapshotUsage::State usage_state_of(const Result<SnapshotUsage>& usage) {
 
 std::string_view usage_status(SnapshotUsage::State state) {
     switch (state) {
-        case SnapshotUsage::State::Active: return "active";
-        case SnapshotUsage::State::Invalid: return "invalid";
-        case SnapshotUsage::State::Overflow: return "overflow";
-        case SnapshotUsage::State::Other: return "unknown";
+        case SnapshotUsage::State::Active:
+            return "active";
+        case SnapshotUsage::State::Invalid:
+            return "invalid";
+        case SnapshotUsage::State::Overflow:
+            return "overflow";
+        case SnapshotUsage::State::Other:
+            return "unknown";
     }
     return "unknown";
 }
@@ -142,8 +150,7 @@ void SandboxManager::run_on_strand(const EntryPtr& entry, std::string op,
             return fn();
         }();
         const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
-        const std::string code =
-            outcome ? "ok" : std::string(failure_code(outcome.failure().kind));
+        const std::string code = outcome ? "ok" : std::string(failure_code(outcome.failure().kind));
         metrics_.observe(op, took, code);
         if (outcome) {
             spdlog::info("sandbox={} op={} duration_ms={:.1f} result=ok", id, op,
@@ -215,12 +222,13 @@ Outcome<Sandbox> SandboxManager::do_create(const EntryPtr& entry, const CreateRe
                            "template must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
         }
         sb.template_name = request.template_name;
-        sb.origin = OriginSpec{OriginSpec::Type::Loop, template_path(request.template_name), {}, {}};
+        sb.origin =
+            OriginSpec{OriginSpec::Type::Loop, template_path(request.template_name), {}, {}};
         struct stat st {};
         if (::stat(sb.origin.path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
-            return failure(FailureKind::TemplateNotFound, what, 0,
-                           "no template '" + request.template_name + "' (looked for " +
-                               sb.origin.path + ")");
+            return failure(
+                FailureKind::TemplateNotFound, what, 0,
+                "no template '" + request.template_name + "' (looked for " + sb.origin.path + ")");
         }
     }
 
@@ -276,8 +284,8 @@ void SandboxManager::pause(const std::string& id, Callback<Sandbox> done) {
         done(failure(FailureKind::NotFound, "pause " + id, 0, "no such sandbox"));
         return;
     }
-    run_on_strand<Sandbox>(entry, "pause", [this, entry] { return do_pause(entry); },
-                           std::move(done));
+    run_on_strand<Sandbox>(
+        entry, "pause", [this, entry] { return do_pause(entry); }, std::move(done));
 }
 
 Outcome<Sandbox> SandboxManager::do_pause(const EntryPtr& entry) {
@@ -295,7 +303,8 @@ Outcome<Sandbox> SandboxManager::do_pause(const EntryPtr& entry) {
 
     // A failure to remove the device is fatal to the pause: nothing is released, the sandbox
     // stays running with its device, and the error is kept in its record.
-    if (auto removed = platform_.remove_snapshot(sb.id); !removed && removed.error().code() != ENXIO) {
+    if (auto removed = platform_.remove_snapshot(sb.id);
+        !removed && removed.error().code() != ENXIO) {
         Failure f = removal_failure(std::move(removed).error().within(what));
         sb.last_error = f.error.message();
         sb.updated_at = utc_now();
@@ -318,7 +327,8 @@ Outcome<Sandbox> SandboxManager::do_pause(const EntryPtr& entry) {
     sb.last_error.reset();
     if (usage_state_of(usage) == SnapshotUsage::State::Invalid ||
         usage_state_of(usage) == SnapshotUsage::State::Overflow) {
-        sb.last_error = "the kernel invalidated this snapshot before the pause; it cannot be resumed";
+        sb.last_error =
+            "the kernel invalidated this snapshot before the pause; it cannot be resumed";
     }
     sb.updated_at = utc_now();
     if (auto written = commit(entry, sb); !written) {
@@ -335,8 +345,8 @@ void SandboxManager::resume(const std::string& id, Callback<Sandbox> done) {
         done(failure(FailureKind::NotFound, "resume " + id, 0, "no such sandbox"));
         return;
     }
-    run_on_strand<Sandbox>(entry, "resume", [this, entry] { return do_resume(entry); },
-                           std::move(done));
+    run_on_strand<Sandbox>(
+        entry, "resume", [this, entry] { return do_resume(entry); }, std::move(done));
 }
 
 Outcome<Sandbox> SandboxManager::do_resume(const EntryPtr& entry) {
@@ -368,8 +378,10 @@ Outcome<Sandbox> SandboxManager::do_resume(const EntryPtr& entry) {
     }
     if (info->has_value()) {
         spdlog::warn("sandbox={} op=resume removing stale device first", sb.id);
-        if (auto removed = platform_.remove_snapshot(sb.id); !removed && removed.error().code() != ENXIO) {
-            return removal_failure(std::move(removed).error().within(what + ": remove stale device"));
+        if (auto removed = platform_.remove_snapshot(sb.id);
+            !removed && removed.error().code() != ENXIO) {
+            return removal_failure(
+                std::move(removed).error().within(what + ": remove stale device"));
         }
     }
     auto origin = platform_.acquire_origin(sb.origin);
@@ -381,7 +393,8 @@ Outcome<Sandbox> SandboxManager::do_resume(const EntryPtr& entry) {
         return failure(FailureKind::InvalidState, what, 0,
                        "the origin is " + std::to_string(origin->size_bytes) +
                            " bytes now, the sandbox was made over " +
-                           std::to_string(sb.origin_size_bytes) + " bytes; was the template replaced?");
+                           std::to_string(sb.origin_size_bytes) +
+                           " bytes; was the template replaced?");
     }
     auto device = platform_.create_snapshot(sb.id, origin->device, origin->size_bytes, sb.cow_path);
     if (!device) {
@@ -415,15 +428,16 @@ void SandboxManager::destroy(const std::string& id, Callback<Done> done) {
         done(failure(FailureKind::NotFound, "destroy " + id, 0, "no such sandbox"));
         return;
     }
-    run_on_strand<Done>(entry, "destroy", [this, entry] { return do_destroy(entry); },
-                        std::move(done));
+    run_on_strand<Done>(
+        entry, "destroy", [this, entry] { return do_destroy(entry); }, std::move(done));
 }
 
 Outcome<Done> SandboxManager::do_destroy(const EntryPtr& entry) {
     Sandbox sb = snapshot_of(entry);
     const std::string what = "destroy " + sb.id;
     // Whatever the record says, a device of this name goes (a paused sandbox may have a stale one).
-    if (auto removed = platform_.remove_snapshot(sb.id); !removed && removed.error().code() != ENXIO) {
+    if (auto removed = platform_.remove_snapshot(sb.id);
+        !removed && removed.error().code() != ENXIO) {
         Failure f = removal_failure(std::move(removed).error().within(what));
         sb.last_error = f.error.message();
         sb.updated_at = utc_now();
@@ -599,7 +613,8 @@ void SandboxManager::list_templates(Callback<std::vector<TemplateInfo>> done) {
             if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
                 continue;
             }
-            out.push_back(TemplateInfo{name, path, static_cast<std::uint64_t>(st.st_size), users[name]});
+            out.push_back(
+                TemplateInfo{name, path, static_cast<std::uint64_t>(st.st_size), users[name]});
         }
         ::closedir(dir);
         std::sort(out.begin(), out.end(),
@@ -680,7 +695,8 @@ RecoveryReport SandboxManager::recover() {
             if (owned.count(id) != 0) {
                 continue;
             }
-            if (auto removed = platform_.remove_snapshot(id); removed || removed.error().code() == ENXIO) {
+            if (auto removed = platform_.remove_snapshot(id);
+                removed || removed.error().code() == ENXIO) {
                 ++report.stale_removed;
                 spdlog::info("sandbox={} op=recover result=stale device removed", id);
             } else {
@@ -707,7 +723,8 @@ Result<RecoveryReport> SandboxManager::cleanup_stale() {
     }
     std::vector<std::string> failed;
     for (const auto& id : *devices) {
-        if (auto removed = platform_.remove_snapshot(id); removed || removed.error().code() == ENXIO) {
+        if (auto removed = platform_.remove_snapshot(id);
+            removed || removed.error().code() == ENXIO) {
             ++report.stale_removed;
         } else {
             failed.push_back(removed.error().message());

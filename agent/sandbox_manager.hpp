@@ -21,9 +21,9 @@
 namespace wrenn::agent {
 
 struct CreateRequest {
-    std::string id;  // empty: the agent makes one
-    std::string template_name;                // a loop origin from <templates-dir>/<name>.img
-    std::optional<OriginSpec> tcmu_origin;    // or a TCMU origin
+    std::string id;                         // empty: the agent makes one
+    std::string template_name;              // a loop origin from <templates-dir>/<name>.img
+    std::optional<OriginSpec> tcmu_origin;  // or a TCMU origin
 };
 
 struct TemplateInfo {
@@ -34,9 +34,9 @@ struct TemplateInfo {
 };
 
 struct RecoveryReport {
-    std::size_t adopted = 0;         // running, device still there
-    std::size_t paused = 0;          // were running, device gone (host rebooted)
-    std::size_t stale_removed = 0;   // wrenn- devices no running sandbox owns
+    std::size_t adopted = 0;        // running, device still there
+    std::size_t paused = 0;         // were running, device gone (host rebooted)
+    std::size_t stale_removed = 0;  // wrenn- devices no running sandbox owns
     std::size_t unfinished_removed = 0;
     std::vector<std::string> problems;  // what could not be repaired, in words
 };
@@ -50,7 +50,7 @@ using Callback = std::function<void(Outcome<T>)>;
 // list) answer from memory and never wait for a kernel operation. Every step is ordered so
 // that a crash at any instant leaves a state recover() repairs without losing CoW data.
 class SandboxManager {
-public:
+  public:
     struct Options {
         std::string templates_dir;
     };
@@ -73,7 +73,8 @@ public:
     void pause(const std::string& id, Callback<Sandbox> done);
     void resume(const std::string& id, Callback<Sandbox> done);
     void destroy(const std::string& id, Callback<Done> done);
-    void flatten(const std::string& id, const std::string& template_name, Callback<TemplateInfo> done);
+    void flatten(const std::string& id, const std::string& template_name,
+                 Callback<TemplateInfo> done);
     // The sandbox with live CoW usage from the kernel (runs on the query pool, not the strand).
     void get_live(const std::string& id, Callback<Sandbox> done);
 
@@ -88,7 +89,7 @@ public:
 
     [[nodiscard]] const StateStore& store() const { return store_; }
 
-private:
+  private:
     struct Entry;
     using EntryPtr = std::shared_ptr<Entry>;
 
@@ -124,6 +125,7 @@ private:
     std::size_t in_flight_ = 0;
 };
 
-bool is_valid_name(std::string_view name);  // ids and template names: [A-Za-z0-9][A-Za-z0-9_-]{0,63}
+bool is_valid_name(
+    std::string_view name);  // ids and template names: [A-Za-z0-9][A-Za-z0-9_-]{0,63}
 
 }  // namespace wrenn::agent

@@ -51,9 +51,10 @@ Result<std::string> read_token(const std::string& path) {
 }
 
 void log_report(const RecoveryReport& report) {
-    spdlog::info("recovered state: {} adopted, {} paused (device gone), {} stale devices removed, "
-                 "{} unfinished creates removed",
-                 report.adopted, report.paused, report.stale_removed, report.unfinished_removed);
+    spdlog::info(
+        "recovered state: {} adopted, {} paused (device gone), {} stale devices removed, "
+        "{} unfinished creates removed",
+        report.adopted, report.paused, report.stale_removed, report.unfinished_removed);
     for (const auto& problem : report.problems) {
         spdlog::error("recovery: {}", problem);
     }
@@ -85,8 +86,9 @@ int run_serve(const ServeOptions& options) {
         }
         server_options.bearer_token = *token;
     } else if (remote && !options.insecure_no_token) {
-        spdlog::error("a --listen address other than loopback or a unix socket needs --token-file "
-                      "(anyone who can reach it could create and destroy sandboxes)");
+        spdlog::error(
+            "a --listen address other than loopback or a unix socket needs --token-file "
+            "(anyone who can reach it could create and destroy sandboxes)");
         return 2;
     } else if (remote) {
         spdlog::warn("serving beyond loopback without a token (--insecure-no-token)");

@@ -134,7 +134,9 @@ Result<StateStore> StateStore::open(std::string state_dir) {
     return store;
 }
 
-std::string StateStore::sandboxes_dir() const { return state_dir_ + "/sandboxes"; }
+std::string StateStore::sandboxes_dir() const {
+    return state_dir_ + "/sandboxes";
+}
 std::string StateStore::sandbox_dir(std::string_view id) const {
     return sandboxes_dir() + "/" + std::string(id);
 }
@@ -238,7 +240,8 @@ Result<StateStore::Loaded> StateStore::load() const {
         }
         if (sandbox->id != name) {
             loaded.unreadable.emplace_back(
-                name, Error("read " + record, 0, "its id '" + sandbox->id + "' is not its folder's name"));
+                name, Error("read " + record, 0,
+                            "its id '" + sandbox->id + "' is not its folder's name"));
             continue;
         }
         loaded.sandboxes.push_back(std::move(*sandbox));

@@ -15,7 +15,7 @@ namespace wrenn::agent {
 // A sandbox folder without a sandbox.json is a create that never finished (the record is
 // written last), so it holds nothing anyone was promised and may be removed.
 class StateStore {
-public:
+  public:
     static Result<StateStore> open(std::string state_dir);
 
     [[nodiscard]] const std::string& state_dir() const { return state_dir_; }
@@ -36,12 +36,12 @@ public:
 
     struct Loaded {
         std::vector<Sandbox> sandboxes;
-        std::vector<std::string> unfinished;                  // folders without a record
+        std::vector<std::string> unfinished;                    // folders without a record
         std::vector<std::pair<std::string, Error>> unreadable;  // records we cannot parse: kept
     };
     [[nodiscard]] Result<Loaded> load() const;
 
-private:
+  private:
     explicit StateStore(std::string state_dir) : state_dir_(std::move(state_dir)) {}
     std::string state_dir_;
 };

@@ -2,6 +2,8 @@
 
 namespace wrenn::agent {
 
-std::string_view version() { return WRENN_VERSION; }
+std::string_view version() {
+    return WRENN_VERSION;
+}
 
 }  // namespace wrenn::agent

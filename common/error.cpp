@@ -1,7 +1,7 @@
 #include "common/error.hpp"
 
-#include <cerrno>
 #include <cctype>
+#include <cerrno>
 #include <cstring>
 
 namespace wrenn {
@@ -71,6 +71,8 @@ std::string describe_errno(int code) {
     return out;
 }
 
-Error errno_error(std::string action) { return Error(std::move(action), errno); }
+Error errno_error(std::string action) {
+    return Error(std::move(action), errno);
+}
 
 }  // namespace wrenn

@@ -9,7 +9,7 @@ namespace wrenn {
 // "pause sb1: remove wrenn-sb1: device busy (open count 1)".
 // Callers decide on code() (an errno value), never on the message text.
 class Error {
-public:
+  public:
     // action: what was being done and to what ("remove wrenn-sb1").
     // code: an errno value, or 0 when the failure is not a system error.
     // detail: extra facts in parentheses ("open count 1"); may be empty.
@@ -24,7 +24,7 @@ public:
     [[nodiscard]] const std::string& detail() const noexcept { return detail_; }
     [[nodiscard]] std::string message() const;
 
-private:
+  private:
     std::string action_;
     int code_;
     std::string detail_;

@@ -14,43 +14,66 @@ namespace wrenn {
 // half-built object never exists.
 template <class T>
 class [[nodiscard]] Result {
-public:
+  public:
     Result(T value) : v_(std::in_place_index<0>, std::move(value)) {}  // NOLINT: implicit by design
     Result(Error error) : v_(std::in_place_index<1>, std::move(error)) {}  // NOLINT
 
     [[nodiscard]] bool ok() const noexcept { return v_.index() == 0; }
     explicit operator bool() const noexcept { return ok(); }
 
-    T& value() & { assert(ok()); return std::get<0>(v_); }
-    const T& value() const& { assert(ok()); return std::get<0>(v_); }
-    T&& value() && { assert(ok()); return std::get<0>(std::move(v_)); }
+    T& value() & {
+        assert(ok());
+        return std::get<0>(v_);
+    }
+    const T& value() const& {
+        assert(ok());
+        return std::get<0>(v_);
+    }
+    T&& value() && {
+        assert(ok());
+        return std::get<0>(std::move(v_));
+    }
     T* operator->() { return &value(); }
     const T* operator->() const { return &value(); }
     T& operator*() & { return value(); }
     const T& operator*() const& { return value(); }
 
-    const Error& error() const& { assert(!ok()); return std::get<1>(v_); }
-    Error&& error() && { assert(!ok()); return std::get<1>(std::move(v_)); }
+    const Error& error() const& {
+        assert(!ok());
+        return std::get<1>(v_);
+    }
+    Error&& error() && {
+        assert(!ok());
+        return std::get<1>(std::move(v_));
+    }
 
-private:
+  private:
     std::variant<T, Error> v_;
 };
 
 template <>
 class [[nodiscard]] Result<void> {
-public:
+  public:
     Result() = default;
     Result(Error error) : error_(std::move(error)) {}  // NOLINT: implicit by design
 
     [[nodiscard]] bool ok() const noexcept { return !error_.has_value(); }
     explicit operator bool() const noexcept { return ok(); }
-    const Error& error() const& { assert(!ok()); return *error_; }
-    Error&& error() && { assert(!ok()); return std::move(*error_); }
+    const Error& error() const& {
+        assert(!ok());
+        return *error_;
+    }
+    Error&& error() && {
+        assert(!ok());
+        return std::move(*error_);
+    }
 
-private:
+  private:
     std::optional<Error> error_;
 };
 
-inline Result<void> success() { return {}; }
+inline Result<void> success() {
+    return {};
+}
 
 }  // namespace wrenn

@@ -6,7 +6,8 @@
 #include <cstdlib>
 
 namespace {
-// Test output shows assertions, not the agent's operation log; WRENN_LOG_LEVEL=debug brings it back.
+// Test output shows assertions, not the agent's operation log; WRENN_LOG_LEVEL=debug brings it
+// back.
 const bool kQuietLogs = [] {
     const char* level = std::getenv("WRENN_LOG_LEVEL");
     spdlog::set_level(level != nullptr ? spdlog::level::from_str(level) : spdlog::level::err);

@@ -129,6 +129,26 @@ api POST /sandboxes/sb3/resume
 expect_eq "resume after boot cleanup" "$STATUS" 200
 expect_eq "sb3 data after boot cleanup" "$(read_marker /dev/mapper/wrenn-sb3 3 14)" "written-by-sb3"
 
+# --- flatten a paused sandbox into a new template; a sandbox made from it reads the same -----
+api POST /sandboxes/sb3/pause
+expect_eq "pause sb3 for flatten" "$STATUS" 200
+api POST /sandboxes/sb3/flatten '{"template": "gold"}'
+expect_eq "flatten sb3 into gold" "$STATUS" 201
+expect_eq "its path" "$(json path)" "$TEMPLATES/gold.img"
+api POST /sandboxes/sb3/flatten '{"template": "gold"}'
+expect_eq "flatten into a taken name" "$STATUS" 409
+expect_eq "its code" "$(json error.code)" template_exists
+api POST /sandboxes '{"id": "fromgold", "template": "gold"}'
+expect_eq "create from the new template at once" "$STATUS" 201
+api POST /sandboxes/fromgold/flatten '{"template": "gold2"}'
+expect_eq "flatten of a running sandbox" "$(json error.code)" invalid_state
+expect_eq "it reads sb3's write" "$(read_marker /dev/mapper/wrenn-fromgold 3 14)" "written-by-sb3"
+expect_eq "and the base template's bytes elsewhere" \
+    "$(dd if=/dev/mapper/wrenn-fromgold bs=1M skip=20 count=1 iflag=direct status=none | sha256sum)" \
+    "$(dd if="$TEMPLATES/base.img" bs=1M skip=20 count=1 status=none | sha256sum)"
+api DELETE /sandboxes/fromgold
+expect_eq "destroy fromgold" "$STATUS" 204
+
 # --- destroy all: nothing left ------------------------------------------------------------------
 for i in $(seq 1 8); do
     api DELETE "/sandboxes/sb$i"

@@ -19,7 +19,8 @@ struct ApiFixture : AgentFixture {
         req.prepare_payload();
         auto promise = std::make_shared<std::promise<HttpResponse>>();
         auto future = promise->get_future();
-        api.handle(std::move(req), [promise](HttpResponse res) { promise->set_value(std::move(res)); });
+        api.handle(std::move(req),
+                   [promise](HttpResponse res) { promise->set_value(std::move(res)); });
         return future.get();
     }
     static json::value body_of(const HttpResponse& res) { return json::parse(res.body()); }
@@ -51,14 +52,17 @@ TEST_CASE("POST /sandboxes creates and answers 201 with the sandbox", "[api]") {
 
 TEST_CASE("every create error has its status and code", "[api]") {
     ApiFixture f;
-    REQUIRE(f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() == 201);
+    REQUIRE(
+        f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() ==
+        201);
     auto dup = f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})");
     CHECK(dup.result_int() == 409);
     CHECK(ApiFixture::error_code(dup) == "already_exists");
     auto missing = f.call(http::verb::post, "/sandboxes", R"({"id":"sb2","template":"nope"})");
     CHECK(missing.result_int() == 404);
     CHECK(ApiFixture::error_code(missing) == "template_not_found");
-    auto unknown = f.call(http::verb::post, "/sandboxes", R"({"id":"sb3","template":"base","size":1})");
+    auto unknown =
+        f.call(http::verb::post, "/sandboxes", R"({"id":"sb3","template":"base","size":1})");
     CHECK(unknown.result_int() == 400);
     CHECK(ApiFixture::error_code(unknown) == "invalid_request");
     CHECK_THAT(ApiFixture::error_message(unknown), Catch::Contains("'size'"));
@@ -67,9 +71,11 @@ TEST_CASE("every create error has its status and code", "[api]") {
     auto wrong_type = f.call(http::verb::post, "/sandboxes", R"({"id":7,"template":"base"})");
     CHECK(wrong_type.result_int() == 400);
     CHECK_THAT(ApiFixture::error_message(wrong_type), Catch::Contains("'id'"));
-    auto traversal = f.call(http::verb::post, "/sandboxes", R"({"id":"../../etc","template":"base"})");
+    auto traversal =
+        f.call(http::verb::post, "/sandboxes", R"({"id":"../../etc","template":"base"})");
     CHECK(traversal.result_int() == 400);
-    auto tmpl_traversal = f.call(http::verb::post, "/sandboxes", R"({"template":"../../etc/passwd"})");
+    auto tmpl_traversal =
+        f.call(http::verb::post, "/sandboxes", R"({"template":"../../etc/passwd"})");
     CHECK(tmpl_traversal.result_int() == 400);
     auto not_object = f.call(http::verb::post, "/sandboxes", R"([1,2])");
     CHECK(not_object.result_int() == 400);
@@ -85,25 +91,37 @@ TEST_CASE("every create error has its status and code", "[api]") {
 
 TEST_CASE("a TCMU origin is parsed and validated", "[api]") {
     ApiFixture f;
-    auto res = f.call(http::verb::post, "/sandboxes",
-                      R"({"id":"t1","origin":{"type":"tcmu","config":"/etc/obd/c.json","size_bytes":1048576}})");
+    auto res = f.call(
+        http::verb::post, "/sandboxes",
+        R"({"id":"t1","origin":{"type":"tcmu","config":"/etc/obd/c.json","size_bytes":1048576}})");
     REQUIRE(res.result_int() == 201);
     auto body = ApiFixture::body_of(res);
     CHECK(body.at("origin").at("type").as_string() == "tcmu");
     CHECK(body.at("origin").at("handler").as_string() == "overlaybd");
     CHECK(body.at("origin").at("device").as_string() == "/dev/sda");
-    CHECK(f.call(http::verb::post, "/sandboxes", R"({"origin":{"type":"tcmu","config":"rel.json"}})").result_int() == 400);
-    CHECK(f.call(http::verb::post, "/sandboxes", R"({"origin":{"type":"tcmu","config":"/c","size_bytes":-1}})").result_int() == 400);
-    CHECK(f.call(http::verb::post, "/sandboxes", R"({"origin":{"type":"tcmu","config":"/c","x":1}})").result_int() == 400);
-    CHECK(f.call(http::verb::post, "/sandboxes", R"({"template":"base","origin":{"type":"tcmu","config":"/c"}})").result_int() == 400);
+    CHECK(
+        f.call(http::verb::post, "/sandboxes", R"({"origin":{"type":"tcmu","config":"rel.json"}})")
+            .result_int() == 400);
+    CHECK(f.call(http::verb::post, "/sandboxes",
+                 R"({"origin":{"type":"tcmu","config":"/c","size_bytes":-1}})")
+              .result_int() == 400);
+    CHECK(
+        f.call(http::verb::post, "/sandboxes", R"({"origin":{"type":"tcmu","config":"/c","x":1}})")
+            .result_int() == 400);
+    CHECK(f.call(http::verb::post, "/sandboxes",
+                 R"({"template":"base","origin":{"type":"tcmu","config":"/c"}})")
+              .result_int() == 400);
 }
 
 TEST_CASE("GET, pause, resume and DELETE of a sandbox", "[api]") {
     ApiFixture f;
-    REQUIRE(f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() == 201);
+    REQUIRE(
+        f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() ==
+        201);
     auto got = f.call(http::verb::get, "/sandboxes/sb1");
     REQUIRE(got.result_int() == 200);
-    CHECK(ApiFixture::body_of(got).at("cow").at("allocated_bytes").to_number<std::uint64_t>() == 8192u);
+    CHECK(ApiFixture::body_of(got).at("cow").at("allocated_bytes").to_number<std::uint64_t>() ==
+          8192u);
     auto list = f.call(http::verb::get, "/sandboxes");
     REQUIRE(list.result_int() == 200);
     CHECK(ApiFixture::body_of(list).at("sandboxes").as_array().size() == 1);
@@ -116,7 +134,8 @@ TEST_CASE("GET, pause, resume and DELETE of a sandbox", "[api]") {
     auto resumed = f.call(http::verb::post, "/sandboxes/sb1/resume", "{}");
     REQUIRE(resumed.result_int() == 200);
     CHECK(ApiFixture::body_of(resumed).at("state").as_string() == "running");
-    CHECK(f.call(http::verb::post, "/sandboxes/sb1/pause", R"({"force":true})").result_int() == 400);
+    CHECK(f.call(http::verb::post, "/sandboxes/sb1/pause", R"({"force":true})").result_int() ==
+          400);
     auto deleted = f.call(http::verb::delete_, "/sandboxes/sb1");
     CHECK(deleted.result_int() == 204);
     CHECK(deleted.body().empty());
@@ -127,7 +146,9 @@ TEST_CASE("GET, pause, resume and DELETE of a sandbox", "[api]") {
 
 TEST_CASE("a busy device at pause is a 409 device_busy and the sandbox stays running", "[api]") {
     ApiFixture f;
-    REQUIRE(f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() == 201);
+    REQUIRE(
+        f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() ==
+        201);
     f.platform.fail_remove_errno = EBUSY;
     auto res = f.call(http::verb::post, "/sandboxes/sb1/pause");
     CHECK(res.result_int() == 409);
@@ -141,7 +162,9 @@ TEST_CASE("a busy device at pause is a 409 device_busy and the sandbox stays run
 
 TEST_CASE("resume of an invalidated CoW is a 409 snapshot_invalid", "[api]") {
     ApiFixture f;
-    REQUIRE(f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() == 201);
+    REQUIRE(
+        f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() ==
+        201);
     REQUIRE(f.call(http::verb::post, "/sandboxes/sb1/pause").result_int() == 200);
     f.platform.cow_valid = false;
     auto res = f.call(http::verb::post, "/sandboxes/sb1/resume");
@@ -151,7 +174,9 @@ TEST_CASE("resume of an invalidated CoW is a 409 snapshot_invalid", "[api]") {
 
 TEST_CASE("flatten answers 201, 409 invalid_state and 409 template_exists", "[api]") {
     ApiFixture f;
-    REQUIRE(f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() == 201);
+    REQUIRE(
+        f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() ==
+        201);
     auto running = f.call(http::verb::post, "/sandboxes/sb1/flatten", R"({"template":"gold"})");
     CHECK(running.result_int() == 409);
     CHECK(ApiFixture::error_code(running) == "invalid_state");
@@ -162,7 +187,9 @@ TEST_CASE("flatten answers 201, 409 invalid_state and 409 template_exists", "[ap
     auto made = f.call(http::verb::post, "/sandboxes/sb1/flatten", R"({"template":"gold"})");
     REQUIRE(made.result_int() == 201);
     CHECK(ApiFixture::body_of(made).at("template").as_string() == "gold");
-    CHECK(f.call(http::verb::post, "/sandboxes/sb1/flatten", R"({"template":"../x"})").result_int() == 400);
+    CHECK(
+        f.call(http::verb::post, "/sandboxes/sb1/flatten", R"({"template":"../x"})").result_int() ==
+        400);
     CHECK(f.call(http::verb::post, "/sandboxes/sb1/flatten", "").result_int() == 400);
 }
 
@@ -190,31 +217,43 @@ TEST_CASE("healthz reports what the kernel offers", "[api]") {
     f.platform.kernel.device_mapper_reason = "no device-mapper";
     auto down = f.call(http::verb::get, "/healthz");
     CHECK(down.result_int() == 503);
-    CHECK(ApiFixture::body_of(down).at("device_mapper").at("reason").as_string() == "no device-mapper");
+    CHECK(ApiFixture::body_of(down).at("device_mapper").at("reason").as_string() ==
+          "no device-mapper");
 }
 
 TEST_CASE("templates and metrics", "[api]") {
     ApiFixture f;
-    REQUIRE(f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() == 201);
+    REQUIRE(
+        f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() ==
+        201);
     auto templates = ApiFixture::body_of(f.call(http::verb::get, "/templates"));
     REQUIRE(templates.at("templates").as_array().size() == 1);
     CHECK(templates.at("templates").at(0).at("name").as_string() == "base");
     CHECK(templates.at("templates").at(0).at("sandboxes").to_number<std::uint64_t>() == 1);
-    CHECK(templates.at("templates").at(0).at("size_bytes").to_number<std::uint64_t>() == f.platform.origin_size);
+    CHECK(templates.at("templates").at(0).at("size_bytes").to_number<std::uint64_t>() ==
+          f.platform.origin_size);
     f.platform.fail_remove_errno = EBUSY;
     (void)f.call(http::verb::post, "/sandboxes/sb1/pause");
     auto metrics = f.call(http::verb::get, "/metrics");
     REQUIRE(metrics.result_int() == 200);
     CHECK_THAT(metrics.body(), Catch::Contains("wrenn_sandboxes{state=\"running\"} 1"));
-    CHECK_THAT(metrics.body(), Catch::Contains("wrenn_operation_errors_total{op=\"pause\",code=\"device_busy\"} 1"));
-    CHECK_THAT(metrics.body(), Catch::Contains("wrenn_operation_duration_seconds_count{op=\"create\"} 1"));
+    CHECK_THAT(
+        metrics.body(),
+        Catch::Contains("wrenn_operation_errors_total{op=\"pause\",code=\"device_busy\"} 1"));
+    CHECK_THAT(metrics.body(),
+               Catch::Contains("wrenn_operation_duration_seconds_count{op=\"create\"} 1"));
     CHECK_THAT(metrics.body(), Catch::Contains("wrenn_loops_attached 1"));
 }
 
 TEST_CASE("a snapshot the kernel invalidated shows in GET and in the record after pause", "[api]") {
     ApiFixture f;
-    REQUIRE(f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() == 201);
-    CHECK(ApiFixture::body_of(f.call(http::verb::get, "/sandboxes/sb1")).at("cow").at("status").as_string() == "active");
+    REQUIRE(
+        f.call(http::verb::post, "/sandboxes", R"({"id":"sb1","template":"base"})").result_int() ==
+        201);
+    CHECK(ApiFixture::body_of(f.call(http::verb::get, "/sandboxes/sb1"))
+              .at("cow")
+              .at("status")
+              .as_string() == "active");
     f.platform.usage_state = SnapshotUsage::State::Invalid;
     auto got = ApiFixture::body_of(f.call(http::verb::get, "/sandboxes/sb1"));
     CHECK(got.at("state").as_string() == "running");

@@ -19,8 +19,9 @@ TEST_CASE("serve is the default and has the documented defaults", "[cli]") {
 }
 
 TEST_CASE("options are parsed; --listen repeats and replaces the default", "[cli]") {
-    auto cmd = parse_command_line({"serve", "--listen", "127.0.0.1:8080", "--listen", "unix:/run/w.sock",
-                                   "--state-dir", "/srv/w", "--log-format", "json", "--token-file", "/etc/t"});
+    auto cmd = parse_command_line({"serve", "--listen", "127.0.0.1:8080", "--listen",
+                                   "unix:/run/w.sock", "--state-dir", "/srv/w", "--log-format",
+                                   "json", "--token-file", "/etc/t"});
     REQUIRE(std::holds_alternative<ServeOptions>(cmd));
     const auto& o = std::get<ServeOptions>(cmd);
     CHECK(o.listen == std::vector<std::string>{"127.0.0.1:8080", "unix:/run/w.sock"});
@@ -36,7 +37,8 @@ TEST_CASE("--cleanup-stale, --help, --version and errors", "[cli]") {
     auto help = parse_command_line({"--help"});
     REQUIRE(std::holds_alternative<PrintAndExit>(help));
     CHECK(std::get<PrintAndExit>(help).status == 0);
-    CHECK_THAT(std::get<PrintAndExit>(help).text, Catch::Contains("--cleanup-stale") && Catch::Contains("curl"));
+    CHECK_THAT(std::get<PrintAndExit>(help).text,
+               Catch::Contains("--cleanup-stale") && Catch::Contains("curl"));
     auto version = parse_command_line({"--version"});
     CHECK_THAT(std::get<PrintAndExit>(version).text, Catch::StartsWith("wrenn-agent "));
     auto bad = parse_command_line({"--no-such-flag"});

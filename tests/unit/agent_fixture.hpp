@@ -19,7 +19,7 @@
 namespace wrenn::agent::testing {
 
 class TempDir {
-public:
+  public:
     TempDir() {
         std::string tmpl = (std::filesystem::temp_directory_path() / "wrenn-test-XXXXXX").string();
         path_ = ::mkdtemp(tmpl.data());
@@ -32,7 +32,7 @@ public:
     TempDir& operator=(const TempDir&) = delete;
     [[nodiscard]] const std::string& path() const { return path_; }
 
-private:
+  private:
     std::string path_;
 };
 

@@ -217,10 +217,10 @@ TEST_CASE("restart adopts running sandboxes, pauses orphans and removes stale de
     REQUIRE(f.create("rebooted").ok());
     REQUIRE(f.create("paused").ok());
     REQUIRE(f.pause("paused").ok());
-    f.platform.devices.erase("rebooted");           // its device vanished (host reboot)
-    f.platform.devices["stray"] = "/dev/loop1";     // a device no record owns
-    f.platform.devices["paused"] = "/dev/loop1";    // a stale device for a paused sandbox
-    f.platform.origin_refs.clear();                 // the old agent's references died with it
+    f.platform.devices.erase("rebooted");         // its device vanished (host reboot)
+    f.platform.devices["stray"] = "/dev/loop1";   // a device no record owns
+    f.platform.devices["paused"] = "/dev/loop1";  // a stale device for a paused sandbox
+    f.platform.origin_refs.clear();               // the old agent's references died with it
     auto report = f.restart();
     CHECK(report.adopted == 1);
     CHECK(report.paused == 1);

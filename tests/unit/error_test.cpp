@@ -1,7 +1,8 @@
-#include <cerrno>
-#include <catch2/catch.hpp>
-
 #include "common/error.hpp"
+
+#include <catch2/catch.hpp>
+#include <cerrno>
+
 #include "common/result.hpp"
 
 using wrenn::Error;
@@ -10,7 +11,8 @@ using wrenn::Result;
 TEST_CASE("an error reads as a sentence with its context, errno and detail", "[error]") {
     Error busy("remove wrenn-sb1", EBUSY, "open count 1");
     CHECK(busy.message() == "remove wrenn-sb1: device busy (open count 1)");
-    CHECK(busy.within("pause sb1").message() == "pause sb1: remove wrenn-sb1: device busy (open count 1)");
+    CHECK(busy.within("pause sb1").message() ==
+          "pause sb1: remove wrenn-sb1: device busy (open count 1)");
     CHECK(busy.within("pause sb1").code() == EBUSY);
 }
 

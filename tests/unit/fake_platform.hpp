@@ -13,7 +13,7 @@
 namespace wrenn::agent::testing {
 
 class FakePlatform : public Platform {
-public:
+  public:
     KernelSupport kernel{true, true, true, "", "", ""};
     std::uint64_t origin_size = 64ull << 20;
 
@@ -25,10 +25,10 @@ public:
     SnapshotUsage::State usage_state = SnapshotUsage::State::Active;
     int cow_error_errno = -1;  // >= 0: cow_store_valid fails with this errno
 
-    std::map<std::string, std::string> devices;      // id -> origin device
-    std::map<std::string, int> origin_refs;          // origin key -> references
-    std::set<std::string> attached_ever;             // origin keys ever attached
-    std::vector<std::string> calls;                  // "create sb1", "remove sb1", ...
+    std::map<std::string, std::string> devices;  // id -> origin device
+    std::map<std::string, int> origin_refs;      // origin key -> references
+    std::set<std::string> attached_ever;         // origin keys ever attached
+    std::vector<std::string> calls;              // "create sb1", "remove sb1", ...
     std::set<std::string> released_dirs;
     std::size_t tcmu_detached = 0;
     mutable std::mutex mu;
@@ -122,7 +122,8 @@ public:
         return cow_valid;
     }
 
-    Result<FlattenResult> flatten(const std::string&, const std::string&, const std::string& out) override {
+    Result<FlattenResult> flatten(const std::string&, const std::string&,
+                                  const std::string& out) override {
         std::lock_guard lock(mu);
         calls.push_back("flatten " + out);
         return FlattenResult{origin_size, 3, "fake"};
