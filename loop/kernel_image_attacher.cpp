@@ -1,0 +1,53 @@
+// The registry's real attacher: LoopDevice underneath, no ioctls of its own.
+#include <spdlog/spdlog.h>
+
+#include "loop/loop_device.hpp"
+#include "loop/loop_registry.hpp"
+
+namespace wrenn::loop {
+namespace {
+
+// Keeps one read-only loop open; the loop (autoclear) goes when this and every other opener
+// (e.g. dm tables) have closed it.
+class KernelAttachedImage final : public AttachedImage {
+  public:
+    explicit KernelAttachedImage(LoopDevice loop) : loop_(std::move(loop)) {}
+    const std::string& device() const override { return loop_.path(); }
+
+  private:
+    LoopDevice loop_;
+};
+
+class KernelImageAttacher final : public ImageAttacher {
+  public:
+    Result<std::unique_ptr<AttachedImage>> attach_read_only(const std::string& image) override {
+        // Reuse first: after an agent restart the image's loop is still held by dm tables, and
+        // a second loop on the same file would split the page cache between two devices.
+        auto existing = LoopDevice::open_existing(image, /*read_only=*/true);
+        if (!existing) {
+            return std::move(existing).error();
+        }
+        if (existing->has_value()) {
+            spdlog::info("attach {}: reusing {}", image, (*existing)->path());
+            return std::unique_ptr<AttachedImage>(
+                std::make_unique<KernelAttachedImage>(std::move(**existing)));
+        }
+        auto loop = LoopDevice::attach(
+            image, AttachOptions{.read_only = true, .direct_io = true, .autoclear = true});
+        if (!loop) {
+            return std::move(loop).error();
+        }
+        spdlog::info("attach {}: bound {}{}", image, loop->path(),
+                     loop->direct_io() ? " (direct I/O)" : "");
+        return std::unique_ptr<AttachedImage>(
+            std::make_unique<KernelAttachedImage>(std::move(*loop)));
+    }
+};
+
+}  // namespace
+
+std::unique_ptr<ImageAttacher> make_kernel_image_attacher() {
+    return std::make_unique<KernelImageAttacher>();
+}
+
+}  // namespace wrenn::loop
