@@ -223,7 +223,13 @@ Result<std::string> DeviceMapper::create_snapshot(const std::string& name, const
     // Undo a partly made device: remove it and any node it got.
     auto undo = [&] {
         if (auto existing = info_locked(name); existing && existing->has_value()) {
-            if (const int err = remove_once_locked(name, udev_); err != 0) {
+            // A udev probe may hold the fresh device for a moment: a few short retries.
+            int err = remove_once_locked(name, udev_);
+            for (int i = 0; err == EBUSY && i < 20; ++i) {
+                std::this_thread::sleep_for(kBusyRetryPause);
+                err = remove_once_locked(name, udev_);
+            }
+            if (err != 0) {
                 spdlog::warn("{}: could not remove the half-made device: {}", action,
                              describe_errno(err));
             }
@@ -248,8 +254,12 @@ Result<std::string> DeviceMapper::create_snapshot(const std::string& name, const
         if (!uuid.empty() && !dm_task_set_uuid(t->get(), uuid.c_str())) {
             return Error(action, EINVAL, "bad uuid");
         }
-        // EEXIST: the name (or uuid) belongs to a device that is not ours to remove.
         if (const int err = run_task(t->get(), false, udev_); err != 0) {
+            // The kernel answers a taken name or uuid with EBUSY (dm-ioctl.c dm_hash_insert);
+            // callers get EEXIST, and the other device is not ours to remove.
+            if (err == EBUSY) {
+                return Error(action, EEXIST, "name or uuid in use");
+            }
             return Error(action, err);
         }
     }

@@ -30,7 +30,7 @@ using wrenn::dm::DeviceMapper;
 using wrenn::loop::AttachOptions;
 using wrenn::loop::LoopDevice;
 
-constexpr std::uint64_t kTemplateBytes = 256ull << 20;
+constexpr std::uint64_t kTemplateBytes = 64ull << 20;
 
 [[noreturn]] void die(const std::string& what) {
     std::fprintf(stderr, "bench_kernel: %s\n", what.c_str());
