@@ -220,11 +220,16 @@ Result<std::string> DeviceMapper::create_snapshot(const std::string& name, const
     const std::string path = device_path(name);
 
     std::lock_guard lock(libdm_mutex());
-    // Undo a partly made device. libdm already reverts a failed load or resume by itself; this
-    // covers the rest (a missing node, a failure after the kernel made the device).
+    // Undo a partly made device: remove it and any node it got.
     auto undo = [&] {
         if (auto existing = info_locked(name); existing && existing->has_value()) {
-            if (const int err = remove_once_locked(name, udev_); err != 0) {
+            // A udev probe may hold the fresh device for a moment: a few short retries.
+            int err = remove_once_locked(name, udev_);
+            for (int i = 0; err == EBUSY && i < 20; ++i) {
+                std::this_thread::sleep_for(kBusyRetryPause);
+                err = remove_once_locked(name, udev_);
+            }
+            if (err != 0) {
                 spdlog::warn("{}: could not remove the half-made device: {}", action,
                              describe_errno(err));
             }
@@ -237,23 +242,56 @@ Result<std::string> DeviceMapper::create_snapshot(const std::string& name, const
         }
     };
 
-    auto t = make_task(DM_DEVICE_CREATE, name, action);
-    if (!t) {
-        return std::move(t).error();
-    }
-    if (!uuid.empty() && !dm_task_set_uuid(t->get(), uuid.c_str())) {
-        return Error(action, EINVAL, "bad uuid");
-    }
-    if (!dm_task_add_target(t->get(), 0, origin_sectors, "snapshot", params.c_str())) {
-        return Error(action, ENOMEM, "dm_task_add_target");
-    }
-    if (const int err = run_task(t->get(), true, udev_); err != 0) {
-        // EEXIST: the name (or uuid) belongs to a device that is not ours to remove.
-        if (err != EEXIST) {
-            undo();
+    // Three steps, as libdm's own create-with-table does internally, but each with its own
+    // errno: this libdm (1.02.185) reports a failed load inside a one-shot create with the
+    // errno of its successful revert (0), so the caller could not tell EINVAL from ENXIO.
+    // 1. An empty device with our name and uuid. No node yet (libdm adds it on resume).
+    {
+        auto t = make_task(DM_DEVICE_CREATE, name, action);
+        if (!t) {
+            return std::move(t).error();
         }
-        return Error(action, err,
-                     "table \"0 " + std::to_string(origin_sectors) + " snapshot " + params + "\"");
+        if (!uuid.empty() && !dm_task_set_uuid(t->get(), uuid.c_str())) {
+            return Error(action, EINVAL, "bad uuid");
+        }
+        if (const int err = run_task(t->get(), false, udev_); err != 0) {
+            // The kernel answers a taken name or uuid with EBUSY (dm-ioctl.c dm_hash_insert);
+            // callers get EEXIST, and the other device is not ours to remove.
+            if (err == EBUSY) {
+                return Error(action, EEXIST, "name or uuid in use");
+            }
+            return Error(action, err);
+        }
+    }
+    // 2. Load the snapshot table into the inactive slot.
+    {
+        auto t = make_task(DM_DEVICE_RELOAD, name, action);
+        if (!t) {
+            undo();
+            return std::move(t).error();
+        }
+        if (!dm_task_add_target(t->get(), 0, origin_sectors, "snapshot", params.c_str())) {
+            undo();
+            return Error(action, ENOMEM, "dm_task_add_target");
+        }
+        if (const int err = run_task(t->get(), false, udev_); err != 0) {
+            undo();
+            return Error(
+                action, err,
+                "load table \"0 " + std::to_string(origin_sectors) + " snapshot " + params + "\"");
+        }
+    }
+    // 3. Resume: the table goes live and the /dev/mapper node is made (by udev or libdm).
+    {
+        auto t = make_task(DM_DEVICE_RESUME, name, action);
+        if (!t) {
+            undo();
+            return std::move(t).error();
+        }
+        if (const int err = run_task(t->get(), true, udev_); err != 0) {
+            undo();
+            return Error(action, err, "resume");
+        }
     }
 
     auto created = info_locked(name);

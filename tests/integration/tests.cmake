@@ -1,6 +1,7 @@
 # One line per group of kernel tests; see wrenn_kernel_test in ../CMakeLists.txt.
 wrenn_kernel_test(NAME "harness" TAGS "[harness]")
 wrenn_kernel_test(NAME "loop" TAGS "[loop]")
+wrenn_kernel_test(NAME "dm" TAGS "[dm]")
 wrenn_kernel_test(NAME "tcmu" TAGS "[tcmu]")
 wrenn_kernel_test(NAME "flatten" TAGS "[flatten]")
 wrenn_kernel_test(NAME "agent lifecycle" SCRIPT integration/agent_lifecycle.sh)
