@@ -10,7 +10,7 @@ namespace {
 // back.
 const bool kQuietLogs = [] {
     const char* level = std::getenv("WRENN_LOG_LEVEL");
-    spdlog::set_level(level != nullptr ? spdlog::level::from_str(level) : spdlog::level::err);
+    spdlog::set_level(level != nullptr ? spdlog::level::from_str(level) : spdlog::level::off);
     return true;
 }();
 }  // namespace
