@@ -24,8 +24,10 @@ using Response = boost::beast::http::response<boost::beast::http::string_body>;
 // calls, and calls after the connection is gone, are dropped. The server sets Content-Length,
 // the HTTP version and keep-alive on the response it is given.
 using Respond = std::function<void(Response)>;
-// Called on the connection's strand for every request that passed the transport checks.
-// Must not block: hand slow work to another thread and call respond from there.
+// Called on the connection's strand for every request that passed the transport checks; with
+// several io_context threads it runs concurrently for different connections. Must not block:
+// hand slow work to another thread and call respond from there. A handler that never responds
+// has its connection closed after idle_timeout.
 using Handler = std::function<void(Request&&, Respond)>;
 
 struct ServerOptions {
