@@ -701,6 +701,7 @@ TEST_CASE("http server: a handler that never responds cannot hold the connection
     std::lock_guard lock(mutex);
     REQUIRE(kept.size() == 1);
     kept[0](Response{bhttp::status::ok, 11});
+    kept.clear();  // a Respond must not outlive the io_context (it holds the strand)
 }
 
 TEST_CASE("http server: Expect: 100-continue invites the body, unless unauthorized", "[http]") {
