@@ -16,6 +16,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/basic_stream.hpp>
 #include <boost/beast/core/bind_handler.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -93,11 +94,16 @@ bool iequals_ascii(std::string_view a, std::string_view b) {
            });
 }
 
+bool expects_continue(const bhttp::request_header<>& req) {
+    const auto it = req.find(bhttp::field::expect);
+    return req.version() >= 11 && it != req.end() && iequals_ascii(it->value(), "100-continue");
+}
+
 std::string_view target_path(std::string_view target) {
     return target.substr(0, target.find('?'));
 }
 
-bool authorized(const std::optional<std::string>& token, const Request& req) {
+bool authorized(const std::optional<std::string>& token, const bhttp::request_header<>& req) {
     if (!token) {
         return true;
     }
@@ -278,6 +284,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
         // for idle_timeout; once a request's first byte arrives it has read_timeout to finish.
         request_started_ = first_request_ || buffer_.size() > 0;
         first_request_ = false;
+        continue_handled_ = false;
         stream_.expires_after(request_started_ ? opts().read_timeout : opts().idle_timeout);
         read_some();
     }
@@ -310,7 +317,36 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
             request_started_ = true;
             stream_.expires_after(opts().read_timeout);
         }
+        if (!continue_handled_ && parser_->is_header_done() && expects_continue(parser_->get())) {
+            continue_handled_ = true;
+            answer_expect_continue();
+            return;
+        }
         read_some();
+    }
+
+    // curl and other clients send "Expect: 100-continue" before a body and wait for it (curl
+    // for a second) before sending the body (RFC 9110 section 10.1.1). Refuse an unauthorized
+    // request before its body, else invite the body.
+    void answer_expect_continue() {
+        if (!authorized(opts().bearer_token, parser_->get())) {
+            request_version_ = parser_->get().version();
+            spdlog::warn("http: connection {} from {}: missing or wrong bearer token", id_, peer_);
+            auto res = error_response(request_version_, bhttp::status::unauthorized, "unauthorized",
+                                      "missing or wrong bearer token", false);
+            res.set(bhttp::field::www_authenticate, "Bearer");
+            write(std::move(res), false);
+            return;
+        }
+        static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+        net::async_write(stream_, net::buffer(kContinue.data(), kContinue.size()),
+                         [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
+                             if (ec) {
+                                 self->on_read_error(ec);
+                                 return;
+                             }
+                             self->read_some();
+                         });
     }
 
     void on_read_error(beast::error_code ec) {
@@ -417,6 +453,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     }
 
     void write_error(bhttp::status status, std::string_view code, const std::string& message) {
+        request_version_ = parser_ && parser_->is_header_done() ? parser_->get().version() : 11;
         write(error_response(11, status, code, message, false), false);
     }
 
@@ -471,7 +508,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
 
     // Sends FIN, then reads and discards what the client still sends (say, the rest of a body
     // we refused) for a bounded time: closing with unread data makes the kernel send RST, and
-    // the client could lose the response we just wrote.
+    // the client could lose the response we just wrote. (Apache's lingering close, 2 s.)
     void graceful_close() {
         phase_ = Phase::Closing;
         beast::error_code ec;
@@ -481,7 +518,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
             return;
         }
         stream_.expires_after(
-            std::min<std::chrono::seconds>(opts().read_timeout, std::chrono::seconds(5)));
+            std::min<std::chrono::seconds>(opts().read_timeout, std::chrono::seconds(2)));
         linger();
     }
 
@@ -520,6 +557,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     Phase phase_ = Phase::Reading;
     bool first_request_ = true;
     bool request_started_ = false;
+    bool continue_handled_ = false;
     bool draining_ = false;
     bool request_keep_alive_ = false;
     bool request_is_head_ = false;

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -16,6 +17,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <mutex>
 #include <thread>
@@ -110,7 +112,9 @@ struct TestServer {
     std::unique_ptr<Server> server;
     std::vector<std::thread> threads;
 
-    TestServer(ServerOptions opts, Handler handler) {
+    TestServer(ServerOptions opts, Handler handler) : saved_level(spdlog::get_level()) {
+        // The failure tests provoke hundreds of warnings by design.
+        spdlog::set_level(spdlog::level::err);
         if (opts.listen.empty()) {
             opts.listen.push_back(loopback_any_port());
         }
@@ -124,7 +128,11 @@ struct TestServer {
             threads.emplace_back([this] { ioc.run(); });
         }
     }
-    ~TestServer() { shutdown(); }
+    ~TestServer() {
+        shutdown();
+        spdlog::set_level(saved_level);
+    }
+    spdlog::level::level_enum saved_level;
 
     void shutdown() {
         server.reset();
@@ -346,6 +354,7 @@ TEST_CASE("http server: keep-alive serves two requests on one connection", "[htt
     CHECK(fourth->body() == "GET /four");
     CHECK_FALSE(fourth->keep_alive());
     CHECK(c.closed_by_server());
+    c.close();  // else the server lingers, waiting for our FIN, for up to 2 s
     CHECK(ts.wait_connections(0));
 }
 
@@ -635,6 +644,8 @@ TEST_CASE("http server: stop_accepting refuses new connections and finishes work
     CHECK(res->body() == "slow done");
     CHECK_FALSE(res->keep_alive());
     CHECK(busy.closed_by_server(2s));
+    busy.close();
+    idle.close();
     CHECK(ts.wait_connections(0));
     workers.join();
 }
@@ -690,6 +701,33 @@ TEST_CASE("http server: a handler that never responds cannot hold the connection
     std::lock_guard lock(mutex);
     REQUIRE(kept.size() == 1);
     kept[0](Response{bhttp::status::ok, 11});
+    kept.clear();  // a Respond must not outlive the io_context (it holds the strand)
+}
+
+TEST_CASE("http server: Expect: 100-continue invites the body, unless unauthorized", "[http]") {
+    ServerOptions opts;
+    opts.bearer_token = "tok";
+    TestServer ts(opts, echo);
+    const std::string head =
+        "POST /v1/x HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n";
+
+    Client c(ts.port());
+    REQUIRE(c.send(head + "Authorization: Bearer tok\r\n\r\n"));
+    auto interim = c.read_response();
+    REQUIRE(interim);
+    CHECK(interim->result() == bhttp::status::continue_);
+    REQUIRE(c.send("hello"));
+    auto res = c.read_response();
+    REQUIRE(res);
+    CHECK(res->body() == "POST /v1/x hello");
+
+    Client denied(ts.port());
+    REQUIRE(denied.send(head + "\r\n"));
+    auto refused = denied.read_response();
+    REQUIRE(refused);
+    check_json_error(*refused, bhttp::status::unauthorized, "unauthorized");
+    CHECK_FALSE(refused->keep_alive());
+    CHECK(denied.closed_by_server());
 }
 
 TEST_CASE("http server: a handler that throws gets a 500", "[http]") {
