@@ -13,12 +13,21 @@ require "agent starts" start_agent
 out=$WORK/responses
 mkdir -p "$out"
 # call NAME METHOD PATH [BODY]: runs in the background, leaves the status in $out/NAME.
+# wait_calls waits for those requests only (a bare `wait` would wait for the agent too).
+CALLS=()
+wait_calls() {
+    local pid
+    for pid in "${CALLS[@]}"; do wait "$pid"; done
+    CALLS=()
+}
 call() {
     local name=$1 method=$2 path=$3 data=${4:-}
     if [ -n "$data" ]; then
         curl -s -o "$out/$name.body" -w '%{http_code}' --max-time 120 -X "$method" -d "$data" "$URL$path" >"$out/$name" &
+        CALLS+=($!)
     else
         curl -s -o "$out/$name.body" -w '%{http_code}' --max-time 120 -X "$method" "$URL$path" >"$out/$name" &
+        CALLS+=($!)
     fi
 }
 count_status() {  # prefix status
@@ -30,51 +39,56 @@ count_status() {  # prefix status
     echo $n
 }
 
+step "$N creates at once"
 # --- 64 creates at once --------------------------------------------------------------------------
 for i in $(seq 1 "$N"); do
     call "create-$i" POST /sandboxes "{\"id\": \"c$i\", \"template\": \"base\"}"
 done
-wait
+wait_calls
 expect_eq "all $N creates answered 201" "$(count_status create- 201)" "$N"
 expect_eq "$N devices" "$(wrenn_devices | wc -l)" "$N"
 expect_eq "one template loop for $N sandboxes" "$(loops_backed_by "$TEMPLATES/base.img")" 1
 expect_eq "$N CoW loops" "$(loops_backed_by "$STATE/sandboxes")" "$N"
 
+step "racing creates of one id"
 # --- a duplicate create racing the same id: exactly one wins ------------------------------------
 for k in 1 2 3 4; do
     call "dup-$k" POST /sandboxes '{"id": "dup", "template": "base"}'
 done
-wait
+wait_calls
 expect_eq "one of four racing creates of one id wins" "$(count_status dup- 201)" 1
 expect_eq "the other three are already_exists" "$(count_status dup- 409)" 3
 
+step "racing pauses"
 # --- the same sandbox: two pauses at once, one wins, the other is invalid_state ----------------
 for i in $(seq 1 8); do
     call "samepause-$i-a" POST "/sandboxes/c$i/pause"
     call "samepause-$i-b" POST "/sandboxes/c$i/pause"
 done
-wait
+wait_calls
 expect_eq "one of each pair of racing pauses wins" "$(count_status samepause- 200)" 8
 expect_eq "the other is 409" "$(count_status samepause- 409)" 8
 
+step "mix on different sandboxes"
 # --- a mix on different sandboxes: pause the even ones, resume the first 8, GET the rest -------
 for i in $(seq 10 2 "$N"); do call "pause-$i" POST "/sandboxes/c$i/pause"; done
 for i in $(seq 1 8); do call "resume-$i" POST "/sandboxes/c$i/resume"; done
 for i in $(seq 9 2 "$N"); do call "get-$i" GET "/sandboxes/c$i"; done
 call list GET /sandboxes
-wait
+wait_calls
 expect_eq "pauses of different sandboxes" "$(count_status pause- 200)" "$(seq 10 2 "$N" | wc -l)"
 expect_eq "resumes" "$(count_status resume- 200)" 8
 expect_eq "GETs during the mix" "$(count_status get- 200)" "$(seq 9 2 "$N" | wc -l)"
 expect_eq "list during the mix" "$(cat "$out/list")" 200
 
+step "mix on the same sandboxes"
 # --- pause, resume and destroy on the same sandbox at once: serialized, consistent --------------
 for i in $(seq 10 2 24); do
     call "mixed-$i-resume" POST "/sandboxes/c$i/resume"
     call "mixed-$i-destroy" DELETE "/sandboxes/c$i"
     call "mixed-$i-get" GET "/sandboxes/c$i"
 done
-wait
+wait_calls
 for i in $(seq 10 2 24); do
     r=$(cat "$out/mixed-$i-resume") d=$(cat "$out/mixed-$i-destroy")
     # Either order is fine: resume then destroy (200, 204) or destroy then resume (404, 204).
@@ -84,11 +98,12 @@ for i in $(seq 10 2 24); do
     expect_true "c$i GET during the mix answered 200 or 404 ($g)" test "$g" == 200 -o "$g" == 404
 done
 
+step "destroy all"
 # --- destroy everything in parallel --------------------------------------------------------------
 api GET /sandboxes
 ids=$(python3 -c 'import json,sys; print(" ".join(s["id"] for s in json.loads(sys.argv[1])["sandboxes"]))' "$BODY")
 for id in $ids; do call "destroy-$id" DELETE "/sandboxes/$id"; done
-wait
+wait_calls
 expect_eq "every destroy answered 204" "$(count_status destroy- 204)" "$(echo $ids | wc -w)"
 api GET /sandboxes
 expect_eq "no sandbox left" "$BODY" '{"sandboxes":[]}'

@@ -20,6 +20,9 @@ FAILED=0
 
 mkdir -p "$TEMPLATES"
 
+step() {  # progress on the console, with the time, so a slow or stuck run shows where it is
+    echo "== $(date +%T) $*"
+}
 fail() {
     echo "FAIL: $*" >&2
     FAILED=$((FAILED + 1))
