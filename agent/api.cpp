@@ -87,7 +87,14 @@ std::optional<std::string> string_field(const json::object& obj, std::string_vie
     return std::string(v->as_string());
 }
 
+// The path of a request target. An absolute-form target ("http://host/path"), which RFC 9112
+// section 3.2.2 says a server must accept, is routed by its path.
 std::string_view strip_query(std::string_view target) {
+    if (const auto scheme = target.find("://");
+        !target.starts_with('/') && scheme != std::string_view::npos) {
+        const auto path = target.find_first_of("/?", scheme + 3);
+        target = path == std::string_view::npos ? std::string_view("/") : target.substr(path);
+    }
     return target.substr(0, target.find('?'));
 }
 
