@@ -274,12 +274,18 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
                 return bad_request("field 'origin.handler' must be a handler name like \"overlaybd\"");
             }
             if (const auto* size = o.if_contains("size_bytes"); size != nullptr && !size->is_null()) {
-                if (size->is_uint64() && size->as_uint64() > 0) {
+                // At most 4 EiB: the CoW is sized from it (dm::cow_size_for_origin), which
+                // wraps around for sizes near 2^64 and must fit in an off_t for ftruncate.
+                constexpr std::uint64_t kMaxOriginBytes = std::uint64_t{1} << 62;
+                if (size->is_uint64() && size->as_uint64() > 0 &&
+                    size->as_uint64() <= kMaxOriginBytes) {
                     spec.size_bytes = size->as_uint64();
-                } else if (size->is_int64() && size->as_int64() > 0) {
+                } else if (size->is_int64() && size->as_int64() > 0 &&
+                           static_cast<std::uint64_t>(size->as_int64()) <= kMaxOriginBytes) {
                     spec.size_bytes = static_cast<std::uint64_t>(size->as_int64());
                 } else {
-                    return bad_request("field 'origin.size_bytes' must be a positive integer");
+                    return bad_request(
+                        "field 'origin.size_bytes' must be a positive integer up to 2^62");
                 }
             }
             create.tcmu_origin = std::move(spec);
