@@ -98,6 +98,24 @@ std::string_view strip_query(std::string_view target) {
     return target.substr(0, target.find('?'));
 }
 
+// The target's path for an error message. Beast lets bytes 0x80-0xFF through (obs-text), and
+// echoing them raw would make the JSON body invalid UTF-8, so they are percent-encoded.
+std::string printable_path(std::string_view target) {
+    static constexpr char kHex[] = "0123456789ABCDEF";
+    std::string out;
+    for (const char c : strip_query(target)) {
+        const auto u = static_cast<unsigned char>(c);
+        if (u >= 0x20 && u < 0x7f) {
+            out += c;
+        } else {
+            out += '%';
+            out += kHex[u >> 4];
+            out += kHex[u & 0xf];
+        }
+    }
+    return out;
+}
+
 std::vector<std::string_view> split_path(std::string_view path) {
     std::vector<std::string_view> parts;
     std::size_t pos = 0;
@@ -158,7 +176,7 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
     auto method_not_allowed = [&](std::string_view allow) {
         HttpResponse res = json_error(req, 405, "method_not_allowed",
                                       std::string(req.method_string()) + " is not allowed on " +
-                                          std::string(strip_query(req.target())) + " (allowed: " +
+                                          printable_path(req.target()) + " (allowed: " +
                                           std::string(allow) + ")");
         res.set(http::field::allow, allow);
         respond(std::move(res));
@@ -213,7 +231,7 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
     }
     if (parts.empty() || parts[0] != "sandboxes" || parts.size() > 3) {
         return respond(json_error(req, 404, "not_found",
-                                  "no route " + std::string(strip_query(req.target())) +
+                                  "no route " + printable_path(req.target()) +
                                       " (see docs/api.md)"));
     }
 
@@ -327,7 +345,7 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
     const std::string_view action = parts[2];
     if (action != "pause" && action != "resume" && action != "flatten") {
         return respond(json_error(req, 404, "not_found",
-                                  "no route " + std::string(strip_query(req.target())) +
+                                  "no route " + printable_path(req.target()) +
                                       " (actions: pause, resume, flatten)"));
     }
     if (verb != http::verb::post) {
