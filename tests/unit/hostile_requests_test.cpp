@@ -254,7 +254,7 @@ std::string request(std::string_view method, std::string_view target, std::strin
 }
 
 // Sends raw bytes on a fresh connection and reads one response.
-wrenn::http::Response exchange(const HostileServer& s, const std::string& bytes) {
+wrenn::http::Response send_one(const HostileServer& s, const std::string& bytes) {
     Conn c(s.port());
     REQUIRE(c.send(bytes));
     auto res = c.read();
@@ -282,7 +282,7 @@ std::string error_message(const wrenn::http::Response& res) {
 }
 
 void require_alive(const HostileServer& s) {
-    auto res = exchange(s, request("GET", "/healthz"));
+    auto res = send_one(s, request("GET", "/healthz"));
     REQUIRE(res.result_int() == 200);
 }
 
@@ -296,8 +296,8 @@ TEST_CASE("hostile: traversal in ids and template names is refused and touches n
           "[hostile]") {
     HostileServer s;
     // A paused sandbox, so that flatten's template name is checked for real.
-    REQUIRE(exchange(s, request("POST", "/sandboxes", create_body("\"sb1\""))).result_int() == 201);
-    REQUIRE(exchange(s, request("POST", "/sandboxes/sb1/pause")).result_int() == 200);
+    REQUIRE(send_one(s, request("POST", "/sandboxes", create_body("\"sb1\""))).result_int() == 201);
+    REQUIRE(send_one(s, request("POST", "/sandboxes/sb1/pause")).result_int() == 200);
     s.manager->wait_idle();
     const auto before = tree(s.root());
     const auto calls_before = s.platform.calls.size();
@@ -326,7 +326,7 @@ TEST_CASE("hostile: traversal in ids and template names is refused and touches n
             for (const auto* suffix : {"", "/pause", "/resume", "/flatten"}) {
                 for (const auto* method : {"GET", "DELETE", "POST"}) {
                     const std::string target = path + suffix;
-                    auto res = exchange(
+                    auto res = send_one(
                         s, request(method, target,
                                    std::string(suffix) == "/flatten" ? R"({"template":"t"})" : ""));
                     INFO(method << " " << target.substr(0, 120) << " -> " << res.result_int() << " "
@@ -339,7 +339,7 @@ TEST_CASE("hostile: traversal in ids and template names is refused and touches n
         }
     }
     SECTION("a NUL byte in the request target is malformed HTTP") {
-        auto res = exchange(
+        auto res = send_one(
             s, std::string("GET /sandboxes/sb1") + '\0' + "/../x HTTP/1.1\r\nHost: t\r\n\r\n");
         CHECK(res.result_int() == 400);
     }
@@ -367,26 +367,26 @@ TEST_CASE("hostile: traversal in ids and template names is refused and touches n
         for (const auto& name : names) {
             INFO("name " << name.substr(0, 80));
             if (name != R"("")") {  // an empty id means "make one": not an error
-                auto by_id = exchange(s, request("POST", "/sandboxes", create_body(name)));
+                auto by_id = send_one(s, request("POST", "/sandboxes", create_body(name)));
                 CHECK(by_id.result_int() == 400);
                 CHECK_THAT(error_message(by_id), Catch::Contains("'id'"));
             }
             auto by_template =
-                exchange(s, request("POST", "/sandboxes", create_body("\"sb2\"", name)));
+                send_one(s, request("POST", "/sandboxes", create_body("\"sb2\"", name)));
             CHECK(by_template.result_int() == 400);
             CHECK_THAT(error_message(by_template), Catch::Contains("'template'"));
-            auto flatten = exchange(
+            auto flatten = send_one(
                 s, request("POST", "/sandboxes/sb1/flatten", "{\"template\":" + name + "}"));
             CHECK(flatten.result_int() == 400);
             CHECK_THAT(error_message(flatten), Catch::Contains("'template'"));
         }
     }
     SECTION("a TCMU config path is the one absolute path the API takes, and is not opened") {
-        auto relative = exchange(
+        auto relative = send_one(
             s, request("POST", "/sandboxes",
                        R"({"id":"t1","origin":{"type":"tcmu","config":"../../canary/secret"}})"));
         CHECK(relative.result_int() == 400);
-        auto handler = exchange(
+        auto handler = send_one(
             s,
             request(
                 "POST", "/sandboxes",
@@ -403,12 +403,12 @@ TEST_CASE("hostile: a body over 64 KiB answers 413", "[hostile]") {
     HostileServer s;
     const std::string big(65 * 1024, ' ');
     SECTION("with Content-Length") {
-        auto res = exchange(s, request("POST", "/sandboxes", "{\"template\":\"base\"}" + big));
+        auto res = send_one(s, request("POST", "/sandboxes", "{\"template\":\"base\"}" + big));
         CHECK(res.result_int() == 413);
         CHECK(error_code(res) == "payload_too_large");
     }
     SECTION("announced by Content-Length only, body never sent") {
-        auto res = exchange(
+        auto res = send_one(
             s, "POST /sandboxes HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999\r\n\r\n");
         CHECK(res.result_int() == 413);
     }
@@ -419,7 +419,7 @@ TEST_CASE("hostile: a body over 64 KiB answers 413", "[hostile]") {
             chunked += "400\r\n" + std::string(1024, ' ') + "\r\n";
         }
         chunked += "0\r\n\r\n";
-        auto res = exchange(s, chunked);
+        auto res = send_one(s, chunked);
         CHECK(res.result_int() == 413);
     }
     require_alive(s);
@@ -428,7 +428,7 @@ TEST_CASE("hostile: a body over 64 KiB answers 413", "[hostile]") {
 TEST_CASE("hostile: headers over 8 KiB answer 431", "[hostile]") {
     HostileServer s;
     SECTION("one long header") {
-        auto res = exchange(
+        auto res = send_one(
             s, "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Pad: " + std::string(9000, 'x') + "\r\n\r\n");
         CHECK(res.result_int() == 431);
         CHECK(error_code(res) == "header_too_large");
@@ -438,11 +438,11 @@ TEST_CASE("hostile: headers over 8 KiB answer 431", "[hostile]") {
         for (int i = 0; i < 1000; ++i) {
             req += "X-" + std::to_string(i) + ": y\r\n";
         }
-        auto res = exchange(s, req + "\r\n");
+        auto res = send_one(s, req + "\r\n");
         CHECK(res.result_int() == 431);
     }
     SECTION("a long request line") {
-        auto res = exchange(s, "GET /" + std::string(9000, 'a') + " HTTP/1.1\r\nHost: t\r\n\r\n");
+        auto res = send_one(s, "GET /" + std::string(9000, 'a') + " HTTP/1.1\r\nHost: t\r\n\r\n");
         CHECK(res.result_int() == 431);
     }
     require_alive(s);
@@ -486,7 +486,7 @@ TEST_CASE("hostile: invalid UTF-8 in JSON strings answers 400", "[hostile]") {
         R"({"id":"\ud800","template":"base"})",  // a lone surrogate escape
     };
     for (const auto& body : bodies) {
-        auto res = exchange(s, request("POST", "/sandboxes", body));
+        auto res = send_one(s, request("POST", "/sandboxes", body));
         INFO(body << " -> " << res.body());
         CHECK(res.result_int() == 400);
         CHECK(error_code(res) == "invalid_request");
@@ -512,20 +512,20 @@ TEST_CASE("hostile: JSON fields of the wrong type answer 400 naming the field", 
         {R"({"id":"sb1","template":"base","extra":1})", "'extra'"},
     };
     for (const auto& [body, field] : cases) {
-        auto res = exchange(s, request("POST", "/sandboxes", body));
+        auto res = send_one(s, request("POST", "/sandboxes", body));
         INFO(body << " -> " << res.body());
         CHECK(res.result_int() == 400);
         CHECK_THAT(error_message(res), Catch::Contains(field));
     }
     SECTION("flatten") {
-        auto res = exchange(s, request("POST", "/sandboxes/sb1/flatten", R"({"template":5})"));
+        auto res = send_one(s, request("POST", "/sandboxes/sb1/flatten", R"({"template":5})"));
         CHECK(res.result_int() == 400);
         CHECK_THAT(error_message(res), Catch::Contains("'template'"));
     }
     SECTION("the body is not an object") {
         for (const auto* body :
              {"[]", "\"x\"", "7", "null", "{", "{\"id\":\"a\"}{}", "\xef\xbb\xbf{}"}) {
-            auto res = exchange(s, request("POST", "/sandboxes", body));
+            auto res = send_one(s, request("POST", "/sandboxes", body));
             INFO(body);
             CHECK(res.result_int() == 400);
         }
@@ -541,7 +541,7 @@ TEST_CASE("hostile: huge and negative numbers answer 400", "[hostile]") {
         const std::string body =
             std::string(R"({"id":"t1","origin":{"type":"tcmu","config":"/c","size_bytes":)") +
             size + "}}";
-        auto res = exchange(s, request("POST", "/sandboxes", body));
+        auto res = send_one(s, request("POST", "/sandboxes", body));
         INFO(body << " -> " << res.body());
         CHECK(res.result_int() == 400);
         CHECK(error_code(res) == "invalid_request");
@@ -553,13 +553,13 @@ TEST_CASE("hostile: huge and negative numbers answer 400", "[hostile]") {
             const std::string body =
                 std::string(R"({"id":"t1","origin":{"type":"tcmu","config":"/c","size_bytes":)") +
                 size + "}}";
-            auto res = exchange(s, request("POST", "/sandboxes", body));
+            auto res = send_one(s, request("POST", "/sandboxes", body));
             INFO(body << " -> " << res.body());
             CHECK(res.result_int() == 400);
         }
     }
     SECTION("a large sane size is taken as given") {
-        auto res = exchange(
+        auto res = send_one(
             s,
             request(
                 "POST", "/sandboxes",
@@ -593,7 +593,7 @@ TEST_CASE("hostile: HTTP/1.0 is answered in 1.0 and closed", "[hostile]") {
     CHECK(c.closed_by_server(3s));
     SECTION("a 1.0 POST with a body") {
         auto created =
-            exchange(s, request("POST", "/sandboxes", create_body("\"sb1\""), "HTTP/1.0"));
+            send_one(s, request("POST", "/sandboxes", create_body("\"sb1\""), "HTTP/1.0"));
         CHECK(created.result_int() == 201);
         CHECK(created.version() == 10);
     }
@@ -614,17 +614,17 @@ TEST_CASE("hostile: HTTP/1.0 is answered in 1.0 and closed", "[hostile]") {
 
 TEST_CASE("hostile: a request line with an absolute URI is routed by its path", "[hostile]") {
     HostileServer s;
-    auto res = exchange(s, "GET http://localhost:7070/healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    auto res = send_one(s, "GET http://localhost:7070/healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
     CHECK(res.result_int() == 200);
-    auto created = exchange(s,
+    auto created = send_one(s,
                             "POST http://127.0.0.1/sandboxes?x=1 HTTP/1.1\r\nHost: t\r\n"
                             "Content-Length: 19\r\n\r\n{\"template\":\"base\"}");
     CHECK(created.result_int() == 201);
-    auto missing = exchange(s, "GET https://evil.example/../../canary HTTP/1.1\r\nHost: t\r\n\r\n");
+    auto missing = send_one(s, "GET https://evil.example/../../canary HTTP/1.1\r\nHost: t\r\n\r\n");
     CHECK(missing.result_int() == 404);
-    auto asterisk = exchange(s, "OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n");
+    auto asterisk = send_one(s, "OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n");
     CHECK(asterisk.result_int() == 404);
-    auto authority = exchange(s, "CONNECT localhost:7070 HTTP/1.1\r\nHost: t\r\n\r\n");
+    auto authority = send_one(s, "CONNECT localhost:7070 HTTP/1.1\r\nHost: t\r\n\r\n");
     CHECK((authority.result_int() == 400 || authority.result_int() == 404));
 }
 
@@ -633,7 +633,7 @@ TEST_CASE("hostile: PATCH, TRACE, CONNECT and unknown methods answer 405 or 404"
     for (const auto* method : {"PATCH", "TRACE", "CONNECT", "OPTIONS", "PUT", "BREW", "PROPFIND"}) {
         for (const auto* target : {"/healthz", "/sandboxes", "/sandboxes/sb1",
                                    "/sandboxes/sb1/pause", "/templates", "/metrics", "/nope"}) {
-            auto res = exchange(s, request(method, target));
+            auto res = send_one(s, request(method, target));
             INFO(method << " " << target << " -> " << res.body());
             CHECK((res.result_int() == 405 || res.result_int() == 404));
             if (res.result_int() == 405) {
@@ -642,7 +642,7 @@ TEST_CASE("hostile: PATCH, TRACE, CONNECT and unknown methods answer 405 or 404"
         }
     }
     SECTION("a method Beast cannot read is a 400") {
-        auto res = exchange(s, "G\x01T /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+        auto res = send_one(s, "G\x01T /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
         CHECK(res.result_int() == 400);
     }
     require_alive(s);
@@ -683,4 +683,22 @@ TEST_CASE("hostile: 1000 connections opened and dropped leave the server answeri
     }
     CHECK(s.server->connections() == 0);
     CHECK(s.manager->list().empty());
+}
+
+TEST_CASE("hostile: bytes that are not UTF-8 in the target still get a valid JSON error body",
+          "[hostile]") {
+    HostileServer s;
+    // Found by api_fuzz: the 404/405 message echoed the raw target into the JSON body.
+    for (const auto* target : {"/\xd8\x97\x9a\x9e", "/sandboxes/sb1/\xff\xfe", "/\xc3\xa9"}) {
+        for (const auto* method : {"GET", "PATCH"}) {
+            auto res = send_one(s, request(method, target));
+            INFO(method << " " << target << " -> " << res.body());
+            CHECK((res.result_int() == 404 || res.result_int() == 400 || res.result_int() == 405));
+            boost::system::error_code ec;
+            (void)boost::json::parse(res.body(), ec);
+            CHECK(!ec);
+        }
+    }
+    auto pct = send_one(s, request("GET", "/\xff"));
+    CHECK_THAT(error_message(pct), Catch::Contains("/%FF"));
 }
