@@ -58,7 +58,12 @@ struct World {
     std::unique_ptr<Api> api;
 
     World() {
-        std::string tmpl = (fs::temp_directory_path() / "wrenn-fuzz-XXXXXX").string();
+        // tmpfs when there is one: the state store fsyncs every record, which on a disk
+        // costs more than everything else an input does.
+        std::error_code shm_ec;
+        const fs::path base =
+            fs::is_directory("/dev/shm", shm_ec) ? fs::path("/dev/shm") : fs::temp_directory_path();
+        std::string tmpl = (base / "wrenn-fuzz-XXXXXX").string();
         if (::mkdtemp(tmpl.data()) == nullptr) {
             fail("mkdtemp failed");
         }
@@ -114,7 +119,13 @@ struct World {
 World& world() {
     static World* w = [] {
         spdlog::set_level(spdlog::level::off);
-        return new World();  // never destroyed: libFuzzer may exit from any thread
+        auto* created = new World();  // never destroyed: libFuzzer may exit from any thread
+        static const fs::path root = created->root;
+        std::atexit([] {
+            std::error_code ec;
+            fs::remove_all(root, ec);
+        });
+        return created;
     }();
     return *w;
 }
