@@ -88,8 +88,33 @@ std::optional<std::string> string_field(const json::object& obj, std::string_vie
     return std::string(v->as_string());
 }
 
+// The path of a request target. An absolute-form target ("http://host/path"), which RFC 9112
+// section 3.2.2 says a server must accept, is routed by its path.
 std::string_view strip_query(std::string_view target) {
+    if (const auto scheme = target.find("://");
+        !target.starts_with('/') && scheme != std::string_view::npos) {
+        const auto path = target.find_first_of("/?", scheme + 3);
+        target = path == std::string_view::npos ? std::string_view("/") : target.substr(path);
+    }
     return target.substr(0, target.find('?'));
+}
+
+// The target's path for an error message. Beast lets bytes 0x80-0xFF through (obs-text), and
+// echoing them raw would make the JSON body invalid UTF-8, so they are percent-encoded.
+std::string printable_path(std::string_view target) {
+    static constexpr char kHex[] = "0123456789ABCDEF";
+    std::string out;
+    for (const char c : strip_query(target)) {
+        const auto u = static_cast<unsigned char>(c);
+        if (u >= 0x20 && u < 0x7f) {
+            out += c;
+        } else {
+            out += '%';
+            out += kHex[u >> 4];
+            out += kHex[u & 0xf];
+        }
+    }
+    return out;
 }
 
 std::vector<std::string_view> split_path(std::string_view path) {
@@ -150,10 +175,10 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
     const http::verb verb = req.method();
 
     auto method_not_allowed = [&](std::string_view allow) {
-        HttpResponse res = json_error(req, 405, "method_not_allowed",
-                                      std::string(req.method_string()) + " is not allowed on " +
-                                          std::string(strip_query(req.target())) +
-                                          " (allowed: " + std::string(allow) + ")");
+        HttpResponse res =
+            json_error(req, 405, "method_not_allowed",
+                       std::string(req.method_string()) + " is not allowed on " +
+                           printable_path(req.target()) + " (allowed: " + std::string(allow) + ")");
         res.set(http::field::allow, allow);
         respond(std::move(res));
     };
@@ -206,9 +231,9 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
         });
     }
     if (parts.empty() || parts[0] != "sandboxes" || parts.size() > 3) {
-        return respond(json_error(
-            req, 404, "not_found",
-            "no route " + std::string(strip_query(req.target())) + " (see docs/api.md)"));
+        return respond(
+            json_error(req, 404, "not_found",
+                       "no route " + printable_path(req.target()) + " (see docs/api.md)"));
     }
 
     if (parts.size() == 1) {
@@ -273,12 +298,18 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
             }
             if (const auto* size = o.if_contains("size_bytes");
                 size != nullptr && !size->is_null()) {
-                if (size->is_uint64() && size->as_uint64() > 0) {
+                // At most 4 EiB: the CoW is sized from it (dm::cow_size_for_origin), which
+                // wraps around for sizes near 2^64 and must fit in an off_t for ftruncate.
+                constexpr std::uint64_t kMaxOriginBytes = std::uint64_t{1} << 62;
+                if (size->is_uint64() && size->as_uint64() > 0 &&
+                    size->as_uint64() <= kMaxOriginBytes) {
                     spec.size_bytes = size->as_uint64();
-                } else if (size->is_int64() && size->as_int64() > 0) {
+                } else if (size->is_int64() && size->as_int64() > 0 &&
+                           static_cast<std::uint64_t>(size->as_int64()) <= kMaxOriginBytes) {
                     spec.size_bytes = static_cast<std::uint64_t>(size->as_int64());
                 } else {
-                    return bad_request("field 'origin.size_bytes' must be a positive integer");
+                    return bad_request(
+                        "field 'origin.size_bytes' must be a positive integer up to 2^62");
                 }
             }
             create.tcmu_origin = std::move(spec);
@@ -319,9 +350,9 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
 
     const std::string_view action = parts[2];
     if (action != "pause" && action != "resume" && action != "flatten") {
-        return respond(json_error(req, 404, "not_found",
-                                  "no route " + std::string(strip_query(req.target())) +
-                                      " (actions: pause, resume, flatten)"));
+        return respond(json_error(
+            req, 404, "not_found",
+            "no route " + printable_path(req.target()) + " (actions: pause, resume, flatten)"));
     }
     if (verb != http::verb::post) {
         return method_not_allowed("POST");
