@@ -4,6 +4,7 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <boost/json.hpp>
 #include <cstdio>
 #include <ctime>
 
@@ -44,36 +45,7 @@ class JsonFormatter final : public spdlog::formatter {
 }  // namespace
 
 std::string json_quote(std::string_view text) {
-    std::string out = "\"";
-    for (const char c : text) {
-        switch (c) {
-            case '"':
-                out += "\\\"";
-                break;
-            case '\\':
-                out += "\\\\";
-                break;
-            case '\n':
-                out += "\\n";
-                break;
-            case '\r':
-                out += "\\r";
-                break;
-            case '\t':
-                out += "\\t";
-                break;
-            default:
-                if (static_cast<unsigned char>(c) < 0x20) {
-                    char buf[8];
-                    std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(c));
-                    out += buf;
-                } else {
-                    out += c;
-                }
-        }
-    }
-    out += "\"";
-    return out;
+    return boost::json::serialize(boost::json::string_view(text.data(), text.size()));
 }
 
 Result<void> setup_logging(const std::string& level, const std::string& format) {

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/file.hpp"
 #include "common/unique_fd.hpp"
 
 namespace wrenn::agent {
@@ -57,32 +58,6 @@ Result<void> fsync_dir(const std::string& dir) {
 std::string parent_of(const std::string& path) {
     auto slash = path.rfind('/');
     return slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-}
-
-Result<std::string> read_file(const std::string& path) {
-    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd) {
-        return errno_error("read " + path);
-    }
-    std::string data;
-    char buf[8192];
-    for (;;) {
-        ssize_t n = ::read(fd.get(), buf, sizeof buf);
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            return errno_error("read " + path);
-        }
-        if (n == 0) {
-            break;
-        }
-        data.append(buf, static_cast<std::size_t>(n));
-        if (data.size() > (1u << 20)) {
-            return Error("read " + path, EFBIG, "a sandbox record is never this large");
-        }
-    }
-    return data;
 }
 
 }  // namespace
@@ -222,7 +197,7 @@ Result<StateStore::Loaded> StateStore::load() const {
             loaded.unfinished.push_back(name);
             continue;
         }
-        auto text = read_file(record);
+        auto text = read_file(record, 1U << 20);  // a record is a few hundred bytes
         if (!text) {
             loaded.unreadable.emplace_back(name, std::move(text).error());
             continue;

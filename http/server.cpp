@@ -23,6 +23,7 @@
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/write.hpp>
+#include <boost/json.hpp>
 #include <cerrno>
 #include <cstdint>
 #include <limits>
@@ -43,39 +44,6 @@ using unix_socket = boost::asio::local::stream_protocol;
 // Pure helpers.
 
 namespace {
-
-void append_json_string(std::string& out, std::string_view text) {
-    out += '"';
-    for (const char c : text) {
-        switch (c) {
-            case '"':
-                out += "\\\"";
-                break;
-            case '\\':
-                out += "\\\\";
-                break;
-            case '\n':
-                out += "\\n";
-                break;
-            case '\r':
-                out += "\\r";
-                break;
-            case '\t':
-                out += "\\t";
-                break;
-            default:
-                if (static_cast<unsigned char>(c) < 0x20) {
-                    static constexpr char hex[] = "0123456789abcdef";
-                    out += "\\u00";
-                    out += hex[(c >> 4) & 0xf];
-                    out += hex[c & 0xf];
-                } else {
-                    out += c;
-                }
-        }
-    }
-    out += '"';
-}
 
 // Takes time that depends only on the length of `expected` (the secret), not on where the
 // first difference is, so a client cannot find the token byte by byte by timing 401s.
@@ -134,12 +102,8 @@ Response error_response(unsigned version, bhttp::status status, std::string_view
                         std::string_view message, bool keep_alive) {
     Response res{status, version};
     res.set(bhttp::field::content_type, "application/json");
-    std::string body = "{\"error\":{\"code\":";
-    append_json_string(body, code);
-    body += ",\"message\":";
-    append_json_string(body, message);
-    body += "}}";
-    res.body() = std::move(body);
+    const boost::json::object error{{"code", code}, {"message", message}};
+    res.body() = boost::json::serialize(boost::json::object{{"error", error}});
     res.keep_alive(keep_alive);
     res.prepare_payload();
     return res;

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <thread>
 
+#include "common/file.hpp"
 #include "common/unique_fd.hpp"
 #include "tcmu/naming.hpp"
 
@@ -60,25 +61,7 @@ class RealConfigfsOps final : public ConfigfsOps {
     }
 
     Result<std::string> read_file(const std::string& path) override {
-        UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-        if (!fd) {
-            return errno_error("open " + path);
-        }
-        std::string out;
-        char buf[4096];
-        for (;;) {
-            ssize_t n = ::read(fd.get(), buf, sizeof buf);
-            if (n < 0) {
-                if (errno == EINTR) {
-                    continue;
-                }
-                return errno_error("read " + path);
-            }
-            if (n == 0 || out.size() > (1U << 16)) {
-                return out;
-            }
-            out.append(buf, static_cast<std::size_t>(n));
-        }
+        return wrenn::read_file(path, 1U << 16);  // configfs and sysfs attributes are small
     }
 
     Result<void> make_symlink(const std::string& target, const std::string& link) override {

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <filesystem>
 
+#include "common/file.hpp"
 #include "common/unique_fd.hpp"
 
 namespace wrenn::tcmu {
@@ -22,31 +23,6 @@ bool all_digits(std::string_view s) {
         }
     }
     return true;
-}
-
-Result<std::string> read_small_file(const std::string& path) {
-    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd) {
-        return errno_error("open " + path);
-    }
-    std::string out;
-    char buf[4096];
-    for (;;) {
-        ssize_t n = ::read(fd.get(), buf, sizeof buf);
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            return errno_error("read " + path);
-        }
-        if (n == 0) {
-            return out;
-        }
-        out.append(buf, static_cast<std::size_t>(n));
-        if (out.size() > (1U << 20)) {
-            return Error("read " + path, EFBIG, "an overlaybd config is far smaller than 1 MiB");
-        }
-    }
 }
 
 }  // namespace
@@ -139,7 +115,7 @@ Result<std::string> parse_scsi_address(std::string_view text) {
 }
 
 Result<std::string> result_file_for_config(const std::string& config_path) {
-    auto text = read_small_file(config_path);
+    auto text = read_file(config_path, 1U << 20);  // an overlaybd config is far smaller
     if (!text) {
         return std::move(text).error().within("find resultFile of " + config_path);
     }
