@@ -379,11 +379,11 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
 
         // The handler may keep respond forever and never call it; then this timer is what ends
         // the session. respond holds only a weak reference, so it keeps nothing alive.
-        handler_timer_.expires_after(opts().idle_timeout);
+        handler_timer_.expires_after(opts().handler_timeout);
         handler_timer_.async_wait([self = this->shared_from_this(), seq](beast::error_code ec) {
             if (!ec && self->phase_ == Phase::Handling && self->seq_ == seq) {
                 spdlog::warn("http: connection {} from {}: no response within {} s, closing",
-                             self->id_, self->peer_, self->opts().idle_timeout.count());
+                             self->id_, self->peer_, self->opts().handler_timeout.count());
                 self->close();
             }
         });

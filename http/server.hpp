@@ -28,7 +28,7 @@ using Respond = std::function<void(Response)>;
 // Called on the connection's strand for every request that passed the transport checks; with
 // several io_context threads it runs concurrently for different connections. Must not block:
 // hand slow work to another thread and call respond from there. A handler that never responds
-// has its connection closed after idle_timeout.
+// has its connection closed after handler_timeout.
 using Handler = std::function<void(Request&&, Respond)>;
 
 struct ServerOptions {
@@ -39,8 +39,11 @@ struct ServerOptions {
     std::size_t body_limit = 64 * 1024;     // larger -> 413 JSON
     std::size_t header_limit = 8 * 1024;    // larger -> 431 JSON
     std::chrono::seconds read_timeout{30};  // per request, from its first byte; also bounds writes
-    // Wait for the next request on a kept-alive connection, and for a handler's response.
+    // Wait for the next request on a kept-alive connection.
     std::chrono::seconds idle_timeout{60};
+    // Wait for a handler's response. Long on purpose: a flatten of a large image may take
+    // minutes, and closing the connection would lose its answer, not stop the work.
+    std::chrono::seconds handler_timeout{3600};
 };
 
 namespace detail {

@@ -688,7 +688,7 @@ TEST_CASE("http server: a handler that never responds cannot hold the connection
     std::mutex mutex;
     std::vector<Respond> kept;
     ServerOptions opts;
-    opts.idle_timeout = 1s;
+    opts.handler_timeout = 1s;
     TestServer ts(opts, [&](Request&&, Respond respond) {
         std::lock_guard lock(mutex);
         kept.push_back(std::move(respond));
