@@ -30,7 +30,7 @@ TEST_CASE("options are parsed; --listen repeats and replaces the default", "[cli
     CHECK(o.token_file == "/etc/t");
 }
 
-TEST_CASE("--cleanup-stale, --help, --version and errors", "[cli]") {
+TEST_CASE("the cleanup-stale, help and version flags, and usage errors", "[cli]") {
     auto cleanup = parse_command_line({"--cleanup-stale", "--state-dir", "/x"});
     REQUIRE(std::holds_alternative<ServeOptions>(cleanup));
     CHECK(std::get<ServeOptions>(cleanup).cleanup_stale);
