@@ -14,8 +14,8 @@ namespace wrenn::tcmu {
 //   attach --id ID --config FILE [--handler NAME] [--size BYTES] [-v]   prints /dev/sdX
 //   detach --id ID [-v]
 // Without --id, attach uses id_for_config(FILE), so attaching the same config again finds the
-// same device. Also `--help`. Returns 0 on success; on failure writes the reason to err and returns 1
-// (2 for a usage error). -v raises the spdlog level to debug.
+// same device. Also `--help`. Returns 0 on success; on failure writes the reason to err and returns
+// 1 (2 for a usage error). -v raises the spdlog level to debug.
 int run_cli(std::vector<std::string> args, std::ostream& out, std::ostream& err);
 
 // The same over given ops and options (tests use a fake configfs).
