@@ -70,8 +70,7 @@ KernelSupport LinuxPlatform::support() {
 Platform::OriginCounts LinuxPlatform::attached_origins() {
     OriginCounts counts;
     counts.loops = loops_.attached();
-    std::lock_guard lock(tcmu_mu_);
-    counts.tcmu = tcmu_.size();
+    counts.tcmu = tcmu_attached_.load();
     return counts;
 }
 
@@ -127,6 +126,7 @@ Result<AttachedOrigin> LinuxPlatform::acquire_origin(const OriginSpec& origin) {
     entry.references = 1;
     AttachedOrigin attached{entry.device, entry.size_bytes};
     tcmu_.emplace(origin.path, std::move(entry));
+    tcmu_attached_ = tcmu_.size();
     return attached;
 }
 
@@ -148,6 +148,7 @@ void LinuxPlatform::release_origin(const OriginSpec& origin) {
         spdlog::error("detach TCMU origin {}: {}", origin.path, detached.error().message());
     }
     tcmu_.erase(it);
+    tcmu_attached_ = tcmu_.size();
 }
 
 Result<std::string> LinuxPlatform::create_snapshot(const std::string& id,
@@ -289,6 +290,7 @@ Result<std::size_t> LinuxPlatform::detach_tcmu_origins(const std::vector<std::st
             return std::move(done).error();
         }
         tcmu_.erase(config);
+        tcmu_attached_ = tcmu_.size();
         ++detached;
     }
     return detached;

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -56,6 +57,9 @@ class LinuxPlatform final : public Platform {
     };
     std::mutex tcmu_mu_;  // held across attach/detach: one TCMU origin changes at a time
     std::map<std::string, TcmuOrigin> tcmu_;  // by config path
+    // tcmu_.size(), readable without tcmu_mu_: /metrics answers on the io_context and must not
+    // wait behind an attach that holds the mutex for seconds.
+    std::atomic<std::size_t> tcmu_attached_{0};
 };
 
 }  // namespace wrenn::agent

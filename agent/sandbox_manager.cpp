@@ -91,6 +91,19 @@ SandboxManager::EntryPtr SandboxManager::find(const std::string& id) const {
     return it->second;
 }
 
+// Lets go of the entry's origin reference if it holds one. The release itself (a TCMU detach
+// can take seconds) runs outside mu_, which reads on the io_context take.
+void SandboxManager::release_origin_of(const EntryPtr& entry, const OriginSpec& origin) {
+    bool held = false;
+    {
+        std::lock_guard lock(mu_);
+        held = std::exchange(entry->origin_held, false);
+    }
+    if (held) {
+        platform_.release_origin(origin);
+    }
+}
+
 Sandbox SandboxManager::snapshot_of(const EntryPtr& entry) const {
     std::lock_guard lock(mu_);
     return entry->record;
@@ -313,13 +326,7 @@ Outcome<Sandbox> SandboxManager::do_pause(const EntryPtr& entry) {
         }
         return f;
     }
-    {
-        std::lock_guard lock(mu_);
-        if (entry->origin_held) {
-            entry->origin_held = false;
-            platform_.release_origin(sb.origin);
-        }
-    }
+    release_origin_of(entry, sb.origin);
     sb.state = SandboxState::Paused;
     sb.device.clear();
     sb.origin_device.clear();
@@ -444,13 +451,7 @@ Outcome<Done> SandboxManager::do_destroy(const EntryPtr& entry) {
         (void)commit(entry, sb);
         return f;
     }
-    {
-        std::lock_guard lock(mu_);
-        if (entry->origin_held) {
-            entry->origin_held = false;
-            platform_.release_origin(sb.origin);
-        }
-    }
+    release_origin_of(entry, sb.origin);
     if (auto removed = store_.remove_sandbox(sb.id); !removed) {
         // The device is gone; the files stay for a retry of the destroy.
         sb.state = SandboxState::Paused;

@@ -105,6 +105,7 @@ class SandboxManager {
     void run_on_strand(const EntryPtr& entry, std::string op, std::function<Outcome<T>()> fn,
                        Callback<T> done);
     Sandbox snapshot_of(const EntryPtr& entry) const;
+    void release_origin_of(const EntryPtr& entry, const OriginSpec& origin);
     Result<void> commit(const EntryPtr& entry, const Sandbox& next);
     std::optional<Failure> check_kernel() const;
     std::string make_id() const;
