@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <ctime>
 
+#include "agent/sandbox.hpp"
+
 namespace wrenn::agent {
 
 namespace {
@@ -16,17 +18,7 @@ namespace {
 class JsonFormatter final : public spdlog::formatter {
   public:
     void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
-        const auto secs = std::chrono::system_clock::to_time_t(msg.time);
-        const auto millis =
-            std::chrono::duration_cast<std::chrono::milliseconds>(msg.time.time_since_epoch())
-                .count() %
-            1000;
-        std::tm tm{};
-        gmtime_r(&secs, &tm);
-        char stamp[64];
-        std::snprintf(stamp, sizeof stamp, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                      tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                      static_cast<int>(millis));
+        const std::string stamp = format_utc(msg.time);
         const auto level = spdlog::level::to_string_view(msg.level);
         std::string line = "{\"time\":\"";
         line += stamp;

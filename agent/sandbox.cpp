@@ -186,11 +186,10 @@ Result<Sandbox> record_from_json(const json::value& value) {
     return s;
 }
 
-std::string utc_now() {
-    const auto now = std::chrono::system_clock::now();
-    const std::time_t secs = std::chrono::system_clock::to_time_t(now);
+std::string format_utc(std::chrono::system_clock::time_point when) {
+    const std::time_t secs = std::chrono::system_clock::to_time_t(when);
     const auto millis =
-        std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() %
+        std::chrono::duration_cast<std::chrono::milliseconds>(when.time_since_epoch()).count() %
         1000;
     std::tm tm{};
     gmtime_r(&secs, &tm);
@@ -199,6 +198,10 @@ std::string utc_now() {
                   tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                   static_cast<int>(millis));
     return buf;
+}
+
+std::string utc_now() {
+    return format_utc(std::chrono::system_clock::now());
 }
 
 }  // namespace wrenn::agent

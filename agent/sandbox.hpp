@@ -1,6 +1,7 @@
 #pragma once
 
 #include <boost/json/value.hpp>
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -51,7 +52,8 @@ boost::json::object record_to_json(const Sandbox& sandbox);
 Result<Sandbox> record_from_json(const boost::json::value& json);
 boost::json::object api_view(const Sandbox& sandbox);
 
-// "2026-11-21T13:35:27.123Z"
+// "2026-11-21T13:35:27.123Z": record timestamps and JSON log lines share this one format.
+std::string format_utc(std::chrono::system_clock::time_point when);
 std::string utc_now();
 
 }  // namespace wrenn::agent
