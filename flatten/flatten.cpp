@@ -1,11 +1,21 @@
 #include "flatten/flatten.hpp"
 
+#include <chrono>
 #include <utility>
 
 namespace wrenn::flatten {
 
 Result<FlattenStats> flatten(const std::string& origin_path, const std::string& cow_path,
                              const std::string& out) {
+    using Clock = std::chrono::steady_clock;
+    auto mark = Clock::now();
+    // The time since the previous lap.
+    auto lap = [&mark] {
+        const auto now = Clock::now();
+        return std::chrono::duration_cast<std::chrono::microseconds>(now -
+                                                                     std::exchange(mark, now));
+    };
+    FlattenStats stats{};
     const std::string action = "flatten " + origin_path + " + " + cow_path + " into " + out;
     auto origin = open_read_only(origin_path);
     if (!origin) {
@@ -21,6 +31,7 @@ Result<FlattenStats> flatten(const std::string& origin_path, const std::string& 
     if (!store) {
         return std::move(store).error().within(action);
     }
+    stats.check = lap();
     auto output = PendingOutput::create(out);
     if (!output) {
         return std::move(output).error().within(action);
@@ -29,6 +40,7 @@ Result<FlattenStats> flatten(const std::string& origin_path, const std::string& 
     if (!method) {
         return std::move(method).error().within(action);
     }
+    stats.copy = lap();
     std::size_t applied = 0;
     if (!store->empty) {
         auto n = apply_exceptions(cow->fd.get(), output->fd(), store->exceptions,
@@ -38,10 +50,15 @@ Result<FlattenStats> flatten(const std::string& origin_path, const std::string& 
         }
         applied = *n;
     }
+    stats.apply = lap();
     if (auto committed = output->commit(); !committed) {
         return std::move(committed).error().within(action);
     }
-    return FlattenStats{origin->size, applied, *method};
+    stats.commit = lap();
+    stats.size_bytes = origin->size;
+    stats.chunks_applied = applied;
+    stats.method = *method;
+    return stats;
 }
 
 }  // namespace wrenn::flatten

@@ -3,6 +3,7 @@
 // Flattening a paused sandbox: origin image + the CoW file of its removed dm-snapshot ->
 // one standalone image, without device-mapper (the exception store is read directly).
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -17,6 +18,9 @@ struct FlattenStats {
     std::uint64_t size_bytes;
     std::size_t chunks_applied;
     CopyMethod method;
+    // Wall time of each phase: read and check the store, copy the origin, apply the chunks,
+    // fsync + rename + fsync the directory.
+    std::chrono::microseconds check{}, copy{}, apply{}, commit{};
 };
 
 // origin: a regular file or a block device. The CoW's store is read and checked in full before
