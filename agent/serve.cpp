@@ -63,6 +63,11 @@ void log_report(const RecoveryReport& report) {
 }  // namespace
 
 int run_serve(const ServeOptions& options) {
+    LinuxPlatform platform(LinuxPlatform::Options{});
+    return serve_with(options, platform);
+}
+
+int serve_with(const ServeOptions& options, Platform& platform) {
     if (auto logging = setup_logging(options.log_level, options.log_format); !logging) {
         std::cerr << "wrenn-agent: " << logging.error().message() << "\n";
         return 2;
@@ -99,7 +104,6 @@ int run_serve(const ServeOptions& options) {
         spdlog::error("{}", store.error().message());
         return 1;
     }
-    LinuxPlatform platform(LinuxPlatform::Options{});
     const KernelSupport support = platform.support();
     if (!support.device_mapper) {
         spdlog::warn("device-mapper is not usable: {}; creates will answer 503 until it is",
