@@ -12,6 +12,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
@@ -224,8 +225,10 @@ Result<std::optional<Target>> query_target_direct(bool table, const std::string&
             return std::optional<Target>(std::move(out));  // a device with no table loaded
         }
         const char* base = reinterpret_cast<const char*>(io);
-        const char* end = base + io->data_size;
-        if (io->data_start + sizeof(dm_target_spec) > io->data_size) {
+        const std::size_t size =
+            std::min<std::size_t>(io->data_size, storage.size() * sizeof(std::uint64_t));
+        const char* end = base + size;
+        if (io->data_start + sizeof(dm_target_spec) > size) {
             return Error(action, EIO, "the kernel's answer is truncated");
         }
         const auto* spec = reinterpret_cast<const dm_target_spec*>(base + io->data_start);
