@@ -150,8 +150,9 @@ int remove_once_locked(const std::string& name, bool udev) {
 
 // The first (only) target of a TABLE or STATUS query: its type and parameters.
 struct Target {
-    std::string type;
+    std::string type;  // empty: no live table (a create that never reached its resume)
     std::string params;
+    std::string uuid;
 };
 
 // DM_DEVICE_TABLE or DM_DEVICE_STATUS; nullopt when the device does not exist.
@@ -182,6 +183,8 @@ Result<std::optional<Target>> query_target_locked(int type, const std::string& n
     Target out;
     out.type = target_type ? target_type : "";
     out.params = params ? params : "";
+    const char* uuid = dm_task_get_uuid(t->get());
+    out.uuid = uuid ? uuid : "";
     return std::optional<Target>(std::move(out));
 }
 
@@ -221,6 +224,7 @@ Result<std::optional<Target>> query_target_direct(bool table, const std::string&
             continue;
         }
         Target out;
+        out.uuid.assign(io->uuid, strnlen(io->uuid, DM_UUID_LEN));
         if (io->target_count == 0) {
             return std::optional<Target>(std::move(out));  // a device with no table loaded
         }
@@ -462,7 +466,13 @@ Result<std::vector<std::string>> DeviceMapper::list_snapshots() {
         if (!target) {
             return std::move(target).error().within(action);
         }
-        if (target->has_value() && (*target)->type == "snapshot") {
+        if (!target->has_value()) {
+            continue;
+        }
+        // A snapshot under our name, or a device we created (our UUID) whose create was cut
+        // short before its table went live: the agent was killed between the two ioctls.
+        const std::string id = name.substr(kNamePrefix.size());
+        if ((*target)->type == "snapshot" || (*target)->uuid == device_uuid(id)) {
             out.push_back(std::move(name));
         }
     }

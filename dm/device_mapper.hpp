@@ -48,7 +48,9 @@ class DeviceMapper {
     Result<std::optional<DeviceInfo>> info(const std::string& name);
 
     // Our snapshot devices: name starts with kNamePrefix and the live table's target is
-    // `snapshot`. Tolerates devices vanishing between the list and the per-device query.
+    // `snapshot`, or the UUID is ours (device_uuid) and no table is live yet: a create cut
+    // short between its ioctls by a kill. Tolerates devices vanishing between the list and the
+    // per-device query.
     Result<std::vector<std::string>> list_snapshots();
 
     Result<SnapshotStatus> snapshot_status(const std::string& name);

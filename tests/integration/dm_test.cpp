@@ -297,6 +297,54 @@ TEST_CASE("dm: list_snapshots lists our snapshots only; status, devices, info, r
     CHECK_FALSE(dm.info(ours)->has_value());
 }
 
+TEST_CASE("dm: a create cut short by a kill is listed as ours, and removable", "[dm]") {
+    auto dm = open_dm();
+    const std::string bare = dm_name("cut-bare");        // created, no table
+    const std::string loaded = dm_name("cut-loaded");    // table loaded, never resumed
+    const std::string foreign = dm_name("cut-foreign");  // our name, no table, not our UUID
+    Backing b("cut", wrenn::dm::cow_size_for_origin(kOriginBytes));
+    RemoveAtExit g1{dm, bare};
+    RemoveAtExit g2{dm, loaded};
+    RemoveAtExit g3{dm, foreign};
+    auto id_of = [](const std::string& name) { return name.substr(wrenn::dm::kNamePrefix.size()); };
+    auto run = [](int type, const std::string& name, const std::string& uuid,
+                  const std::string& params) {
+        dm_task* t = dm_task_create(type);
+        REQUIRE(t != nullptr);
+        REQUIRE(dm_task_set_name(t, name.c_str()));
+        if (!uuid.empty()) {
+            REQUIRE(dm_task_set_uuid(t, uuid.c_str()));
+        }
+        if (!params.empty()) {
+            REQUIRE(dm_task_add_target(t, 0, kOriginBytes / 512, "snapshot", params.c_str()));
+        }
+        const int ok = dm_task_run(t);
+        dm_task_destroy(t);
+        REQUIRE(ok);
+    };
+    // What the agent leaves when killed after DM_DEV_CREATE, or after the table load.
+    run(DM_DEVICE_CREATE, bare, wrenn::dm::device_uuid(id_of(bare)), "");
+    run(DM_DEVICE_CREATE, loaded, wrenn::dm::device_uuid(id_of(loaded)), "");
+    run(DM_DEVICE_RELOAD, loaded, "",
+        wrenn::dm::snapshot_table_params(b.origin_dev(), b.cow_dev()));
+    run(DM_DEVICE_CREATE, foreign, "SOMEONE-ELSE-" + id_of(foreign), "");
+
+    auto listed = dm.list_snapshots();
+    REQUIRE(listed.ok());
+    auto has = [&](const std::string& n) {
+        return std::find(listed->begin(), listed->end(), n) != listed->end();
+    };
+    CHECK(has(bare));
+    CHECK(has(loaded));
+    CHECK_FALSE(has(foreign));
+
+    // The status read says what it is, not a misparse.
+    CHECK(dm.snapshot_status(bare).error().code() == EINVAL);
+    require_removed(dm, bare);
+    require_removed(dm, loaded);  // releases the CoW loop its inactive table held
+    require_removed(dm, foreign);
+}
+
 TEST_CASE("dm: a failed create leaves nothing behind and reports the kernel's errno", "[dm]") {
     auto dm = open_dm();
     const std::string name = dm_name("failed");
