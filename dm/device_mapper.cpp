@@ -155,39 +155,6 @@ struct Target {
     std::string uuid;
 };
 
-// DM_DEVICE_TABLE or DM_DEVICE_STATUS; nullopt when the device does not exist.
-Result<std::optional<Target>> query_target_locked(int type, const std::string& name,
-                                                  const std::string& action) {
-    auto t = make_task(type, name, action);
-    if (!t) {
-        return std::move(t).error();
-    }
-    if (const int err = run_task(t->get(), false, false); err != 0) {
-        if (err == ENXIO) {
-            return std::optional<Target>();
-        }
-        return Error(action, err);
-    }
-    dm_info di{};
-    if (!dm_task_get_info(t->get(), &di)) {
-        return Error(action, EIO, "dm_task_get_info");
-    }
-    if (!di.exists) {
-        return std::optional<Target>();
-    }
-    std::uint64_t start = 0;
-    std::uint64_t length = 0;
-    char* target_type = nullptr;
-    char* params = nullptr;
-    dm_get_next_target(t->get(), nullptr, &start, &length, &target_type, &params);
-    Target out;
-    out.type = target_type ? target_type : "";
-    out.params = params ? params : "";
-    const char* uuid = dm_task_get_uuid(t->get());
-    out.uuid = uuid ? uuid : "";
-    return std::optional<Target>(std::move(out));
-}
-
 // DM_TABLE_STATUS straight on the control device, without libdm and its lock: the kernel
 // serialises its own state. table: the loaded table (DM_STATUS_TABLE_FLAG), else the status.
 // nullopt when the device does not exist.
@@ -435,9 +402,9 @@ Result<std::optional<DeviceInfo>> DeviceMapper::info(const std::string& name) {
 
 Result<std::vector<std::string>> DeviceMapper::list_snapshots() {
     const std::string action = "list device-mapper devices";
-    std::lock_guard lock(libdm_mutex());
     std::vector<std::string> candidates;
     {
+        std::lock_guard lock(libdm_mutex());
         auto t = make_task(DM_DEVICE_LIST, {}, action);
         if (!t) {
             return std::move(t).error();
@@ -462,7 +429,7 @@ Result<std::vector<std::string>> DeviceMapper::list_snapshots() {
     std::vector<std::string> out;
     for (auto& name : candidates) {
         // The device may be removed between LIST and TABLE: that is not an error.
-        auto target = query_target_locked(DM_DEVICE_TABLE, name, "query table of " + name);
+        auto target = query_target_direct(true, name, "query table of " + name);
         if (!target) {
             return std::move(target).error().within(action);
         }
