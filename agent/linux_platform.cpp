@@ -246,12 +246,9 @@ Result<FlattenResult> LinuxPlatform::flatten(const std::string& origin, const st
     if (!stats) {
         return std::move(stats).error();
     }
-    auto ms = [](std::chrono::microseconds d) { return static_cast<double>(d.count()) / 1000.0; };
-    spdlog::info(
-        "flattened {} + {} into {}: {} chunks applied, {} (check {:.1f} ms, copy {:.1f} ms, "
-        "apply {:.1f} ms, fsync+rename {:.1f} ms)",
-        origin, cow_path, out, stats->chunks_applied, flatten::to_string(stats->method),
-        ms(stats->check), ms(stats->copy), ms(stats->apply), ms(stats->commit));
+    spdlog::info("flattened {} + {} into {}: {} chunks applied, {} ({})", origin, cow_path, out,
+                 stats->chunks_applied, flatten::to_string(stats->method),
+                 flatten::describe_phases(*stats));
     return FlattenResult{stats->size_bytes, stats->chunks_applied,
                          std::string(flatten::to_string(stats->method))};
 }

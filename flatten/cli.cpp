@@ -1,23 +1,12 @@
 #include "flatten/cli.hpp"
 
 #include <boost/program_options.hpp>
-#include <cstdio>
 
 #include "flatten/flatten.hpp"
 
 namespace wrenn::flatten {
 
 namespace po = boost::program_options;
-
-namespace {
-
-std::string ms(std::chrono::microseconds d) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.1f ms", static_cast<double>(d.count()) / 1000.0);
-    return buf;
-}
-
-}  // namespace
 
 int run_cli(std::vector<std::string> args, std::ostream& out, std::ostream& err) {
     if (!args.empty() && args.front() == "flatten") {
@@ -51,9 +40,7 @@ int run_cli(std::vector<std::string> args, std::ostream& out, std::ostream& err)
     }
     out << "flattened " << origin << " + " << cow << " into " << output << ": " << stats->size_bytes
         << " bytes, " << stats->chunks_applied << " chunks applied, copied by "
-        << to_string(stats->method) << " (check " << ms(stats->check) << ", copy "
-        << ms(stats->copy) << ", apply " << ms(stats->apply) << ", fsync+rename "
-        << ms(stats->commit) << ")\n";
+        << to_string(stats->method) << " (" << describe_phases(*stats) << ")\n";
     return 0;
 }
 

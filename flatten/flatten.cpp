@@ -1,9 +1,19 @@
 #include "flatten/flatten.hpp"
 
 #include <chrono>
+#include <cstdio>
 #include <utility>
 
 namespace wrenn::flatten {
+
+std::string describe_phases(const FlattenStats& stats) {
+    auto ms = [](std::chrono::microseconds d) { return static_cast<double>(d.count()) / 1000.0; };
+    char buf[160];
+    std::snprintf(buf, sizeof buf,
+                  "check %.1f ms, copy %.1f ms, apply %.1f ms, fsync+rename %.1f ms",
+                  ms(stats.check), ms(stats.copy), ms(stats.apply), ms(stats.commit));
+    return buf;
+}
 
 Result<FlattenStats> flatten(const std::string& origin_path, const std::string& cow_path,
                              const std::string& out) {

@@ -23,6 +23,9 @@ struct FlattenStats {
     std::chrono::microseconds check{}, copy{}, apply{}, commit{};
 };
 
+// "check 1.2 ms, copy 3.4 ms, apply 5.6 ms, fsync+rename 7.8 ms": the phases, for logs.
+std::string describe_phases(const FlattenStats& stats);
+
 // origin: a regular file or a block device. The CoW's store is read and checked in full before
 // any output exists. Writes <out>.tmp-XXXXXX, fsyncs, renames to out (never overwriting an
 // existing out: EEXIST error), fsyncs the directory. On any error, no output file remains.
