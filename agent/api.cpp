@@ -150,10 +150,15 @@ json::object health_json(const KernelSupport& k) {
 }
 
 json::object template_json(const TemplateInfo& t) {
-    return json::object{{"name", t.name},
-                        {"path", t.path},
-                        {"size_bytes", t.size_bytes},
-                        {"sandboxes", t.sandboxes}};
+    json::object out{{"name", t.name},
+                     {"path", t.path},
+                     {"size_bytes", t.size_bytes},
+                     {"sha256", t.sha256.empty() ? json::value(nullptr) : json::value(t.sha256)},
+                     {"sandboxes", t.sandboxes}};
+    if (!t.problem.empty()) {
+        out["problem"] = t.problem;
+    }
+    return out;
 }
 
 }  // namespace
@@ -291,7 +296,7 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
                     "field 'origin.config' must be an absolute path to the backstore's config");
             }
             OriginSpec spec{OriginSpec::Type::Tcmu, *config, handler.value_or("overlaybd"),
-                            std::nullopt};
+                            std::nullopt, std::nullopt};
             if (spec.handler.empty() || spec.handler.find('/') != std::string::npos) {
                 return bad_request(
                     "field 'origin.handler' must be a handler name like \"overlaybd\"");
@@ -386,8 +391,11 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
         }
         respond(json_response(
             *request, 201,
-            json::object{
-                {"template", out->name}, {"path", out->path}, {"size_bytes", out->size_bytes}}));
+            json::object{{"template", out->name},
+                         {"path", out->path},
+                         {"size_bytes", out->size_bytes},
+                         {"sha256", out->sha256.empty() ? json::value(nullptr)
+                                                        : json::value(out->sha256)}}));
     });
 }
 

@@ -20,6 +20,8 @@ std::string_view failure_code(FailureKind kind) {
             return "device_busy";
         case FailureKind::SnapshotInvalid:
             return "snapshot_invalid";
+        case FailureKind::TemplateChanged:
+            return "template_changed";
         case FailureKind::Unavailable:
             return "unavailable";
         case FailureKind::Internal:
@@ -40,6 +42,7 @@ unsigned failure_http_status(FailureKind kind) {
         case FailureKind::InvalidState:
         case FailureKind::DeviceBusy:
         case FailureKind::SnapshotInvalid:
+        case FailureKind::TemplateChanged:
             return 409;
         case FailureKind::Unavailable:
             return 503;

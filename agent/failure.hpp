@@ -20,6 +20,7 @@ enum class FailureKind {
     InvalidState,      // 409 invalid_state
     DeviceBusy,        // 409 device_busy
     SnapshotInvalid,   // 409 snapshot_invalid
+    TemplateChanged,   // 409 template_changed
     Unavailable,       // 503 unavailable
     Internal,          // 500 internal
 };

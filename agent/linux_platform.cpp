@@ -10,6 +10,7 @@
 #include "dm/snapshot_format.hpp"
 #include "flatten/exception_store.hpp"
 #include "flatten/flatten.hpp"
+#include "agent/template_image.hpp"
 #include "loop/loop_device.hpp"
 #include "tcmu/configfs.hpp"
 #include "tcmu/naming.hpp"
@@ -81,18 +82,48 @@ Result<dm::DeviceMapper*> LinuxPlatform::mapper() {
     return &*dm_;
 }
 
+Result<TemplateIdentity> LinuxPlatform::inspect_template(const std::string& path) {
+    auto image = open_template(path, options_.template_owner);
+    if (!image) {
+        return std::move(image).error();
+    }
+    return image->identity;
+}
+
+Result<std::string> LinuxPlatform::hash_template(const std::string& path,
+                                                 const TemplateIdentity& expected) {
+    auto image = open_template(path, options_.template_owner);
+    if (!image) {
+        return std::move(image).error();
+    }
+    if (image->identity.device != expected.device || image->identity.inode != expected.inode) {
+        return Error("compute sha256 of template " + path, ESTALE,
+                     "the path names another file than the one checked");
+    }
+    return agent::hash_template(path, *image);
+}
+
 Result<AttachedOrigin> LinuxPlatform::acquire_origin(const OriginSpec& origin) {
     if (origin.type == OriginSpec::Type::Loop) {
-        struct stat st {};
-        if (::stat(origin.path.c_str(), &st) != 0) {
-            return errno_error("open template " + origin.path);
+        // The loop is bound to the descriptor checked here, so it serves exactly the image whose
+        // identity the sandbox records, whatever the path names a moment later.
+        auto image = open_template(origin.path, options_.template_owner);
+        if (!image) {
+            return std::move(image).error();
         }
-        auto device = loops_.acquire(origin.path);
+        const TemplateIdentity& now = image->identity;
+        if (origin.identity &&
+            (origin.identity->device != now.device || origin.identity->inode != now.inode)) {
+            return Error("open template " + origin.path, ESTALE,
+                         "it is another file now than the one the sandbox was made over");
+        }
+        auto device = loops_.acquire(loop::ImageFile{origin.path, image->fd.get(),
+                                                     static_cast<dev_t>(now.device),
+                                                     static_cast<ino_t>(now.inode)});
         if (!device) {
             return std::move(device).error();
         }
-        // A loop device is the file's size rounded down to whole sectors.
-        return AttachedOrigin{*device, static_cast<std::uint64_t>(st.st_size) / 512 * 512};
+        return AttachedOrigin{device->device, device->size_bytes};
     }
 
     std::lock_guard lock(tcmu_mu_);
@@ -132,7 +163,20 @@ Result<AttachedOrigin> LinuxPlatform::acquire_origin(const OriginSpec& origin) {
 
 void LinuxPlatform::release_origin(const OriginSpec& origin) {
     if (origin.type == OriginSpec::Type::Loop) {
-        loops_.release(origin.path);
+        if (origin.identity) {
+            loops_.release(loop::ImageFile{origin.path, -1,
+                                           static_cast<dev_t>(origin.identity->device),
+                                           static_cast<ino_t>(origin.identity->inode)}
+                               .key());
+            return;
+        }
+        // A record from before identities: the image the path names, as acquire saw it.
+        struct stat st {};
+        if (::stat(origin.path.c_str(), &st) != 0) {
+            spdlog::warn("release template {}: {}", origin.path, describe_errno(errno));
+            return;
+        }
+        loops_.release(loop::ImageFile{origin.path, -1, st.st_dev, st.st_ino}.key());
         return;
     }
     std::lock_guard lock(tcmu_mu_);
@@ -264,7 +308,9 @@ Result<std::size_t> LinuxPlatform::release_loops_under(const std::string& dir) {
         if (status.backing_file.rfind(prefix, 0) != 0) {
             continue;
         }
-        auto device = loop::LoopDevice::open_existing(status.backing_file, status.read_only);
+        // By inode: the path may name another file by now (a template replaced by rename).
+        auto device = loop::LoopDevice::open_existing(status.backing_dev, status.backing_ino,
+                                                      status.backing_file, status.read_only);
         if (!device || !device->has_value()) {
             continue;  // gone meanwhile
         }

@@ -6,6 +6,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <sys/types.h>
 
 #include "agent/platform.hpp"
 #include "dm/device_mapper.hpp"
@@ -21,11 +22,15 @@ class LinuxPlatform final : public Platform {
   public:
     struct Options {
         std::chrono::milliseconds remove_time_limit{5000};
+        uid_t template_owner = 0;  // templates must belong to root
     };
     explicit LinuxPlatform(Options options);
 
     KernelSupport support() override;
     OriginCounts attached_origins() override;
+    Result<TemplateIdentity> inspect_template(const std::string& path) override;
+    Result<std::string> hash_template(const std::string& path,
+                                      const TemplateIdentity& expected) override;
     Result<AttachedOrigin> acquire_origin(const OriginSpec& origin) override;
     void release_origin(const OriginSpec& origin) override;
     Result<std::string> create_snapshot(const std::string& id, const std::string& origin_device,

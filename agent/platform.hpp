@@ -60,8 +60,19 @@ class Platform {
     };
     virtual OriginCounts attached_origins() = 0;
 
+    // A template image as it is now: opened without following symlinks, and refused unless it
+    // is a regular file owned by root and not writable by others (EPERM, with the reason; ELOOP
+    // for a symlink; ENOENT). The identity comes back without its digest.
+    virtual Result<TemplateIdentity> inspect_template(const std::string& path) = 0;
+    // SHA-256 of the image's bytes, read through a descriptor checked to be `expected` (device
+    // and inode); ESTALE when it is another file or changes while being read.
+    virtual Result<std::string> hash_template(const std::string& path,
+                                              const TemplateIdentity& expected) = 0;
+
     // Shared origins, reference-counted by OriginSpec::key(): the first acquire attaches (or
     // finds again, after a restart), the last release lets go.
+    // A loop origin with an identity is the image with that device and inode: ESTALE when the
+    // path now names another file. Its size is the loop device's, not the file's.
     virtual Result<AttachedOrigin> acquire_origin(const OriginSpec& origin) = 0;
     virtual void release_origin(const OriginSpec& origin) = 0;
 

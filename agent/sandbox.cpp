@@ -14,6 +14,35 @@ std::string_view to_string(SandboxState state) {
     return state == SandboxState::Running ? "running" : "paused";
 }
 
+bool TemplateIdentity::same_file_state(const TemplateIdentity& other) const {
+    return device == other.device && inode == other.inode && size_bytes == other.size_bytes &&
+           mtime_ns == other.mtime_ns && ctime_ns == other.ctime_ns;
+}
+
+std::string TemplateIdentity::describe_change_from(const TemplateIdentity& was) const {
+    std::string out;
+    auto note = [&out](std::string_view what, auto before, auto after) {
+        if (before != after) {
+            out += out.empty() ? "" : ", ";
+            out += std::string(what) + " " + std::to_string(before) + " -> " + std::to_string(after);
+        }
+    };
+    if (device != was.device || inode != was.inode) {
+        out = "another file (replaced by rename or copy)";
+    }
+    note("size", was.size_bytes, size_bytes);
+    if (mtime_ns != was.mtime_ns || ctime_ns != was.ctime_ns) {
+        out += out.empty() ? "" : ", ";
+        out += "modified since";
+    }
+    if (!sha256.empty() && !was.sha256.empty() && sha256 != was.sha256) {
+        out += out.empty() ? "" : ", ";
+        out += "content sha256 " + was.sha256.substr(0, 12) + "... -> " + sha256.substr(0, 12) +
+               "...";
+    }
+    return out.empty() ? "nothing" : out;
+}
+
 std::string OriginSpec::key() const {
     return (type == Type::Loop ? "loop:" : "tcmu:") + path;
 }
@@ -31,6 +60,12 @@ json::object origin_to_json(const OriginSpec& origin, const std::string& device)
         }
     } else {
         out["image"] = origin.path;
+        if (origin.identity) {
+            const TemplateIdentity& t = *origin.identity;
+            out["identity"] = json::object{{"device", t.device},         {"inode", t.inode},
+                                           {"size_bytes", t.size_bytes}, {"mtime_ns", t.mtime_ns},
+                                           {"ctime_ns", t.ctime_ns},     {"sha256", t.sha256}};
+        }
     }
     out["device"] = device.empty() ? json::value(nullptr) : json::value(device);
     return out;
@@ -46,6 +81,14 @@ Result<std::string> get_string(const json::object& obj, std::string_view key) {
         return bad_record("field '" + std::string(key) + "' is missing or not a string");
     }
     return std::string(v->as_string());
+}
+
+Result<std::int64_t> get_i64(const json::object& obj, std::string_view key) {
+    const auto* v = obj.if_contains(key);
+    if (v == nullptr || !v->is_int64()) {
+        return bad_record("field '" + std::string(key) + "' is missing or not an integer");
+    }
+    return v->as_int64();
 }
 
 Result<std::uint64_t> get_u64(const json::object& obj, std::string_view key) {
@@ -87,6 +130,9 @@ json::object record_to_json(const Sandbox& s) {
 json::object api_view(const Sandbox& s) {
     json::object out = record_to_json(s);
     out.erase("version");
+    // The digest of the image the sandbox was made over, where a client looks first.
+    out["template_sha256"] = s.origin.identity ? json::value(s.origin.identity->sha256)
+                                               : json::value(nullptr);
     out.erase("origin_size_bytes");
     return out;
 }
@@ -133,14 +179,29 @@ Result<Sandbox> record_from_json(const json::value& value) {
         if (!image) {
             return std::move(image).error();
         }
-        s.origin = OriginSpec{OriginSpec::Type::Loop, *image, {}, std::nullopt};
+        s.origin = OriginSpec{OriginSpec::Type::Loop, *image, {}, std::nullopt, std::nullopt};
+        if (const auto* ident = o.if_contains("identity");
+            ident != nullptr && ident->is_object()) {
+            const auto& io = ident->as_object();
+            auto device = get_u64(io, "device");
+            auto inode = get_u64(io, "inode");
+            auto size = get_u64(io, "size_bytes");
+            auto mtime = get_i64(io, "mtime_ns");
+            auto ctime = get_i64(io, "ctime_ns");
+            auto sha = get_string(io, "sha256");
+            if (!device || !inode || !size || !mtime || !ctime || !sha) {
+                return bad_record(
+                    "origin.identity needs device, inode, size_bytes, mtime_ns, ctime_ns, sha256");
+            }
+            s.origin.identity = TemplateIdentity{*device, *inode, *size, *mtime, *ctime, *sha};
+        }
     } else if (*type == "tcmu") {
         auto config = get_string(o, "config");
         auto handler = get_string(o, "handler");
         if (!config || !handler) {
             return bad_record("tcmu origin needs 'config' and 'handler'");
         }
-        s.origin = OriginSpec{OriginSpec::Type::Tcmu, *config, *handler, std::nullopt};
+        s.origin = OriginSpec{OriginSpec::Type::Tcmu, *config, *handler, std::nullopt, std::nullopt};
         if (o.contains("size_bytes")) {
             auto size = get_u64(o, "size_bytes");
             if (!size) {

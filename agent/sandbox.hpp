@@ -13,6 +13,24 @@ namespace wrenn::agent {
 enum class SandboxState { Running, Paused };
 std::string_view to_string(SandboxState state);
 
+// What a template image was when a sandbox was made over it. A CoW means something only over the
+// exact bytes it was written against, so resume, flatten and adoption compare this first.
+struct TemplateIdentity {
+    std::uint64_t device = 0;  // st_dev
+    std::uint64_t inode = 0;
+    std::uint64_t size_bytes = 0;
+    std::int64_t mtime_ns = 0;
+    std::int64_t ctime_ns = 0;
+    std::string sha256;  // of the whole image; empty until computed
+
+    // The same file, untouched since: device, inode, size, mtime and ctime all equal. Anything
+    // else (a rewrite in place, a rename over it, a touch) needs the digest to decide.
+    [[nodiscard]] bool same_file_state(const TemplateIdentity& other) const;
+    // In words, what differs between `was` and this: "inode 12 -> 15, size 4096 -> 8192".
+    [[nodiscard]] std::string describe_change_from(const TemplateIdentity& was) const;
+    bool operator==(const TemplateIdentity&) const = default;
+};
+
 // Where a sandbox's read-only origin comes from: a template image on a shared loop device, or
 // a TCMU block device (overlaybd) shared by every sandbox with the same config.
 struct OriginSpec {
@@ -21,6 +39,8 @@ struct OriginSpec {
     std::string path;     // Loop: the template image; Tcmu: the backstore's config file
     std::string handler;  // Tcmu only: "overlaybd" by default
     std::optional<std::uint64_t> size_bytes;  // Tcmu only: written as dev_size when set
+    // Loop only: the image the sandbox was made over (absent in records older than this field).
+    std::optional<TemplateIdentity> identity;
 
     // The key by which origins are shared and reference-counted.
     [[nodiscard]] std::string key() const;

@@ -38,6 +38,14 @@ Failure internal(const Error& error) {
     return Failure{FailureKind::Internal, error};
 }
 
+// An origin that could not be acquired: ESTALE means the template's path names another file
+// than the one checked a moment ago (or recorded).
+Failure origin_failure(Error error) {
+    const FailureKind kind =
+        error.code() == ESTALE ? FailureKind::TemplateChanged : FailureKind::Internal;
+    return Failure{kind, std::move(error)};
+}
+
 // What a failed device removal means to the client: held open is something they can fix.
 Failure removal_failure(Error error) {
     const FailureKind kind =
@@ -71,15 +79,15 @@ SandboxManager::SandboxManager(Platform& platform, StateStore& store, Options op
       store_(store),
       options_(std::move(options)),
       workers_(workers),
-      metrics_(metrics) {}
+      metrics_(metrics),
+      digests_(store.state_dir() + "/template-digests.json",
+               [&platform](const std::string& path, const TemplateIdentity& identity) {
+                   return platform.hash_template(path, identity);
+               }) {}
 
 SandboxManager::~SandboxManager() {
     wait_idle();
     queries_.join();
-}
-
-std::string SandboxManager::template_path(const std::string& name) const {
-    return options_.templates_dir + "/" + name + ".img";
 }
 
 SandboxManager::EntryPtr SandboxManager::find(const std::string& id) const {
@@ -235,21 +243,31 @@ Outcome<Sandbox> SandboxManager::do_create(const EntryPtr& entry, const CreateRe
                            "template must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
         }
         sb.template_name = request.template_name;
-        sb.origin =
-            OriginSpec{OriginSpec::Type::Loop, template_path(request.template_name), {}, {}};
-        struct stat st {};
-        if (::stat(sb.origin.path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
-            return failure(
-                FailureKind::TemplateNotFound, what, 0,
-                "no template '" + request.template_name + "' (looked for " + sb.origin.path + ")");
+        auto identity = identify_template(request.template_name, what);
+        if (!identity) {
+            return identity.failure();
         }
+        sb.origin = OriginSpec{OriginSpec::Type::Loop, template_path(request.template_name), {},
+                               std::nullopt, identity.value()};
     }
 
     auto origin = platform_.acquire_origin(sb.origin);
     if (!origin) {
-        return internal(std::move(origin).error().within(what));
+        return origin_failure(std::move(origin).error().within(what));
     }
     auto release_origin = [&] { platform_.release_origin(sb.origin); };
+    if (sb.origin.identity && origin->size_bytes != sb.origin.identity->size_bytes / 512 * 512) {
+        // The loop was bound to this inode earlier, at another size: the image was rewritten in
+        // place while sandboxes use it.
+        release_origin();
+        return failure(FailureKind::TemplateChanged, what, 0,
+                       "template '" + sb.template_name + "' is " +
+                           std::to_string(sb.origin.identity->size_bytes) +
+                           " bytes but its shared loop serves " +
+                           std::to_string(origin->size_bytes) +
+                           ": it was rewritten in place while sandboxes use it; replace "
+                           "templates by renaming a new file over them, never in place");
+    }
     sb.origin_device = origin->device;
     sb.origin_size_bytes = origin->size_bytes;
     sb.cow_path = store_.cow_path(id);
@@ -377,6 +395,14 @@ Outcome<Sandbox> SandboxManager::do_resume(const EntryPtr& entry) {
                        "the kernel marked this CoW invalid (an I/O error or a full CoW); its "
                        "data cannot be used as a snapshot again");
     }
+    // Before any device changes: the CoW means something only over the image it was made over.
+    auto same_template = verify_template(sb, what);
+    if (!same_template) {
+        return same_template.failure();
+    }
+    if (same_template.value()) {
+        sb.origin.identity = *same_template.value();
+    }
     // A device of the same name is stale (a crash between create and record, or someone
     // else's): it goes first, so the new one is built over exactly this CoW.
     auto info = platform_.snapshot_info(sb.id);
@@ -393,15 +419,15 @@ Outcome<Sandbox> SandboxManager::do_resume(const EntryPtr& entry) {
     }
     auto origin = platform_.acquire_origin(sb.origin);
     if (!origin) {
-        return internal(std::move(origin).error().within(what));
+        return origin_failure(std::move(origin).error().within(what));
     }
     if (sb.origin_size_bytes != 0 && origin->size_bytes != sb.origin_size_bytes) {
         platform_.release_origin(sb.origin);
-        return failure(FailureKind::InvalidState, what, 0,
+        return failure(FailureKind::TemplateChanged, what, 0,
                        "the origin is " + std::to_string(origin->size_bytes) +
                            " bytes now, the sandbox was made over " +
                            std::to_string(sb.origin_size_bytes) +
-                           " bytes; was the template replaced?");
+                           " bytes; put the original image back to use this sandbox again");
     }
     auto device = platform_.create_snapshot(sb.id, origin->device, origin->size_bytes, sb.cow_path);
     if (!device) {
@@ -493,6 +519,10 @@ Outcome<TemplateInfo> SandboxManager::do_flatten(const EntryPtr& entry, const st
         return failure(FailureKind::InvalidState, what, 0,
                        "the sandbox is running; pause it first so its CoW is stable");
     }
+    auto same_template = verify_template(sb, what);
+    if (!same_template) {
+        return same_template.failure();
+    }
     const std::string out = template_path(name);
     if (::access(out.c_str(), F_OK) == 0) {
         return failure(FailureKind::TemplateExists, what, 0, out + " exists; pick another name");
@@ -526,7 +556,13 @@ Outcome<TemplateInfo> SandboxManager::do_flatten(const EntryPtr& entry, const st
                                                                  : FailureKind::Internal;
         return Failure{kind, std::move(result).error().within(what)};
     }
-    return TemplateInfo{name, out, result->size_bytes, 0};
+    TemplateInfo made{name, out, result->size_bytes, 0, {}, {}};
+    if (auto identity = platform_.inspect_template(out)) {
+        if (auto digested = digests_.digest(out, *identity)) {
+            made.sha256 = digested->sha256;
+        }
+    }
+    return made;
 }
 
 // ---- reads --------------------------------------------------------------------------------
@@ -579,48 +615,6 @@ void SandboxManager::get_live(const std::string& id, Callback<Sandbox> done) {
             }
         }
         done(std::move(sb));
-    });
-}
-
-void SandboxManager::list_templates(Callback<std::vector<TemplateInfo>> done) {
-    asio::post(queries_, [this, done = std::move(done)] {
-        std::map<std::string, std::size_t> users;
-        for (const auto& sb : list()) {
-            if (!sb.template_name.empty()) {
-                ++users[sb.template_name];
-            }
-        }
-        std::vector<TemplateInfo> out;
-        DIR* dir = ::opendir(options_.templates_dir.c_str());
-        if (dir == nullptr) {
-            if (errno == ENOENT) {
-                done(std::move(out));
-            } else {
-                done(internal(errno_error("list templates in " + options_.templates_dir)));
-            }
-            return;
-        }
-        while (const dirent* e = ::readdir(dir)) {
-            std::string file = e->d_name;
-            if (file.size() <= 4 || file.compare(file.size() - 4, 4, ".img") != 0) {
-                continue;
-            }
-            std::string name = file.substr(0, file.size() - 4);
-            if (!is_valid_name(name)) {
-                continue;
-            }
-            struct stat st {};
-            const std::string path = options_.templates_dir + "/" + file;
-            if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
-                continue;
-            }
-            out.push_back(
-                TemplateInfo{name, path, static_cast<std::uint64_t>(st.st_size), users[name]});
-        }
-        ::closedir(dir);
-        std::sort(out.begin(), out.end(),
-                  [](const TemplateInfo& a, const TemplateInfo& b) { return a.name < b.name; });
-        done(std::move(out));
     });
 }
 

@@ -17,6 +17,7 @@
 #include "agent/platform.hpp"
 #include "agent/sandbox.hpp"
 #include "agent/state_store.hpp"
+#include "agent/template_digests.hpp"
 
 namespace wrenn::agent {
 
@@ -31,6 +32,8 @@ struct TemplateInfo {
     std::string path;
     std::uint64_t size_bytes = 0;
     std::size_t sandboxes = 0;
+    std::string sha256;   // empty when the image cannot be used (see problem)
+    std::string problem;  // why the agent refuses this image, e.g. a symlink or a foreign owner
 };
 
 struct RecoveryReport {
@@ -110,6 +113,12 @@ class SandboxManager {
     std::optional<Failure> check_kernel() const;
     std::string make_id() const;
     std::string template_path(const std::string& name) const;
+    // templates.cpp: the image a create of `name` uses now, checked, with its digest.
+    Outcome<TemplateIdentity> identify_template(const std::string& name, const std::string& what);
+    // Whether a loop-origin sandbox's template is still the image it was made over: the
+    // identity to record from now on (nullopt for other origins), or 409 template_changed.
+    Outcome<std::optional<TemplateIdentity>> verify_template(const Sandbox& sb,
+                                                             const std::string& what);
 
     Platform& platform_;
     StateStore& store_;
@@ -117,6 +126,7 @@ class SandboxManager {
     boost::asio::thread_pool& workers_;
     boost::asio::thread_pool queries_{2};
     Metrics& metrics_;
+    TemplateDigests digests_;
 
     mutable std::mutex mu_;  // guards entries_ and every Entry's record
     std::map<std::string, EntryPtr> entries_;

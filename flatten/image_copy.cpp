@@ -246,8 +246,9 @@ Result<PendingOutput> PendingOutput::create(const std::string& out) {
         return errno_error("create a temporary file beside " + out);
     }
     PendingOutput pending(std::move(fd), std::move(temp), out);
-    // mkostemp makes 0600; an image is readable like any other file we write.
-    if (::fchmod(pending.fd(), 0644) != 0) {
+    // mkostemp makes 0600. A finished image is a template: readable by all and writable by
+    // none, so that nothing rewrites it in place under the sandboxes made over it.
+    if (::fchmod(pending.fd(), 0444) != 0) {
         return errno_error("chmod " + pending.temp_);
     }
     return pending;

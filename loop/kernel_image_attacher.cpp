@@ -11,33 +11,38 @@ namespace {
 // (e.g. dm tables) have closed it.
 class KernelAttachedImage final : public AttachedImage {
   public:
-    explicit KernelAttachedImage(LoopDevice loop) : loop_(std::move(loop)) {}
+    explicit KernelAttachedImage(LoopDevice loop)
+        : loop_(std::move(loop)), size_bytes_(loop_.size_bytes()) {}
     const std::string& device() const override { return loop_.path(); }
+    std::uint64_t size_bytes() const override { return size_bytes_; }
 
   private:
     LoopDevice loop_;
+    std::uint64_t size_bytes_;  // fixed while bound: a loop does not follow its file's size
 };
 
 class KernelImageAttacher final : public ImageAttacher {
   public:
-    Result<std::unique_ptr<AttachedImage>> attach_read_only(const std::string& image) override {
+    Result<std::unique_ptr<AttachedImage>> attach_read_only(const ImageFile& image) override {
         // Reuse first: after an agent restart the image's loop is still held by dm tables, and
         // a second loop on the same file would split the page cache between two devices.
-        auto existing = LoopDevice::open_existing(image, /*read_only=*/true);
+        auto existing =
+            LoopDevice::open_existing(image.device, image.inode, image.path, /*read_only=*/true);
         if (!existing) {
             return std::move(existing).error();
         }
         if (existing->has_value()) {
-            spdlog::info("attach {}: reusing {}", image, (*existing)->path());
+            spdlog::info("attach {}: reusing {}", image.path, (*existing)->path());
             return std::unique_ptr<AttachedImage>(
                 std::make_unique<KernelAttachedImage>(std::move(**existing)));
         }
         auto loop = LoopDevice::attach(
-            image, AttachOptions{.read_only = true, .direct_io = true, .autoclear = true});
+            image.fd, image.path,
+            AttachOptions{.read_only = true, .direct_io = true, .autoclear = true});
         if (!loop) {
             return std::move(loop).error();
         }
-        spdlog::info("attach {}: bound {}{}", image, loop->path(),
+        spdlog::info("attach {}: bound {}{}", image.path, loop->path(),
                      loop->direct_io() ? " (direct I/O)" : "");
         return std::unique_ptr<AttachedImage>(
             std::make_unique<KernelAttachedImage>(std::move(*loop)));

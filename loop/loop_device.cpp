@@ -180,11 +180,16 @@ void LoopDevice::close() {
 }
 
 Result<LoopDevice> LoopDevice::attach(const std::string& file, const AttachOptions& opts) {
-    const std::string action = "attach " + file;
     UniqueFd backing(::open(file.c_str(), (opts.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC));
     if (!backing) {
-        return Error(action + ": open backing file", errno);
+        return Error("attach " + file + ": open backing file", errno);
     }
+    return attach(backing.get(), file, opts);
+}
+
+Result<LoopDevice> LoopDevice::attach(int backing_fd, const std::string& file,
+                                      const AttachOptions& opts) {
+    const std::string action = "attach " + file;
     UniqueFd control(::open("/dev/loop-control", O_RDWR | O_CLOEXEC));
     if (!control) {
         return Error(action + ": open /dev/loop-control", errno);
@@ -217,7 +222,7 @@ Result<LoopDevice> LoopDevice::attach(const std::string& file, const AttachOptio
             }
             return Error(action + ": open " + path, errno);
         }
-        const int err = configure(loop_fd.get(), backing.get(), file, flags, path);
+        const int err = configure(loop_fd.get(), backing_fd, file, flags, path);
         if (err == EBUSY) {
             spdlog::debug("{}: {} was bound by someone else first (try {} of {}); taking another",
                           action, path, attempt, kMaxAttachAttempts);
@@ -243,17 +248,23 @@ Result<LoopDevice> LoopDevice::attach(const std::string& file, const AttachOptio
 
 Result<std::optional<LoopDevice>> LoopDevice::open_existing(const std::string& file,
                                                             bool read_only) {
-    const std::string action = "find a loop bound to " + file;
     struct stat st {};
     if (::stat(file.c_str(), &st) != 0) {
-        return Error(action + ": stat", errno);
+        return Error("find a loop bound to " + file + ": stat", errno);
     }
+    return open_existing(st.st_dev, st.st_ino, file, read_only);
+}
+
+Result<std::optional<LoopDevice>> LoopDevice::open_existing(dev_t backing_dev, ino_t backing_ino,
+                                                            const std::string& file,
+                                                            bool read_only) {
+    const std::string action = "find a loop bound to " + file;
     auto bound = list_bound();
     if (!bound) {
         return std::move(bound).error().within(action);
     }
     for (const LoopStatus& candidate : *bound) {
-        if (candidate.backing_dev != st.st_dev || candidate.backing_ino != st.st_ino ||
+        if (candidate.backing_dev != backing_dev || candidate.backing_ino != backing_ino ||
             candidate.read_only != read_only) {
             continue;
         }
@@ -273,8 +284,8 @@ Result<std::optional<LoopDevice>> LoopDevice::open_existing(const std::string& f
             }
             return std::move(info).error().within(action);
         }
-        const bool same = info->lo_device == static_cast<std::uint64_t>(st.st_dev) &&
-                          info->lo_inode == static_cast<std::uint64_t>(st.st_ino) &&
+        const bool same = info->lo_device == static_cast<std::uint64_t>(backing_dev) &&
+                          info->lo_inode == static_cast<std::uint64_t>(backing_ino) &&
                           ((info->lo_flags & LO_FLAGS_READ_ONLY) != 0) == read_only &&
                           info->lo_offset == 0 && info->lo_sizelimit == 0;
         if (!same) {

@@ -39,11 +39,19 @@ class LoopDevice {
     // Binds a free loop to `file`. Retries a bounded number of times when another process takes
     // the free loop first (EBUSY). Direct I/O that the kernel refuses is dropped, never fatal.
     static Result<LoopDevice> attach(const std::string& file, const AttachOptions& opts);
+    // The same over a file the caller opened (and checked): the loop serves exactly that inode,
+    // whatever its path names by now. `file` is for messages.
+    static Result<LoopDevice> attach(int backing_fd, const std::string& file,
+                                     const AttachOptions& opts);
 
     // A loop already bound to this file (same st_dev + st_ino, same read-only-ness, no offset or
     // size limit), opened and re-verified after open (it may have been cleared or rebound in
     // between). nullopt if none.
     static Result<std::optional<LoopDevice>> open_existing(const std::string& file, bool read_only);
+    // The same for a file known by its device and inode (`file` is for messages).
+    static Result<std::optional<LoopDevice>> open_existing(dev_t backing_dev, ino_t backing_ino,
+                                                           const std::string& file,
+                                                           bool read_only);
 
     // Every bound loop. Loops that unbind while we look are left out.
     static Result<std::vector<LoopStatus>> list_bound();

@@ -9,3 +9,5 @@ wrenn_kernel_test(NAME "agent concurrency" SCRIPT integration/agent_concurrency.
 wrenn_kernel_test(NAME "agent crash" SCRIPT integration/agent_crash.sh TIMEOUT 1800)
 wrenn_kernel_test(NAME "agent faults" SCRIPT integration/agent_faults.sh)
 wrenn_kernel_test(NAME "agent tcmu" SCRIPT integration/agent_tcmu.sh)
+wrenn_kernel_test(NAME "agent templates" SCRIPT integration/agent_templates.sh)
+wrenn_kernel_test(NAME "agent udev" SCRIPT integration/agent_udev.sh)

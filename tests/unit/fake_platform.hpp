@@ -8,7 +8,10 @@
 #include <mutex>
 #include <set>
 
+#include <unistd.h>
+
 #include "agent/platform.hpp"
+#include "agent/template_image.hpp"
 
 namespace wrenn::agent::testing {
 
@@ -44,6 +47,29 @@ class FakePlatform : public Platform {
         return counts;
     }
 
+    // Templates are real files in the test's temp folder, owned by whoever runs the tests.
+    std::size_t templates_hashed = 0;
+    Result<TemplateIdentity> inspect_template(const std::string& path) override {
+        auto image = open_template(path, ::geteuid());
+        if (!image) {
+            return std::move(image).error();
+        }
+        return image->identity;
+    }
+    Result<std::string> hash_template(const std::string& path,
+                                      const TemplateIdentity& expected) override {
+        auto image = open_template(path, ::geteuid());
+        if (!image) {
+            return std::move(image).error();
+        }
+        if (image->identity.inode != expected.inode) {
+            return Error("hash " + path, ESTALE);
+        }
+        std::lock_guard lock(mu);
+        ++templates_hashed;
+        return agent::hash_template(path, *image);
+    }
+
     Result<AttachedOrigin> acquire_origin(const OriginSpec& origin) override {
         std::lock_guard lock(mu);
         calls.push_back("acquire " + origin.key());
@@ -52,8 +78,12 @@ class FakePlatform : public Platform {
         }
         ++origin_refs[origin.key()];
         attached_ever.insert(origin.key());
+        std::uint64_t size = origin.size_bytes.value_or(origin_size);
+        if (origin.type == OriginSpec::Type::Loop && origin.identity) {
+            size = origin.identity->size_bytes / 512 * 512;  // as a loop serves it
+        }
         return AttachedOrigin{origin.type == OriginSpec::Type::Loop ? "/dev/loop7" : "/dev/sda",
-                              origin.size_bytes.value_or(origin_size)};
+                              size};
     }
 
     void release_origin(const OriginSpec& origin) override {

@@ -1,0 +1,32 @@
+#pragma once
+
+// Opening a template image the way the agent trusts it: never through a symlink, only a regular
+// file owned by the expected user (root) that others cannot write, and known from then on by
+// the descriptor, not the path.
+
+#include <sys/types.h>
+
+#include <string>
+
+#include "agent/sandbox.hpp"
+#include "common/result.hpp"
+#include "common/unique_fd.hpp"
+
+namespace wrenn::agent {
+
+// An open, checked template image and what it was when opened (no digest yet).
+struct TemplateImage {
+    UniqueFd fd;
+    TemplateIdentity identity;
+};
+
+// Opens `path` read-only with O_NOFOLLOW (a symlink as the last component is ELOOP) and checks
+// the open file: regular (EINVAL), owned by `owner` (EPERM), not writable by others (EPERM).
+// Every error names the path and says what to change.
+Result<TemplateImage> open_template(const std::string& path, uid_t owner);
+
+// SHA-256 of the whole image, read from `image.fd`; ESTALE if its size, mtime or ctime move
+// while it is read (someone is writing it).
+Result<std::string> hash_template(const std::string& path, const TemplateImage& image);
+
+}  // namespace wrenn::agent

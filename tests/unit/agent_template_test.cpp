@@ -1,0 +1,216 @@
+// Template identity: a sandbox is only ever resumed or flattened over the image it was made over.
+// The templates are real files in the fixture's temp folder; the kernel is the fake.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "agent/template_image.hpp"
+#include "agent_fixture.hpp"
+#include "common/digest.hpp"
+#include "common/file.hpp"
+
+using namespace wrenn::agent;
+using namespace wrenn::agent::testing;
+
+namespace {
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << bytes;
+}
+
+// A template with recognisable bytes: `fill` repeated over `size` bytes.
+std::string content(char fill, std::size_t size = 1 << 20) {
+    return std::string(size, fill);
+}
+
+bool exists(const std::string& path) {
+    struct stat st {};
+    return ::stat(path.c_str(), &st) == 0;
+}
+
+struct TemplateFixture : AgentFixture {
+    std::string base = templates_dir() + "/base.img";
+    TemplateFixture() {
+        write_bytes(base, content('a'));
+        restart();
+    }
+    // Replaces the image the way `cp new tmp && mv tmp base.img` does: a new inode.
+    void replace_by_rename(const std::string& bytes) {
+        write_bytes(base + ".new", bytes);
+        std::filesystem::rename(base + ".new", base);
+    }
+};
+
+}  // namespace
+
+TEST_CASE("create records the template's identity and sha256", "[agent][template]") {
+    TemplateFixture f;
+    auto sb = f.create("sb1");
+    REQUIRE(sb.ok());
+    REQUIRE(sb->origin.identity.has_value());
+    struct stat st {};
+    REQUIRE(::stat(f.base.c_str(), &st) == 0);
+    CHECK(sb->origin.identity->inode == st.st_ino);
+    CHECK(sb->origin.identity->size_bytes == (1u << 20));
+    CHECK(sb->origin.identity->sha256 == wrenn::sha256_hex(content('a')));
+    CHECK(api_view(sb.value()).at("template_sha256").as_string() == wrenn::sha256_hex(content('a')));
+    // The record on disk carries it too.
+    auto text = wrenn::read_file(f.store->record_path("sb1"), 1 << 20);
+    REQUIRE(text.ok());
+    CHECK(text->find(wrenn::sha256_hex(content('a'))) != std::string::npos);
+}
+
+TEST_CASE("the digest is computed once per version of the image, across restarts",
+          "[agent][template]") {
+    TemplateFixture f;
+    REQUIRE(f.create("sb1").ok());
+    REQUIRE(f.create("sb2").ok());
+    CHECK(f.platform.templates_hashed == 1);
+    f.restart();
+    REQUIRE(f.create("sb3").ok());
+    CHECK(f.platform.templates_hashed == 1);  // from <state-dir>/template-digests.json
+    write_bytes(f.base, content('b'));
+    auto sb4 = f.create("sb4");
+    REQUIRE(sb4.ok());
+    CHECK(f.platform.templates_hashed == 2);
+    CHECK(sb4->origin.identity->sha256 == wrenn::sha256_hex(content('b')));
+}
+
+TEST_CASE("resume refuses a template rewritten in place, and works once it is restored",
+          "[agent][template]") {
+    TemplateFixture f;
+    REQUIRE(f.create("sb1").ok());
+    REQUIRE(f.pause("sb1").ok());
+    write_bytes(f.base, content('b'));  // same size, other bytes
+    auto refused = f.resume("sb1");
+    REQUIRE_FALSE(refused.ok());
+    CHECK(refused.failure().kind == FailureKind::TemplateChanged);
+    CHECK(failure_http_status(refused.failure().kind) == 409);
+    CHECK(failure_code(refused.failure().kind) == "template_changed");
+    const std::string message = refused.failure().error.message();
+    CHECK(message.find("template 'base'") != std::string::npos);
+    CHECK(message.find("put the original image back") != std::string::npos);
+    CHECK(message.find(wrenn::sha256_hex(content('a'))) != std::string::npos);
+    CHECK(exists(f.store->cow_path("sb1")));  // the CoW is kept
+    CHECK(f.manager->get("sb1")->state == SandboxState::Paused);
+    CHECK(f.platform.devices.empty());
+
+    write_bytes(f.base, content('a'));  // restored: new mtime, same bytes
+    auto resumed = f.resume("sb1");
+    REQUIRE(resumed.ok());
+    CHECK(resumed->state == SandboxState::Running);
+    struct stat st {};
+    REQUIRE(::stat(f.base.c_str(), &st) == 0);
+    CHECK(resumed->origin.identity->mtime_ns ==
+          static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec);
+}
+
+TEST_CASE("resume refuses a template replaced by rename or resized; the same bytes pass",
+          "[agent][template]") {
+    TemplateFixture f;
+    REQUIRE(f.create("sb1").ok());
+    REQUIRE(f.pause("sb1").ok());
+
+    f.replace_by_rename(content('c'));
+    auto renamed = f.resume("sb1");
+    REQUIRE_FALSE(renamed.ok());
+    CHECK(renamed.failure().kind == FailureKind::TemplateChanged);
+    CHECK(renamed.failure().error.message().find("another file") != std::string::npos);
+
+    f.replace_by_rename(content('a', 2 << 20));  // resized
+    auto resized = f.resume("sb1");
+    REQUIRE_FALSE(resized.ok());
+    CHECK(resized.failure().kind == FailureKind::TemplateChanged);
+    CHECK(resized.failure().error.message().find("size 1048576 -> 2097152") != std::string::npos);
+
+    std::filesystem::remove(f.base);
+    auto gone = f.resume("sb1");
+    REQUIRE_FALSE(gone.ok());
+    CHECK(gone.failure().kind == FailureKind::TemplateChanged);
+    CHECK(gone.failure().error.message().find("is gone") != std::string::npos);
+
+    f.replace_by_rename(content('a'));  // a copy of the original: another inode, same bytes
+    auto resumed = f.resume("sb1");
+    REQUIRE(resumed.ok());
+    struct stat st {};
+    REQUIRE(::stat(f.base.c_str(), &st) == 0);
+    CHECK(resumed->origin.identity->inode == st.st_ino);
+    // The new identity is what the record says now, so a restart agrees.
+    f.restart();
+    CHECK(f.manager->get("sb1")->origin.identity->inode == st.st_ino);
+}
+
+TEST_CASE("flatten refuses a changed template", "[agent][template]") {
+    TemplateFixture f;
+    REQUIRE(f.create("sb1").ok());
+    REQUIRE(f.pause("sb1").ok());
+    write_bytes(f.base, content('z'));
+    auto out = f.flatten("sb1", "derived");
+    REQUIRE_FALSE(out.ok());
+    CHECK(out.failure().kind == FailureKind::TemplateChanged);
+    for (const auto& call : f.platform.calls) {
+        CHECK(call.rfind("flatten", 0) != 0);
+    }
+}
+
+TEST_CASE("create refuses a symlinked, other-writable or non-regular template", "[agent][template]") {
+    TemplateFixture f;
+    const std::string outside = f.tmp.path() + "/outside.img";
+    write_bytes(outside, content('s'));
+    REQUIRE(::symlink(outside.c_str(), (f.templates_dir() + "/link.img").c_str()) == 0);
+    auto linked = f.create("sb1", "link");
+    REQUIRE_FALSE(linked.ok());
+    CHECK(linked.failure().kind == FailureKind::InvalidRequest);
+    CHECK(linked.failure().error.message().find("symlink") != std::string::npos);
+
+    write_bytes(f.templates_dir() + "/open.img", content('o'));
+    REQUIRE(::chmod((f.templates_dir() + "/open.img").c_str(), 0646) == 0);
+    auto writable = f.create("sb2", "open");
+    REQUIRE_FALSE(writable.ok());
+    CHECK(writable.failure().kind == FailureKind::InvalidRequest);
+    CHECK(writable.failure().error.message().find("writable by other users") != std::string::npos);
+
+    REQUIRE(::mkfifo((f.templates_dir() + "/fifo.img").c_str(), 0600) == 0);
+    auto fifo = f.create("sb3", "fifo");  // must not hang on the open
+    REQUIRE_FALSE(fifo.ok());
+    CHECK(fifo.failure().kind == FailureKind::InvalidRequest);
+    CHECK(fifo.failure().error.message().find("not a regular file") != std::string::npos);
+
+    CHECK(f.platform.devices.empty());
+    CHECK_FALSE(exists(f.store->sandbox_dir("sb1")));
+}
+
+TEST_CASE("open_template checks the owner", "[agent][template]") {
+    TempDir tmp;
+    const std::string path = tmp.path() + "/t.img";
+    write_bytes(path, content('x', 4096));
+    auto mine = open_template(path, ::geteuid());
+    REQUIRE(mine.ok());
+    auto foreign = open_template(path, ::geteuid() + 1);
+    REQUIRE_FALSE(foreign.ok());
+    CHECK(foreign.error().code() == EPERM);
+    CHECK(foreign.error().message().find("owned by uid") != std::string::npos);
+    auto sha = hash_template(path, *mine);
+    REQUIRE(sha.ok());
+    CHECK(*sha == wrenn::sha256_hex(content('x', 4096)));
+}
+
+TEST_CASE("GET /templates data: each template's sha256, and why one is refused",
+          "[agent][template]") {
+    TemplateFixture f;
+    write_bytes(f.templates_dir() + "/open.img", content('o'));
+    REQUIRE(::chmod((f.templates_dir() + "/open.img").c_str(), 0646) == 0);
+    auto list = f.wait<std::vector<TemplateInfo>>([&](auto cb) { f.manager->list_templates(cb); });
+    REQUIRE(list.ok());
+    REQUIRE(list->size() == 2);
+    CHECK(list.value()[0].name == "base");
+    CHECK(list.value()[0].sha256 == wrenn::sha256_hex(content('a')));
+    CHECK(list.value()[1].name == "open");
+    CHECK(list.value()[1].sha256.empty());
+    CHECK(list.value()[1].problem.find("writable by other users") != std::string::npos);
+}
