@@ -277,6 +277,12 @@ TEST_CASE("loop: 8 acquires of one image share one loop; releasing all removes i
     REQUIRE(::geteuid() == 0);
     ScratchImage image("registry");
     LoopRegistry registry(wrenn::loop::make_kernel_image_attacher());
+    // As the agent does: the image opened once and known by its inode.
+    wrenn::UniqueFd fd(::open(image.path().c_str(), O_RDONLY | O_CLOEXEC));
+    REQUIRE(fd.valid());
+    struct stat st {};
+    REQUIRE(::fstat(fd.get(), &st) == 0);
+    const wrenn::loop::ImageFile file{image.path(), fd.get(), st.st_dev, st.st_ino};
     constexpr int kAcquires = 8;
     std::vector<std::string> devices(kAcquires);
     std::vector<std::string> errors(kAcquires);
@@ -286,9 +292,9 @@ TEST_CASE("loop: 8 acquires of one image share one loop; releasing all removes i
         for (int i = 0; i < kAcquires; ++i) {
             threads.emplace_back([&, i] {
                 start.arrive_and_wait();
-                auto device = registry.acquire(image.path());
+                auto device = registry.acquire(file);
                 if (device.ok()) {
-                    devices[i] = *device;
+                    devices[i] = device->device;
                 } else {
                     errors[i] = device.error().message();
                 }
@@ -302,7 +308,7 @@ TEST_CASE("loop: 8 acquires of one image share one loop; releasing all removes i
         CHECK(e.empty());
     }
     CHECK(std::set<std::string>(devices.begin(), devices.end()).size() == 1);
-    CHECK(registry.references(image.path()) == kAcquires);
+    CHECK(registry.references(file.key()) == kAcquires);
     CHECK(registry.attached() == 1);
     auto bound = loops_bound_to(image.path());
     REQUIRE(bound.size() == 1);
@@ -310,7 +316,7 @@ TEST_CASE("loop: 8 acquires of one image share one loop; releasing all removes i
     CHECK(read_line("/sys/block/loop" + std::to_string(bound[0]) + "/ro") == "1");
 
     for (int i = 0; i < kAcquires; ++i) {
-        registry.release(image.path());
+        registry.release(file.key());
     }
     CHECK(registry.attached() == 0);
     CHECK(eventually([&] { return !loop_bound(bound[0]); }));
