@@ -399,6 +399,9 @@ Result<std::size_t> apply_exceptions(int cow_fd, int out_fd,
     if (!buf) {
         return std::move(buf).error();
     }
+    // The snapshot saw the origin through a block device, in whole 512-byte sectors: the bytes
+    // of a partial last sector were never part of it, so no chunk may overwrite them.
+    const std::uint64_t seen = origin_size / 512 * 512;
     std::size_t applied = 0;
     for (std::size_t i = 0; i < by_cow.size();) {
         const std::uint64_t first = by_cow[i].new_chunk;
@@ -424,13 +427,13 @@ Result<std::size_t> apply_exceptions(int cow_fd, int out_fd,
                 ++run;
             }
             const std::uint64_t dst = by_cow[k].old_chunk * chunk_bytes;
-            if (dst >= origin_size) {
+            if (dst >= seen) {
                 return Error("apply origin chunk " + std::to_string(by_cow[k].old_chunk), EINVAL,
-                             "past the origin's " + std::to_string(origin_size) + " bytes");
+                             "past the " + std::to_string(seen) + " bytes the snapshot saw");
             }
-            // The origin's last chunk may be partial: only its bytes inside the origin count.
+            // The origin's last chunk may be partial: only its bytes the snapshot saw count.
             const auto len =
-                static_cast<std::size_t>(std::min(run * chunk_bytes, origin_size - dst));
+                static_cast<std::size_t>(std::min(run * chunk_bytes, seen - dst));
             const std::byte* src = buf->get() + (by_cow[k].new_chunk - first) * chunk_bytes;
             if (auto w = pwrite_full(out_fd, src, len, dst); !w) {
                 return std::move(w).error();

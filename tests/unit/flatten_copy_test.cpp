@@ -107,8 +107,10 @@ struct Fixture {
         std::uint8_t seed = 100;
         for (const auto& e : ex) {
             fill_chunk(bytes, e.new_chunk, seed);
+            // The snapshot saw the origin in whole sectors: of the partial last chunk, the
+            // CoW's bytes count up to the last whole sector; the 488 after it stay the origin's.
             const std::uint64_t dst = e.old_chunk * kChunk;
-            const std::uint64_t len = std::min(kChunk, size - dst);
+            const std::uint64_t len = std::min(kChunk, size / 512 * 512 - dst);
             std::memcpy(expected.data() + dst, bytes.data() + e.new_chunk * kChunk, len);
             seed += 17;
         }
