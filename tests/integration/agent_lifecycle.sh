@@ -215,10 +215,14 @@ api POST /sandboxes '{"id": "tcp2", "template": "base"}'
 expect_eq "TCP without the token: create" "$STATUS" 401
 api GET /healthz
 expect_eq "TCP without the token: healthz is open to supervisors" "$STATUS" 200
+# The token holds on every listener, the unix socket beside TCP included.
 CURL=(curl --unix-socket "$SOCK")
 URL=http://localhost
 api GET /sandboxes/sb1
-expect_eq "the unix socket beside it needs no token" "$STATUS" 200
+expect_eq "the unix socket without the token" "$STATUS" 401
+CURL=(curl --unix-socket "$SOCK" -H "@$WORK/auth-header")
+api GET /sandboxes/sb1
+expect_eq "the unix socket with the token" "$STATUS" 200
 expect_eq "sb1 untouched by the refused calls" "$(json state)" running
 expect_true "SIGTERM after the token checks" stop_agent
 
