@@ -169,8 +169,8 @@ HttpResponse json_error(const HttpRequest& request, unsigned status, std::string
     return json_response(request, status, body);
 }
 
-Api::Api(SandboxManager& manager, Platform& platform, Metrics& metrics)
-    : manager_(manager), platform_(platform), metrics_(metrics) {}
+Api::Api(SandboxManager& manager, Platform& platform, Metrics& metrics, ApiOptions options)
+    : manager_(manager), platform_(platform), metrics_(metrics), options_(std::move(options)) {}
 
 void Api::handle(HttpRequest&& request_in, Respond respond) {
     // The request outlives this call: answers may come from the worker pool.
@@ -206,7 +206,14 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
         }
         const KernelSupport support = platform_.support();
         const bool ok = support.device_mapper && support.loop;
-        return respond(json_response(req, ok ? 200 : 503, health_json(support)));
+        json::object health = health_json(support);
+        health["insecure_tcp"] = options_.insecure_tcp;
+        if (options_.insecure_tcp) {
+            health["warning"] =
+                "serving TCP without a token (--insecure-tcp): anyone who can connect may "
+                "create and destroy sandboxes";
+        }
+        return respond(json_response(req, ok ? 200 : 503, health));
     }
     if (parts.size() == 1 && parts[0] == "metrics") {
         if (verb != http::verb::get) {
@@ -217,6 +224,9 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
         const auto counts = platform_.attached_origins();
         gauges.loops_attached = counts.loops;
         gauges.tcmu_origins_attached = counts.tcmu;
+        if (options_.connections) {
+            gauges.connections = options_.connections();
+        }
         return respond(make_response(req, 200, metrics_.render(gauges),
                                      "text/plain; version=0.0.4; charset=utf-8"));
     }
@@ -258,11 +268,18 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
         }
         CreateRequest create;
         std::optional<std::string> problem;
-        create.id = string_field(body.object, "id", problem).value_or("");
+        const auto id = string_field(body.object, "id", problem);
         auto template_name = string_field(body.object, "template", problem);
         if (problem) {
             return bad_request(*problem);
         }
+        // Only an absent id asks for a generated one; "" is a mistake, not a wish.
+        if (id && id->empty()) {
+            return bad_request(
+                "field 'id' is empty; leave it out to get a generated id, or give one that "
+                "matches [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
+        }
+        create.id = id.value_or("");
         if (!create.id.empty() && !is_valid_name(create.id)) {
             return bad_request("field 'id' must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
         }

@@ -12,7 +12,7 @@ namespace po = boost::program_options;
 namespace {
 
 constexpr const char* kUsage =
-    R"(wrenn-agent: copy-on-write root filesystems for sandboxes, from shared templates.
+    R"usage(wrenn-agent: copy-on-write root filesystems for sandboxes, from shared templates.
 
 Usage:
   wrenn-agent [serve] [options]         run the HTTP API (the default)
@@ -26,19 +26,28 @@ Usage:
 
 Templates are image files <templates-dir>/<name>.img. Each sandbox keeps its CoW and record in
 <state-dir>/sandboxes/<id>/. The API is documented in docs/api.md; try
-  curl -X POST localhost:7070/sandboxes -d '{"id": "sb1", "template": "base"}'
+  curl --unix-socket /run/wrenn/agent.sock http://localhost/healthz
+  curl --unix-socket /run/wrenn/agent.sock --json '{"id": "sb1", "template": "base"}' \
+      http://localhost/sandboxes
 
-Options)";
+Who may call the API: by default it listens only on the unix socket /run/wrenn/agent.sock, in a
+directory the agent creates 0750; the socket is 0660 with group "wrenn" when that group exists
+(add callers to it), else 0600 (root only). A TCP listener, loopback included, needs
+--token-file (curl -H "Authorization: Bearer $(cat FILE)"), unless --insecure-tcp is given.
+Every listener refuses requests carrying an Origin header (403: browsers) and bodies that are
+not Content-Type: application/json (415).
+
+Options)usage";
 
 po::options_description serve_options(ServeOptions& o) {
     po::options_description desc(kUsage);
     desc.add_options()("help,h", "print this help and exit")("version",
                                                              "print the version and exit")(
         "listen", po::value(&o.listen)->composing()->value_name("ADDR"),
-        "where to serve: HOST:PORT, [IPv6]:PORT or unix:/path (repeatable; default "
-        "127.0.0.1:7070). Anything but loopback or a unix socket needs --token-file")(
-        "state-dir", po::value(&o.state_dir)->value_name("DIR"),
-        "sandbox records and CoW files (default /var/lib/wrenn)")(
+        "where to serve: unix:/path, HOST:PORT or [IPv6]:PORT (repeatable; default "
+        "unix:/run/wrenn/agent.sock). A TCP address, loopback included, needs --token-file "
+        "or --insecure-tcp")("state-dir", po::value(&o.state_dir)->value_name("DIR"),
+                             "sandbox records and CoW files (default /var/lib/wrenn)")(
         "templates-dir", po::value(&o.templates_dir)->value_name("DIR"),
         "template images <name>.img (default <state-dir>/templates)")(
         "log-level", po::value(&o.log_level)->value_name("LEVEL"),
@@ -46,11 +55,16 @@ po::options_description serve_options(ServeOptions& o) {
         "log-format", po::value(&o.log_format)->value_name("FORMAT"),
         "text or json: one JSON object per line (default text)")(
         "token-file", po::value<std::string>()->value_name("FILE"),
-        "file holding the bearer token every request except GET /healthz must present")(
-        "insecure-no-token", po::bool_switch(&o.insecure_no_token),
-        "allow a non-loopback --listen without a token (only where the network itself is "
-        "private, as in the test VM)")("workers", po::value(&o.workers)->value_name("N"),
-                                       "threads for kernel operations (default 16)")(
+        "file holding the bearer token (16 characters or more, chmod 600) every request "
+        "except GET /healthz must present as \"Authorization: Bearer TOKEN\"")(
+        "insecure-tcp", po::bool_switch(&o.insecure_tcp),
+        "serve TCP without a token: anyone who can connect may create and destroy sandboxes. "
+        "Only where the network itself is private (as in the test VM); logged at start and "
+        "shown in /healthz. The Host header must then name loopback or the --listen address")(
+        "max-connections", po::value(&o.max_connections)->value_name("N"),
+        "connections each listener holds at a time; beyond it new ones are closed at once "
+        "and counted in /metrics (default 256)")("workers", po::value(&o.workers)->value_name("N"),
+                                                 "threads for kernel operations (default 16)")(
         "cleanup-stale", po::bool_switch(&o.cleanup_stale),
         "clean up stale devices for boot, then exit (see above)");
     return desc;
@@ -88,13 +102,16 @@ Command parse_command_line(const std::vector<std::string>& args_in) {
         options.token_file = vm["token-file"].as<std::string>();
     }
     if (options.listen.empty()) {
-        options.listen = {"127.0.0.1:7070"};
+        options.listen = {"unix:/run/wrenn/agent.sock"};
     }
     if (options.templates_dir.empty()) {
         options.templates_dir = options.state_dir + "/templates";
     }
     if (options.log_format != "text" && options.log_format != "json") {
         return PrintAndExit{"wrenn-agent: --log-format must be text or json\n", 2};
+    }
+    if (options.max_connections == 0 || options.max_connections > 65536) {
+        return PrintAndExit{"wrenn-agent: --max-connections must be between 1 and 65536\n", 2};
     }
     if (options.workers == 0 || options.workers > 1024) {
         return PrintAndExit{"wrenn-agent: --workers must be between 1 and 1024\n", 2};

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstddef>
 #include <iosfwd>
 #include <optional>
 #include <string>
@@ -11,13 +12,15 @@
 namespace wrenn::agent {
 
 struct ServeOptions {
-    std::vector<std::string> listen{"127.0.0.1:7070"};
+    std::vector<std::string> listen{"unix:/run/wrenn/agent.sock"};
     std::string state_dir = "/var/lib/wrenn";
     std::string templates_dir;  // default: <state-dir>/templates
     std::string log_level = "info";
     std::string log_format = "text";
     std::optional<std::string> token_file;
-    bool insecure_no_token = false;
+    // --insecure-tcp: serve TCP without a token (only on a network that is private itself).
+    bool insecure_tcp = false;
+    std::size_t max_connections = 256;  // per listener
     unsigned workers = 16;
     bool cleanup_stale = false;  // --cleanup-stale: clean up for boot and exit
 };

@@ -43,6 +43,18 @@ std::string Metrics::render(const Gauges& gauges) const {
         "# HELP wrenn_tcmu_origins_attached TCMU origins held by the agent.\n"
         "# TYPE wrenn_tcmu_origins_attached gauge\n";
     out += "wrenn_tcmu_origins_attached " + std::to_string(gauges.tcmu_origins_attached) + "\n";
+    if (gauges.connections) {
+        out +=
+            "# HELP wrenn_connections_open HTTP connections open now.\n"
+            "# TYPE wrenn_connections_open gauge\n";
+        out += "wrenn_connections_open " + std::to_string(gauges.connections->open) + "\n";
+        out +=
+            "# HELP wrenn_connections_refused_total Connections closed at once because their "
+            "listener held --max-connections.\n"
+            "# TYPE wrenn_connections_refused_total counter\n";
+        out +=
+            "wrenn_connections_refused_total " + std::to_string(gauges.connections->refused) + "\n";
+    }
 
     std::lock_guard lock(mu_);
     out +=

@@ -5,10 +5,17 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 
 namespace wrenn::agent {
+
+// The HTTP transport's connections, as /metrics shows them.
+struct ConnectionCounts {
+    std::size_t open = 0;
+    std::uint64_t refused = 0;  // closed at once: their listener held --max-connections
+};
 
 // Operation durations (a histogram per operation) and errors by operation and code, rendered
 // in Prometheus' text format. Thread-safe.
@@ -24,6 +31,7 @@ class Metrics {
         std::map<std::string, std::size_t> sandboxes_by_state;
         std::size_t loops_attached = 0;
         std::size_t tcmu_origins_attached = 0;
+        std::optional<ConnectionCounts> connections;
     };
     [[nodiscard]] std::string render(const Gauges& gauges) const;
 

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "agent/api.hpp"
+#include "agent/fd_limit.hpp"
 #include "agent/linux_platform.hpp"
 #include "agent/logging.hpp"
 #include "agent/sandbox_manager.hpp"
@@ -73,16 +74,20 @@ int serve_with(const ServeOptions& options, Platform& platform) {
         return 2;
     }
     http::ServerOptions server_options;
-    bool remote = false;
+    server_options.max_connections = options.max_connections;
+    std::optional<std::string> first_tcp;
     for (const auto& text : options.listen) {
         auto address = http::parse_listen_address(text);
         if (!address) {
             spdlog::error("--listen {}: {}", text, address.error().message());
             return 2;
         }
-        remote = remote || !address->is_loopback();
+        if (address->kind == http::ListenAddress::Kind::Tcp && !first_tcp) {
+            first_tcp = address->to_string();
+        }
         server_options.listen.push_back(*address);
     }
+    bool insecure_tcp = false;
     if (options.token_file) {
         auto token = read_token(*options.token_file);
         if (!token) {
@@ -90,14 +95,23 @@ int serve_with(const ServeOptions& options, Platform& platform) {
             return 2;
         }
         server_options.bearer_token = *token;
-    } else if (remote && !options.insecure_no_token) {
+    } else if (first_tcp && !options.insecure_tcp) {
+        // Loopback too: every local user, container with host networking and web page in a
+        // browser on this host can reach it.
         spdlog::error(
-            "a --listen address other than loopback or a unix socket needs --token-file "
-            "(anyone who can reach it could create and destroy sandboxes)");
+            "--listen {}: a TCP listener, loopback included, needs --token-file (anyone who can "
+            "connect could create and destroy sandboxes); give --token-file FILE, use the unix "
+            "socket (the default), or --insecure-tcp where the network itself is private",
+            *first_tcp);
         return 2;
-    } else if (remote) {
-        spdlog::warn("serving beyond loopback without a token (--insecure-no-token)");
+    } else if (first_tcp) {
+        insecure_tcp = true;
+        spdlog::warn(
+            "serving TCP without a token (--insecure-tcp): anyone who can connect to {} may "
+            "create and destroy sandboxes",
+            *first_tcp);
     }
+    raise_fd_limit(server_options.listen.size(), server_options.max_connections);
 
     auto store = StateStore::open(options.state_dir);
     if (!store) {
@@ -116,7 +130,16 @@ int serve_with(const ServeOptions& options, Platform& platform) {
     // Without device-mapper no snapshot can exist, so running records become paused: true.
     log_report(manager.recover());
 
-    Api api(manager, platform, metrics);
+    // Set before the io_context runs, so before any request can read it.
+    http::Server* serving = nullptr;
+    ApiOptions api_options;
+    api_options.insecure_tcp = insecure_tcp;
+    api_options.connections = [&serving] {
+        return serving == nullptr
+                   ? ConnectionCounts{}
+                   : ConnectionCounts{serving->connections(), serving->connections_refused()};
+    };
+    Api api(manager, platform, metrics, std::move(api_options));
     asio::io_context ioc;
     auto server = http::Server::create(ioc, server_options,
                                        [&api](http::Request&& request, http::Respond respond) {
@@ -126,6 +149,7 @@ int serve_with(const ServeOptions& options, Platform& platform) {
         spdlog::error("{}", server.error().message());
         return 1;
     }
+    serving = server->get();
     for (const auto& address : (*server)->bound()) {
         spdlog::info("wrenn-agent serving on {} (state {}, templates {})", address.to_string(),
                      store->state_dir(), options.templates_dir);

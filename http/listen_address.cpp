@@ -129,4 +129,67 @@ Result<ListenAddress> parse_listen_address(std::string_view text) {
     return out;
 }
 
+bool host_header_allowed(std::string_view host, const ListenAddress& listener) {
+    std::string_view name = host;
+    std::string_view port;
+    if (name.starts_with('[')) {
+        const auto close = name.find(']');
+        if (close == std::string_view::npos) {
+            return false;
+        }
+        port = name.substr(close + 1);
+        name = name.substr(1, close - 1);
+        if (!port.empty() && port.front() != ':') {
+            return false;
+        }
+        boost::system::error_code ec;
+        boost::asio::ip::make_address_v6(std::string(name), ec);
+        if (ec) {
+            return false;
+        }
+    } else {
+        const auto colon = name.find(':');
+        if (colon != std::string_view::npos) {
+            port = name.substr(colon);
+            name = name.substr(0, colon);
+        }
+    }
+    if (!port.empty()) {
+        port.remove_prefix(1);  // the ':'
+        if (port.empty() || port.size() > 5 ||
+            port.find_first_not_of("0123456789") != std::string_view::npos ||
+            std::stoul(std::string(port)) > 65535) {
+            return false;
+        }
+    }
+    if (name.empty()) {
+        return false;
+    }
+    std::string lower(name);
+    for (auto& c : lower) {
+        c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
+    }
+    if (lower == "localhost") {
+        return true;
+    }
+    boost::system::error_code ec;
+    const auto address = boost::asio::ip::make_address(lower, ec);
+    if (ec || lower.find('%') != std::string::npos) {
+        return false;  // a host name, or an IPv6 zone that only confuses matters
+    }
+    ListenAddress as_listen;
+    as_listen.host = lower;
+    if (as_listen.is_loopback()) {
+        return true;
+    }
+    if (listener.kind != ListenAddress::Kind::Tcp) {
+        return false;
+    }
+    const auto own = boost::asio::ip::make_address(listener.host, ec);
+    if (ec) {
+        return false;
+    }
+    return own.is_unspecified() || own == address;
+}
+
 }  // namespace wrenn::http

@@ -27,4 +27,10 @@ struct ListenAddress {
 // names are refused because resolving them would block and could change under us.
 Result<ListenAddress> parse_listen_address(std::string_view text);
 
+// Whether a request's Host header ("127.0.0.1:7070", "[::1]", "localhost") names a loopback
+// address or the TCP listener's own address, with or without a port; for a wildcard listener
+// (0.0.0.0, ::) any IP literal. A host name other than localhost is refused: that is what a
+// DNS-rebinding page in a browser sends.
+bool host_header_allowed(std::string_view host, const ListenAddress& listener);
+
 }  // namespace wrenn::http

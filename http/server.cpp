@@ -31,6 +31,7 @@
 #include <unordered_map>
 
 #include "common/unique_fd.hpp"
+#include "http/socket_dir.hpp"
 
 namespace wrenn::http {
 
@@ -96,6 +97,37 @@ bool authorized(const std::optional<std::string>& token, const bhttp::request_he
     return constant_time_equal(value, *token);
 }
 
+// RFC 9110 section 8.3.1: type and subtype are case-insensitive; parameters (charset=utf-8)
+// follow a ';'.
+bool is_json_media_type(std::string_view value) {
+    std::string_view type = value.substr(0, value.find(';'));
+    while (!type.empty() && (type.front() == ' ' || type.front() == '\t')) {
+        type.remove_prefix(1);
+    }
+    while (!type.empty() && (type.back() == ' ' || type.back() == '\t')) {
+        type.remove_suffix(1);
+    }
+    return iequals_ascii(type, "application/json");
+}
+
+// A header value to quote in a message: header values may carry bytes 0x80-0xFF (obs-text),
+// which would make the JSON error body invalid UTF-8, so they are percent-encoded.
+std::string printable(std::string_view value) {
+    static constexpr char kHex[] = "0123456789ABCDEF";
+    std::string out;
+    for (const char c : value.substr(0, 100)) {
+        const auto u = static_cast<unsigned char>(c);
+        if (u >= 0x20 && u < 0x7f && c != '"') {
+            out += c;
+        } else {
+            out += '%';
+            out += kHex[u >> 4];
+            out += kHex[u & 0xf];
+        }
+    }
+    return value.size() > 100 ? out + "..." : out;
+}
+
 }  // namespace
 
 Response error_response(unsigned version, bhttp::status status, std::string_view code,
@@ -132,6 +164,7 @@ struct ServerState {
     const ServerOptions opts;
     const Handler handler;
     std::atomic<std::size_t> connections{0};
+    std::atomic<std::uint64_t> refused{0};
     std::atomic<bool> draining{false};
     std::atomic<std::uint64_t> next_id{1};
 
@@ -158,6 +191,66 @@ struct ServerState {
     }
 };
 
+// What the sessions of one listener share with it.
+struct ListenerInfo {
+    std::string name;  // "127.0.0.1:7070", "unix:/run/wrenn/agent.sock"
+    // Set for a TCP listener: the address a Host header may name besides loopback.
+    std::optional<ListenAddress> tcp;
+    std::atomic<std::size_t> connections{0};
+};
+
+// Why the transport refuses a request, from its header alone (so before a body is invited).
+struct Refusal {
+    bhttp::status status;
+    std::string_view code;
+    std::string message;
+};
+
+// The transport's rules, in order: no Origin header (only browsers send one, and no web page
+// may drive the server), an allowed Host on a TCP listener without a token (DNS rebinding),
+// the bearer token, and JSON for a body or any Content-Type (a browser's cross-origin "simple"
+// POST can only be text/plain, form-urlencoded or multipart, so it cannot pass).
+std::optional<Refusal> refusal(const ServerOptions& opts, const ListenerInfo& listener,
+                               const bhttp::request_header<>& req, bool has_body) {
+    if (req.find(bhttp::field::origin) != req.end()) {
+        return Refusal{bhttp::status::forbidden, "origin_refused",
+                       "requests with an Origin header are refused: browsers send one, and no "
+                       "web page may drive the agent; call the API from a program (curl, a "
+                       "client library), which sends none"};
+    }
+    if (listener.tcp && !opts.bearer_token) {
+        const auto it = req.find(bhttp::field::host);
+        // HTTP/1.0 may leave Host out, and no browser does: nothing to rebind then.
+        const std::string_view host =
+            it == req.end() ? std::string_view() : std::string_view(it->value());
+        const bool bare_http10 = it == req.end() && req.version() < 11;
+        if (!bare_http10 && !host_header_allowed(host, *listener.tcp)) {
+            return Refusal{
+                bhttp::status::forbidden, "host_refused",
+                (it == req.end() ? std::string("a request without a Host header")
+                                 : "Host \"" + printable(host) + "\"") +
+                    " is refused: without a token this listener takes only a Host naming a "
+                    "loopback address or " +
+                    listener.tcp->to_string() + " (this stops DNS rebinding); use http://" +
+                    listener.tcp->to_string() + "/ or run the agent with --token-file"};
+        }
+    }
+    if (!authorized(opts.bearer_token, req)) {
+        return Refusal{bhttp::status::unauthorized, "unauthorized",
+                       "missing or wrong bearer token"};
+    }
+    const auto type = req.find(bhttp::field::content_type);
+    if ((type != req.end() && !is_json_media_type(type->value())) ||
+        (type == req.end() && has_body)) {
+        return Refusal{bhttp::status::unsupported_media_type, "unsupported_media_type",
+                       "a request body must be JSON sent with \"Content-Type: application/json\" "
+                       "(curl: --json '{...}'); got " +
+                           (type == req.end() ? std::string("no Content-Type")
+                                              : "\"" + printable(type->value()) + "\"")};
+    }
+    return std::nullopt;
+}
+
 // One listening socket and its accept loop.
 class ListenerBase {
   public:
@@ -169,7 +262,7 @@ class ListenerBase {
 
 namespace {
 
-std::string describe_peer(const tcp::socket& socket) {
+std::string describe_peer(const tcp::socket& socket, const ListenerInfo&) {
     boost::system::error_code ec;
     const auto ep = socket.remote_endpoint(ec);
     if (ec) {
@@ -179,10 +272,9 @@ std::string describe_peer(const tcp::socket& socket) {
                                 : ep.address().to_string() + ":" + std::to_string(ep.port());
 }
 
-std::string describe_peer(const unix_socket::socket& socket) {
-    boost::system::error_code ec;
-    const auto ep = socket.local_endpoint(ec);
-    return ec ? "unix:?" : "unix:" + ep.path();
+// The peer of a unix socket has no address; the listener's path says where it came in.
+std::string describe_peer(const unix_socket::socket&, const ListenerInfo& listener) {
+    return listener.name;
 }
 
 // One HTTP/1.1 connection: reads requests one at a time with limits and timeouts, checks the
@@ -195,10 +287,13 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     using Socket = typename Protocol::socket;
     using Stream = beast::basic_stream<Protocol>;
 
-    Session(std::shared_ptr<ServerState> state, Socket socket)
+    // The listener has counted this connection in listener->connections already.
+    Session(std::shared_ptr<ServerState> state, std::shared_ptr<ListenerInfo> listener,
+            Socket socket)
         : state_(std::move(state)),
+          listener_(std::move(listener)),
           id_(state_->next_id.fetch_add(1)),
-          peer_(describe_peer(socket)),
+          peer_(describe_peer(socket, *listener_)),
           strand_(socket.get_executor()),
           stream_(std::move(socket)),
           handler_timer_(strand_) {
@@ -208,6 +303,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     ~Session() override {
         state_->remove(id_);
         state_->connections.fetch_sub(1);
+        listener_->connections.fetch_sub(1);
         spdlog::debug("http: connection {} from {} closed", id_, peer_);
     }
 
@@ -293,13 +389,11 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     // for a second) before sending the body (RFC 9110 section 10.1.1). Refuse an unauthorized
     // request before its body, else invite the body.
     void answer_expect_continue() {
-        if (!authorized(opts().bearer_token, parser_->get())) {
-            request_version_ = parser_->get().version();
-            spdlog::warn("http: connection {} from {}: missing or wrong bearer token", id_, peer_);
-            auto res = error_response(request_version_, bhttp::status::unauthorized, "unauthorized",
-                                      "missing or wrong bearer token", false);
-            res.set(bhttp::field::www_authenticate, "Bearer");
-            write(std::move(res), false);
+        const auto& header = parser_->get();
+        const bool has_body = parser_->chunked() || parser_->content_length().value_or(0) > 0;
+        if (auto refused = refusal(opts(), *listener_, header, has_body)) {
+            request_version_ = header.version();
+            write(refused_response(header, *refused, false), false);
             return;
         }
         static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -366,14 +460,8 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
         request_is_head_ = req.method() == bhttp::verb::head;
         const std::uint64_t seq = ++seq_;
 
-        if (!authorized(opts().bearer_token, req)) {
-            spdlog::warn("http: connection {} from {}: {} {}: missing or wrong bearer token", id_,
-                         peer_, std::string_view(req.method_string()),
-                         std::string_view(req.target()));
-            auto res = error_response(request_version_, bhttp::status::unauthorized, "unauthorized",
-                                      "missing or wrong bearer token", request_keep_alive_);
-            res.set(bhttp::field::www_authenticate, "Bearer");
-            on_response(seq, std::move(res));
+        if (auto refused = refusal(opts(), *listener_, req, !req.body().empty() || req.chunked())) {
+            on_response(seq, refused_response(req, *refused, request_keep_alive_));
             return;
         }
 
@@ -402,6 +490,18 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
             on_response(seq, error_response(request_version_, bhttp::status::internal_server_error,
                                             "internal_error", "internal error", false));
         }
+    }
+
+    Response refused_response(const bhttp::request_header<>& req, const Refusal& refused,
+                              bool keep_alive) {
+        spdlog::warn("http: connection {} from {}: {} {}: {}", id_, peer_,
+                     printable(req.method_string()), printable(req.target()), refused.message);
+        auto res = error_response(req.version(), refused.status, refused.code, refused.message,
+                                  keep_alive);
+        if (refused.status == bhttp::status::unauthorized) {
+            res.set(bhttp::field::www_authenticate, "Bearer");
+        }
+        return res;
     }
 
     void on_response(std::uint64_t seq, Response res) {
@@ -508,6 +608,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     static constexpr std::size_t kLingerLimit = 1024 * 1024;
 
     std::shared_ptr<ServerState> state_;
+    std::shared_ptr<ListenerInfo> listener_;
     const std::uint64_t id_;
     const std::string peer_;
     const typename Socket::executor_type strand_;
@@ -537,10 +638,12 @@ class Listener final : public ListenerBase,
   public:
     using Acceptor = typename Protocol::acceptor;
 
-    Listener(net::io_context& ioc, std::shared_ptr<ServerState> state, std::string name)
+    Listener(net::io_context& ioc, std::shared_ptr<ServerState> state,
+             std::shared_ptr<ListenerInfo> info)
         : ioc_(ioc),
           state_(std::move(state)),
-          name_(std::move(name)),
+          info_(std::move(info)),
+          name_(info_->name),
           acceptor_(ioc),
           retry_timer_(ioc) {}
 
@@ -548,9 +651,10 @@ class Listener final : public ListenerBase,
 
     Acceptor& acceptor() { return acceptor_; }
 
-    // For a unix socket: the file to remove on close, if it is still the one we bound.
-    void own_socket_file(std::string path, dev_t dev, ino_t ino) {
-        socket_path_ = std::move(path);
+    // For a unix socket: the file to remove on close, if it is still the one we bound; it is
+    // removed through the directory handle, never by a path that could now lead elsewhere.
+    void own_socket_file(SocketDir dir, dev_t dev, ino_t ino) {
+        socket_dir_ = std::move(dir);
         socket_dev_ = dev;
         socket_ino_ = ino;
     }
@@ -569,13 +673,16 @@ class Listener final : public ListenerBase,
         boost::system::error_code ec;
         acceptor_.close(ec);
         retry_timer_.cancel();
-        if (!socket_path_.empty()) {
+        if (socket_dir_.dir) {
+            const int dir = socket_dir_.dir.get();
+            const char* name = socket_dir_.name.c_str();
             struct stat st {};
             // Another server may have replaced the file since; leave its socket alone.
-            if (::lstat(socket_path_.c_str(), &st) == 0 && st.st_dev == socket_dev_ &&
-                st.st_ino == socket_ino_ && ::unlink(socket_path_.c_str()) != 0) {
-                spdlog::warn("http: remove {}: {}", socket_path_, describe_errno(errno));
+            if (::fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_dev == socket_dev_ &&
+                st.st_ino == socket_ino_ && ::unlinkat(dir, name, 0) != 0) {
+                spdlog::warn("http: remove {}: {}", socket_dir_.path(), describe_errno(errno));
             }
+            socket_dir_.dir.reset();
         }
         spdlog::debug("http: stopped listening on {}", name_);
     }
@@ -599,7 +706,22 @@ class Listener final : public ListenerBase,
         if (!ec) {
             // Asio accepts without SOCK_CLOEXEC; the agent never execs, but keep the rule.
             ::fcntl(socket.native_handle(), F_SETFD, FD_CLOEXEC);
-            std::make_shared<Session<Protocol>>(state_, std::move(socket))->run();
+            // Only this accept loop adds to the count, one accept at a time, so it never
+            // overshoots. A refused connection costs an fd for a moment, not for a timeout.
+            if (info_->connections.load() >= state_->opts.max_connections) {
+                const std::uint64_t refused = state_->refused.fetch_add(1) + 1;
+                boost::system::error_code ignored;
+                socket.close(ignored);
+                if (refused == 1 || refused % 1000 == 0) {
+                    spdlog::warn(
+                        "http: {} holds {} connections (--max-connections); closing new ones at "
+                        "once ({} so far)",
+                        name_, state_->opts.max_connections, refused);
+                }
+            } else {
+                info_->connections.fetch_add(1);
+                std::make_shared<Session<Protocol>>(state_, info_, std::move(socket))->run();
+            }
         }
         std::lock_guard lock(mutex_);
         if (closed_) {
@@ -622,12 +744,13 @@ class Listener final : public ListenerBase,
 
     net::io_context& ioc_;
     std::shared_ptr<ServerState> state_;
+    std::shared_ptr<ListenerInfo> info_;
     const std::string name_;
     std::mutex mutex_;
     Acceptor acceptor_;
     net::steady_timer retry_timer_;
     bool closed_ = false;
-    std::string socket_path_;
+    SocketDir socket_dir_;
     dev_t socket_dev_ = 0;
     ino_t socket_ino_ = 0;
 };
@@ -647,7 +770,9 @@ Result<std::shared_ptr<ListenerBase>> open_tcp(net::io_context& ioc,
         return listen_error(address, EINVAL, "not an IP address");
     }
     const tcp::endpoint endpoint(ip, address.port);
-    auto listener = std::make_shared<Listener<tcp>>(ioc, state, address.to_string());
+    auto info = std::make_shared<ListenerInfo>();
+    info->name = address.to_string();
+    auto listener = std::make_shared<Listener<tcp>>(ioc, state, info);
     UniqueFd fd(::socket(ip.is_v6() ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!fd) {
         return listen_error(address, errno);
@@ -671,6 +796,9 @@ Result<std::shared_ptr<ListenerBase>> open_tcp(net::io_context& ioc,
     }
     bound = address;
     bound.port = acceptor.local_endpoint(ec).port();
+    // Written before start(): no session reads it yet.
+    info->name = bound.to_string();
+    info->tcp = bound;
     spdlog::info("http: listening on {}", bound.to_string());
     return std::shared_ptr<ListenerBase>(std::move(listener));
 }
@@ -691,30 +819,46 @@ bool unix_socket_is_live(const std::string& path) {
     return errno == EAGAIN || errno == EINPROGRESS;  // backlog full: someone is listening
 }
 
+// The socket file is made through a directory handle that was checked (open_socket_dir): no
+// symlink is followed, an old file is replaced only if it is a dead socket, and the file gets
+// its group and mode before listen(); until then connect() is refused, so nobody gets in
+// through the umask's mode in between.
 Result<std::shared_ptr<ListenerBase>> open_unix(net::io_context& ioc,
                                                 const std::shared_ptr<ServerState>& state,
                                                 const ListenAddress& address,
                                                 ListenAddress& bound) {
-    const std::string& path = address.path;
+    auto dir = open_socket_dir(address.path, state->opts.unix_socket_group);
+    if (!dir) {
+        return std::move(dir).error().within("listen " + address.to_string());
+    }
+    // Copies: *dir moves into the listener below, the descriptor number stays valid with it.
+    const int dirfd = dir->dir.get();
+    const std::string name_copy = dir->name;
+    const char* name = name_copy.c_str();
+    const std::string via = dir->bind_path();
     struct stat st {};
-    if (::lstat(path.c_str(), &st) == 0) {
+    if (::fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
         if (!S_ISSOCK(st.st_mode)) {
             return listen_error(address, EEXIST,
-                                "the path is not a socket; refusing to replace it");
+                                S_ISLNK(st.st_mode)
+                                    ? "the path is a symbolic link; refusing to replace it"
+                                    : "the path is not a socket; refusing to replace it");
         }
-        if (unix_socket_is_live(path)) {
+        if (unix_socket_is_live(via)) {
             return listen_error(address, EADDRINUSE, "another server is listening on it");
         }
         // A socket file left by a server that died: bind() would fail with EADDRINUSE.
-        if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+        if (::unlinkat(dirfd, name, 0) != 0 && errno != ENOENT) {
             return listen_error(address, errno, "removing the stale socket file");
         }
-        spdlog::info("http: removed stale socket file {}", path);
+        spdlog::info("http: removed stale socket file {}", address.path);
     } else if (errno != ENOENT) {
         return listen_error(address, errno);
     }
 
-    auto listener = std::make_shared<Listener<unix_socket>>(ioc, state, address.to_string());
+    auto info = std::make_shared<ListenerInfo>();
+    info->name = address.to_string();
+    auto listener = std::make_shared<Listener<unix_socket>>(ioc, state, info);
     UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!fd) {
         return listen_error(address, errno);
@@ -726,25 +870,39 @@ Result<std::shared_ptr<ListenerBase>> open_unix(net::io_context& ioc,
         return listen_error(address, ec.value());
     }
     fd.release();
-    acceptor.bind(unix_socket::endpoint(path), ec);
+    // bind() creates the file and fails with EADDRINUSE on anything already there, a symlink
+    // included: it never follows one.
+    acceptor.bind(unix_socket::endpoint(via), ec);
     if (ec) {
         return listen_error(address, ec.value());
     }
-    if (::lstat(path.c_str(), &st) != 0) {
+    if (::fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
         return listen_error(address, errno, "stat after bind");
     }
-    listener->own_socket_file(path, st.st_dev, st.st_ino);
-    // Connecting needs write permission on the socket file. Until listen() below, connect()
-    // is refused, so nobody gets in through the umask's mode before this chmod.
-    if (::chmod(path.c_str(), 0600) != 0) {
-        return listen_error(address, errno, "chmod 0600");
+    if (!S_ISSOCK(st.st_mode)) {
+        return listen_error(address, EEXIST, "the socket file was replaced during bind");
+    }
+    const std::optional<gid_t> group = dir->group;
+    const mode_t mode = dir->socket_mode();
+    listener->own_socket_file(std::move(*dir), st.st_dev, st.st_ino);
+    // Connecting needs write permission on the socket file.
+    if (group &&
+        ::fchownat(dirfd, name, static_cast<uid_t>(-1), *group, AT_SYMLINK_NOFOLLOW) != 0) {
+        return listen_error(address, errno, "chown to group " + state->opts.unix_socket_group);
+    }
+    // fchmodat cannot refuse a symlink, but the file was a socket just above and nobody else
+    // may write in the checked directory.
+    if (::fchmodat(dirfd, name, mode, 0) != 0) {
+        return listen_error(address, errno, mode == 0660 ? "chmod 0660" : "chmod 0600");
     }
     acceptor.listen(net::socket_base::max_listen_connections, ec);
     if (ec) {
         return listen_error(address, ec.value());
     }
     bound = address;
-    spdlog::info("http: listening on {}", bound.to_string());
+    spdlog::info("http: listening on {} (mode {}{})", bound.to_string(),
+                 mode == 0660 ? "0660" : "0600",
+                 group ? ", group " + state->opts.unix_socket_group : "");
     return std::shared_ptr<ListenerBase>(std::move(listener));
 }
 
@@ -812,6 +970,10 @@ void Server::stop_accepting() {
 
 std::size_t Server::connections() const {
     return state_->connections.load();
+}
+
+std::uint64_t Server::connections_refused() const {
+    return state_->refused.load();
 }
 
 std::vector<ListenAddress> Server::bound() const {

@@ -6,6 +6,7 @@
 #include <boost/beast/http/string_body.hpp>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -34,7 +35,10 @@ using Handler = std::function<void(Request&&, Respond)>;
 struct ServerOptions {
     std::vector<ListenAddress> listen;
     // When set, every request except GET /healthz needs "Authorization: Bearer <token>",
-    // else 401 JSON.
+    // else 401 JSON. Without it, a TCP listener takes only a Host header naming a loopback
+    // address or the listener's own (else 403), so that a DNS-rebinding web page cannot reach
+    // it. On every listener: a request with an Origin header is refused (403), and a request
+    // with a body, or any Content-Type, must be "application/json" (else 415).
     std::optional<std::string> bearer_token;
     std::size_t body_limit = 64 * 1024;     // larger -> 413 JSON
     std::size_t header_limit = 8 * 1024;    // larger -> 431 JSON
@@ -44,6 +48,13 @@ struct ServerOptions {
     // Wait for a handler's response. Long on purpose: a flatten of a large image may take
     // minutes, and closing the connection would lose its answer, not stop the work.
     std::chrono::seconds handler_timeout{3600};
+    // Each listener holds at most this many connections at a time; beyond it a new connection
+    // is accepted and closed at once (counted in connections_refused()), so idle sockets on
+    // one listener can neither use up the process's file descriptors nor lock out the others.
+    std::size_t max_connections = 256;
+    // Unix sockets get this group and mode 0660 when the group exists, else mode 0600; a
+    // directory the server creates for a socket is 0750, with that group.
+    std::string unix_socket_group = "wrenn";
 };
 
 namespace detail {
@@ -71,6 +82,8 @@ class Server {
     void stop_accepting();
     // Live connections, including those waiting for a handler's response.
     std::size_t connections() const;
+    // Connections closed at once because their listener already held max_connections.
+    std::uint64_t connections_refused() const;
     // The addresses listened on, with the real port where port 0 was asked for.
     std::vector<ListenAddress> bound() const;
 

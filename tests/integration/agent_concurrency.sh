@@ -23,10 +23,11 @@ wait_calls() {
 call() {
     local name=$1 method=$2 path=$3 data=${4:-}
     if [ -n "$data" ]; then
-        curl -s -o "$out/$name.body" -w '%{http_code}' --max-time 120 -X "$method" -d "$data" "$URL$path" >"$out/$name" &
+        "${CURL[@]}" -s -o "$out/$name.body" -w '%{http_code}' --max-time 120 -X "$method" \
+            -H 'Content-Type: application/json' -d "$data" "$URL$path" >"$out/$name" &
         CALLS+=($!)
     else
-        curl -s -o "$out/$name.body" -w '%{http_code}' --max-time 120 -X "$method" "$URL$path" >"$out/$name" &
+        "${CURL[@]}" -s -o "$out/$name.body" -w '%{http_code}' --max-time 120 -X "$method" "$URL$path" >"$out/$name" &
         CALLS+=($!)
     fi
 }

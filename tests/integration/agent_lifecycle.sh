@@ -2,7 +2,8 @@
 # The agent end to end, in a real kernel: 8 sandboxes on one template share one loop; writes
 # survive pause/resume; a held-open device makes pause fail and the sandbox stays running;
 # kill -9 and restart adopts running sandboxes and removes stale devices; --cleanup-stale at
-# boot; destroy leaves nothing behind.
+# boot; the listeners (unix socket, TCP with a token, --insecure-tcp) and what they refuse;
+# destroy leaves nothing behind.
 here=$(dirname "$0")
 source "$here/lib.sh"
 
@@ -148,6 +149,100 @@ expect_eq "and the base template's bytes elsewhere" \
     "$(dd if="$TEMPLATES/base.img" bs=1M skip=20 count=1 status=none | sha256sum)"
 api DELETE /sandboxes/fromgold
 expect_eq "destroy fromgold" "$STATUS" 204
+
+# --- listeners: the unix socket by default; TCP only with a token or --insecure-tcp -------------
+expected_mode=600
+getent group wrenn >/dev/null && expected_mode=660
+expect_true "the agent listens on a unix socket" test -S "$SOCK"
+expect_eq "the unix socket's mode" "$(stat -c %a "$SOCK")" "$expected_mode"
+# What a program may not send, on the real binary.
+STATUS=$(curl --unix-socket "$SOCK" -s -o /dev/null -w '%{http_code}' -H 'Content-Type: text/plain' \
+    -d '{"id": "plain", "template": "base"}' http://localhost/sandboxes)
+expect_eq "a text/plain body" "$STATUS" 415
+STATUS=$(curl --unix-socket "$SOCK" -s -o /dev/null -w '%{http_code}' -H 'Origin: http://evil.example' \
+    --json '{"id": "web", "template": "base"}' http://localhost/sandboxes)
+expect_eq "a request with an Origin header" "$STATUS" 403
+api GET /sandboxes/plain
+expect_eq "neither created a sandbox" "$STATUS" 404
+expect_true "SIGTERM before the TCP checks" stop_agent
+expect_true "the socket file is removed at exit" test ! -e "$SOCK"
+
+"$AGENT" serve --listen "127.0.0.1:$PORT" --state-dir "$STATE" --templates-dir "$TEMPLATES" \
+    >"$WORK/no-token.log" 2>&1
+expect_eq "a TCP listener without a token refuses to start" "$?" 2
+expect_true "and says to give --token-file or --insecure-tcp" \
+    grep -q -- "needs --token-file.*--insecure-tcp" "$WORK/no-token.log"
+expect_true "having opened no socket" test ! -e "$SOCK"
+
+TOKEN=$WORK/token
+head -c 32 /dev/urandom | base64 | tr -d '/+=\n' >"$TOKEN"
+chmod 600 "$TOKEN"
+printf 'Authorization: Bearer %s\n' "$(cat "$TOKEN")" >"$WORK/auth-header"
+LISTEN=(--listen "unix:$SOCK" --listen "127.0.0.1:$PORT" --token-file "$TOKEN")
+CURL=(curl -H "@$WORK/auth-header")
+URL=http://127.0.0.1:$PORT
+require "agent starts with a TCP listener and a token" start_agent
+api GET /healthz
+expect_eq "TCP with a token: healthz" "$STATUS" 200
+expect_eq "not insecure" "$(json insecure_tcp)" False
+api GET /sandboxes
+expect_eq "TCP with a token: list" "$STATUS" 200
+api POST /sandboxes '{"id": "tcp1", "template": "base"}'
+expect_eq "TCP with a token: create" "$STATUS" 201
+api GET /sandboxes/tcp1
+expect_eq "TCP with a token: get" "$STATUS" 200
+api POST /sandboxes/tcp1/pause
+expect_eq "TCP with a token: pause" "$STATUS" 200
+api POST /sandboxes/tcp1/resume
+expect_eq "TCP with a token: resume" "$STATUS" 200
+api POST /sandboxes/tcp1/pause
+api POST /sandboxes/tcp1/flatten '{"template": "tcpgold"}'
+expect_eq "TCP with a token: flatten" "$STATUS" 201
+api GET /templates
+expect_eq "TCP with a token: templates" "$STATUS" 200
+api GET /metrics
+expect_eq "TCP with a token: metrics" "$STATUS" 200
+expect_true "metrics count connections" grep -q '^wrenn_connections_refused_total 0$' <<<"$BODY"
+api DELETE /sandboxes/tcp1
+expect_eq "TCP with a token: destroy" "$STATUS" 204
+CURL=(curl)
+for route in "GET /sandboxes" "GET /sandboxes/sb1" "POST /sandboxes/sb1/pause" "DELETE /sandboxes/sb1" \
+    "GET /templates" "GET /metrics"; do
+    api $route
+    expect_eq "TCP without the token: $route" "$STATUS" 401
+done
+api POST /sandboxes '{"id": "tcp2", "template": "base"}'
+expect_eq "TCP without the token: create" "$STATUS" 401
+api GET /healthz
+expect_eq "TCP without the token: healthz is open to supervisors" "$STATUS" 200
+# The token holds on every listener, the unix socket beside TCP included.
+CURL=(curl --unix-socket "$SOCK")
+URL=http://localhost
+api GET /sandboxes/sb1
+expect_eq "the unix socket without the token" "$STATUS" 401
+CURL=(curl --unix-socket "$SOCK" -H "@$WORK/auth-header")
+api GET /sandboxes/sb1
+expect_eq "the unix socket with the token" "$STATUS" 200
+expect_eq "sb1 untouched by the refused calls" "$(json state)" running
+expect_true "SIGTERM after the token checks" stop_agent
+
+LISTEN=(--listen "unix:$SOCK" --listen "127.0.0.1:$PORT" --insecure-tcp)
+CURL=(curl)
+URL=http://127.0.0.1:$PORT
+require "agent starts with --insecure-tcp" start_agent
+api GET /healthz
+expect_eq "--insecure-tcp shows in healthz" "$(json insecure_tcp)" True
+expect_true "with a warning" test -n "$(json warning)"
+expect_true "and in the log" grep -q "without a token (--insecure-tcp)" "$AGENT_LOG"
+api GET /sandboxes
+expect_eq "--insecure-tcp: list" "$STATUS" 200
+STATUS=$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: rebind.evil.example' "$URL/sandboxes")
+expect_eq "--insecure-tcp: a foreign Host header" "$STATUS" 403
+expect_true "SIGTERM after the insecure checks" stop_agent
+LISTEN=(--listen "unix:$SOCK")
+CURL=(curl --unix-socket "$SOCK")
+URL=http://localhost
+require "agent starts on its unix socket again" start_agent
 
 # --- destroy all: nothing left ------------------------------------------------------------------
 for i in $(seq 1 8); do

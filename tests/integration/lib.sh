@@ -12,7 +12,12 @@ WORK=/scratch/$PREFIX
 STATE=$WORK/state
 TEMPLATES=$STATE/templates
 PORT=${WRENN_TEST_PORT:-7070}
-URL=http://127.0.0.1:$PORT
+# The agent listens where it does by default, on a unix socket (per test, under $WORK); api and
+# start_agent call it through CURL and URL, which a test may point at a TCP listener instead.
+SOCK=$WORK/agent.sock
+LISTEN=(--listen "unix:$SOCK")
+CURL=(curl --unix-socket "$SOCK")
+URL=http://localhost
 AGENT_PID=""
 AGENT_LOG=$WORK/agent.log
 PASSED=0
@@ -55,10 +60,10 @@ api() {
     local out
     out=$(mktemp)
     if [ -n "$data" ]; then
-        STATUS=$(curl -s -o "$out" -w '%{http_code}' -X "$method" -H 'Content-Type: application/json' \
+        STATUS=$("${CURL[@]}" -s -o "$out" -w '%{http_code}' -X "$method" -H 'Content-Type: application/json' \
             --max-time 60 -d "$data" "$URL$path")
     else
-        STATUS=$(curl -s -o "$out" -w '%{http_code}' -X "$method" --max-time 60 "$URL$path")
+        STATUS=$("${CURL[@]}" -s -o "$out" -w '%{http_code}' -X "$method" --max-time 60 "$URL$path")
     fi
     BODY=$(cat "$out")
     rm -f "$out"
@@ -73,12 +78,12 @@ print("" if v is None else v)' "$BODY" "$1"
 }
 
 start_agent() {
-    "$AGENT" serve --listen "127.0.0.1:$PORT" --state-dir "$STATE" --templates-dir "$TEMPLATES" \
+    "$AGENT" serve "${LISTEN[@]}" --state-dir "$STATE" --templates-dir "$TEMPLATES" \
         --log-level debug "$@" \
         >>"$AGENT_LOG" 2>&1 &
     AGENT_PID=$!
     for _ in $(seq 1 100); do
-        if curl -s -o /dev/null --max-time 1 "$URL/healthz"; then
+        if "${CURL[@]}" -s -o /dev/null --max-time 1 "$URL/healthz"; then
             return 0
         fi
         if ! kill -0 "$AGENT_PID" 2>/dev/null; then

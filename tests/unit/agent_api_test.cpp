@@ -221,6 +221,45 @@ TEST_CASE("healthz reports what the kernel offers", "[api]") {
           "no device-mapper");
 }
 
+TEST_CASE("an explicit empty id is a 400; only an absent id asks for a generated one", "[api]") {
+    ApiFixture f;
+    auto empty = f.call(http::verb::post, "/sandboxes", R"({"id": "", "template": "base"})");
+    CHECK(empty.result_int() == 400);
+    CHECK(ApiFixture::error_code(empty) == "invalid_request");
+    CHECK_THAT(ApiFixture::error_message(empty), Catch::Contains("'id' is empty"));
+    CHECK(f.manager->list().empty());
+    auto absent = f.call(http::verb::post, "/sandboxes", R"({"template": "base"})");
+    REQUIRE(absent.result_int() == 201);
+    CHECK_FALSE(ApiFixture::body_of(absent).at("id").as_string().empty());
+}
+
+TEST_CASE("healthz and metrics show how the API is served", "[api]") {
+    AgentFixture base;
+    ApiOptions options;
+    options.insecure_tcp = true;
+    options.connections = [] { return ConnectionCounts{7, 42}; };
+    Api api(*base.manager, base.platform, base.metrics, options);
+    auto call = [&](std::string target) {
+        HttpRequest req{http::verb::get, target, 11};
+        std::promise<HttpResponse> promise;
+        auto future = promise.get_future();
+        api.handle(std::move(req),
+                   [&promise](HttpResponse res) { promise.set_value(std::move(res)); });
+        return future.get();
+    };
+    auto health = json::parse(call("/healthz").body());
+    CHECK(health.at("insecure_tcp").as_bool());
+    CHECK_THAT(std::string(health.at("warning").as_string()), Catch::Contains("--insecure-tcp"));
+    const auto metrics = call("/metrics").body();
+    CHECK_THAT(metrics, Catch::Contains("wrenn_connections_open 7\n") &&
+                            Catch::Contains("wrenn_connections_refused_total 42\n"));
+
+    ApiFixture plain;
+    auto secure = ApiFixture::body_of(plain.call(http::verb::get, "/healthz"));
+    CHECK_FALSE(secure.at("insecure_tcp").as_bool());
+    CHECK_FALSE(secure.as_object().contains("warning"));
+}
+
 TEST_CASE("templates and metrics", "[api]") {
     ApiFixture f;
     REQUIRE(

@@ -10,7 +10,9 @@ TEST_CASE("serve is the default and has the documented defaults", "[cli]") {
         auto cmd = parse_command_line(args);
         REQUIRE(std::holds_alternative<ServeOptions>(cmd));
         const auto& o = std::get<ServeOptions>(cmd);
-        CHECK(o.listen == std::vector<std::string>{"127.0.0.1:7070"});
+        CHECK(o.listen == std::vector<std::string>{"unix:/run/wrenn/agent.sock"});
+        CHECK_FALSE(o.insecure_tcp);
+        CHECK(o.max_connections == 256);
         CHECK(o.state_dir == "/var/lib/wrenn");
         CHECK(o.templates_dir == "/var/lib/wrenn/templates");
         CHECK_FALSE(o.cleanup_stale);
@@ -47,6 +49,28 @@ TEST_CASE("the cleanup-stale, help and version flags, and usage errors", "[cli]"
     CHECK_THAT(std::get<PrintAndExit>(bad).text, Catch::Contains("no-such-flag"));
     auto format = parse_command_line({"--log-format", "xml"});
     CHECK(std::get<PrintAndExit>(format).status == 2);
+}
+
+TEST_CASE("the flags --insecure-tcp and --max-connections", "[cli]") {
+    auto cmd = parse_command_line(
+        {"--listen", "127.0.0.1:7070", "--insecure-tcp", "--max-connections", "32"});
+    REQUIRE(std::holds_alternative<ServeOptions>(cmd));
+    CHECK(std::get<ServeOptions>(cmd).insecure_tcp);
+    CHECK(std::get<ServeOptions>(cmd).max_connections == 32);
+    for (const char* bad : {"0", "65537", "-1", "many"}) {
+        INFO(bad);
+        auto refused = parse_command_line({"--max-connections", bad});
+        REQUIRE(std::holds_alternative<PrintAndExit>(refused));
+        CHECK(std::get<PrintAndExit>(refused).status == 2);
+    }
+    // The old flag is gone, folded into --insecure-tcp; it must not pass silently.
+    auto old = parse_command_line({"--insecure-no-token"});
+    REQUIRE(std::holds_alternative<PrintAndExit>(old));
+    CHECK(std::get<PrintAndExit>(old).status == 2);
+    auto help = std::get<PrintAndExit>(parse_command_line({"--help"})).text;
+    CHECK_THAT(help, Catch::Contains("--insecure-tcp") && Catch::Contains("--max-connections") &&
+                         Catch::Contains("curl --unix-socket /run/wrenn/agent.sock") &&
+                         Catch::Contains("group \"wrenn\"") && Catch::Contains("415"));
 }
 
 TEST_CASE("flatten and tcmu take the rest of the arguments", "[cli]") {

@@ -5,8 +5,10 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -57,6 +59,7 @@ std::map<std::string, std::string> tree(const fs::path& root) {
 // lands under the temp root, where tree() sees it.
 struct HostileServer {
     TempDir tmp;
+    TempDir sock_dir;  // a unix listener beside the TCP one, outside the tree() under watch
     FakePlatform platform;
     Metrics metrics;
     boost::asio::thread_pool workers{2};
@@ -79,12 +82,21 @@ struct HostileServer {
         store = std::make_unique<StateStore>(std::move(opened).value());
         manager = std::make_unique<SandboxManager>(
             platform, *store, SandboxManager::Options{templates_dir().string()}, workers, metrics);
-        api = std::make_unique<Api>(*manager, platform, metrics);
+        ApiOptions api_options;
+        api_options.connections = [this] {
+            return ConnectionCounts{server->connections(), server->connections_refused()};
+        };
+        api = std::make_unique<Api>(*manager, platform, metrics, std::move(api_options));
 
+        // As the agent runs with --insecure-tcp: TCP without a token, so the Host is checked.
         wrenn::http::ServerOptions opts;
         wrenn::http::ListenAddress address;
         address.host = "127.0.0.1";
         opts.listen.push_back(address);
+        wrenn::http::ListenAddress unix_address;
+        unix_address.kind = wrenn::http::ListenAddress::Kind::Unix;
+        unix_address.path = socket_path();
+        opts.listen.push_back(unix_address);
         opts.read_timeout = read_timeout;
         opts.idle_timeout = 10s;
         auto created = wrenn::http::Server::create(
@@ -118,6 +130,7 @@ struct HostileServer {
     fs::path root() const { return tmp.path(); }
     fs::path templates_dir() const { return root() / "agent" / "templates"; }
     std::uint16_t port() const { return server->bound().at(0).port; }
+    std::string socket_path() const { return sock_dir.path() + "/agent.sock"; }
 };
 
 // A raw-socket client with poll() deadlines, so that a broken server fails instead of hanging.
@@ -129,6 +142,14 @@ class Conn {
         addr.sin_family = AF_INET;
         addr.sin_port = htons(port);
         addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        REQUIRE(::connect(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    }
+    explicit Conn(const std::string& unix_path)
+        : fd_(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+        REQUIRE(fd_.get() >= 0);
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        unix_path.copy(addr.sun_path, sizeof addr.sun_path - 1);
         REQUIRE(::connect(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
     }
 
@@ -245,7 +266,7 @@ std::vector<std::string> changes(const std::map<std::string, std::string>& befor
 std::string request(std::string_view method, std::string_view target, std::string_view body = {},
                     std::string_view version = "HTTP/1.1") {
     std::string out = std::string(method) + " " + std::string(target) + " " + std::string(version) +
-                      "\r\nHost: test\r\n";
+                      "\r\nHost: 127.0.0.1\r\n";
     if (!body.empty() || method == "POST") {
         out += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
                "\r\n";
@@ -339,8 +360,8 @@ TEST_CASE("hostile: traversal in ids and template names is refused and touches n
         }
     }
     SECTION("a NUL byte in the request target is malformed HTTP") {
-        auto res = send_one(
-            s, std::string("GET /sandboxes/sb1") + '\0' + "/../x HTTP/1.1\r\nHost: t\r\n\r\n");
+        auto res = send_one(s, std::string("GET /sandboxes/sb1") + '\0' +
+                                   "/../x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
         CHECK(res.result_int() == 400);
     }
     SECTION("in the JSON of create and flatten") {
@@ -409,12 +430,13 @@ TEST_CASE("hostile: a body over 64 KiB answers 413", "[hostile]") {
     }
     SECTION("announced by Content-Length only, body never sent") {
         auto res = send_one(
-            s, "POST /sandboxes HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999\r\n\r\n");
+            s,
+            "POST /sandboxes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99999999999\r\n\r\n");
         CHECK(res.result_int() == 413);
     }
     SECTION("chunked") {
         std::string chunked =
-            "POST /sandboxes HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
+            "POST /sandboxes HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n";
         for (int i = 0; i < 70; ++i) {
             chunked += "400\r\n" + std::string(1024, ' ') + "\r\n";
         }
@@ -428,13 +450,13 @@ TEST_CASE("hostile: a body over 64 KiB answers 413", "[hostile]") {
 TEST_CASE("hostile: headers over 8 KiB answer 431", "[hostile]") {
     HostileServer s;
     SECTION("one long header") {
-        auto res = send_one(
-            s, "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Pad: " + std::string(9000, 'x') + "\r\n\r\n");
+        auto res = send_one(s, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " +
+                                   std::string(9000, 'x') + "\r\n\r\n");
         CHECK(res.result_int() == 431);
         CHECK(error_code(res) == "header_too_large");
     }
     SECTION("many short headers") {
-        std::string req = "GET /healthz HTTP/1.1\r\nHost: t\r\n";
+        std::string req = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n";
         for (int i = 0; i < 1000; ++i) {
             req += "X-" + std::to_string(i) + ": y\r\n";
         }
@@ -442,7 +464,8 @@ TEST_CASE("hostile: headers over 8 KiB answer 431", "[hostile]") {
         CHECK(res.result_int() == 431);
     }
     SECTION("a long request line") {
-        auto res = send_one(s, "GET /" + std::string(9000, 'a') + " HTTP/1.1\r\nHost: t\r\n\r\n");
+        auto res =
+            send_one(s, "GET /" + std::string(9000, 'a') + " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
         CHECK(res.result_int() == 431);
     }
     require_alive(s);
@@ -600,7 +623,7 @@ TEST_CASE("hostile: HTTP/1.0 is answered in 1.0 and closed", "[hostile]") {
     SECTION("versions that do not exist") {
         for (const auto* version : {"HTTP/2.0", "HTTP/0.9", "HTTP/1.9", "HTTP/9.9", "HTTX/1.1"}) {
             Conn v(s.port());
-            REQUIRE(v.send(std::string("GET /healthz ") + version + "\r\nHost: t\r\n\r\n"));
+            REQUIRE(v.send(std::string("GET /healthz ") + version + "\r\nHost: 127.0.0.1\r\n\r\n"));
             auto r = v.read();
             INFO(version);
             // Beast reads any HTTP/d.d; what it reads is answered, what it does not is a 400.
@@ -616,15 +639,17 @@ TEST_CASE("hostile: a request line with an absolute URI is routed by its path", 
     HostileServer s;
     auto res = send_one(s, "GET http://localhost:7070/healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
     CHECK(res.result_int() == 200);
-    auto created = send_one(s,
-                            "POST http://127.0.0.1/sandboxes?x=1 HTTP/1.1\r\nHost: t\r\n"
-                            "Content-Length: 19\r\n\r\n{\"template\":\"base\"}");
+    auto created = send_one(
+        s,
+        "POST http://127.0.0.1/sandboxes?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/json\r\nContent-Length: 19\r\n\r\n{\"template\":\"base\"}");
     CHECK(created.result_int() == 201);
-    auto missing = send_one(s, "GET https://evil.example/../../canary HTTP/1.1\r\nHost: t\r\n\r\n");
+    auto missing =
+        send_one(s, "GET https://evil.example/../../canary HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
     CHECK(missing.result_int() == 404);
-    auto asterisk = send_one(s, "OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n");
+    auto asterisk = send_one(s, "OPTIONS * HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
     CHECK(asterisk.result_int() == 404);
-    auto authority = send_one(s, "CONNECT localhost:7070 HTTP/1.1\r\nHost: t\r\n\r\n");
+    auto authority = send_one(s, "CONNECT localhost:7070 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
     CHECK((authority.result_int() == 400 || authority.result_int() == 404));
 }
 
@@ -642,7 +667,7 @@ TEST_CASE("hostile: PATCH, TRACE, CONNECT and unknown methods answer 405 or 404"
         }
     }
     SECTION("a method Beast cannot read is a 400") {
-        auto res = send_one(s, "G\x01T /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+        auto res = send_one(s, "G\x01T /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
         CHECK(res.result_int() == 400);
     }
     require_alive(s);
@@ -701,4 +726,123 @@ TEST_CASE("hostile: bytes that are not UTF-8 in the target still get a valid JSO
     }
     auto pct = send_one(s, request("GET", "/\xff"));
     CHECK_THAT(error_message(pct), Catch::Contains("/%FF"));
+}
+
+TEST_CASE("hostile: what a web page can send is refused and creates nothing", "[hostile]") {
+    HostileServer s;
+    const auto before = tree(s.root());
+    const auto calls_before = s.platform.calls.size();
+    const std::string body = create_body("\"web1\"");
+    const std::string len = "Content-Length: " + std::to_string(body.size()) + "\r\n";
+    SECTION("a cross-origin simple POST: text/plain, no preflight, with Origin") {
+        for (const auto* type : {"text/plain", "application/x-www-form-urlencoded",
+                                 "multipart/form-data; boundary=b"}) {
+            auto res = send_one(s,
+                                "POST /sandboxes HTTP/1.1\r\nHost: 127.0.0.1:7070\r\n"
+                                "Origin: https://evil.example\r\nContent-Type: " +
+                                    std::string(type) + "\r\n" + len + "\r\n" + body);
+            CHECK(res.result_int() == 403);
+            CHECK(error_code(res) == "origin_refused");
+        }
+        // pause, resume, flatten and DELETE the same way.
+        for (const auto* target : {"/sandboxes/sb1/pause", "/sandboxes/sb1/flatten"}) {
+            auto res = send_one(s, std::string("POST ") + target +
+                                       " HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: null\r\n"
+                                       "Content-Type: text/plain\r\nContent-Length: 0\r\n\r\n");
+            CHECK(res.result_int() == 403);
+        }
+    }
+    SECTION("a text/plain body without Origin (a client that strips it) is 415") {
+        auto res = send_one(s,
+                            "POST /sandboxes HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                            "Content-Type: text/plain;charset=UTF-8\r\n" +
+                                len + "\r\n" + body);
+        CHECK(res.result_int() == 415);
+        CHECK(error_code(res) == "unsupported_media_type");
+        auto none =
+            send_one(s, "POST /sandboxes HTTP/1.1\r\nHost: 127.0.0.1\r\n" + len + "\r\n" + body);
+        CHECK(none.result_int() == 415);
+    }
+    SECTION("a DNS-rebinding page: its own host name in Host, no token") {
+        for (const auto* host : {"evil.example", "evil.example:7070", "127.0.0.1.nip.io"}) {
+            auto res =
+                send_one(s, "POST /sandboxes HTTP/1.1\r\nHost: " + std::string(host) +
+                                "\r\nContent-Type: application/json\r\n" + len + "\r\n" + body);
+            CHECK(res.result_int() == 403);
+            CHECK(error_code(res) == "host_refused");
+            auto del = send_one(
+                s, "DELETE /sandboxes/sb1 HTTP/1.1\r\nHost: " + std::string(host) + "\r\n\r\n");
+            CHECK(del.result_int() == 403);
+        }
+    }
+    s.manager->wait_idle();
+    CHECK(s.manager->list().empty());
+    CHECK(s.platform.calls.size() == calls_before);
+    CHECK(changes(before, tree(s.root())).empty());
+    // The same create from a program is taken.
+    auto ok = send_one(s, request("POST", "/sandboxes", body));
+    CHECK(ok.result_int() == 201);
+}
+
+TEST_CASE("hostile: an explicit empty id is a 400, not a request for a generated one",
+          "[hostile]") {
+    HostileServer s;
+    auto res = send_one(s, request("POST", "/sandboxes", create_body("\"\"")));
+    CHECK(res.result_int() == 400);
+    CHECK_THAT(error_message(res), Catch::Contains("'id'"));
+    CHECK(s.manager->list().empty());
+    auto absent = send_one(s, request("POST", "/sandboxes", "{\"template\":\"base\"}"));
+    CHECK(absent.result_int() == 201);
+}
+
+TEST_CASE("hostile: 2000 idle connections neither exhaust fds nor lock out the unix socket",
+          "[hostile]") {
+    // 2,000 client sockets here plus what the server holds: make room under the hard limit.
+    rlimit lim{};
+    REQUIRE(::getrlimit(RLIMIT_NOFILE, &lim) == 0);
+    const rlim_t saved = lim.rlim_cur;
+    const rlim_t needed = 2000 + 256 + 512;
+    if (lim.rlim_cur < needed) {
+        REQUIRE(lim.rlim_max >= needed);  // else the test cannot be sized; the host is too small
+        lim.rlim_cur = needed;
+        REQUIRE(::setrlimit(RLIMIT_NOFILE, &lim) == 0);
+    }
+    {
+        HostileServer s(30s);
+        std::vector<std::unique_ptr<Conn>> idle;
+        for (int i = 0; i < 2000; ++i) {
+            idle.push_back(std::make_unique<Conn>(s.port()));
+            if (i % 3 == 1) {
+                idle.back()->send("GET /sandb");  // half a request line
+            }
+        }
+        // The listener holds its cap; the rest were accepted and closed at once.
+        const auto deadline = std::chrono::steady_clock::now() + 10s;
+        while (s.server->connections_refused() < 2000 - 256 &&
+               std::chrono::steady_clock::now() < deadline) {
+            std::this_thread::sleep_for(10ms);
+        }
+        CHECK(s.server->connections_refused() == 2000 - 256);
+        CHECK(s.server->connections() == 256);
+        // A new connection on the other listener is answered, and the agent still creates.
+        Conn u(s.socket_path());
+        const std::string body = create_body("\"after-flood\"");
+        REQUIRE(
+            u.send("POST /sandboxes HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
+                   "application/json\r\nContent-Length: " +
+                   std::to_string(body.size()) + "\r\n\r\n" + body));
+        auto created = u.read();
+        REQUIRE(created.has_value());
+        CHECK(created->result_int() == 201);
+        REQUIRE(u.send("GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"));
+        auto metrics = u.read();
+        REQUIRE(metrics.has_value());
+        CHECK_THAT(metrics->body(), Catch::Contains("wrenn_connections_refused_total 1744") &&
+                                        Catch::Contains("wrenn_connections_open 257"));
+        // The agent's own files still open: the template and state dir are read by a create.
+        CHECK(s.manager->list().size() == 1);
+        idle.clear();
+    }
+    lim.rlim_cur = saved;
+    ::setrlimit(RLIMIT_NOFILE, &lim);
 }

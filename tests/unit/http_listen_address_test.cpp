@@ -106,3 +106,31 @@ TEST_CASE("listen address: to_string reads back to the same address", "[http]") 
         CHECK(*again == *parsed);
     }
 }
+
+TEST_CASE("listen address: which Host headers a TCP listener without a token takes", "[http]") {
+    using wrenn::http::host_header_allowed;
+    const auto loopback = *parse_listen_address("127.0.0.1:7070");
+    const auto guest = *parse_listen_address("10.0.2.15:7070");
+    const auto any = *parse_listen_address("0.0.0.0:7070");
+    for (const auto* host : {"127.0.0.1", "127.0.0.1:7070", "127.9.9.9:1", "localhost",
+                             "LocalHost:7070", "[::1]", "[::1]:7070", "[::ffff:127.0.0.1]:80"}) {
+        INFO(host);
+        CHECK(host_header_allowed(host, loopback));
+        CHECK(host_header_allowed(host, guest));
+    }
+    CHECK(host_header_allowed("10.0.2.15:7070", guest));
+    CHECK(host_header_allowed("10.0.2.15", guest));
+    CHECK_FALSE(host_header_allowed("10.0.2.15", loopback));
+    CHECK(host_header_allowed("192.168.1.9:7070", any));
+    CHECK(host_header_allowed("[fe80::1]:7070", any));
+    for (const auto* host : {"", "evil.example", "evil.example:7070", "localhost.",
+                             "localhost.evil", "127.0.0.1.nip.io", "127.0.0.1:", "127.0.0.1:70700",
+                             "127.0.0.1:x", "[::1", "[::1]x", "::1", "[::1%lo]", ":7070"}) {
+        INFO(host);
+        CHECK_FALSE(host_header_allowed(host, guest));
+        CHECK_FALSE(host_header_allowed(host, any));
+    }
+    // Another IP literal: not this listener's address; a wildcard listener takes any.
+    CHECK_FALSE(host_header_allowed("10.0.2.16:7070", guest));
+    CHECK(host_header_allowed("10.0.2.16:7070", any));
+}

@@ -1,6 +1,7 @@
 // The HTTP transport over real sockets: 127.0.0.1 with port 0, and unix sockets in a temp dir.
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <spdlog/spdlog.h>
@@ -24,6 +25,7 @@
 
 #include "common/unique_fd.hpp"
 #include "http/server.hpp"
+#include "http/socket_dir.hpp"
 
 namespace bhttp = boost::beast::http;
 namespace net = boost::asio;
@@ -302,14 +304,14 @@ class Client {
 };
 
 std::string get(std::string_view target, std::string_view extra_headers = "") {
-    return "GET " + std::string(target) + " HTTP/1.1\r\nHost: test\r\n" +
+    return "GET " + std::string(target) + " HTTP/1.1\r\nHost: 127.0.0.1\r\n" +
            std::string(extra_headers) + "\r\n";
 }
 
 std::string post(std::string_view target, std::string_view body) {
     return "POST " + std::string(target) +
-           " HTTP/1.1\r\nHost: test\r\nContent-Length: " + std::to_string(body.size()) +
-           "\r\n\r\n" + std::string(body);
+           " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: " +
+           std::to_string(body.size()) + "\r\n\r\n" + std::string(body);
 }
 
 void check_json_error(const Response& res, bhttp::status status, std::string_view code) {
@@ -401,7 +403,9 @@ TEST_CASE("http server: a body over the limit gets 413 and the connection closes
 
     // A chunked body over the limit is refused too.
     Client chunked(ts.port());
-    std::string req = "POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
+    std::string req =
+        "POST /c HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n";
     for (int i = 0; i < 3; ++i) {
         req += "8000\r\n" + std::string(0x8000, 'y') + "\r\n";
     }
@@ -427,7 +431,7 @@ TEST_CASE("http server: malformed requests get 400 and the connection closes", "
     TestServer ts({}, echo);
     for (const char* garbage :
          {"GARBAGE\r\n\r\n", "GET / HTTP/9.9\r\n\r\n", "\x01\x02\x03 / x\r\n\r\n",
-          "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: nope\r\n\r\n",
+          "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: nope\r\n\r\n",
           "GET / HTTP/1.1\r\nBad Header\r\n\r\n"}) {
         INFO("request: " << garbage);
         Client c(ts.port());
@@ -483,8 +487,10 @@ TEST_CASE("http server: a slow client is cut off after read_timeout", "[http]") 
 
 TEST_CASE("http server: bearer token", "[http]") {
     ServerOptions opts;
-    opts.bearer_token = "s3cret-token";
-    TestServer ts(opts, echo);
+    // emplace, not "=": GCC 12 misreads operator= on an empty optional<string> as reading an
+    // uninitialized string (-Wmaybe-uninitialized) once ServerOptions grew.
+    opts.bearer_token.emplace("s3cret-token");
+    TestServer ts(std::move(opts), echo);
     Client c(ts.port());
 
     REQUIRE(c.send(get("/v1/sandboxes")));
@@ -541,6 +547,7 @@ TEST_CASE("http server: unix socket is 0600, replaces a stale file, and is remov
 
     ServerOptions opts;
     opts.listen = {unix_address(path), loopback_any_port()};
+    opts.unix_socket_group = "";  // no group: 0600 even where a group "wrenn" exists
     {
         TestServer ts(opts, echo);
         struct stat st {};
@@ -706,10 +713,11 @@ TEST_CASE("http server: a handler that never responds cannot hold the connection
 
 TEST_CASE("http server: Expect: 100-continue invites the body, unless unauthorized", "[http]") {
     ServerOptions opts;
-    opts.bearer_token = "tok";
-    TestServer ts(opts, echo);
+    opts.bearer_token.emplace("tok");
+    TestServer ts(std::move(opts), echo);
     const std::string head =
-        "POST /v1/x HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n";
+        "POST /v1/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        "Content-Length: 5\r\nExpect: 100-continue\r\n";
 
     Client c(ts.port());
     REQUIRE(c.send(head + "Authorization: Bearer tok\r\n\r\n"));
@@ -789,4 +797,349 @@ TEST_CASE("http server: error_response is JSON with escaped text", "[http]") {
     CHECK(res[bhttp::field::content_length] == std::to_string(res.body().size()));
     auto closing = wrenn::http::error_response(10, bhttp::status::bad_request, "x", "y", false);
     CHECK_FALSE(closing.keep_alive());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request hygiene: what a browser, a DNS-rebinding page or a careless client sends is refused.
+
+namespace {
+
+std::string raw(std::string_view method, std::string_view headers, std::string_view body = {}) {
+    std::string out = std::string(method) + " /x HTTP/1.1\r\n" + std::string(headers);
+    if (!body.empty()) {
+        out += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+    }
+    return out + "\r\n" + std::string(body);
+}
+
+Response one(const TestServer& ts, const std::string& bytes) {
+    Client c(ts.port());
+    REQUIRE(c.send(bytes));
+    auto res = c.read_response();
+    INFO("request: " << bytes);
+    REQUIRE(res);
+    return std::move(*res);
+}
+
+}  // namespace
+
+TEST_CASE("http server: a body must be Content-Type: application/json, else 415", "[http]") {
+    TestServer ts({}, echo);
+    const std::string host = "Host: 127.0.0.1\r\n";
+    for (const auto* type :
+         {"text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+          "application/jsonp", "application/json-seq", "json", ""}) {
+        INFO("Content-Type: " << type);
+        auto res = one(ts, raw("POST", host + "Content-Type: " + type + "\r\n", "{\"id\":\"a\"}"));
+        check_json_error(res, bhttp::status::unsupported_media_type, "unsupported_media_type");
+        CHECK_THAT(res.body(), Catch::Contains("application/json"));
+    }
+    // A body with no Content-Type at all.
+    auto none = one(ts, raw("POST", host, "{}"));
+    check_json_error(none, bhttp::status::unsupported_media_type, "unsupported_media_type");
+    CHECK_THAT(none.body(), Catch::Contains("no Content-Type"));
+    // A text/plain form with no fields has an empty body; it is still refused.
+    auto empty = one(ts, raw("POST", host + "Content-Type: text/plain\r\nContent-Length: 0\r\n"));
+    check_json_error(empty, bhttp::status::unsupported_media_type, "unsupported_media_type");
+    // What a JSON client sends passes, with parameters and in any case.
+    for (const auto* type : {"application/json", "application/json; charset=utf-8",
+                             "Application/JSON;charset=UTF-8", " application/json "}) {
+        INFO("Content-Type: " << type);
+        auto res = one(ts, raw("POST", host + "Content-Type: " + type + "\r\n", "{}"));
+        CHECK(res.result() == bhttp::status::ok);
+        CHECK(res.body() == "POST /x {}");
+    }
+    // No body and no Content-Type: a plain POST (pause) or GET passes.
+    CHECK(one(ts, raw("POST", host)).result() == bhttp::status::ok);
+    CHECK(one(ts, raw("GET", host)).result() == bhttp::status::ok);
+    // The 415 keeps the connection: the body was read.
+    Client c(ts.port());
+    REQUIRE(c.send(raw("POST", host + "Content-Type: text/plain\r\n", "x")));
+    auto refused = c.read_response();
+    REQUIRE(refused);
+    CHECK(refused->result() == bhttp::status::unsupported_media_type);
+    REQUIRE(c.send(get("/after")));
+    auto after = c.read_response();
+    REQUIRE(after);
+    CHECK(after->body() == "GET /after");
+}
+
+TEST_CASE("http server: a text/plain body with Expect: 100-continue is refused before the body",
+          "[http]") {
+    TestServer ts({}, echo);
+    Client c(ts.port());
+    REQUIRE(
+        c.send("POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
+               "Content-Length: 5\r\nExpect: 100-continue\r\n\r\n"));
+    auto res = c.read_response();
+    REQUIRE(res);
+    check_json_error(*res, bhttp::status::unsupported_media_type, "unsupported_media_type");
+}
+
+TEST_CASE("http server: any request with an Origin header is refused 403", "[http]") {
+    std::atomic<int> handled{0};
+    TestServer ts({}, [&](Request&& req, Respond respond) {
+        ++handled;
+        echo(std::move(req), std::move(respond));
+    });
+    // What a web page's fetch() or form sends: the "simple" cross-origin POSTs that need no
+    // preflight, and the same-origin ones of a DNS-rebinding page.
+    for (const auto* request : {
+             "POST /sandboxes HTTP/1.1\r\nHost: 127.0.0.1:7070\r\nOrigin: http://evil.example\r\n"
+             "Content-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}",
+             "POST /sandboxes HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: null\r\n"
+             "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+             "DELETE /sandboxes/sb1 HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: "
+             "http://127.0.0.1\r\n\r\n",
+             "GET /sandboxes HTTP/1.1\r\nHost: 127.0.0.1\r\norigin: http://a\r\n\r\n",
+         }) {
+        INFO(request);
+        auto res = one(ts, request);
+        check_json_error(res, bhttp::status::forbidden, "origin_refused");
+    }
+    CHECK(handled == 0);
+    // Even with the right token: a browser must not carry it across origins.
+    ServerOptions with_token;
+    with_token.bearer_token = "0123456789abcdef";
+    TestServer tok(std::move(with_token), echo);
+    auto res = one(tok,
+                   "GET /x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer 0123456789abcdef\r\n"
+                   "Origin: http://a\r\n\r\n");
+    check_json_error(res, bhttp::status::forbidden, "origin_refused");
+}
+
+TEST_CASE("http server: without a token, a TCP listener takes only a loopback or own Host",
+          "[http]") {
+    TestServer ts({}, echo);
+    const std::string port = std::to_string(ts.port());
+    for (const std::string& host :
+         std::vector<std::string>{"127.0.0.1", "127.0.0.1:" + port, "localhost",
+                                  "LOCALHOST:" + port, "127.1.2.3:80", "[::1]", "[::1]:" + port}) {
+        INFO("Host: " << host);
+        auto res = one(ts, "GET /ok HTTP/1.1\r\nHost: " + host + "\r\n\r\n");
+        CHECK(res.result() == bhttp::status::ok);
+    }
+    for (const std::string& host :
+         std::vector<std::string>{"evil.example", "evil.example:" + port, "localhost.evil.example",
+                                  "10.1.2.3", "[::2]:80", "127.0.0.1:x", "", "local\xffhost"}) {
+        INFO("Host: " << host);
+        auto res = one(ts, "GET /no HTTP/1.1\r\nHost: " + host + "\r\n\r\n");
+        check_json_error(res, bhttp::status::forbidden, "host_refused");
+        CHECK_THAT(res.body(),
+                   Catch::Contains("--token-file") && Catch::Contains("127.0.0.1:" + port));
+    }
+    auto missing = one(ts, "GET /no HTTP/1.1\r\n\r\n");
+    check_json_error(missing, bhttp::status::forbidden, "host_refused");
+    // HTTP/1.0 may leave Host out (no browser does).
+    CHECK(one(ts, "GET /ok HTTP/1.0\r\n\r\n").result() == bhttp::status::ok);
+}
+
+TEST_CASE("http server: with a token, or on a unix socket, any Host is fine", "[http]") {
+    TempDir dir;
+    const std::string path = (dir.path / "a.sock").string();
+    ServerOptions opts;
+    opts.listen = {unix_address(path)};
+    TestServer unix_only(opts, echo);
+    Client u(path);
+    REQUIRE(u.send("GET /u HTTP/1.1\r\nHost: evil.example\r\n\r\n"));
+    auto ures = u.read_response();
+    REQUIRE(ures);
+    CHECK(ures->result() == bhttp::status::ok);
+
+    ServerOptions with_token;
+    with_token.bearer_token = "0123456789abcdef";
+    TestServer tok(std::move(with_token), echo);
+    auto res = one(tok,
+                   "GET /t HTTP/1.1\r\nHost: agent.example.com:7070\r\n"
+                   "Authorization: Bearer 0123456789abcdef\r\n\r\n");
+    CHECK(res.result() == bhttp::status::ok);
+    auto no_token = one(tok, "GET /t HTTP/1.1\r\nHost: agent.example.com\r\n\r\n");
+    check_json_error(no_token, bhttp::status::unauthorized, "unauthorized");
+}
+
+TEST_CASE("http server: beyond max_connections a listener closes new connections at once",
+          "[http]") {
+    TempDir dir;
+    const std::string path = (dir.path / "cap.sock").string();
+    ServerOptions opts;
+    opts.listen = {loopback_any_port(), unix_address(path)};
+    opts.max_connections = 3;
+    opts.idle_timeout = 30s;
+    opts.read_timeout = 30s;
+    TestServer ts(opts, echo);
+    std::vector<std::unique_ptr<Client>> idle;
+    for (int i = 0; i < 3; ++i) {
+        idle.push_back(std::make_unique<Client>(ts.port()));
+    }
+    REQUIRE(ts.wait_connections(3));
+    Client fourth(ts.port());
+    CHECK(fourth.closed_by_server(2s));
+    CHECK(ts.server->connections_refused() == 1);
+    CHECK(ts.server->connections() == 3);
+    // The cap is per listener: the unix socket still answers.
+    Client other(path);
+    REQUIRE(other.send(get("/other")));
+    auto res = other.read_response();
+    REQUIRE(res);
+    CHECK(res->body() == "GET /other");
+    // A held connection still works, and once one goes a new one is taken.
+    REQUIRE(idle[0]->send(get("/held")));
+    CHECK(idle[0]->read_response());
+    idle[1]->close();
+    REQUIRE(ts.wait_connections(3));  // two idle TCP + the unix one
+    Client fifth(ts.port());
+    REQUIRE(fifth.send(get("/fifth")));
+    auto fifth_res = fifth.read_response();
+    REQUIRE(fifth_res);
+    CHECK(fifth_res->body() == "GET /fifth");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where unix sockets are made: checked directory, no symlinks, only a dead socket replaced.
+
+TEST_CASE("http server: the socket directory is created 0750 and the socket 0600", "[http]") {
+    TempDir dir;
+    const auto sub = dir.path / "run-wrenn";
+    const std::string path = (sub / "agent.sock").string();
+    ServerOptions opts;
+    opts.listen = {unix_address(path)};
+    opts.unix_socket_group = "no-such-group-wrenn-test";
+    const mode_t old_umask = ::umask(0);  // the modes must not depend on the umask
+    {
+        TestServer ts(opts, echo);
+        ::umask(old_umask);
+        struct stat st {};
+        REQUIRE(::lstat(sub.c_str(), &st) == 0);
+        CHECK(S_ISDIR(st.st_mode));
+        CHECK((st.st_mode & 07777) == 0750);
+        REQUIRE(::lstat(path.c_str(), &st) == 0);
+        CHECK(S_ISSOCK(st.st_mode));
+        CHECK((st.st_mode & 07777) == 0600);
+        Client c(path);
+        REQUIRE(c.send(get("/in-dir")));
+        CHECK(c.read_response());
+    }
+    ::umask(old_umask);
+    CHECK_FALSE(std::filesystem::exists(path));
+    CHECK(std::filesystem::is_directory(sub));  // kept for the next start
+}
+
+TEST_CASE("http server: with an existing group the socket is 0660 and in that group", "[http]") {
+    // The group this process runs as exists by definition, and chown to it needs no root.
+    const group* g = ::getgrgid(::getegid());
+    REQUIRE(g != nullptr);
+    const std::string group_name = g->gr_name;
+    CHECK(wrenn::http::find_group(group_name) == ::getegid());
+    CHECK_FALSE(wrenn::http::find_group("no-such-group-wrenn-test"));
+    TempDir dir;
+    const auto sub = dir.path / "d";
+    const std::string path = (sub / "agent.sock").string();
+    ServerOptions opts;
+    opts.listen = {unix_address(path)};
+    opts.unix_socket_group = group_name;
+    TestServer ts(opts, echo);
+    struct stat st {};
+    REQUIRE(::lstat(path.c_str(), &st) == 0);
+    CHECK((st.st_mode & 07777) == 0660);
+    CHECK(st.st_gid == ::getegid());
+    REQUIRE(::lstat(sub.c_str(), &st) == 0);
+    CHECK((st.st_mode & 07777) == 0750);
+    CHECK(st.st_gid == ::getegid());
+}
+
+TEST_CASE("http server: no unix socket is made through a symlink or in an unsafe directory",
+          "[http]") {
+    TempDir dir;
+    net::io_context ioc;
+    auto try_listen = [&](const std::string& path) {
+        ServerOptions opts;
+        opts.listen = {unix_address(path)};
+        return Server::create(ioc, opts, echo);
+    };
+    const auto target = dir.path / "target";
+    std::filesystem::create_directory(target);
+
+    SECTION("the directory is a symlink") {
+        std::filesystem::create_directory_symlink(target, dir.path / "link");
+        auto server = try_listen((dir.path / "link" / "agent.sock").string());
+        REQUIRE_FALSE(server.ok());
+        CHECK(server.error().code() == ELOOP);
+        CHECK_THAT(server.error().message(), Catch::Contains("symbolic link"));
+        CHECK(std::filesystem::is_empty(target));
+    }
+    SECTION("the directory is a dangling symlink") {
+        std::filesystem::create_directory_symlink(dir.path / "nowhere", dir.path / "link");
+        auto server = try_listen((dir.path / "link" / "agent.sock").string());
+        REQUIRE_FALSE(server.ok());
+        CHECK(server.error().code() == ELOOP);
+        CHECK_FALSE(std::filesystem::exists(dir.path / "nowhere"));
+    }
+    SECTION("the directory is a file") {
+        { UniqueFd f(::open((dir.path / "file").c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644)); }
+        auto server = try_listen((dir.path / "file" / "agent.sock").string());
+        REQUIRE_FALSE(server.ok());
+        CHECK(server.error().code() == ENOTDIR);
+        CHECK_THAT(server.error().message(), Catch::Contains("not a directory"));
+        CHECK(std::filesystem::file_size(dir.path / "file") == 0);
+    }
+    SECTION("the directory is writable by others") {
+        REQUIRE(::chmod(target.c_str(), 0777) == 0);
+        auto server = try_listen((target / "agent.sock").string());
+        REQUIRE_FALSE(server.ok());
+        CHECK(server.error().code() == EPERM);
+        CHECK_THAT(server.error().message(), Catch::Contains("writable by group or others"));
+        // With the sticky bit (as /tmp) nobody else can remove or rename our socket.
+        REQUIRE(::chmod(target.c_str(), 01777) == 0);
+        CHECK(try_listen((target / "agent.sock").string()).ok());
+    }
+    SECTION("the directory belongs to another user") {
+        if (::geteuid() != 0) {
+            WARN(
+                "needs root to make a directory another user owns; checked where tests run as "
+                "root");
+            return;
+        }
+        REQUIRE(::chown(target.c_str(), 4242, 4242) == 0);
+        auto server = try_listen((target / "agent.sock").string());
+        REQUIRE_FALSE(server.ok());
+        CHECK(server.error().code() == EPERM);
+        CHECK_THAT(server.error().message(), Catch::Contains("owned by uid 4242"));
+    }
+    SECTION("the socket path is a symlink, to a socket or to a file") {
+        const auto victim = target / "victim";
+        { UniqueFd f(::open(victim.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644)); }
+        std::filesystem::create_symlink(victim, dir.path / "agent.sock");
+        auto server = try_listen((dir.path / "agent.sock").string());
+        REQUIRE_FALSE(server.ok());
+        CHECK(server.error().code() == EEXIST);
+        CHECK_THAT(server.error().message(), Catch::Contains("symbolic link"));
+        CHECK(std::filesystem::is_symlink(dir.path / "agent.sock"));
+        CHECK(std::filesystem::is_regular_file(victim));
+    }
+    SECTION("the socket path is a directory") {
+        std::filesystem::create_directory(dir.path / "agent.sock");
+        auto server = try_listen((dir.path / "agent.sock").string());
+        REQUIRE_FALSE(server.ok());
+        CHECK(server.error().code() == EEXIST);
+        CHECK(std::filesystem::is_directory(dir.path / "agent.sock"));
+    }
+    SECTION("the directory's parent is missing: one level only is created") {
+        auto server = try_listen((dir.path / "a" / "b" / "agent.sock").string());
+        REQUIRE_FALSE(server.ok());
+        CHECK(server.error().code() == ENOENT);
+        CHECK_FALSE(std::filesystem::exists(dir.path / "a"));
+    }
+}
+
+TEST_CASE("http server: the socket directory check, directly", "[http]") {
+    TempDir dir;
+    auto opened = wrenn::http::open_socket_dir((dir.path / "s.sock").string(), "");
+    REQUIRE(opened.ok());
+    CHECK(opened->name == "s.sock");
+    CHECK(opened->dir_path == dir.path.string());
+    CHECK(opened->socket_mode() == 0600);
+    CHECK_THAT(opened->bind_path(), Catch::StartsWith("/proc/self/fd/"));
+    CHECK_FALSE(wrenn::http::open_socket_dir("relative.sock", "").ok());
+    CHECK_FALSE(wrenn::http::open_socket_dir((dir.path / "").string(), "").ok());
+    CHECK_FALSE(wrenn::http::open_socket_dir((dir.path / "..").string(), "").ok());
 }
