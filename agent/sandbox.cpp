@@ -15,7 +15,11 @@ std::string_view to_string(SandboxState state) {
 }
 
 std::string OriginSpec::key() const {
-    return (type == Type::Loop ? "loop:" : "tcmu:") + path;
+    if (type == Type::Loop) {
+        return "loop:" + path;
+    }
+    // The handler and size make a different TCMU device (a different id) for the same config.
+    return "tcmu:" + handler + ":" + (size_bytes ? std::to_string(*size_bytes) : "-") + ":" + path;
 }
 
 namespace {

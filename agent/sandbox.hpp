@@ -22,7 +22,8 @@ struct OriginSpec {
     std::string handler;  // Tcmu only: "overlaybd" by default
     std::optional<std::uint64_t> size_bytes;  // Tcmu only: written as dev_size when set
 
-    // The key by which origins are shared and reference-counted.
+    // The key by which origins are shared and reference-counted: the path, and for TCMU also
+    // the handler and size (each its own device).
     [[nodiscard]] std::string key() const;
     bool operator==(const OriginSpec&) const = default;
 };
