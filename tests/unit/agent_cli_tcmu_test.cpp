@@ -12,7 +12,7 @@ TEST_CASE("TCMU origins are off by default; overlaybd is the default handler", "
     CHECK(std::get<ServeOptions>(cmd).tcmu_handlers == std::vector<std::string>{"overlaybd"});
 }
 
-TEST_CASE("--tcmu-config-dir and --tcmu-handler repeat", "[cli]") {
+TEST_CASE("the TCMU flags repeat: --tcmu-config-dir and --tcmu-handler", "[cli]") {
     auto cmd =
         parse_command_line({"--tcmu-config-dir", "/srv/obd/", "--tcmu-config-dir", "/opt/img",
                             "--tcmu-handler", "qcow", "--tcmu-handler", "overlaybd"});

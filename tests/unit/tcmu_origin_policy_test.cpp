@@ -153,7 +153,7 @@ TEST_CASE("log values are escaped so they cannot forge lines", "[tcmu][policy]")
     CHECK(tcmu::escape_for_log("\r\x1b\x7f\\") == "\\x0d\\x1b\\x7f\\x5c");
 }
 
-TEST_CASE("--tcmu-config-dir values are plain absolute folders", "[tcmu][policy]") {
+TEST_CASE("a TCMU config folder (--tcmu-config-dir) is a plain absolute path", "[tcmu][policy]") {
     CHECK(*tcmu::normalize_config_dir("/srv/obd/") == "/srv/obd");
     CHECK(*tcmu::normalize_config_dir("/") == "/");
     for (const std::string bad : {"srv", "/srv/../etc", "/srv/./obd", "/srv//obd", ""}) {
