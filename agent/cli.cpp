@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "agent/version.hpp"
+#include "tcmu/origin_policy.hpp"
 
 namespace wrenn::agent {
 
@@ -67,6 +68,14 @@ po::options_description serve_options(ServeOptions& o) {
                                                  "threads for kernel operations (default 16)")(
         "cleanup-stale", po::bool_switch(&o.cleanup_stale),
         "clean up stale devices for boot, then exit (see above)");
+    // TCMU origins from the API: an allowlist (docs/api.md, "TCMU origins").
+    desc.add_options()("tcmu-config-dir",
+                       po::value(&o.tcmu_config_dirs)->composing()->value_name("DIR"),
+                       "allow TCMU origins whose config is a root-owned file beneath DIR, "
+                       "reached without symlinks (repeatable; without it the API refuses TCMU "
+                       "origins)")(
+        "tcmu-handler", po::value<std::vector<std::string>>()->composing()->value_name("NAME"),
+        "allow this TCMU handler (repeatable; default overlaybd)");
     return desc;
 }
 
@@ -97,6 +106,23 @@ Command parse_command_line(const std::vector<std::string>& args_in) {
     } catch (const po::error& e) {
         return PrintAndExit{std::string("wrenn-agent: ") + e.what() + " (see wrenn-agent --help)\n",
                             2};
+    }
+    if (vm.count("tcmu-handler") != 0) {
+        options.tcmu_handlers = vm["tcmu-handler"].as<std::vector<std::string>>();
+    }
+    for (auto& dir : options.tcmu_config_dirs) {
+        auto normal = tcmu::normalize_config_dir(dir);
+        if (!normal) {
+            return PrintAndExit{"wrenn-agent: " + normal.error().message() + "\n", 2};
+        }
+        dir = *normal;
+    }
+    for (const auto& handler : options.tcmu_handlers) {
+        if (!tcmu::is_valid_handler_name(handler)) {
+            return PrintAndExit{"wrenn-agent: --tcmu-handler \"" + tcmu::escape_for_log(handler) +
+                                    "\": a handler name is 1 to 64 letters, digits, '_' or '-'\n",
+                                2};
+        }
     }
     if (vm.count("token-file") != 0) {
         options.token_file = vm["token-file"].as<std::string>();

@@ -23,6 +23,10 @@ struct ServeOptions {
     std::size_t max_connections = 256;  // per listener
     unsigned workers = 16;
     bool cleanup_stale = false;  // --cleanup-stale: clean up for boot and exit
+    // TCMU origins the API may attach: configs beneath these folders (none: refused) ...
+    std::vector<std::string> tcmu_config_dirs;
+    // ... with these handlers.
+    std::vector<std::string> tcmu_handlers{"overlaybd"};
 };
 
 // What the command line asks for: serve (or --cleanup-stale), a subcommand that takes the rest

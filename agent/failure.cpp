@@ -18,6 +18,8 @@ std::string_view failure_code(FailureKind kind) {
             return "invalid_state";
         case FailureKind::DeviceBusy:
             return "device_busy";
+        case FailureKind::TcmuNotAllowed:
+            return "tcmu_not_allowed";
         case FailureKind::SnapshotInvalid:
             return "snapshot_invalid";
         case FailureKind::TemplateChanged:
@@ -34,6 +36,8 @@ unsigned failure_http_status(FailureKind kind) {
     switch (kind) {
         case FailureKind::InvalidRequest:
             return 400;
+        case FailureKind::TcmuNotAllowed:
+            return 403;
         case FailureKind::NotFound:
         case FailureKind::TemplateNotFound:
             return 404;

@@ -19,6 +19,7 @@ enum class FailureKind {
     TemplateExists,    // 409 template_exists
     InvalidState,      // 409 invalid_state
     DeviceBusy,        // 409 device_busy
+    TcmuNotAllowed,    // 403 tcmu_not_allowed: a TCMU origin outside --tcmu-config-dir/-handler
     SnapshotInvalid,   // 409 snapshot_invalid
     TemplateChanged,   // 409 template_changed
     Unavailable,       // 503 unavailable

@@ -36,6 +36,10 @@ Result<std::uint64_t> block_device_size(const std::string& device) {
     return sectors * 512;
 }
 
+tcmu::DeviceIdentity identity_of(const OriginSpec& origin) {
+    return tcmu::DeviceIdentity{origin.handler, origin.path, origin.size_bytes};
+}
+
 }  // namespace
 
 LinuxPlatform::LinuxPlatform(Options options)
@@ -127,22 +131,29 @@ Result<AttachedOrigin> LinuxPlatform::acquire_origin(const OriginSpec& origin) {
     }
 
     std::lock_guard lock(tcmu_mu_);
-    auto it = tcmu_.find(origin.path);
+    auto it = tcmu_.find(origin.key());
     if (it != tcmu_.end()) {
         ++it->second.references;
         return AttachedOrigin{it->second.device, it->second.size_bytes};
     }
     TcmuOrigin entry;
-    entry.id = tcmu::id_for_config(origin.path);
+    entry.id = tcmu::id_for_origin(origin.handler, origin.path, origin.size_bytes);
     auto found = tcmu::find_attached(entry.id);
     if (found && found->has_value()) {
-        entry.device = **found;  // attached by an earlier run of the agent
+        // Attached by an earlier run of the agent, or by someone else under a colliding id:
+        // reused only when it was configured for exactly this origin.
+        if (auto same = tcmu::check_attached(entry.id, identity_of(origin)); !same) {
+            return std::move(same).error().within("use TCMU origin " + origin.path);
+        }
+        entry.device = **found;
     } else {
         tcmu::AttachRequest request;
         request.id = entry.id;
         request.config_path = origin.path;
         request.handler = origin.handler;
         request.size_bytes = origin.size_bytes;
+        // The agent attaches for the API: its log stays inside the config's folder.
+        request.api_policy = options_.tcmu_policy;
         auto device = tcmu::attach(request);
         if (!device) {
             return std::move(device).error();
@@ -156,9 +167,25 @@ Result<AttachedOrigin> LinuxPlatform::acquire_origin(const OriginSpec& origin) {
     entry.size_bytes = *size;
     entry.references = 1;
     AttachedOrigin attached{entry.device, entry.size_bytes};
-    tcmu_.emplace(origin.path, std::move(entry));
+    tcmu_.emplace(origin.key(), std::move(entry));
     tcmu_attached_ = tcmu_.size();
     return attached;
+}
+
+Result<void> LinuxPlatform::check_tcmu_origin(const OriginSpec& origin) {
+    const tcmu::OriginPolicy& policy = options_.tcmu_policy;
+    if (auto allowed = tcmu::check_origin_request(policy, origin.handler, origin.path); !allowed) {
+        return std::move(allowed).error();
+    }
+    // Before any file is opened: on a kernel without TCMU the config is never touched.
+    if (!support_.tcmu) {
+        return Error("attach TCMU origin", ENODEV, support_.tcmu_reason);
+    }
+    auto opened = tcmu::open_allowed_config(policy, origin.path);
+    if (!opened) {
+        return std::move(opened).error();
+    }
+    return success();
 }
 
 void LinuxPlatform::release_origin(const OriginSpec& origin) {
@@ -180,7 +207,7 @@ void LinuxPlatform::release_origin(const OriginSpec& origin) {
         return;
     }
     std::lock_guard lock(tcmu_mu_);
-    auto it = tcmu_.find(origin.path);
+    auto it = tcmu_.find(origin.key());
     if (it == tcmu_.end()) {
         spdlog::warn("release of TCMU origin {} that is not held", origin.path);
         return;
@@ -188,7 +215,7 @@ void LinuxPlatform::release_origin(const OriginSpec& origin) {
     if (--it->second.references > 0) {
         return;
     }
-    if (auto detached = tcmu::detach(it->second.id); !detached) {
+    if (auto detached = tcmu::detach(it->second.id, identity_of(origin)); !detached) {
         spdlog::error("detach TCMU origin {}: {}", origin.path, detached.error().message());
     }
     tcmu_.erase(it);
@@ -323,11 +350,11 @@ Result<std::size_t> LinuxPlatform::release_loops_under(const std::string& dir) {
     return released;
 }
 
-Result<std::size_t> LinuxPlatform::detach_tcmu_origins(const std::vector<std::string>& configs) {
+Result<std::size_t> LinuxPlatform::detach_tcmu_origins(const std::vector<OriginSpec>& origins) {
     std::size_t detached = 0;
     std::lock_guard lock(tcmu_mu_);
-    for (const auto& config : configs) {
-        const std::string id = tcmu::id_for_config(config);
+    for (const auto& origin : origins) {
+        const std::string id = tcmu::id_for_origin(origin.handler, origin.path, origin.size_bytes);
         auto found = tcmu::find_attached(id);
         if (!found) {
             return std::move(found).error();
@@ -335,10 +362,15 @@ Result<std::size_t> LinuxPlatform::detach_tcmu_origins(const std::vector<std::st
         if (!found->has_value()) {
             continue;
         }
-        if (auto done = tcmu::detach(id); !done) {
+        if (auto same = tcmu::check_attached(id, identity_of(origin)); !same) {
+            // Not ours (another origin under the same id): never detach another's disk.
+            spdlog::warn("cleanup: leaving TCMU device {} alone: {}", id, same.error().message());
+            continue;
+        }
+        if (auto done = tcmu::detach(id, identity_of(origin)); !done) {
             return std::move(done).error();
         }
-        tcmu_.erase(config);
+        tcmu_.erase(origin.key());
         tcmu_attached_ = tcmu_.size();
         ++detached;
     }

@@ -11,6 +11,7 @@
 #include "agent/platform.hpp"
 #include "dm/device_mapper.hpp"
 #include "loop/loop_registry.hpp"
+#include "tcmu/origin_policy.hpp"
 
 namespace wrenn::agent {
 
@@ -22,7 +23,8 @@ class LinuxPlatform final : public Platform {
   public:
     struct Options {
         std::chrono::milliseconds remove_time_limit{5000};
-        uid_t template_owner = 0;  // templates must belong to root
+        uid_t template_owner = 0;        // templates must belong to root
+        tcmu::OriginPolicy tcmu_policy;  // which TCMU origins the API may attach
     };
     explicit LinuxPlatform(Options options);
 
@@ -32,6 +34,7 @@ class LinuxPlatform final : public Platform {
     Result<std::string> hash_template(const std::string& path,
                                       const TemplateIdentity& expected) override;
     Result<AttachedOrigin> acquire_origin(const OriginSpec& origin) override;
+    Result<void> check_tcmu_origin(const OriginSpec& origin) override;
     void release_origin(const OriginSpec& origin) override;
     Result<std::string> create_snapshot(const std::string& id, const std::string& origin_device,
                                         std::uint64_t origin_bytes,
@@ -44,7 +47,7 @@ class LinuxPlatform final : public Platform {
     Result<FlattenResult> flatten(const std::string& origin, const std::string& cow_path,
                                   const std::string& out) override;
     Result<std::size_t> release_loops_under(const std::string& dir) override;
-    Result<std::size_t> detach_tcmu_origins(const std::vector<std::string>& configs) override;
+    Result<std::size_t> detach_tcmu_origins(const std::vector<OriginSpec>& origins) override;
 
   private:
     Result<dm::DeviceMapper*> mapper();
@@ -61,7 +64,7 @@ class LinuxPlatform final : public Platform {
         std::size_t references = 0;
     };
     std::mutex tcmu_mu_;  // held across attach/detach: one TCMU origin changes at a time
-    std::map<std::string, TcmuOrigin> tcmu_;  // by config path
+    std::map<std::string, TcmuOrigin> tcmu_;  // by OriginSpec::key()
     // tcmu_.size(), readable without tcmu_mu_: /metrics answers on the io_context and must not
     // wait behind an attach that holds the mutex for seconds.
     std::atomic<std::size_t> tcmu_attached_{0};

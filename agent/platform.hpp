@@ -74,6 +74,12 @@ class Platform {
     // A loop origin with an identity is the image with that device and inode: ESTALE when the
     // path now names another file. Its size is the loop device's, not the file's.
     virtual Result<AttachedOrigin> acquire_origin(const OriginSpec& origin) = 0;
+    // Whether the API may attach this TCMU origin (--tcmu-config-dir, --tcmu-handler), checked
+    // before every acquire that the API causes. In this order: the values and the allowlist
+    // (no file touched), the kernel's TCMU support, then the config file itself, opened without
+    // following symlinks. Errno: EINVAL or ENOENT (a bad value, no such config), EACCES (refused
+    // by the allowlist), ENODEV (no TCMU in this kernel).
+    virtual Result<void> check_tcmu_origin(const OriginSpec& origin) = 0;
     virtual void release_origin(const OriginSpec& origin) = 0;
 
     // Attaches the CoW file on a read-write loop and creates the persistent snapshot `name`
@@ -101,10 +107,11 @@ class Platform {
                                           const std::string& out) = 0;
 
     // Boot-time cleanup: let go of loops whose backing file is under `dir`, and of the TCMU
-    // devices attached for these configs (only ours: overlaybd shares the same HBA).
+    // devices attached for these origins (only ours: overlaybd shares the same HBA; a device
+    // whose dev_config is not this origin's is left alone).
     // Returns how many were released.
     virtual Result<std::size_t> release_loops_under(const std::string& dir) = 0;
-    virtual Result<std::size_t> detach_tcmu_origins(const std::vector<std::string>& configs) = 0;
+    virtual Result<std::size_t> detach_tcmu_origins(const std::vector<OriginSpec>& origins) = 0;
 };
 
 }  // namespace wrenn::agent

@@ -44,7 +44,11 @@ std::string TemplateIdentity::describe_change_from(const TemplateIdentity& was) 
 }
 
 std::string OriginSpec::key() const {
-    return (type == Type::Loop ? "loop:" : "tcmu:") + path;
+    if (type == Type::Loop) {
+        return "loop:" + path;
+    }
+    // The handler and size make a different TCMU device (a different id) for the same config.
+    return "tcmu:" + handler + ":" + (size_bytes ? std::to_string(*size_bytes) : "-") + ":" + path;
 }
 
 namespace {

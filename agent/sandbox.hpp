@@ -42,7 +42,8 @@ struct OriginSpec {
     // Loop only: the image the sandbox was made over (absent in records older than this field).
     std::optional<TemplateIdentity> identity;
 
-    // The key by which origins are shared and reference-counted.
+    // The key by which origins are shared and reference-counted: the path, and for TCMU also
+    // the handler and size (each its own device).
     [[nodiscard]] std::string key() const;
     bool operator==(const OriginSpec&) const = default;
 };

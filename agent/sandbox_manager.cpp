@@ -53,6 +53,25 @@ Failure removal_failure(Error error) {
     return Failure{kind, std::move(error)};
 }
 
+// A TCMU origin the API may not attach, as the client sees it: a bad value is 400, a refusal by
+// the allowlist 403 (tcmu_not_allowed), a kernel without TCMU 503.
+std::optional<Failure> check_tcmu(Platform& platform, const OriginSpec& origin,
+                                  const std::string& what) {
+    if (origin.type != OriginSpec::Type::Tcmu) {
+        return std::nullopt;
+    }
+    auto allowed = platform.check_tcmu_origin(origin);
+    if (allowed) {
+        return std::nullopt;
+    }
+    const int code = allowed.error().code();
+    const FailureKind kind = code == EACCES || code == EPERM    ? FailureKind::TcmuNotAllowed
+                             : code == EINVAL || code == ENOENT ? FailureKind::InvalidRequest
+                             : code == ENODEV                   ? FailureKind::Unavailable
+                                                                : FailureKind::Internal;
+    return Failure{kind, std::move(allowed).error().within(what)};
+}
+
 SnapshotUsage::State usage_state_of(const Result<SnapshotUsage>& usage) {
     return usage ? usage->state : SnapshotUsage::State::Active;
 }
@@ -251,6 +270,9 @@ Outcome<Sandbox> SandboxManager::do_create(const EntryPtr& entry, const CreateRe
                                std::nullopt, identity.value()};
     }
 
+    if (auto refused = check_tcmu(platform_, sb.origin, what)) {
+        return *refused;
+    }
     auto origin = platform_.acquire_origin(sb.origin);
     if (!origin) {
         return origin_failure(std::move(origin).error().within(what));
@@ -417,6 +439,10 @@ Outcome<Sandbox> SandboxManager::do_resume(const EntryPtr& entry) {
                 std::move(removed).error().within(what + ": remove stale device"));
         }
     }
+    // The allowlist may have changed since the create, and the config with it.
+    if (auto refused = check_tcmu(platform_, sb.origin, what)) {
+        return *refused;
+    }
     auto origin = platform_.acquire_origin(sb.origin);
     if (!origin) {
         return origin_failure(std::move(origin).error().within(what));
@@ -540,6 +566,9 @@ Outcome<TemplateInfo> SandboxManager::do_flatten(const EntryPtr& entry, const st
     std::string origin_path = sb.origin.path;
     const bool needs_device = sb.origin.type == OriginSpec::Type::Tcmu;
     if (needs_device) {
+        if (auto refused = check_tcmu(platform_, sb.origin, what)) {
+            return *refused;
+        }
         auto origin = platform_.acquire_origin(sb.origin);
         if (!origin) {
             return internal(std::move(origin).error().within(what));
@@ -729,10 +758,10 @@ Result<RecoveryReport> SandboxManager::cleanup_stale() {
     if (!loaded) {
         return std::move(loaded).error().within("cleanup-stale");
     }
-    std::vector<std::string> tcmu_configs;
+    std::vector<OriginSpec> tcmu_origins;
     for (Sandbox& sb : loaded->sandboxes) {
         if (sb.origin.type == OriginSpec::Type::Tcmu) {
-            tcmu_configs.push_back(sb.origin.path);
+            tcmu_origins.push_back(sb.origin);
         }
         if (sb.state != SandboxState::Running) {
             continue;
@@ -752,7 +781,7 @@ Result<RecoveryReport> SandboxManager::cleanup_stale() {
             failed.push_back(released.error().message());
         }
     }
-    if (auto detached = platform_.detach_tcmu_origins(tcmu_configs); !detached) {
+    if (auto detached = platform_.detach_tcmu_origins(tcmu_origins); !detached) {
         failed.push_back(detached.error().message());
     }
     if (!failed.empty()) {

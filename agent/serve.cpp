@@ -64,7 +64,10 @@ void log_report(const RecoveryReport& report) {
 }  // namespace
 
 int run_serve(const ServeOptions& options) {
-    LinuxPlatform platform(LinuxPlatform::Options{});
+    LinuxPlatform::Options platform_options;
+    platform_options.tcmu_policy.config_dirs = options.tcmu_config_dirs;
+    platform_options.tcmu_policy.handlers = options.tcmu_handlers;
+    LinuxPlatform platform(platform_options);
     return serve_with(options, platform);
 }
 
@@ -117,6 +120,19 @@ int serve_with(const ServeOptions& options, Platform& platform) {
     if (!store) {
         spdlog::error("{}", store.error().message());
         return 1;
+    }
+    if (options.tcmu_config_dirs.empty()) {
+        spdlog::info("TCMU origins from the API are refused (allow them with --tcmu-config-dir)");
+    } else {
+        std::string dirs;
+        std::string handlers;
+        for (const auto& d : options.tcmu_config_dirs) {
+            dirs += (dirs.empty() ? "" : ", ") + d;
+        }
+        for (const auto& h : options.tcmu_handlers) {
+            handlers += (handlers.empty() ? "" : ", ") + h;
+        }
+        spdlog::info("TCMU origins from the API: configs beneath {}; handlers {}", dirs, handlers);
     }
     const KernelSupport support = platform.support();
     if (!support.device_mapper) {

@@ -48,6 +48,9 @@ std::string describe_errno(int code) {
         case EEXIST:
             return "already exists";
         case EACCES:
+            // Also a refusal by the agent's own rules (the TCMU allowlist), where "run as
+            // root" would mislead; the callers that open root-only nodes add that hint.
+            return "permission denied";
         case EPERM:
             return "permission denied (run as root)";
         case ENOSPC:

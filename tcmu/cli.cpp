@@ -72,11 +72,13 @@ int run_cli(std::vector<std::string> args, std::ostream& out, std::ostream& err,
         if (verbose) {
             spdlog::set_level(spdlog::level::debug);
         }
-        // Without --id the id follows from the config, so a repeated attach finds the same device.
-        req.id = vm.count("id") != 0 ? id : id_for_config(req.config_path);
         if (vm.count("size") != 0) {
             req.size_bytes = size;
         }
+        // Without --id the id follows from the origin spec, so a repeated attach finds the same
+        // device (and the agent, given the same spec, the same id).
+        req.id =
+            vm.count("id") != 0 ? id : id_for_origin(req.handler, req.config_path, req.size_bytes);
         auto disk = attach(ops, req, opts);
         if (!disk) {
             err << "wrenn-agent tcmu: " << disk.error().message() << "\n";

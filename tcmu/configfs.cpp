@@ -2,12 +2,16 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
+#include <cstdio>
 #include <thread>
 
 #include "common/file.hpp"
@@ -110,6 +114,16 @@ class RealConfigfsOps final : public ConfigfsOps {
         return ::stat(path.c_str(), &st) == 0;
     }
 
+    Result<void> open_exclusive(const std::string& device) override {
+        // O_EXCL on a block device (without O_CREAT) claims it exclusively: the open fails with
+        // EBUSY while it is mounted or claimed by another exclusive opener (blkdev_get_by_dev).
+        UniqueFd fd(::open(device.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC | O_NONBLOCK));
+        if (!fd) {
+            return errno_error("open " + device + " exclusively");
+        }
+        return success();
+    }
+
     std::chrono::steady_clock::time_point now() override {
         return std::chrono::steady_clock::now();
     }
@@ -118,6 +132,53 @@ class RealConfigfsOps final : public ConfigfsOps {
         std::this_thread::sleep_for(duration);
     }
 };
+
+// ---- Files beneath an allowed folder, never through a symlink. ------------------------------
+
+// An open_beneath failure as the API should see it: a symlink or an escape is a refusal.
+Error beneath_error(const std::string& action, int code) {
+    switch (code) {
+        case ELOOP:
+        case EXDEV:
+            return Error(action, EACCES,
+                         "a symlink on the way or at the end (TCMU configs and their logs are "
+                         "opened without following symlinks)");
+        case ENOTDIR:
+            return Error(action, EACCES,
+                         "a component on the way is a symlink or not a folder (symlinks are not "
+                         "followed)");
+        default:
+            return Error(action, code);
+    }
+}
+
+std::string octal_mode(mode_t mode) {
+    char text[8];
+    std::snprintf(text, sizeof text, "%04o", static_cast<unsigned>(mode & 07777));
+    return text;
+}
+
+// The whole of an open file, at most `limit` bytes (EFBIG beyond).
+Result<std::string> read_all(int fd, const std::string& what, std::size_t limit) {
+    std::string out;
+    char buffer[8192];
+    for (;;) {
+        const ssize_t n = ::read(fd, buffer, sizeof buffer);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            return errno_error("read " + what);
+        }
+        if (n == 0) {
+            return out;
+        }
+        out.append(buffer, static_cast<std::size_t>(n));
+        if (out.size() > limit) {
+            return Error("read " + what, EFBIG, "over " + std::to_string(limit) + " bytes");
+        }
+    }
+}
 
 // ---- The sequence, over ConfigfsOps. ---------------------------------------------------------
 
@@ -283,10 +344,13 @@ Result<std::string> attach_once(ConfigfsOps& ops, const AttachRequest& req,
     }
     if (Result<void> r = ops.make_dir(paths.core); !r) {
         if (r.error().code() == EEXIST) {
-            // Not ours: never remove it, and another try cannot succeed.
+            // Not ours: never remove it, and another try cannot succeed. Say whose it is.
             retryable = false;
+            Result<void> same = check_attached(ops, req.id, identity_of(req), opts);
             return Error("create tcmu device " + dev_name + ": mkdir " + paths.core, EEXIST,
-                         "the id is in use; detach it first");
+                         same ? "the id is in use by a device for this same origin; detach it "
+                                "first"
+                              : "the id is in use: " + same.error().detail());
         }
         return fail(std::move(r).error(), "create tcmu device " + dev_name);
     }
@@ -367,40 +431,94 @@ Result<std::string> attach_once(ConfigfsOps& ops, const AttachRequest& req,
     return disk;
 }
 
-// overlaybd's snapshotter shows the result file when a device fails to come up; our part of the
-// story goes there too. Best effort: failing to write it is logged, never an attach failure.
-void append_result_file(const AttachRequest& req, const Transcript& log) {
-    if (req.handler != "overlaybd") {
-        return;  // only overlaybd configs name a result file
-    }
-    auto file = result_file_for_config(req.config_path);
-    if (!file) {
-        spdlog::debug("tcmu: no result file for {}: {}", req.config_path, file.error().message());
-        return;
-    }
-    UniqueFd fd(::open(file->c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644));
-    if (!fd) {
-        spdlog::warn("tcmu: cannot write attach log to {}: {}", *file,
-                     errno_error("open").message());
-        return;
-    }
+// The attach log as lines for the result file; every value echoed in it is escaped, so a
+// config path or an error text cannot end a line or forge one.
+std::string log_text(const AttachRequest& req, const Transcript& log) {
     std::string text;
     for (const std::string& line : log.lines()) {
-        text += "wrenn tcmu attach " + req.id + ": " + line + "\n";
+        text += "wrenn tcmu attach " + req.id + ": " + escape_for_log(line) + "\n";
     }
+    return text;
+}
+
+void write_all(int fd, const std::string& file, const std::string& text) {
     std::size_t done = 0;
     while (done < text.size()) {
-        ssize_t n = ::write(fd.get(), text.data() + done, text.size() - done);
+        ssize_t n = ::write(fd, text.data() + done, text.size() - done);
         if (n < 0 && errno == EINTR) {
             continue;
         }
         if (n <= 0) {
-            spdlog::warn("tcmu: cannot write attach log to {}: {}", *file,
+            spdlog::warn("tcmu: cannot write attach log to {}: {}", escape_for_log(file),
                          errno_error("write").message());
             return;
         }
         done += static_cast<std::size_t>(n);
     }
+}
+
+// For an API attach: the log goes to contained_result_file beneath the config's own folder,
+// opened through the config's folder fd without following symlinks, created 0600, and only if
+// it is a regular file with one link (a hard link could point anywhere). Otherwise nothing is
+// written. Best effort: a failure is logged, never an attach failure.
+void append_contained_result_file(const OriginPolicy& policy, const AttachRequest& req,
+                                  const Transcript& log) {
+    auto config = open_allowed_config(policy, req.config_path);
+    if (!config) {
+        spdlog::warn("tcmu: no attach log for {}: {}", escape_for_log(req.config_path),
+                     config.error().message());
+        return;
+    }
+    std::optional<std::string> field;
+    if (auto text = read_all(config->file.get(), req.config_path, 1U << 20); text) {
+        if (auto parsed = result_file_field(*text); parsed) {
+            field = std::move(parsed).value();
+        }
+    }
+    const std::string name = contained_result_file(field);
+    const std::string shown = req.config_path.substr(0, req.config_path.rfind('/') + 1) + name;
+    UniqueFd fd(open_beneath(config->dir.get(), name,
+                             O_WRONLY | O_APPEND | O_CREAT | O_NONBLOCK | O_NOCTTY, 0600));
+    if (!fd) {
+        spdlog::warn("tcmu: no attach log: {}",
+                     beneath_error("open " + escape_for_log(shown), errno).message());
+        return;
+    }
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1) {
+        spdlog::warn("tcmu: no attach log: {} is not a regular file with a single link",
+                     escape_for_log(shown));
+        return;
+    }
+    write_all(fd.get(), shown, log_text(req, log));
+}
+
+// overlaybd's snapshotter shows the result file when a device fails to come up; our part of the
+// story goes there too. For the operator's CLI this is overlaybd-attacher's rule
+// (result_file_for_config: absolute paths and symlinks allowed, as its caller is root); an API
+// attach goes through append_contained_result_file. Best effort: failing to write it is logged,
+// never an attach failure.
+void append_result_file(const AttachRequest& req, const Transcript& log) {
+    if (req.handler != "overlaybd") {
+        return;  // only overlaybd configs name a result file
+    }
+    if (req.api_policy) {
+        append_contained_result_file(*req.api_policy, req, log);
+        return;
+    }
+    auto file = result_file_for_config(req.config_path);
+    if (!file) {
+        spdlog::debug("tcmu: no result file for {}: {}", escape_for_log(req.config_path),
+                      file.error().message());
+        return;
+    }
+    UniqueFd fd(::open(file->c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644));
+    if (!fd) {
+        spdlog::warn("tcmu: cannot write attach log to {}: {}", escape_for_log(*file),
+                     errno_error("open").message());
+        return;
+    }
+    write_all(fd.get(), *file, log_text(req, log));
 }
 
 // The "sdX" of an id's LUN from sysfs, if its target has an address and the disk is there.
@@ -426,16 +544,22 @@ Result<void> validate(const AttachRequest& req) {
     if (!is_valid_id(req.id)) {
         return Error(action, EINVAL, "the id must be 1 to 13 decimal digits");
     }
-    if (req.handler.empty() || req.handler.find('/') != std::string::npos) {
-        return Error(action, EINVAL, "bad handler name \"" + req.handler + "\"");
-    }
-    if (req.config_path.empty()) {
-        return Error(action, EINVAL, "no config path");
+    // Every caller, the operator's CLI too: a ',' or newline in dev_config would add configfs
+    // options, and a value over the kernel's limit would be cut.
+    if (Result<void> r = check_dev_config(req.handler, req.config_path); !r) {
+        return std::move(r).error().within(action);
     }
     if (req.max_data_area_mb == 0) {
         return Error(action, EINVAL, "max_data_area_mb must be positive");
     }
     return success();
+}
+
+std::string trim_attribute(std::string_view text) {
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\0' || text.back() == ' ')) {
+        text.remove_suffix(1);
+    }
+    return std::string(text);
 }
 
 Error invalid_id(std::string_view action, std::string_view id) {
@@ -444,6 +568,96 @@ Error invalid_id(std::string_view action, std::string_view id) {
 }
 
 }  // namespace
+
+// openat2(dirfd, relative, how) with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS (Linux 5.6+): the
+// kernel refuses ("..", absolute paths and symlinks, magic links included) anything that would
+// leave dirfd or pass through a symlink. Where openat2 is missing (ENOSYS), the same is walked
+// by hand: each folder opened O_PATH | O_DIRECTORY | O_NOFOLLOW from the one before (a symlink
+// there gives ENOTDIR), the last component with O_NOFOLLOW (ELOOP on a symlink). `relative`
+// has no "..", "." or empty component (the callers check with origin_policy's rules).
+int open_beneath(int dirfd, const std::string& relative, int flags, mode_t mode,
+                 Resolver resolver) {
+    open_how how{};
+    how.flags = static_cast<std::uint64_t>(flags | O_CLOEXEC | O_NOFOLLOW);
+    how.mode = (flags & O_CREAT) != 0 ? mode : 0;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    if (resolver == Resolver::openat2) {
+        long fd;
+        do {
+            // EAGAIN: a rename raced the lookup (RESOLVE_BENEATH asks for a retry then).
+            fd = ::syscall(SYS_openat2, dirfd, relative.c_str(), &how, sizeof how);
+        } while (fd < 0 && (errno == EINTR || errno == EAGAIN));
+        if (fd >= 0 || errno != ENOSYS) {
+            return static_cast<int>(fd);
+        }
+    }
+    UniqueFd current;
+    int at = dirfd;
+    std::size_t pos = 0;
+    for (;;) {
+        const auto slash = relative.find('/', pos);
+        const std::string part =
+            relative.substr(pos, slash == std::string::npos ? slash : slash - pos);
+        if (part.empty() || part == "." || part == "..") {
+            errno = EXDEV;
+            return -1;
+        }
+        if (slash == std::string::npos) {
+            return ::openat(at, part.c_str(), flags | O_CLOEXEC | O_NOFOLLOW, mode);
+        }
+        UniqueFd next(::openat(at, part.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+        if (!next) {
+            return -1;
+        }
+        current = std::move(next);
+        at = current.get();
+        pos = slash + 1;
+    }
+}
+
+DeviceIdentity identity_of(const AttachRequest& req) {
+    return DeviceIdentity{req.handler, req.config_path, req.size_bytes};
+}
+
+Result<void> check_attached(std::string_view id, const DeviceIdentity& expected,
+                            const AttachOptions& opts) {
+    return check_attached(real_configfs_ops(), id, expected, opts);
+}
+
+Result<void> check_attached(ConfigfsOps& ops, std::string_view id, const DeviceIdentity& expected,
+                            const AttachOptions& opts) {
+    const std::string action = "check tcmu device " + std::string(id);
+    if (!is_valid_id(id)) {
+        return invalid_id("check tcmu device", id);
+    }
+    const DevicePaths paths(id, opts);
+    auto text = ops.read_file(paths.dev_config);
+    if (!text) {
+        return std::move(text).error().within(action);
+    }
+    const std::string want = dev_config_for(expected.handler, expected.config_path);
+    const std::string have = trim_attribute(*text);
+    if (have != want) {
+        return Error(action, EEXIST,
+                     "its dev_config is \"" + escape_for_log(have) + "\" but this origin's is \"" +
+                         escape_for_log(want) +
+                         "\"; the id belongs to another device, which is left alone");
+    }
+    if (expected.size_bytes) {
+        auto size = ops.read_file(paths.core + "/attrib/dev_size");
+        if (!size) {
+            return std::move(size).error().within(action);
+        }
+        const std::string have_size = trim_attribute(*size);
+        if (have_size != std::to_string(*expected.size_bytes)) {
+            return Error(action, EEXIST,
+                         "its dev_size is " + escape_for_log(have_size) + " but this origin's is " +
+                             std::to_string(*expected.size_bytes) +
+                             "; the id belongs to another device, which is left alone");
+        }
+    }
+    return success();
+}
 
 ConfigfsOps& real_configfs_ops() {
     static RealConfigfsOps ops;
@@ -492,6 +706,24 @@ Result<void> detach(std::string_view id, const AttachOptions& opts) {
     return detach(real_configfs_ops(), id, opts);
 }
 
+Result<void> detach(std::string_view id, const DeviceIdentity& expected,
+                    const AttachOptions& opts) {
+    return detach(real_configfs_ops(), id, expected, opts);
+}
+
+Result<void> detach(ConfigfsOps& ops, std::string_view id, const DeviceIdentity& expected,
+                    const AttachOptions& opts) {
+    if (!is_valid_id(id)) {
+        return invalid_id("detach tcmu device", id);
+    }
+    if (ops.exists(DevicePaths(id, opts).core)) {
+        if (Result<void> same = check_attached(ops, id, expected, opts); !same) {
+            return std::move(same).error().within("detach tcmu device " + std::string(id));
+        }
+    }
+    return detach(ops, id, opts);
+}
+
 Result<void> detach(ConfigfsOps& ops, std::string_view id, const AttachOptions& opts) {
     if (!is_valid_id(id)) {
         return invalid_id("detach tcmu device", id);
@@ -508,6 +740,17 @@ Result<void> detach(ConfigfsOps& ops, std::string_view id, const AttachOptions& 
                 names += (names.empty() ? "" : ", ") + h;
             }
             return Error(action, EBUSY, opts.dev_root + "/" + *disk + " is held by " + names);
+        }
+        // A mounted disk has no holders; an exclusive open tells (and so does a dm table).
+        const std::string dev = opts.dev_root + "/" + *disk;
+        if (Result<void> free = ops.open_exclusive(dev); !free) {
+            if (free.error().code() == EBUSY) {
+                return Error(action, EBUSY,
+                             dev + " is mounted or open exclusively; unmount it first");
+            }
+            if (free.error().code() != ENOENT && free.error().code() != ENXIO) {
+                return std::move(free).error().within(action);
+            }
         }
     }
     // The reverse of attach; ENOENT means that part is already gone (or was never made).
@@ -598,6 +841,62 @@ Result<std::string> attached_config(ConfigfsOps& ops, std::string_view id,
         return std::move(config).error().within(action);
     }
     return config;
+}
+
+Result<OpenedConfig> open_config_beneath(const ConfigLocation& location, uid_t owner_uid) {
+    const std::string path = location.dir + "/" + location.relative;
+    const std::string action = "open TCMU config " + escape_for_log(path);
+    // The allowed folder itself is the operator's choice and may be reached through symlinks.
+    UniqueFd root(::open(location.dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!root) {
+        return errno_error("open --tcmu-config-dir " + location.dir).within(action);
+    }
+    OpenedConfig out;
+    const auto slash = location.relative.rfind('/');
+    if (slash == std::string::npos) {
+        out.dir = std::move(root);
+        out.name = location.relative;
+    } else {
+        out.dir = UniqueFd(
+            open_beneath(root.get(), location.relative.substr(0, slash), O_PATH | O_DIRECTORY, 0));
+        if (!out.dir) {
+            return beneath_error(action, errno);
+        }
+        out.name = location.relative.substr(slash + 1);
+    }
+    // O_NONBLOCK: a FIFO put in place of the config must not hang the worker in open().
+    out.file = UniqueFd(open_beneath(out.dir.get(), out.name, O_RDONLY | O_NONBLOCK | O_NOCTTY, 0));
+    if (!out.file) {
+        return beneath_error(action, errno);
+    }
+    struct stat st {};
+    if (::fstat(out.file.get(), &st) != 0) {
+        return errno_error(action);
+    }
+    if (!S_ISREG(st.st_mode)) {
+        return Error(action, EACCES, "not a regular file");
+    }
+    if (st.st_uid != owner_uid) {
+        return Error(
+            action, EACCES,
+            "owned by uid " + std::to_string(st.st_uid) + "; a TCMU config must be owned by " +
+                (owner_uid == 0 ? std::string("root") : "uid " + std::to_string(owner_uid)));
+    }
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+        return Error(
+            action, EACCES,
+            "mode " + octal_mode(st.st_mode) + " lets group or others write it; chmod go-w it");
+    }
+    return out;
+}
+
+Result<OpenedConfig> open_allowed_config(const OriginPolicy& policy,
+                                         const std::string& config_path) {
+    auto location = locate_config(policy, config_path);
+    if (!location) {
+        return std::move(location).error();
+    }
+    return open_config_beneath(*location, policy.owner_uid);
 }
 
 }  // namespace wrenn::tcmu

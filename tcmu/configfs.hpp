@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "common/result.hpp"
+#include "common/unique_fd.hpp"
+#include "tcmu/origin_policy.hpp"
 
 namespace wrenn::tcmu {
 
@@ -23,7 +25,21 @@ struct AttachRequest {
     std::optional<std::uint64_t> size_bytes;  // dev_size; the qcow handler needs it
     unsigned max_data_area_mb = 4;            // overlaybd's value
     unsigned cmd_time_out_s = 0;              // 0: leave the kernel's default
+    // Set for an attach the API asked for: the config lies under one of these folders, and the
+    // attach log goes only to a file beneath the config's own folder (contained_result_file),
+    // opened without following symlinks, 0600. Unset: overlaybd-attacher's rule
+    // (result_file_for_config), for the operator's CLI.
+    std::optional<OriginPolicy> api_policy;
 };
+
+// What a device id was attached for: the values attach writes as dev_config and dev_size, read
+// back from attrib/ before an attached id is reused or detached.
+struct DeviceIdentity {
+    std::string handler;
+    std::string config_path;
+    std::optional<std::uint64_t> size_bytes;
+};
+DeviceIdentity identity_of(const AttachRequest& req);
 
 struct AttachOptions {
     std::string configfs_root = "/sys/kernel/config";
@@ -58,6 +74,10 @@ class ConfigfsOps {
     // Entry names, without "." and "..".
     virtual Result<std::vector<std::string>> list_dir(const std::string& path) = 0;
     virtual bool exists(const std::string& path) = 0;
+    // Opens a block device O_EXCL and closes it again: EBUSY while it is mounted or another
+    // opener holds it exclusively (mount, device-mapper, mkfs). A plain open(2) without O_EXCL
+    // is invisible to this check; the kernel offers no count of those for a SCSI disk.
+    virtual Result<void> open_exclusive(const std::string& device) = 0;
     virtual std::chrono::steady_clock::time_point now() = 0;
     virtual void sleep_for(std::chrono::milliseconds duration) = 0;
 };
@@ -75,9 +95,24 @@ Result<std::string> attach(const AttachRequest& req, const AttachOptions& opts =
 Result<std::string> attach(ConfigfsOps& ops, const AttachRequest& req, const AttachOptions& opts);
 
 // Removes the LUN link, lun_0, tpgt_1, the loopback target and the core device, in that order.
-// Parts already gone are skipped, so detaching twice (or a half-attached id) succeeds.
+// Parts already gone are skipped, so detaching twice (or a half-attached id) succeeds. Refuses
+// (EBUSY) while the disk has holders in sysfs or cannot be opened exclusively (mounted, or held
+// by device-mapper). With `expected`, also refuses (EEXIST) unless the device's dev_config and
+// dev_size are what attach wrote for it (check_attached): never detach another's disk.
 Result<void> detach(std::string_view id, const AttachOptions& opts = {});
 Result<void> detach(ConfigfsOps& ops, std::string_view id, const AttachOptions& opts);
+Result<void> detach(ConfigfsOps& ops, std::string_view id, const DeviceIdentity& expected,
+                    const AttachOptions& opts);
+Result<void> detach(std::string_view id, const DeviceIdentity& expected,
+                    const AttachOptions& opts = {});
+
+// Reads the id's attrib/dev_config (and attrib/dev_size when `expected` sets a size) and errors
+// (EEXIST, naming both values) unless they are what attach writes for `expected`. ENOENT when
+// the device does not exist.
+Result<void> check_attached(ConfigfsOps& ops, std::string_view id, const DeviceIdentity& expected,
+                            const AttachOptions& opts);
+Result<void> check_attached(std::string_view id, const DeviceIdentity& expected,
+                            const AttachOptions& opts = {});
 
 // "/dev/sdX" when the id's core device, loopback target and disk all exist; nullopt otherwise.
 Result<std::optional<std::string>> find_attached(std::string_view id,
@@ -93,5 +128,33 @@ Result<std::vector<std::string>> list_attached(ConfigfsOps& ops, const AttachOpt
 Result<std::string> attached_config(std::string_view id, const AttachOptions& opts = {});
 Result<std::string> attached_config(ConfigfsOps& ops, std::string_view id,
                                     const AttachOptions& opts);
+
+// How open_beneath resolves a path: openat2, or the O_NOFOLLOW walk it falls back to where the
+// kernel has no openat2 (before 5.6); tests run both.
+enum class Resolver { openat2, walk };
+
+// Opens `relative` (no "..", "." or empty component) beneath the folder `dirfd` without
+// following a symlink anywhere on the way, O_CLOEXEC | O_NOFOLLOW added to `flags`. Returns the
+// fd, or -1 with errno set: ELOOP, EXDEV or ENOTDIR when a symlink (or an escape) was refused.
+int open_beneath(int dirfd, const std::string& relative, int flags, mode_t mode,
+                 Resolver resolver = Resolver::openat2);
+
+// A backstore config opened beneath an allowed folder (see open_config_beneath).
+struct OpenedConfig {
+    UniqueFd dir;      // O_PATH of the config's own folder
+    UniqueFd file;     // the config, read-only
+    std::string name;  // its name in `dir`
+};
+
+// Opens <location.dir>/<location.relative> without following a symlink at any level beneath
+// location.dir (openat2 with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS; on kernels before 5.6, a
+// walk of O_NOFOLLOW opens, one component at a time), and checks that it is a regular file
+// owned by `owner_uid` and not writable by group or others. EACCES for a refusal (a symlink, a
+// foreign owner, a loose mode, not a regular file), ENOENT when it is missing.
+Result<OpenedConfig> open_config_beneath(const ConfigLocation& location, uid_t owner_uid);
+
+// open_config_beneath after locate_config: the file-system half of the API's check.
+Result<OpenedConfig> open_allowed_config(const OriginPolicy& policy,
+                                         const std::string& config_path);
 
 }  // namespace wrenn::tcmu

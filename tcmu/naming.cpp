@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <filesystem>
 
+#include "common/digest.hpp"
 #include "common/file.hpp"
 #include "common/unique_fd.hpp"
 
@@ -60,14 +61,47 @@ std::string loopback_target_dir(std::string_view id) {
     return loopback_dir() + "/" + wwn_for_id(id);
 }
 
-std::string id_for_config(std::string_view config_path) {
-    std::uint64_t hash = 14695981039346656037ULL;  // FNV-1a 64 offset basis
-    for (char c : config_path) {
-        hash ^= static_cast<unsigned char>(c);
-        hash *= 1099511628211ULL;  // FNV-1a 64 prime
+std::string origin_spec_bytes(std::string_view handler, std::string_view config_path,
+                              std::optional<std::uint64_t> size_bytes) {
+    const std::string size = size_bytes ? std::to_string(*size_bytes) : std::string();
+    std::string out = "wrenn tcmu origin v1\n";
+    for (const auto& [name, value] :
+         {std::pair<std::string_view, std::string_view>{"handler", handler},
+          {"config", config_path},
+          {"size", size}}) {
+        out.append(name);
+        out += '=';
+        out += std::to_string(value.size());
+        out += ':';
+        out.append(value);
+        out += '\n';
+    }
+    return out;
+}
+
+// The id used to be FNV-1a of the config path mod 10^12. FNV is not one-way: a path with any
+// chosen id can be computed directly, so one caller could aim at another's device. SHA-256 is
+// one-way, so hitting a given id now takes brute force: about 10^12 specs hashed per target id
+// (12 digits are 40 bits; the first 64 bits of the digest reduced mod 10^12 are uniform to
+// within 2^-24), and even an accidental collision between two live origins needs about 10^6 of
+// them (the birthday bound). That is not out of reach of a determined attacker with a GPU, so
+// the id is not what keeps disks apart: before any attached id is reused or detached, its
+// dev_config (and dev_size) is read back from configfs and must equal what this spec writes
+// (configfs.cpp, check_attached). A collision therefore ends in an error naming both specs,
+// never in one caller getting another's disk.
+std::string id_for_origin(std::string_view handler, std::string_view config_path,
+                          std::optional<std::uint64_t> size_bytes) {
+    const auto digest = [&] {
+        Sha256 hash;
+        hash.update(origin_spec_bytes(handler, config_path, size_bytes));
+        return hash.digest();
+    }();
+    std::uint64_t first = 0;
+    for (std::size_t i = 0; i < 8; ++i) {
+        first = (first << 8) | digest[i];
     }
     // 12 digits fit the WWN's 13 with room; 0 is avoided so an id never reads as "unset".
-    std::uint64_t id = hash % 1000000000000ULL;
+    std::uint64_t id = first % 1000000000000ULL;
     if (id == 0) {
         id = 1;
     }
@@ -114,26 +148,38 @@ Result<std::string> parse_scsi_address(std::string_view text) {
     return std::string(text);
 }
 
+Result<std::optional<std::string>> result_file_field(std::string_view config_text) {
+    boost::system::error_code ec;
+    boost::json::value doc = boost::json::parse(config_text, ec);
+    if (ec || !doc.is_object()) {
+        return Error("find resultFile", EINVAL,
+                     ec ? "not JSON: " + ec.message() : "not a JSON object");
+    }
+    const boost::json::value* result = doc.as_object().if_contains("resultFile");
+    if (result == nullptr || (result->is_string() && result->as_string().empty())) {
+        return std::optional<std::string>();
+    }
+    if (!result->is_string()) {
+        return Error("find resultFile", EINVAL, "resultFile is not a string");
+    }
+    return std::optional<std::string>(std::string(result->as_string()));
+}
+
 Result<std::string> result_file_for_config(const std::string& config_path) {
     auto text = read_file(config_path, 1U << 20);  // an overlaybd config is far smaller
     if (!text) {
         return std::move(text).error().within("find resultFile of " + config_path);
     }
-    boost::system::error_code ec;
-    boost::json::value doc = boost::json::parse(*text, ec);
-    if (ec || !doc.is_object()) {
-        return Error("find resultFile of " + config_path, EINVAL,
-                     ec ? "not JSON: " + ec.message() : "not a JSON object");
+    auto field = result_file_field(*text);
+    if (!field) {
+        return Error("find resultFile of " + config_path, field.error().code(),
+                     field.error().detail());
     }
     std::filesystem::path dir = std::filesystem::path(config_path).parent_path();
-    const boost::json::value* result = doc.as_object().if_contains("resultFile");
-    if (result == nullptr || (result->is_string() && result->as_string().empty())) {
+    if (!field->has_value()) {
         return (dir / "init-debug.log").string();
     }
-    if (!result->is_string()) {
-        return Error("find resultFile of " + config_path, EINVAL, "resultFile is not a string");
-    }
-    std::filesystem::path file(std::string(result->as_string()));
+    std::filesystem::path file(**field);
     if (file.is_absolute()) {
         return file.string();
     }

@@ -4,6 +4,7 @@
 // (result_file_for_config only reads the config file), unit-tested in tcmu_naming_test.cpp.
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -29,9 +30,18 @@ std::string core_device_dir(std::string_view id);
 std::string loopback_dir();
 std::string loopback_target_dir(std::string_view id);
 
-// A stable id for a config path (FNV-1a 64 of the path, mod 10^12, never 0), so that an agent
-// that restarts finds the device it attached for the same config.
-std::string id_for_config(std::string_view config_path);
+// The id of a TCMU origin: SHA-256 of the whole spec (handler, config path, dev_size; see
+// origin_spec_bytes), its first 64 bits mod 10^12, never 0. Stable, so that an agent that
+// restarts finds the device it attached for the same spec; a different handler or size is a
+// different device. Why a crafted collision buys nothing: see the comment in naming.cpp.
+std::string id_for_origin(std::string_view handler, std::string_view config_path,
+                          std::optional<std::uint64_t> size_bytes);
+
+// The canonical bytes that id_for_origin hashes: a version line, then each field as
+// "<name>=<length>:<bytes>\n" (length-prefixed, so no field can spill into the next; an absent
+// size has length 0).
+std::string origin_spec_bytes(std::string_view handler, std::string_view config_path,
+                              std::optional<std::uint64_t> size_bytes);
 
 // The "dev_config" control value: "<handler>/<config path>" (an absolute path gives "qcow//x").
 std::string dev_config_for(std::string_view handler, std::string_view config_path);
@@ -46,6 +56,12 @@ Result<std::string> parse_scsi_address(std::string_view text);
 // Where overlaybd reports the result of opening a device: the "resultFile" of its
 // config.v1.json, absolute as is, relative to the config's folder, or
 // "<config dir>/init-debug.log" when absent. Errors when the config cannot be read or parsed.
+// This is overlaybd-attacher's rule, for the operator's CLI; the API uses
+// contained_result_file (origin_policy.hpp).
 Result<std::string> result_file_for_config(const std::string& config_path);
+
+// The "resultFile" field of a config's text: nullopt when absent or empty. EINVAL when the text
+// is not a JSON object or the field is not a string. Pure; the fuzz harness drives it.
+Result<std::optional<std::string>> result_file_field(std::string_view config_text);
 
 }  // namespace wrenn::tcmu

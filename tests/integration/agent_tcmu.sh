@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # A sandbox whose origin is a TCMU block device: Debian's tcmu-runner with its qcow handler is
-# the backstore (overlaybd's is not packaged). Create, write, pause, resume (data intact),
-# flatten, destroy; the TCMU device is shared by two sandboxes, detached with the last one,
-# and configfs is empty at the end.
+# the backstore (overlaybd's is not packaged). First the allowlist: without --tcmu-config-dir
+# the API refuses TCMU origins (403); with it, hostile configs (a resultFile outside the
+# config's folder, through a symlink, with "..", commas and newlines, symlinked or loose
+# configs, a handler not allowed) are refused or logged only inside the config's folder, and
+# nothing outside it changes. Then an allowed config: create, write, pause, resume (data
+# intact), flatten, destroy; the TCMU device is shared by two sandboxes, detached with the last
+# one, and configfs is empty at the end.
 here=$(dirname "$0")
 source "$here/lib.sh"
 
@@ -10,9 +14,16 @@ require "no wrenn- devices before the test" test -z "$(wrenn_devices)"
 hba=/sys/kernel/config/target/core/user_999999999
 require "no TCMU devices before the test" test -z "$(ls "$hba" 2>/dev/null | grep '^dev_')"
 
+# The allowed folder: root-owned configs, not writable by others.
+OBD=$WORK/obd
+mkdir -p "$OBD/qcow" "$WORK/outside"
+chmod 755 "$OBD" "$OBD/qcow"
+TCMU_FLAGS=(--tcmu-config-dir "$OBD" --tcmu-handler qcow --tcmu-handler overlaybd)
+
 # A 32 MiB qcow2 image with known bytes.
 head -c 32M /dev/urandom >"$WORK/origin.raw"
-qemu-img convert -q -f raw -O qcow2 "$WORK/origin.raw" "$WORK/origin.qcow2"
+qemu-img convert -q -f raw -O qcow2 "$WORK/origin.raw" "$OBD/qcow/origin.qcow2"
+chmod 644 "$OBD/qcow/origin.qcow2"
 mkdir -p "$WORK/runner"
 tcmu-runner -l "$WORK/runner" >/dev/null 2>&1 &
 runner=$!
@@ -23,8 +34,109 @@ done
 require "tcmu-runner registered its qcow handler" grep -q "Handler qcow is registered" "$WORK/runner/tcmu-runner.log"
 sleep 1
 
-require "agent starts" start_agent
-origin="{\"type\": \"tcmu\", \"config\": \"$WORK/origin.qcow2\", \"handler\": \"qcow\", \"size_bytes\": 33554432}"
+origin="{\"type\": \"tcmu\", \"config\": \"$OBD/qcow/origin.qcow2\", \"handler\": \"qcow\", \"size_bytes\": 33554432}"
+
+step "no --tcmu-config-dir: TCMU origins are refused"
+require "agent starts without TCMU flags" start_agent
+api POST /sandboxes "{\"id\": \"t0\", \"origin\": $origin}"
+expect_eq "a TCMU origin without --tcmu-config-dir" "$STATUS" 403
+expect_eq "its error code" "$(json error.code)" tcmu_not_allowed
+expect_true "the message names the flag" grep -q -- "--tcmu-config-dir" <<<"$BODY"
+expect_eq "nothing attached" "$(ls "$hba" 2>/dev/null | grep -c '^dev_')" 0
+expect_true "SIGTERM exits 0" stop_agent
+
+step "hostile TCMU configs"
+# The id the agent derives for an origin (tcmu/naming.cpp, id_for_origin), to make one taken.
+tcmu_id() {  # handler config
+    python3 - "$1" "$2" <<'PY'
+import hashlib, sys
+h, c = (a.encode() for a in sys.argv[1:3])
+spec = b"wrenn tcmu origin v1\n" + b"".join(
+    n + b"=" + str(len(v)).encode() + b":" + v + b"\n"
+    for n, v in ((b"handler", h), (b"config", c), (b"size", b"")))
+v = int.from_bytes(hashlib.sha256(spec).digest()[:8], "big") % 10**12
+print(v or 1)
+PY
+}
+profile=/etc/profile.d/wrenn-test-$PREFIX.sh
+printf 'sentinel\n' >"$WORK/outside/sentinel.log"
+touch -d '2001-01-01 00:00:00' "$WORK/outside/sentinel.log"
+mkdir -p "$OBD/abs" "$OBD/dotdot" "$OBD/link" "$OBD/viadir"
+printf '{"lowers": [], "resultFile": "%s"}' "$profile" >"$OBD/abs/config.v1.json"
+printf '{"lowers": [], "resultFile": "../../outside/dotdot.log"}' >"$OBD/dotdot/config.v1.json"
+printf '{"lowers": [], "resultFile": "result.log"}' >"$OBD/link/config.v1.json"
+ln -s "$WORK/outside/sentinel.log" "$OBD/link/result.log"
+printf '{"lowers": [], "resultFile": "out/sentinel.log"}' >"$OBD/viadir/config.v1.json"
+ln -s "$WORK/outside" "$OBD/viadir/out"
+chmod 644 "$OBD"/*/config.v1.json
+touch "$WORK/before"
+sleep 1
+require "agent starts with --tcmu-config-dir" start_agent "${TCMU_FLAGS[@]}"
+# Each attach finds its id taken (made here in configfs) and fails at once, after which the
+# agent writes its attach log: the point is where that log may go.
+for name in abs dotdot link viadir; do
+    config=$OBD/$name/config.v1.json
+    id=$(tcmu_id overlaybd "$config")
+    mkdir -p "$hba/dev_$id"
+    api POST /sandboxes "{\"id\": \"h-$name\", \"origin\": {\"type\": \"tcmu\", \"config\": \"$config\"}}"
+    expect_eq "hostile resultFile ($name): the attach fails" "$STATUS" 500
+    expect_true "hostile resultFile ($name): the id in use is explained" grep -q "in use" <<<"$BODY"
+    rmdir "$hba/dev_$id"
+done
+step "nothing outside the config folders changed"
+expect_true "the absolute resultFile was not created" test ! -e "$profile"
+expect_true "nothing at ../../outside" test ! -e "$WORK/outside/dotdot.log"
+expect_eq "the sentinel outside is unchanged" "$(cat "$WORK/outside/sentinel.log")" sentinel
+expect_eq "and so is its mtime" "$(stat -c %Y "$WORK/outside/sentinel.log")" "$(date -d '2001-01-01 00:00:00' +%s)"
+expect_true "the absolute case logged beside its config" grep -q "wrenn tcmu attach" "$OBD/abs/init-debug.log"
+expect_true "the .. case logged beside its config" grep -q "wrenn tcmu attach" "$OBD/dotdot/init-debug.log"
+expect_eq "the log is 0600" "$(stat -c %a "$OBD/abs/init-debug.log")" 600
+expect_eq "no other file outside the config folder changed" \
+    "$(find "$WORK" /etc -xdev -newer "$WORK/before" 2>/dev/null \
+        | grep -v -e "^$OBD/" -e "^$WORK/agent.log$" -e "^$WORK/runner" -e "^$STATE" | sort -u)" ""
+
+step "refusals: paths, symlinks, owners, modes, handlers, values"
+# Refused before anything is attached: the status, and no device.
+refused() {  # what status body
+    api POST /sandboxes "$3"
+    expect_eq "$1" "$STATUS" "$2"
+}
+mkdir -p "$OBD/loose" "$OBD/foreign"
+printf '{}' >"$OBD/loose/config.v1.json"
+chmod 666 "$OBD/loose/config.v1.json"
+printf '{}' >"$OBD/foreign/config.v1.json"
+chown 65534 "$OBD/foreign/config.v1.json"
+ln -s "$OBD/qcow/origin.qcow2" "$OBD/qcow-link.qcow2"
+ln -s "$OBD/qcow" "$OBD/dirlink"
+refused "a config outside the allowed folder" 403 \
+    "{\"origin\": {\"type\": \"tcmu\", \"config\": \"$WORK/origin.raw\", \"handler\": \"qcow\"}}"
+refused "a config path with .." 400 \
+    "{\"origin\": {\"type\": \"tcmu\", \"config\": \"$OBD/../origin.raw\", \"handler\": \"qcow\"}}"
+refused "a symlinked config" 403 \
+    "{\"origin\": {\"type\": \"tcmu\", \"config\": \"$OBD/qcow-link.qcow2\", \"handler\": \"qcow\", \"size_bytes\": 33554432}}"
+refused "a config through a symlinked folder" 403 \
+    "{\"origin\": {\"type\": \"tcmu\", \"config\": \"$OBD/dirlink/origin.qcow2\", \"handler\": \"qcow\", \"size_bytes\": 33554432}}"
+refused "a config others may write" 403 \
+    "{\"origin\": {\"type\": \"tcmu\", \"config\": \"$OBD/loose/config.v1.json\"}}"
+refused "a config not owned by root" 403 \
+    "{\"origin\": {\"type\": \"tcmu\", \"config\": \"$OBD/foreign/config.v1.json\"}}"
+refused "a handler not allowed" 403 \
+    "{\"origin\": {\"type\": \"tcmu\", \"config\": \"$OBD/qcow/origin.qcow2\", \"handler\": \"file\"}}"
+expect_true "the error names the allowed handlers" grep -q "qcow, overlaybd" <<<"$BODY"
+refused "a comma in the config" 400 \
+    "{\"origin\": {\"type\": \"tcmu\", \"config\": \"$OBD/qcow/a,dev_size=1\", \"handler\": \"qcow\"}}"
+expect_true "the error names the field" grep -q "origin.config" <<<"$BODY"
+refused "a newline in the config" 400 \
+    "{\"origin\": {\"type\": \"tcmu\", \"config\": \"$OBD/qcow/a\\nb\", \"handler\": \"qcow\"}}"
+long=$OBD/$(head -c 300 /dev/zero | tr '\0' a)
+refused "a config over the kernel's 255 bytes" 400 \
+    "{\"origin\": {\"type\": \"tcmu\", \"config\": \"$long\", \"handler\": \"qcow\"}}"
+expect_eq "no TCMU device after the refusals" "$(ls "$hba" 2>/dev/null | grep -c '^dev_')" 0
+expect_eq "no sandbox after the refusals" "$(curl -s "$URL/sandboxes" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["sandboxes"]))')" 0
+expect_true "SIGTERM exits 0" stop_agent
+
+step "an allowed config"
+require "agent starts" start_agent "${TCMU_FLAGS[@]}"
 api POST /sandboxes "{\"id\": \"t1\", \"origin\": $origin}"
 expect_eq "create over a TCMU origin" "$STATUS" 201
 expect_eq "origin type" "$(json origin.type)" tcmu
@@ -51,7 +163,7 @@ expect_eq "t1 data after resume" "$(read_marker /dev/mapper/wrenn-t1 3 15)" "tcm
 
 # Restart: the TCMU origin is adopted, not attached twice.
 kill_agent
-require "agent restarts" start_agent
+require "agent restarts" start_agent "${TCMU_FLAGS[@]}"
 api GET /sandboxes/t1
 expect_eq "t1 adopted" "$(json state)" running
 expect_eq "still one TCMU device" "$(ls "$hba" | grep -c '^dev_')" 1

@@ -184,9 +184,9 @@ void expect_bounded_failure_without_backstore() {
     Image image;
     tcmu::AttachRequest req;
     req.config_path = image.qcow.string();
-    req.id = tcmu::id_for_config(req.config_path);
     req.handler = "qcow";
     req.size_bytes = kImageBytes;
+    req.id = tcmu::id_for_origin(req.handler, req.config_path, req.size_bytes);
     req.cmd_time_out_s = 2;  // nobody answers the SCSI scan; let its commands time out quickly
     REQUIRE_FALSE(tcmu::find_attached(req.id)->has_value());
 
@@ -228,9 +228,9 @@ TEST_CASE("tcmu attach over tcmu-runner's qcow handler gives a disk with the ima
 
     tcmu::AttachRequest req;
     req.config_path = image.qcow.string();
-    req.id = tcmu::id_for_config(req.config_path);
     req.handler = "qcow";
     req.size_bytes = kImageBytes;
+    req.id = tcmu::id_for_origin(req.handler, req.config_path, req.size_bytes);
     REQUIRE_FALSE(tcmu::find_attached(req.id)->has_value());
     tcmu::AttachOptions opts;
     opts.attempts = 3;
@@ -260,7 +260,28 @@ TEST_CASE("tcmu attach over tcmu-runner's qcow handler gives a disk with the ima
     CHECK_THAT(busy.error().message(), Catch::Contains(*disk + " is held by dm-"));
     CHECK(*tcmu::find_attached(req.id) == std::optional<std::string>(*disk));
 
-    REQUIRE(tcmu::detach(req.id).ok());
+    // An exclusive opener (as mount is) makes the disk busy too, though it adds no holder.
+    {
+        wrenn::UniqueFd claim(::open(disk->c_str(), O_RDONLY | O_EXCL | O_CLOEXEC));
+        REQUIRE(claim.valid());
+        auto claimed = tcmu::detach(req.id, tcmu::identity_of(req));
+        REQUIRE_FALSE(claimed.ok());
+        CHECK(claimed.error().code() == EBUSY);
+        CHECK_THAT(claimed.error().message(),
+                   Catch::Contains(*disk + " is mounted or open exclusively"));
+    }
+    // The id read back with another origin's values: never detached for it.
+    auto other = tcmu::identity_of(req);
+    other.size_bytes = kImageBytes * 2;
+    auto foreign = tcmu::detach(req.id, other);
+    REQUIRE_FALSE(foreign.ok());
+    CHECK(foreign.error().code() == EEXIST);
+    CHECK_THAT(foreign.error().message(),
+               Catch::Contains("dev_size is " + std::to_string(kImageBytes)));
+    CHECK(tcmu::check_attached(req.id, tcmu::identity_of(req)).ok());
+    CHECK(*tcmu::find_attached(req.id) == std::optional<std::string>(*disk));
+
+    REQUIRE(tcmu::detach(req.id, tcmu::identity_of(req)).ok());
     require_configfs_empty();
     CHECK_FALSE(tcmu::find_attached(req.id)->has_value());
     CHECK(tcmu::detach(req.id).ok());  // idempotent

@@ -1,6 +1,8 @@
 #include <boost/json.hpp>
 #include <catch2/catch.hpp>
+#include <cerrno>
 
+#include "agent/linux_platform.hpp"
 #include "agent_fixture.hpp"
 
 using namespace wrenn::agent;
@@ -301,4 +303,66 @@ TEST_CASE("a snapshot the kernel invalidated shows in GET and in the record afte
     REQUIRE(paused.result_int() == 200);
     CHECK_THAT(std::string(ApiFixture::body_of(paused).at("last_error").as_string()),
                Catch::Contains("invalidated"));
+}
+
+TEST_CASE("a TCMU origin the allowlist refuses: 403, 400 or 503, and nothing attached", "[api]") {
+    const std::string body = R"({"id":"t1","origin":{"type":"tcmu","config":"/etc/obd/c.json"}})";
+    struct Case {
+        int errno_value;
+        unsigned status;
+        std::string code;
+    };
+    for (const Case& c :
+         {Case{EACCES, 403, "tcmu_not_allowed"}, Case{EINVAL, 400, "invalid_request"},
+          Case{ENOENT, 400, "invalid_request"}, Case{ENODEV, 503, "unavailable"}}) {
+        INFO(c.code);
+        ApiFixture f;
+        f.platform.tcmu_check_errno = c.errno_value;
+        auto res = f.call(http::verb::post, "/sandboxes", body);
+        CHECK(res.result_int() == c.status);
+        CHECK(ApiFixture::error_code(res) == c.code);
+        CHECK_THAT(ApiFixture::error_message(res), Catch::Contains("/etc/obd/c.json"));
+        CHECK(f.platform.attached_ever.empty());
+        CHECK(f.manager->list().empty());
+    }
+}
+
+TEST_CASE("resume and flatten of a TCMU sandbox check the allowlist again", "[api]") {
+    ApiFixture f;
+    REQUIRE(f.call(http::verb::post, "/sandboxes",
+                   R"({"id":"t1","origin":{"type":"tcmu","config":"/etc/obd/c.json"}})")
+                .result_int() == 201);
+    REQUIRE(f.call(http::verb::post, "/sandboxes/t1/pause").result_int() == 200);
+    f.platform.tcmu_check_errno = EACCES;  // the operator took the folder off the list
+    auto resume = f.call(http::verb::post, "/sandboxes/t1/resume");
+    CHECK(resume.result_int() == 403);
+    CHECK(ApiFixture::error_code(resume) == "tcmu_not_allowed");
+    auto flatten = f.call(http::verb::post, "/sandboxes/t1/flatten", R"({"template":"x"})");
+    CHECK(flatten.result_int() == 403);
+    CHECK(f.platform.origin_refs.empty());
+}
+
+TEST_CASE("the real platform refuses TCMU origins before any file is opened", "[api]") {
+    // LinuxPlatform without root or configfs: the checks that need no kernel still run.
+    LinuxPlatform::Options options;
+    LinuxPlatform none(options);
+    OriginSpec spec{OriginSpec::Type::Tcmu, "/nonexistent/obd/c.json", "overlaybd", std::nullopt,
+                    std::nullopt};
+    auto refused = none.check_tcmu_origin(spec);
+    REQUIRE_FALSE(refused.ok());
+    CHECK(refused.error().code() == EACCES);
+    CHECK_THAT(refused.error().message(), Catch::Contains("--tcmu-config-dir"));
+
+    options.tcmu_policy.config_dirs = {"/nonexistent/obd"};
+    LinuxPlatform allowed(options);
+    spec.handler = "file";
+    CHECK(allowed.check_tcmu_origin(spec).error().code() == EACCES);
+    spec.handler = "overlaybd";
+    spec.path = "/nonexistent/obd/a,dev_size=1";
+    CHECK(allowed.check_tcmu_origin(spec).error().code() == EINVAL);
+    // Allowed by every rule that needs no file: without TCMU in the kernel the answer is ENODEV
+    // (503), not ENOENT, which only opening the (missing) config could give.
+    spec.path = "/nonexistent/obd/c.json";
+    const int expected = allowed.support().tcmu ? ENOENT : ENODEV;
+    CHECK(allowed.check_tcmu_origin(spec).error().code() == expected);
 }

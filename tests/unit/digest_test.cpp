@@ -1,7 +1,7 @@
+#include "common/digest.hpp"
+
 #include <catch2/catch.hpp>
 #include <string>
-
-#include "common/digest.hpp"
 
 using wrenn::Sha256;
 using wrenn::sha256_hex;

@@ -24,6 +24,7 @@ class FakePlatform : public Platform {
     int fail_remove_errno = 0;
     int fail_create_errno = 0;
     int fail_acquire_errno = 0;
+    int tcmu_check_errno = 0;  // check_tcmu_origin fails with this errno (every call)
     bool cow_valid = true;
     SnapshotUsage::State usage_state = SnapshotUsage::State::Active;
     int cow_error_errno = -1;  // >= 0: cow_store_valid fails with this errno
@@ -84,6 +85,15 @@ class FakePlatform : public Platform {
         }
         return AttachedOrigin{origin.type == OriginSpec::Type::Loop ? "/dev/loop7" : "/dev/sda",
                               size};
+    }
+
+    Result<void> check_tcmu_origin(const OriginSpec& origin) override {
+        std::lock_guard lock(mu);
+        calls.push_back("check " + origin.key());
+        if (tcmu_check_errno != 0) {
+            return Error("allow TCMU config " + origin.path, tcmu_check_errno, "injected");
+        }
+        return success();
     }
 
     void release_origin(const OriginSpec& origin) override {
@@ -163,8 +173,8 @@ class FakePlatform : public Platform {
         released_dirs.insert(dir);
         return std::size_t{0};
     }
-    Result<std::size_t> detach_tcmu_origins(const std::vector<std::string>& configs) override {
-        tcmu_detached += configs.size();
+    Result<std::size_t> detach_tcmu_origins(const std::vector<OriginSpec>& origins) override {
+        tcmu_detached += origins.size();
         return std::size_t{0};
     }
 };

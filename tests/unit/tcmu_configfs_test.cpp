@@ -1,6 +1,8 @@
 // attach/detach over a fake configfs that acts as the kernel would: mkdir of a core device or a
 // tpg makes its attribute files, writing the nexus gives an address, linking the LUN makes a disk.
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <cerrno>
@@ -56,6 +58,7 @@ class FakeKernel final : public tcmu::ConfigfsOps {
     std::chrono::steady_clock::time_point clock{};
     std::chrono::milliseconds slept{0};
     int next_target = 1;
+    std::set<std::string> busy;  // /dev nodes mounted or open exclusively
 
     FakeKernel() {
         for (const std::string& d : {kCfg, kCfg + "/target", kCfg + "/target/core", kSys, kDev}) {
@@ -99,6 +102,7 @@ class FakeKernel final : public tcmu::ConfigfsOps {
             nodes[path + "/attrib"] = {Type::dir, "", true};
             nodes[path + "/attrib/cmd_time_out"] = {Type::file, "30\n", true};
             nodes[path + "/attrib/dev_config"] = {Type::file, "\n", true};
+            nodes[path + "/attrib/dev_size"] = {Type::file, "0\n", true};
             nodes[path + "/attrib/nl_reply_supported"] = {Type::file, "0\n", true};
         } else if (ends_with(path, "/tpgt_1")) {
             nodes[path + "/nexus"] = {Type::file, "", true};
@@ -138,6 +142,10 @@ class FakeKernel final : public tcmu::ConfigfsOps {
         if (ends_with(path, "/control") && starts_with(std::string(value), "dev_config=")) {
             nodes[parent_of(path) + "/attrib/dev_config"].content =
                 std::string(value.substr(11)) + "\n";
+        }
+        if (ends_with(path, "/control") && starts_with(std::string(value), "dev_size=")) {
+            nodes[parent_of(path) + "/attrib/dev_size"].content =
+                std::string(value.substr(9)) + "\n";
         }
         if (ends_with(path, "/nexus")) {
             nodes[parent_of(path) + "/address"].content =
@@ -218,6 +226,16 @@ class FakeKernel final : public tcmu::ConfigfsOps {
         }
         auto it = nodes.lower_bound(path + "/");
         return it != nodes.end() && starts_with(it->first, path + "/");
+    }
+
+    Result<void> open_exclusive(const std::string& device) override {
+        if (nodes.count(device) == 0) {
+            return Error("open " + device, ENOENT);
+        }
+        if (busy.count(device) != 0) {
+            return Error("open " + device + " exclusively", EBUSY);
+        }
+        return {};
     }
 
     std::chrono::steady_clock::time_point now() override { return clock; }
@@ -617,4 +635,185 @@ TEST_CASE("a try whose cleanup fails is not retried, and the error says what is 
     CHECK_THAT(disk.error().message(), Catch::Contains("cleanup failed: injected rmdir " + kCore));
     CHECK(kernel.count("mkdir " + kCore) == 1);
     CHECK(kernel.leftovers() == std::set<std::string>{kCore});
+}
+
+TEST_CASE("an attached id is reused only for the origin it was attached for", "[tcmu]") {
+    FakeKernel kernel;
+    REQUIRE(tcmu::attach(kernel, request(), fake_options()).ok());
+    CHECK(tcmu::check_attached(kernel, "123", tcmu::identity_of(request()), fake_options()).ok());
+
+    auto other = request();
+    other.config_path = "/cfgs/b/config.v1.json";
+    auto wrong = tcmu::check_attached(kernel, "123", tcmu::identity_of(other), fake_options());
+    REQUIRE_FALSE(wrong.ok());
+    CHECK(wrong.error().code() == EEXIST);
+    CHECK_THAT(wrong.error().message(),
+               Catch::Contains("\"overlaybd//cfgs/a/config.v1.json\"") &&
+                   Catch::Contains("\"overlaybd//cfgs/b/config.v1.json\""));
+
+    auto sized = request();
+    sized.size_bytes = 8192;
+    auto size = tcmu::check_attached(kernel, "123", tcmu::identity_of(sized), fake_options());
+    REQUIRE_FALSE(size.ok());
+    CHECK(size.error().code() == EEXIST);
+    CHECK_THAT(size.error().message(),
+               Catch::Contains("dev_size is 4096") && Catch::Contains("8192"));
+
+    // An attach that finds the id taken by another origin says whose it is and touches nothing.
+    kernel.log.clear();
+    auto again = tcmu::attach(kernel, other, fake_options());
+    REQUIRE_FALSE(again.ok());
+    CHECK(again.error().code() == EEXIST);
+    CHECK_THAT(again.error().message(), Catch::Contains("overlaybd//cfgs/a/config.v1.json"));
+    CHECK(kernel.count("rmdir " + kCore) == 0);
+    CHECK(*tcmu::find_attached(kernel, "123", fake_options()) == kDev + "/sda");
+}
+
+TEST_CASE("detach for an origin refuses a device attached for another", "[tcmu]") {
+    FakeKernel kernel;
+    REQUIRE(tcmu::attach(kernel, request(), fake_options()).ok());
+    auto other = request();
+    other.handler = "qcow";
+    kernel.log.clear();
+    auto r = tcmu::detach(kernel, "123", tcmu::identity_of(other), fake_options());
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code() == EEXIST);
+    CHECK_THAT(r.error().message(), Catch::Contains("qcow//cfgs/a/config.v1.json"));
+    for (const auto& entry : kernel.log) {
+        CHECK_FALSE(starts_with(entry, "rmdir"));
+        CHECK_FALSE(starts_with(entry, "unlink"));
+    }
+    CHECK(tcmu::detach(kernel, "123", tcmu::identity_of(request()), fake_options()).ok());
+    CHECK(kernel.leftovers().empty());
+    // Gone already: nothing to compare, and detaching again succeeds.
+    CHECK(tcmu::detach(kernel, "123", tcmu::identity_of(other), fake_options()).ok());
+}
+
+TEST_CASE("detach refuses while the disk is mounted or open exclusively", "[tcmu]") {
+    FakeKernel kernel;
+    REQUIRE(*tcmu::attach(kernel, request(), fake_options()) == kDev + "/sda");
+    kernel.busy.insert(kDev + "/sda");
+    kernel.log.clear();
+    auto r = tcmu::detach(kernel, "123", tcmu::identity_of(request()), fake_options());
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code() == EBUSY);
+    CHECK_THAT(r.error().message(), Catch::Contains(kDev + "/sda is mounted or open exclusively"));
+    CHECK(kernel.count("unlink " + kTarget + "/tpgt_1/lun/lun_0/dev_123") == 0);
+    CHECK(tcmu::detach(kernel, "123", fake_options()).error().code() == EBUSY);
+    kernel.busy.clear();
+    CHECK(tcmu::detach(kernel, "123", fake_options()).ok());
+}
+
+TEST_CASE("attach refuses configfs values that would add options or be cut", "[tcmu]") {
+    FakeKernel kernel;
+    for (const std::string& bad : std::vector<std::string>{"/c,dev_size=1", "/c\ndev_size=1",
+                                                           "/c\x01", "/" + std::string(300, 'a')}) {
+        auto req = request();
+        req.config_path = bad;
+        auto r = tcmu::attach(kernel, req, fake_options());
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code() == EINVAL);
+        CHECK_THAT(r.error().message(), Catch::Contains("config"));
+    }
+    auto req = request();
+    req.handler = "file,x";
+    CHECK(tcmu::attach(kernel, req, fake_options()).error().code() == EINVAL);
+    CHECK(kernel.log.empty());
+    // The operator's CLI goes through the same checks.
+    std::ostringstream out;
+    std::ostringstream err;
+    CHECK(tcmu::run_cli({"attach", "--id", "5", "--config", "/a,b"}, out, err, kernel,
+                        fake_options()) == 1);
+    CHECK_THAT(err.str(), Catch::Contains("','"));
+    CHECK(kernel.log.empty());
+}
+
+namespace {
+
+// A config folder for API attaches: allowed/cfg/config.v1.json, with a sentinel outside.
+struct ApiConfigTree {
+    std::filesystem::path root;
+    std::filesystem::path allowed, dir, config, outside;
+    explicit ApiConfigTree(const std::string& result_file) {
+        std::string tmpl = (std::filesystem::temp_directory_path() / "wrenn-tcmu-XXXXXX").string();
+        REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+        root = tmpl;
+        allowed = root / "allowed";
+        dir = allowed / "cfg";
+        std::filesystem::create_directories(dir);
+        config = dir / "config.v1.json";
+        std::ofstream(config) << R"({"lowers": [], "resultFile": ")" + result_file + R"("})";
+        outside = root / "outside.log";
+        std::ofstream(outside) << "sentinel\n";
+    }
+    ~ApiConfigTree() {
+        std::error_code ec;
+        std::filesystem::remove_all(root, ec);
+    }
+    [[nodiscard]] tcmu::AttachRequest request() const {
+        auto req = ::request();
+        req.config_path = config.string();
+        tcmu::OriginPolicy policy;
+        policy.config_dirs = {allowed.string()};
+        policy.owner_uid = ::getuid();
+        req.api_policy = policy;
+        return req;
+    }
+    [[nodiscard]] static std::string read(const std::filesystem::path& p) {
+        std::stringstream text;
+        text << std::ifstream(p).rdbuf();
+        return text.str();
+    }
+};
+
+}  // namespace
+
+TEST_CASE("an API attach logs to a resultFile inside the config's folder, 0600", "[tcmu]") {
+    ApiConfigTree tree("result.log");
+    FakeKernel kernel;
+    kernel.disk_appears = false;
+    REQUIRE_FALSE(tcmu::attach(kernel, tree.request(), fake_options()).ok());
+    const auto text = ApiConfigTree::read(tree.dir / "result.log");
+    CHECK_THAT(text, Catch::Contains("wrenn tcmu attach 123: mkdir " + kCore));
+    struct stat st {};
+    REQUIRE(::stat((tree.dir / "result.log").c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == 0600);
+    CHECK(ApiConfigTree::read(tree.outside) == "sentinel\n");
+}
+
+TEST_CASE("an API attach never logs outside the config's folder", "[tcmu]") {
+    // Absolute, "..", and through a symlink (final and intermediate): the log goes to
+    // init-debug.log beside the config, or nowhere; the sentinel outside is untouched.
+    for (const std::string hostile : {"OUTSIDE", "../../outside.log", "cfg/../../outside.log",
+                                      "link.log", "linkdir/outside.log"}) {
+        INFO(hostile);
+        ApiConfigTree tree(hostile == "OUTSIDE" ? std::string("") : hostile);
+        if (hostile == "OUTSIDE") {
+            std::ofstream(tree.config) << R"({"resultFile": ")" + tree.outside.string() + R"("})";
+        }
+        std::filesystem::create_symlink(tree.outside, tree.dir / "link.log");
+        std::filesystem::create_symlink(tree.root, tree.dir / "linkdir");
+        struct stat before {};
+        REQUIRE(::stat(tree.outside.c_str(), &before) == 0);
+        FakeKernel kernel;
+        REQUIRE(tcmu::attach(kernel, tree.request(), fake_options()).ok());
+        CHECK(ApiConfigTree::read(tree.outside) == "sentinel\n");
+        struct stat after {};
+        REQUIRE(::stat(tree.outside.c_str(), &after) == 0);
+        CHECK(after.st_mtim.tv_sec == before.st_mtim.tv_sec);
+        CHECK(after.st_mtim.tv_nsec == before.st_mtim.tv_nsec);
+        CHECK(after.st_size == before.st_size);
+        if (hostile != "link.log" && hostile != "linkdir/outside.log") {
+            CHECK_THAT(ApiConfigTree::read(tree.dir / "init-debug.log"),
+                       Catch::Contains("wrenn tcmu attach 123:"));
+        }
+    }
+}
+
+TEST_CASE("an API attach does not create init-debug.log through a symlink", "[tcmu]") {
+    ApiConfigTree tree("");
+    std::filesystem::create_symlink(tree.root / "created-outside.log", tree.dir / "init-debug.log");
+    FakeKernel kernel;
+    REQUIRE(tcmu::attach(kernel, tree.request(), fake_options()).ok());
+    CHECK_FALSE(std::filesystem::exists(tree.root / "created-outside.log"));
 }

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "tcmu/naming.hpp"
 
@@ -36,17 +37,30 @@ TEST_CASE("configfs paths of a tcmu device", "[tcmu]") {
     CHECK(tcmu::dev_config_for("overlaybd", "/a/config.v1.json") == "overlaybd//a/config.v1.json");
 }
 
-TEST_CASE("the id for a config path is stable, valid and never 0", "[tcmu]") {
-    std::string a = tcmu::id_for_config("/var/lib/overlaybd/a/config.v1.json");
-    CHECK(a == tcmu::id_for_config("/var/lib/overlaybd/a/config.v1.json"));
-    CHECK(a != tcmu::id_for_config("/var/lib/overlaybd/b/config.v1.json"));
+TEST_CASE("the id of an origin is stable, valid, never 0 and follows the whole spec", "[tcmu]") {
+    const std::string cfg = "/var/lib/overlaybd/a/config.v1.json";
+    const std::string a = tcmu::id_for_origin("overlaybd", cfg, std::nullopt);
+    CHECK(a == tcmu::id_for_origin("overlaybd", cfg, std::nullopt));
     CHECK(tcmu::is_valid_id(a));
     CHECK(a.size() <= 12);
-    CHECK(tcmu::is_valid_id(tcmu::id_for_config("")));
-    CHECK(tcmu::id_for_config("") != "0");
-    // FNV-1a 64 of "" is its offset basis, 14695981039346656037; mod 10^12 = 981039346656037 %
-    // 10^12.
-    CHECK(tcmu::id_for_config("") == "39346656037");
+    CHECK(a != "0");
+    // Every field counts: another config, handler or size is another device.
+    CHECK(a !=
+          tcmu::id_for_origin("overlaybd", "/var/lib/overlaybd/b/config.v1.json", std::nullopt));
+    CHECK(a != tcmu::id_for_origin("qcow", cfg, std::nullopt));
+    CHECK(a != tcmu::id_for_origin("overlaybd", cfg, 4096));
+    CHECK(tcmu::id_for_origin("overlaybd", cfg, 4096) !=
+          tcmu::id_for_origin("overlaybd", cfg, 8192));
+    // Fields cannot bleed into each other: length prefixes keep "a"+"b/c" apart from "a/b"+"c".
+    CHECK(tcmu::origin_spec_bytes("a", "b/c", std::nullopt) !=
+          tcmu::origin_spec_bytes("a/b", "c", std::nullopt));
+    CHECK(tcmu::origin_spec_bytes("qcow", "/x", 7) ==
+          "wrenn tcmu origin v1\nhandler=4:qcow\nconfig=2:/x\nsize=1:7\n");
+    CHECK(tcmu::origin_spec_bytes("qcow", "/x", std::nullopt) ==
+          "wrenn tcmu origin v1\nhandler=4:qcow\nconfig=2:/x\nsize=0:\n");
+    // Pinned: the first 8 bytes of SHA-256 of these bytes, big-endian, mod 10^12. A change here
+    // changes every id, and an agent upgraded across it would no longer find its devices.
+    CHECK(tcmu::id_for_origin("qcow", "/x", 7) == "794899155201");
 }
 
 TEST_CASE("the config path comes back from dev_config", "[tcmu]") {
@@ -90,6 +104,16 @@ struct TempDir {
 };
 
 }  // namespace
+
+TEST_CASE("resultFile field from a config's text", "[tcmu]") {
+    CHECK(*tcmu::result_file_field(R"({"resultFile": "r.log"})") ==
+          std::optional<std::string>("r.log"));
+    CHECK(*tcmu::result_file_field(R"({"resultFile": ""})") == std::nullopt);
+    CHECK(*tcmu::result_file_field(R"({"lowers": []})") == std::nullopt);
+    CHECK(tcmu::result_file_field("[]").error().code() == EINVAL);
+    CHECK(tcmu::result_file_field("{").error().code() == EINVAL);
+    CHECK(tcmu::result_file_field(R"({"resultFile": null})").error().code() == EINVAL);
+}
 
 TEST_CASE("resultFile of an overlaybd config: absolute, relative or absent", "[tcmu]") {
     TempDir dir;
