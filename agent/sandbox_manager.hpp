@@ -90,7 +90,16 @@ class SandboxManager {
     [[nodiscard]] const StateStore& store() const { return store_; }
 
   private:
-    struct Entry;
+    // One sandbox in the table. `record` is guarded by the manager's mutex; everything that
+    // changes the kernel or the disk for this sandbox runs on `strand`, one operation at a time.
+    struct Entry {
+        explicit Entry(boost::asio::thread_pool& pool) : strand(boost::asio::make_strand(pool)) {}
+        boost::asio::strand<boost::asio::thread_pool::executor_type> strand;
+        Sandbox record;
+        bool ready = false;  // false while its create is in flight: invisible to reads
+        bool gone = false;   // destroyed (or its create failed): later operations say not found
+        bool origin_held = false;  // we hold a reference on its origin (running, origin acquired)
+    };
     using EntryPtr = std::shared_ptr<Entry>;
 
     Outcome<Sandbox> do_create(const EntryPtr& entry, const CreateRequest& request);
