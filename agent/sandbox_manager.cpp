@@ -62,6 +62,10 @@ SandboxManager::SandboxManager(Platform& platform, StateStore& store, Options op
       metrics_(metrics) {}
 
 SandboxManager::~SandboxManager() {
+    shutdown();
+}
+
+void SandboxManager::shutdown() {
     wait_idle();
     queries_.join();
 }
@@ -103,6 +107,7 @@ Result<void> SandboxManager::commit(const EntryPtr& entry, const Sandbox& next) 
     auto written = store_.write_record(next);
     std::lock_guard lock(mu_);
     entry->record = next;
+    ++entry->generation;
     return written;
 }
 
@@ -320,6 +325,15 @@ Outcome<Sandbox> SandboxManager::do_pause(const EntryPtr& entry) {
     sb.origin_device.clear();
     sb.cow_status.clear();
     sb.last_error.reset();
+    // The snapshot's last writes went through the CoW loop into the page cache; a record that
+    // says paused promises they are on disk (a flatten or a host crash comes next).
+    if (auto synced = store_.sync_file(sb.cow_path); !synced) {
+        Error error = std::move(synced).error().within(what + " (the device is removed)");
+        sb.last_error = error.message();
+        sb.updated_at = utc_now();
+        (void)commit(entry, sb);
+        return internal(error);
+    }
     if (usage_state_of(usage) == SnapshotUsage::State::Invalid ||
         usage_state_of(usage) == SnapshotUsage::State::Overflow) {
         sb.last_error =
@@ -448,6 +462,7 @@ Outcome<Done> SandboxManager::do_destroy(const EntryPtr& entry) {
         sb.last_error = removed.error().message();
         std::lock_guard lock(mu_);
         entry->record = sb;
+        ++entry->generation;
         return internal(std::move(removed).error().within(what));
     }
     std::lock_guard lock(mu_);
@@ -480,6 +495,18 @@ Outcome<TemplateInfo> SandboxManager::do_flatten(const EntryPtr& entry, const st
     if (sb.state != SandboxState::Paused) {
         return failure(FailureKind::InvalidState, what, 0,
                        "the sandbox is running; pause it first so its CoW is stable");
+    }
+    // Paused, yet a device of this name is live (a record write that failed, or someone's
+    // dmsetup): its CoW may still be changing under the copy.
+    auto info = platform_.snapshot_info(sb.id);
+    if (!info) {
+        return internal(std::move(info).error().within(what));
+    }
+    if (info->has_value()) {
+        return failure(FailureKind::InvalidState, what, 0,
+                       "a device " + dm::device_name(sb.id) +
+                           " is live for this sandbox, so its CoW may still change; resume and "
+                           "pause it, or remove the device, then flatten");
     }
     const std::string out = template_path(name);
     if (::access(out.c_str(), F_OK) == 0) {
@@ -555,16 +582,24 @@ void SandboxManager::get_live(const std::string& id, Callback<Sandbox> done) {
             done(failure(FailureKind::NotFound, "get " + id, 0, "no such sandbox"));
             return;
         }
-        Sandbox sb = snapshot_of(entry);
+        Sandbox sb;
+        std::uint64_t generation = 0;
+        {
+            std::lock_guard lock(mu_);
+            sb = entry->record;
+            generation = entry->generation;
+        }
         if (sb.state == SandboxState::Running) {
-            // A status ioctl: cheap, and not queued behind this sandbox's operations.
-            if (auto usage = platform_.snapshot_usage(id)) {
-                sb.cow_allocated_bytes = usage->allocated_bytes;
-                sb.cow_status = usage_status(usage->state);
-                std::lock_guard lock(mu_);
+            // A status ioctl: cheap, and not queued behind this sandbox's operations, which
+            // is why it may race one: the answer is written back only onto the record it was
+            // read for, never onto one a pause or destroy made meanwhile.
+            auto usage = platform_.snapshot_usage(id);
+            std::lock_guard lock(mu_);
+            if (usage && entry->generation == generation) {
                 entry->record.cow_allocated_bytes = usage->allocated_bytes;
-                entry->record.cow_status = sb.cow_status;
+                entry->record.cow_status = usage_status(usage->state);
             }
+            sb = entry->record;
         }
         done(std::move(sb));
     });
