@@ -9,3 +9,4 @@ wrenn_kernel_test(NAME "agent concurrency" SCRIPT integration/agent_concurrency.
 wrenn_kernel_test(NAME "agent crash" SCRIPT integration/agent_crash.sh TIMEOUT 1800)
 wrenn_kernel_test(NAME "agent faults" SCRIPT integration/agent_faults.sh)
 wrenn_kernel_test(NAME "agent tcmu" SCRIPT integration/agent_tcmu.sh)
+wrenn_kernel_test(NAME "agent state dirs" SCRIPT integration/agent_state_dirs.sh)
