@@ -18,15 +18,17 @@ constexpr const char* kUsage =
 Usage:
   wrenn-agent [serve] [options]         run the HTTP API (the default)
   wrenn-agent --cleanup-stale [--state-dir DIR] [--templates-dir DIR]
-                                        at boot: remove every wrenn- device, release our loops
-                                        and TCMU devices, mark running sandboxes paused
+                                        at boot: remove this state dir's wrenn- devices,
+                                        release our loops and TCMU devices, mark running
+                                        sandboxes paused
   wrenn-agent flatten --origin FILE --cow FILE --out FILE
                                         merge a template and a paused sandbox's CoW offline
   wrenn-agent tcmu attach --id ID --config FILE [--handler NAME] [--size BYTES] [-v]
   wrenn-agent tcmu detach --id ID [-v]  attach or detach a TCMU block device (as overlaybd-attacher)
 
 Templates are image files <templates-dir>/<name>.img. Each sandbox keeps its CoW and record in
-<state-dir>/sandboxes/<id>/. The API is documented in docs/api.md; try
+<state-dir>/sandboxes/<id>/. One agent (serve or --cleanup-stale) per state dir: a second
+one exits 1 at once (<state-dir>/agent.lock). The API is documented in docs/api.md; try
   curl --unix-socket /run/wrenn/agent.sock http://localhost/healthz
   curl --unix-socket /run/wrenn/agent.sock --json '{"id": "sb1", "template": "base"}' \
       http://localhost/sandboxes

@@ -2,9 +2,11 @@
 
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <fstream>
 
 #include "dm/snapshot_format.hpp"
@@ -43,7 +45,7 @@ tcmu::DeviceIdentity identity_of(const OriginSpec& origin) {
 }  // namespace
 
 LinuxPlatform::LinuxPlatform(Options options)
-    : options_(options), loops_(loop::make_kernel_image_attacher()) {
+    : options_(std::move(options)), loops_(loop::make_kernel_image_attacher()) {
     auto mapper = dm::DeviceMapper::open();
     if (mapper) {
         dm_.emplace(std::move(mapper).value());
@@ -236,8 +238,8 @@ Result<std::string> LinuxPlatform::create_snapshot(const std::string& id,
     if (!cow) {
         return std::move(cow).error();
     }
-    return (*dm)->create_snapshot(dm::device_name(id), dm::device_uuid(id), origin_bytes / 512,
-                                  origin_device, cow->path());
+    return (*dm)->create_snapshot(dm::device_name(id), dm::device_uuid(options_.owner_tag, id),
+                                  origin_bytes / 512, origin_device, cow->path());
 }
 
 Result<void> LinuxPlatform::remove_snapshot(const std::string& id) {
@@ -283,20 +285,62 @@ Result<SnapshotUsage> LinuxPlatform::snapshot_usage(const std::string& id) {
     return usage;
 }
 
-Result<std::vector<std::string>> LinuxPlatform::list_snapshots() {
+Result<std::vector<ListedDevice>> LinuxPlatform::list_snapshots() {
     auto dm = mapper();
     if (!dm) {
         return std::move(dm).error();
     }
-    auto names = (*dm)->list_snapshots();
-    if (!names) {
-        return std::move(names).error();
+    auto listed = (*dm)->list_snapshots();
+    if (!listed) {
+        return std::move(listed).error();
     }
-    std::vector<std::string> ids;
-    for (const auto& name : *names) {
-        ids.push_back(name.substr(dm::kNamePrefix.size()));
+    std::vector<ListedDevice> out;
+    for (const auto& device : *listed) {
+        std::string id = device.name.substr(dm::kNamePrefix.size());
+        const dm::DeviceOwner owner = dm::classify_device_uuid(device.uuid, options_.owner_tag, id);
+        out.push_back(ListedDevice{std::move(id), owner});
     }
-    return ids;
+    return out;
+}
+
+Result<bool> LinuxPlatform::snapshot_over_cow(const std::string& id, const std::string& cow_path) {
+    auto dm = mapper();
+    if (!dm) {
+        return std::move(dm).error();
+    }
+    const std::string what = "check the CoW of " + dm::device_name(id);
+    auto devices = (*dm)->snapshot_devices(dm::device_name(id));
+    if (!devices) {
+        // Gone meanwhile, or no live table (a create cut short): not over any CoW.
+        if (devices.error().code() == ENXIO || devices.error().code() == EINVAL) {
+            return false;
+        }
+        return std::move(devices).error();
+    }
+    unsigned major = 0, minor = 0;
+    if (std::sscanf(devices->second.c_str(), "%u:%u", &major, &minor) != 2) {
+        return Error(what, EINVAL, "unexpected CoW device \"" + devices->second + "\"");
+    }
+    struct stat cow {};
+    if (::stat(cow_path.c_str(), &cow) != 0) {
+        if (errno == ENOENT) {
+            return false;
+        }
+        return errno_error("stat " + cow_path).within(what);
+    }
+    auto bound = loop::LoopDevice::list_bound();
+    if (!bound) {
+        return std::move(bound).error().within(what);
+    }
+    for (const auto& loop : *bound) {
+        struct stat node {};
+        if (::stat(loop.device.c_str(), &node) != 0 || !S_ISBLK(node.st_mode) ||
+            node.st_rdev != makedev(major, minor)) {
+            continue;
+        }
+        return loop.backing_dev == cow.st_dev && loop.backing_ino == cow.st_ino;
+    }
+    return false;  // the CoW device is not a loop: not one of ours
 }
 
 Result<bool> LinuxPlatform::cow_store_valid(const std::string& cow_path,

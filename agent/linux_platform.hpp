@@ -25,6 +25,9 @@ class LinuxPlatform final : public Platform {
         std::chrono::milliseconds remove_time_limit{5000};
         uid_t template_owner = 0;        // templates must belong to root
         tcmu::OriginPolicy tcmu_policy;  // which TCMU origins the API may attach
+        // The state dir's tag (state_dir_tag()): written into the dm UUID of every device we
+        // make, and how list_snapshots() tells ours from another state dir's.
+        std::string owner_tag;
     };
     explicit LinuxPlatform(Options options);
 
@@ -42,7 +45,8 @@ class LinuxPlatform final : public Platform {
     Result<void> remove_snapshot(const std::string& id) override;
     Result<std::optional<SnapshotInfo>> snapshot_info(const std::string& id) override;
     Result<SnapshotUsage> snapshot_usage(const std::string& id) override;
-    Result<std::vector<std::string>> list_snapshots() override;
+    Result<std::vector<ListedDevice>> list_snapshots() override;
+    Result<bool> snapshot_over_cow(const std::string& id, const std::string& cow_path) override;
     Result<bool> cow_store_valid(const std::string& cow_path, std::uint64_t origin_bytes) override;
     Result<FlattenResult> flatten(const std::string& origin, const std::string& cow_path,
                                   const std::string& out) override;

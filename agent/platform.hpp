@@ -8,6 +8,7 @@
 
 #include "agent/sandbox.hpp"
 #include "common/result.hpp"
+#include "dm/snapshot_format.hpp"
 
 namespace wrenn::agent {
 
@@ -29,6 +30,12 @@ struct AttachedOrigin {
 struct SnapshotInfo {
     bool exists = false;
     int open_count = 0;
+};
+
+// A wrenn snapshot device in the kernel and whose it is, by its dm UUID and our state dir's tag.
+struct ListedDevice {
+    std::string id;
+    dm::DeviceOwner owner = dm::DeviceOwner::Ours;
 };
 
 struct SnapshotUsage {
@@ -94,8 +101,11 @@ class Platform {
     virtual Result<void> remove_snapshot(const std::string& id) = 0;
     virtual Result<std::optional<SnapshotInfo>> snapshot_info(const std::string& id) = 0;
     virtual Result<SnapshotUsage> snapshot_usage(const std::string& id) = 0;
-    // Ids of every wrenn- snapshot device in the kernel.
-    virtual Result<std::vector<std::string>> list_snapshots() = 0;
+    // Every wrenn- snapshot device in the kernel, ours or not.
+    virtual Result<std::vector<ListedDevice>> list_snapshots() = 0;
+    // Whether wrenn-<id>'s live table has as its CoW a loop backed by exactly this file (same
+    // device and inode). false when there is no such device or no live table.
+    virtual Result<bool> snapshot_over_cow(const std::string& id, const std::string& cow_path) = 0;
 
     // Checks that a paused CoW can be used again: errno 0 with SnapshotInvalid semantics is
     // reported through `invalid` (the kernel marked the store invalid); other problems as Error.

@@ -9,24 +9,12 @@
 #include <boost/asio/post.hpp>
 #include <cerrno>
 #include <random>
-#include <set>
 
 #include "dm/snapshot_format.hpp"
 
 namespace wrenn::agent {
 
 namespace asio = boost::asio;
-
-// One sandbox in the table. `record` is guarded by the manager's mutex; everything that
-// changes the kernel or the disk for this sandbox runs on `strand`, one operation at a time.
-struct SandboxManager::Entry {
-    explicit Entry(asio::thread_pool& pool) : strand(asio::make_strand(pool)) {}
-    asio::strand<asio::thread_pool::executor_type> strand;
-    Sandbox record;
-    bool ready = false;        // false while its create is in flight: invisible to reads
-    bool gone = false;         // destroyed (or its create failed): later operations say not found
-    bool origin_held = false;  // we hold a reference on its origin (running, origin acquired)
-};
 
 bool is_valid_name(std::string_view name) {
     return dm::is_valid_sandbox_id(name);
@@ -105,6 +93,10 @@ SandboxManager::SandboxManager(Platform& platform, StateStore& store, Options op
                }) {}
 
 SandboxManager::~SandboxManager() {
+    shutdown();
+}
+
+void SandboxManager::shutdown() {
     wait_idle();
     queries_.join();
 }
@@ -142,6 +134,7 @@ Result<void> SandboxManager::commit(const EntryPtr& entry, const Sandbox& next) 
     auto written = store_.write_record(next);
     std::lock_guard lock(mu_);
     entry->record = next;
+    ++entry->generation;
     return written;
 }
 
@@ -372,6 +365,15 @@ Outcome<Sandbox> SandboxManager::do_pause(const EntryPtr& entry) {
     sb.origin_device.clear();
     sb.cow_status.clear();
     sb.last_error.reset();
+    // The snapshot's last writes went through the CoW loop into the page cache; a record that
+    // says paused promises they are on disk (a flatten or a host crash comes next).
+    if (auto synced = store_.sync_file(sb.cow_path); !synced) {
+        Error error = std::move(synced).error().within(what + " (the device is removed)");
+        sb.last_error = error.message();
+        sb.updated_at = utc_now();
+        (void)commit(entry, sb);
+        return internal(error);
+    }
     if (usage_state_of(usage) == SnapshotUsage::State::Invalid ||
         usage_state_of(usage) == SnapshotUsage::State::Overflow) {
         sb.last_error =
@@ -512,6 +514,7 @@ Outcome<Done> SandboxManager::do_destroy(const EntryPtr& entry) {
         sb.last_error = removed.error().message();
         std::lock_guard lock(mu_);
         entry->record = sb;
+        ++entry->generation;
         return internal(std::move(removed).error().within(what));
     }
     std::lock_guard lock(mu_);
@@ -544,6 +547,18 @@ Outcome<TemplateInfo> SandboxManager::do_flatten(const EntryPtr& entry, const st
     if (sb.state != SandboxState::Paused) {
         return failure(FailureKind::InvalidState, what, 0,
                        "the sandbox is running; pause it first so its CoW is stable");
+    }
+    // Paused, yet a device of this name is live (a record write that failed, or someone's
+    // dmsetup): its CoW may still be changing under the copy.
+    auto info = platform_.snapshot_info(sb.id);
+    if (!info) {
+        return internal(std::move(info).error().within(what));
+    }
+    if (info->has_value()) {
+        return failure(FailureKind::InvalidState, what, 0,
+                       "a device " + dm::device_name(sb.id) +
+                           " is live for this sandbox, so its CoW may still change; resume and "
+                           "pause it, or remove the device, then flatten");
     }
     auto same_template = verify_template(sb, what);
     if (!same_template) {
@@ -632,16 +647,24 @@ void SandboxManager::get_live(const std::string& id, Callback<Sandbox> done) {
             done(failure(FailureKind::NotFound, "get " + id, 0, "no such sandbox"));
             return;
         }
-        Sandbox sb = snapshot_of(entry);
+        Sandbox sb;
+        std::uint64_t generation = 0;
+        {
+            std::lock_guard lock(mu_);
+            sb = entry->record;
+            generation = entry->generation;
+        }
         if (sb.state == SandboxState::Running) {
-            // A status ioctl: cheap, and not queued behind this sandbox's operations.
-            if (auto usage = platform_.snapshot_usage(id)) {
-                sb.cow_allocated_bytes = usage->allocated_bytes;
-                sb.cow_status = usage_status(usage->state);
-                std::lock_guard lock(mu_);
+            // A status ioctl: cheap, and not queued behind this sandbox's operations, which
+            // is why it may race one: the answer is written back only onto the record it was
+            // read for, never onto one a pause or destroy made meanwhile.
+            auto usage = platform_.snapshot_usage(id);
+            std::lock_guard lock(mu_);
+            if (usage && entry->generation == generation) {
                 entry->record.cow_allocated_bytes = usage->allocated_bytes;
-                entry->record.cow_status = sb.cow_status;
+                entry->record.cow_status = usage_status(usage->state);
             }
+            sb = entry->record;
         }
         done(std::move(sb));
     });
@@ -655,143 +678,6 @@ void SandboxManager::wait_idle() {
 std::size_t SandboxManager::in_flight() const {
     std::lock_guard lock(idle_mu_);
     return in_flight_;
-}
-
-// ---- startup and boot ---------------------------------------------------------------------
-
-RecoveryReport SandboxManager::recover() {
-    RecoveryReport report;
-    auto loaded = store_.load();
-    if (!loaded) {
-        report.problems.push_back(loaded.error().message());
-        return report;
-    }
-    for (const auto& [name, error] : loaded->unreadable) {
-        // Kept as they are: a record we cannot read is not a licence to delete its CoW.
-        report.problems.push_back("sandbox folder " + name + " left alone: " + error.message());
-    }
-    // Without device-mapper no snapshot exists: every running record becomes paused.
-    Result<std::vector<std::string>> devices = std::vector<std::string>{};
-    if (platform_.support().device_mapper) {
-        devices = platform_.list_snapshots();
-    }
-    if (!devices) {
-        report.problems.push_back(devices.error().message());
-    }
-    std::set<std::string> live;
-    if (devices) {
-        live.insert(devices->begin(), devices->end());
-    }
-    std::set<std::string> owned;
-
-    for (Sandbox& sb : loaded->sandboxes) {
-        auto entry = std::make_shared<Entry>(workers_);
-        if (sb.state == SandboxState::Running && live.count(sb.id) != 0) {
-            // Adopt: the device is up, so its origin is too; take our reference on it again.
-            auto origin = platform_.acquire_origin(sb.origin);
-            if (origin) {
-                entry->origin_held = true;
-                sb.origin_device = origin->device;
-            } else {
-                report.problems.push_back("adopt " + sb.id + ": " + origin.error().message());
-            }
-            owned.insert(sb.id);
-            ++report.adopted;
-            spdlog::info("sandbox={} op=recover result=adopted device={}", sb.id, sb.device);
-        } else if (sb.state == SandboxState::Running) {
-            sb.state = SandboxState::Paused;
-            sb.device.clear();
-            sb.origin_device.clear();
-            sb.updated_at = utc_now();
-            if (auto written = store_.write_record(sb); !written) {
-                report.problems.push_back(written.error().message());
-            }
-            ++report.paused;
-            spdlog::info("sandbox={} op=recover result=paused (its device was gone)", sb.id);
-        }
-        entry->record = sb;
-        entry->ready = true;
-        std::lock_guard lock(mu_);
-        entries_[sb.id] = entry;
-    }
-    if (devices) {
-        for (const auto& id : *devices) {
-            if (owned.count(id) != 0) {
-                continue;
-            }
-            if (auto removed = platform_.remove_snapshot(id);
-                removed || removed.error().code() == ENXIO) {
-                ++report.stale_removed;
-                spdlog::info("sandbox={} op=recover result=stale device removed", id);
-            } else {
-                report.problems.push_back("remove stale device: " + removed.error().message());
-            }
-        }
-    }
-    for (const auto& id : loaded->unfinished) {
-        if (auto removed = store_.remove_sandbox(id); removed) {
-            ++report.unfinished_removed;
-            spdlog::info("sandbox={} op=recover result=unfinished create removed", id);
-        } else {
-            report.problems.push_back(removed.error().message());
-        }
-    }
-    return report;
-}
-
-Result<RecoveryReport> SandboxManager::cleanup_stale() {
-    RecoveryReport report;
-    auto devices = platform_.list_snapshots();
-    if (!devices) {
-        return std::move(devices).error().within("cleanup-stale");
-    }
-    std::vector<std::string> failed;
-    for (const auto& id : *devices) {
-        if (auto removed = platform_.remove_snapshot(id);
-            removed || removed.error().code() == ENXIO) {
-            ++report.stale_removed;
-        } else {
-            failed.push_back(removed.error().message());
-        }
-    }
-    auto loaded = store_.load();
-    if (!loaded) {
-        return std::move(loaded).error().within("cleanup-stale");
-    }
-    std::vector<OriginSpec> tcmu_origins;
-    for (Sandbox& sb : loaded->sandboxes) {
-        if (sb.origin.type == OriginSpec::Type::Tcmu) {
-            tcmu_origins.push_back(sb.origin);
-        }
-        if (sb.state != SandboxState::Running) {
-            continue;
-        }
-        sb.state = SandboxState::Paused;
-        sb.device.clear();
-        sb.origin_device.clear();
-        sb.updated_at = utc_now();
-        if (auto written = store_.write_record(sb); !written) {
-            failed.push_back(written.error().message());
-        } else {
-            ++report.paused;
-        }
-    }
-    for (const std::string& dir : {store_.state_dir(), options_.templates_dir}) {
-        if (auto released = platform_.release_loops_under(dir); !released) {
-            failed.push_back(released.error().message());
-        }
-    }
-    if (auto detached = platform_.detach_tcmu_origins(tcmu_origins); !detached) {
-        failed.push_back(detached.error().message());
-    }
-    if (!failed.empty()) {
-        std::string detail;
-        for (const auto& f : failed) {
-            detail += (detail.empty() ? "" : "; ") + f;
-        }
-        return Error("cleanup-stale", 0, detail);
-    }
-    return report;
 }
 
 }  // namespace wrenn::agent

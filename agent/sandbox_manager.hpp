@@ -39,9 +39,11 @@ struct TemplateInfo {
 struct RecoveryReport {
     std::size_t adopted = 0;        // running, device still there
     std::size_t paused = 0;         // were running, device gone (host rebooted)
-    std::size_t stale_removed = 0;  // wrenn- devices no running sandbox owns
+    std::size_t stale_removed = 0;  // wrenn- devices of ours no sandbox runs on
     std::size_t unfinished_removed = 0;
-    std::vector<std::string> problems;  // what could not be repaired, in words
+    std::size_t foreign_left = 0;        // devices of another state dir, left alone
+    std::size_t temp_files_removed = 0;  // flatten temp files left by a killed flatten
+    std::vector<std::string> problems;   // what could not be repaired, in words
 };
 
 template <class T>
@@ -64,12 +66,14 @@ class SandboxManager {
     SandboxManager(const SandboxManager&) = delete;
     SandboxManager& operator=(const SandboxManager&) = delete;
 
-    // Startup: reads every record, adopts running sandboxes whose device is there, pauses those
-    // whose device is gone, removes every other wrenn- device and unfinished creates. Blocking;
-    // call before serving.
-    RecoveryReport recover();
-    // Boot: removes every wrenn- device, lets go of our loops and TCMU devices, marks running
-    // sandboxes paused. Blocking. Ok when everything was cleaned.
+    // Startup: reads every record, adopts as running every sandbox whose device (ours) is live
+    // over its CoW, pauses running ones whose device is gone, removes every other device of
+    // ours, unfinished creates and flatten temp files. Devices of other state dirs are left
+    // alone. Fails, changing nothing, when the records or the device list cannot be read.
+    // Blocking; call before serving.
+    Result<RecoveryReport> recover();
+    // Boot: removes every wrenn- device of ours, lets go of our loops and TCMU devices, marks
+    // running sandboxes paused whose device is really gone. Blocking. Ok when all was cleaned.
     Result<RecoveryReport> cleanup_stale();
 
     void create(CreateRequest request, Callback<Sandbox> done);
@@ -88,12 +92,27 @@ class SandboxManager {
 
     // Blocks until no operation is in flight (SIGTERM: stop accepting, then drain).
     void wait_idle();
+    // Waits for operations and queries in flight and stops the query pool: call before the
+    // io_context their callbacks answer on is destroyed.
+    void shutdown();
     [[nodiscard]] std::size_t in_flight() const;
 
     [[nodiscard]] const StateStore& store() const { return store_; }
 
   private:
-    struct Entry;
+    // One sandbox in the table. `record` is guarded by the manager's mutex; everything that
+    // changes the kernel or the disk for this sandbox runs on `strand`, one operation at a time.
+    struct Entry {
+        explicit Entry(boost::asio::thread_pool& pool) : strand(boost::asio::make_strand(pool)) {}
+        boost::asio::strand<boost::asio::thread_pool::executor_type> strand;
+        Sandbox record;
+        bool ready = false;  // false while its create is in flight: invisible to reads
+        bool gone = false;   // destroyed (or its create failed): later operations say not found
+        bool origin_held = false;  // we hold a reference on its origin (running, origin acquired)
+        // Bumped at every change of `record` by an operation: a read that went to the kernel
+        // writes back only if nothing changed meanwhile.
+        std::uint64_t generation = 0;
+    };
     using EntryPtr = std::shared_ptr<Entry>;
 
     Outcome<Sandbox> do_create(const EntryPtr& entry, const CreateRequest& request);
@@ -111,6 +130,7 @@ class SandboxManager {
     void release_origin_of(const EntryPtr& entry, const OriginSpec& origin);
     Result<void> commit(const EntryPtr& entry, const Sandbox& next);
     std::optional<Failure> check_kernel() const;
+    std::size_t sweep_flatten_temps(std::vector<std::string>& problems);
     std::string make_id() const;
     std::string template_path(const std::string& name) const;
     // templates.cpp: the image a create of `name` uses now, checked, with its digest.
@@ -135,6 +155,9 @@ class SandboxManager {
     std::condition_variable idle_cv_;
     std::size_t in_flight_ = 0;
 };
+
+// <name>.img.tmp-XXXXXX, the temp file a flatten writes before renaming it to <name>.img.
+bool is_flatten_temp_name(std::string_view file);
 
 bool is_valid_name(
     std::string_view name);  // ids and template names: [A-Za-z0-9][A-Za-z0-9_-]{0,63}

@@ -17,6 +17,7 @@
 #include "agent/linux_platform.hpp"
 #include "agent/logging.hpp"
 #include "agent/sandbox_manager.hpp"
+#include "agent/state_dir_lock.hpp"
 #include "agent/state_store.hpp"
 #include "http/listen_address.hpp"
 #include "http/server.hpp"
@@ -54,21 +55,54 @@ Result<std::string> read_token(const std::string& path) {
 void log_report(const RecoveryReport& report) {
     spdlog::info(
         "recovered state: {} adopted, {} paused (device gone), {} stale devices removed, "
-        "{} unfinished creates removed",
-        report.adopted, report.paused, report.stale_removed, report.unfinished_removed);
+        "{} unfinished creates removed, {} flatten temp files removed, {} devices of other "
+        "state dirs left alone",
+        report.adopted, report.paused, report.stale_removed, report.unfinished_removed,
+        report.temp_files_removed, report.foreign_left);
     for (const auto& problem : report.problems) {
         spdlog::error("recovery: {}", problem);
     }
 }
 
+// The state dir's lock and the tag of its devices' UUIDs, before anything looks at the state:
+// a second agent on the same state dir stops here, having touched nothing.
+struct StateDirClaim {
+    StateDirLock lock;
+    std::string tag;
+};
+Result<StateDirClaim> claim_state_dir(const std::string& state_dir) {
+    auto lock = StateDirLock::acquire(state_dir);
+    if (!lock) {
+        return std::move(lock).error();
+    }
+    auto tag = state_dir_tag(state_dir);
+    if (!tag) {
+        return std::move(tag).error();
+    }
+    spdlog::debug("state dir {} locked ({}); device tag {}", state_dir, lock->path(), *tag);
+    return StateDirClaim{std::move(lock).value(), std::move(tag).value()};
+}
+
+int serve_locked(const ServeOptions& options, Platform& platform);
+
 }  // namespace
 
 int run_serve(const ServeOptions& options) {
+    if (auto logging = setup_logging(options.log_level, options.log_format); !logging) {
+        std::cerr << "wrenn-agent: " << logging.error().message() << "\n";
+        return 2;
+    }
+    auto claim = claim_state_dir(options.state_dir);
+    if (!claim) {
+        spdlog::error("{}", claim.error().message());
+        return 1;
+    }
     LinuxPlatform::Options platform_options;
+    platform_options.owner_tag = claim->tag;
     platform_options.tcmu_policy.config_dirs = options.tcmu_config_dirs;
     platform_options.tcmu_policy.handlers = options.tcmu_handlers;
     LinuxPlatform platform(platform_options);
-    return serve_with(options, platform);
+    return serve_locked(options, platform);
 }
 
 int serve_with(const ServeOptions& options, Platform& platform) {
@@ -76,6 +110,17 @@ int serve_with(const ServeOptions& options, Platform& platform) {
         std::cerr << "wrenn-agent: " << logging.error().message() << "\n";
         return 2;
     }
+    auto claim = claim_state_dir(options.state_dir);
+    if (!claim) {
+        spdlog::error("{}", claim.error().message());
+        return 1;
+    }
+    return serve_locked(options, platform);
+}
+
+namespace {
+
+int serve_locked(const ServeOptions& options, Platform& platform) {
     http::ServerOptions server_options;
     server_options.max_connections = options.max_connections;
     std::optional<std::string> first_tcp;
@@ -143,8 +188,12 @@ int serve_with(const ServeOptions& options, Platform& platform) {
     asio::thread_pool workers(options.workers);
     SandboxManager manager(platform, *store, SandboxManager::Options{options.templates_dir},
                            workers, metrics);
-    // Without device-mapper no snapshot can exist, so running records become paused: true.
-    log_report(manager.recover());
+    auto recovered = manager.recover();
+    if (!recovered) {
+        spdlog::error("{}", recovered.error().message());
+        return 1;
+    }
+    log_report(*recovered);
 
     // Set before the io_context runs, so before any request can read it.
     http::Server* serving = nullptr;
@@ -205,22 +254,32 @@ int serve_with(const ServeOptions& options, Platform& platform) {
     if (drainer.joinable()) {
         drainer.join();
     }
-    manager.wait_idle();
+    // Queries answer on the io_context: none may still run when it is destroyed.
+    manager.shutdown();
     spdlog::info("wrenn-agent stopped");
     return 0;
 }
+
+}  // namespace
 
 int run_cleanup_stale(const ServeOptions& options) {
     if (auto logging = setup_logging(options.log_level, options.log_format); !logging) {
         std::cerr << "wrenn-agent: " << logging.error().message() << "\n";
         return 2;
     }
+    auto claim = claim_state_dir(options.state_dir);
+    if (!claim) {
+        spdlog::error("cleanup-stale: {}", claim.error().message());
+        return 1;
+    }
     auto store = StateStore::open(options.state_dir);
     if (!store) {
         spdlog::error("cleanup-stale: {}", store.error().message());
         return 1;
     }
-    LinuxPlatform platform(LinuxPlatform::Options{});
+    LinuxPlatform::Options platform_options;
+    platform_options.owner_tag = claim->tag;
+    LinuxPlatform platform(platform_options);
     if (!platform.support().device_mapper) {
         spdlog::error("cleanup-stale: {}", platform.support().device_mapper_reason);
         return 1;
@@ -234,8 +293,10 @@ int run_cleanup_stale(const ServeOptions& options) {
         spdlog::error("{}; see the devices with 'dmsetup ls' and retry", report.error().message());
         return 1;
     }
-    spdlog::info("cleanup-stale: removed {} wrenn- device(s), marked {} sandbox(es) paused",
-                 report->stale_removed, report->paused);
+    spdlog::info(
+        "cleanup-stale: removed {} wrenn- device(s), marked {} sandbox(es) paused, left {} "
+        "device(s) of other state dirs alone",
+        report->stale_removed, report->paused, report->foreign_left);
     return 0;
 }
 

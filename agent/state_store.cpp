@@ -109,6 +109,17 @@ Result<StateStore> StateStore::open(std::string state_dir) {
     return store;
 }
 
+Result<void> StateStore::sync_file(const std::string& path) const {
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+    if (!fd) {
+        return errno_error("open " + path);
+    }
+    if (::fsync(fd.get()) != 0) {
+        return errno_error("fsync " + path);
+    }
+    return success();
+}
+
 std::string StateStore::sandboxes_dir() const {
     return state_dir_ + "/sandboxes";
 }

@@ -31,6 +31,8 @@ class StateStore {
     // Record first (so a crash in between leaves an unfinished folder, not a record without
     // a CoW), then the CoW, then the folder. Missing pieces are not an error.
     Result<void> remove_sandbox(std::string_view id) const;
+    // fsync of a file of ours (a CoW after its device went): its data is on disk on return.
+    Result<void> sync_file(const std::string& path) const;
     // Bytes the CoW file really occupies on disk (st_blocks), for a paused sandbox.
     [[nodiscard]] std::uint64_t allocated_bytes(const std::string& path) const;
 

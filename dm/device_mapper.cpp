@@ -400,7 +400,7 @@ Result<std::optional<DeviceInfo>> DeviceMapper::info(const std::string& name) {
     return info_locked(name);
 }
 
-Result<std::vector<std::string>> DeviceMapper::list_snapshots() {
+Result<std::vector<ListedSnapshot>> DeviceMapper::list_snapshots() {
     const std::string action = "list device-mapper devices";
     std::vector<std::string> candidates;
     {
@@ -426,7 +426,7 @@ Result<std::vector<std::string>> DeviceMapper::list_snapshots() {
             }
         }
     }
-    std::vector<std::string> out;
+    std::vector<ListedSnapshot> out;
     for (auto& name : candidates) {
         // The device may be removed between LIST and TABLE: that is not an error.
         auto target = query_target_direct(true, name, "query table of " + name);
@@ -436,11 +436,12 @@ Result<std::vector<std::string>> DeviceMapper::list_snapshots() {
         if (!target->has_value()) {
             continue;
         }
-        // A snapshot under our name, or a device we created (our UUID) whose create was cut
-        // short before its table went live: the agent was killed between the two ioctls.
-        const std::string id = name.substr(kNamePrefix.size());
-        if ((*target)->type == "snapshot" || (*target)->uuid == device_uuid(id)) {
-            out.push_back(std::move(name));
+        // A snapshot under our name, or a device a wrenn agent created (a wrenn UUID) whose
+        // create was cut short before its table went live: killed between the two ioctls.
+        const std::string& uuid = (*target)->uuid;
+        const bool wrenn_uuid = uuid.compare(0, kUuidPrefix.size(), kUuidPrefix) == 0;
+        if ((*target)->type == "snapshot" || wrenn_uuid) {
+            out.push_back(ListedSnapshot{std::move(name), uuid});
         }
     }
     return out;

@@ -23,6 +23,12 @@ struct DeviceInfo {
     bool suspended = false;
 };
 
+// A device list_snapshots() found: its name and dm UUID (empty when it has none).
+struct ListedSnapshot {
+    std::string name;
+    std::string uuid;
+};
+
 // A checked connection to the kernel's device-mapper through libdm; works with and without udev.
 // Owns no kernel object (devices outlive it by design); every call into libdm is serialized
 // process-wide, because libdm keeps unlocked global state (see device_mapper.cpp).
@@ -47,11 +53,11 @@ class DeviceMapper {
     // nullopt: no such device.
     Result<std::optional<DeviceInfo>> info(const std::string& name);
 
-    // Our snapshot devices: name starts with kNamePrefix and the live table's target is
-    // `snapshot`, or the UUID is ours (device_uuid) and no table is live yet: a create cut
-    // short between its ioctls by a kill. Tolerates devices vanishing between the list and the
-    // per-device query.
-    Result<std::vector<std::string>> list_snapshots();
+    // wrenn's snapshot devices, whichever state dir owns them: name starts with kNamePrefix and
+    // the live table's target is `snapshot`, or the UUID starts with kUuidPrefix and no table is
+    // live yet (a create cut short between its ioctls by a kill). Tolerates devices vanishing
+    // between the list and the per-device query. Callers decide ownership from the UUID.
+    Result<std::vector<ListedSnapshot>> list_snapshots();
 
     Result<SnapshotStatus> snapshot_status(const std::string& name);
 

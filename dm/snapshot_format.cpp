@@ -43,8 +43,27 @@ std::string device_name(std::string_view id) {
     return std::string(kNamePrefix) + std::string(id);
 }
 
-std::string device_uuid(std::string_view id) {
+std::string device_uuid(std::string_view tag, std::string_view id) {
+    return std::string(kUuidPrefix) + std::string(tag) + "-" + std::string(id);
+}
+
+std::string legacy_device_uuid(std::string_view id) {
     return std::string(kUuidPrefix) + std::string(id);
+}
+
+DeviceOwner classify_device_uuid(std::string_view uuid, std::string_view tag, std::string_view id) {
+    if (uuid.substr(0, kUuidPrefix.size()) != kUuidPrefix) {
+        return DeviceOwner::Unmarked;
+    }
+    if (uuid == device_uuid(tag, id)) {
+        return DeviceOwner::Ours;
+    }
+    // Compared whole, with the id from the device's name: a tagged UUID of another state dir
+    // never equals kUuidPrefix + the id, whatever the id looks like.
+    if (uuid == legacy_device_uuid(id)) {
+        return DeviceOwner::Legacy;
+    }
+    return DeviceOwner::Foreign;
 }
 
 std::string snapshot_table_params(std::string_view origin_dev, std::string_view cow_dev) {

@@ -26,7 +26,21 @@ inline constexpr std::uint64_t kChunksPerArea = 1 + kExceptionsPerArea;
 bool is_valid_sandbox_id(std::string_view id);
 
 std::string device_name(std::string_view id);  // "wrenn-" + id
-std::string device_uuid(std::string_view id);  // kUuidPrefix + id
+// kUuidPrefix + tag + "-" + id: the tag names the state dir that owns the device (agents with
+// different state dirs share the host's device names). With a 16-character tag and a 64-character
+// id this is 92 characters, well inside DM_UUID_LEN (129 with the NUL).
+std::string device_uuid(std::string_view tag, std::string_view id);
+// kUuidPrefix + id: the form before state dirs had tags.
+std::string legacy_device_uuid(std::string_view id);
+
+// Whose a wrenn-<id> device is, from its dm UUID and the tag of the asking state dir.
+enum class DeviceOwner {
+    Ours,      // our tag
+    Legacy,    // the pre-tag form: taken as ours (it predates any second state dir's tags)
+    Unmarked,  // no wrenn UUID at all: made by hand or by the old exec way, stale by definition
+    Foreign,   // a wrenn UUID that is not ours: another state dir's, left alone
+};
+DeviceOwner classify_device_uuid(std::string_view uuid, std::string_view tag, std::string_view id);
 
 // The snapshot target's parameters: "<origin> <cow> P 8" (persistent store, 4 KiB chunks).
 std::string snapshot_table_params(std::string_view origin_dev, std::string_view cow_dev);

@@ -126,7 +126,7 @@ int main() {
             die(loop.error().message());
         }
         auto path = dm->create_snapshot(
-            name, wrenn::dm::device_uuid(prefix + "-ours-" + std::to_string(i)), sectors,
+            name, wrenn::dm::device_uuid("bench", prefix + "-ours-" + std::to_string(i)), sectors,
             major_minor(origin->device_number()), major_minor(loop->device_number()));
         if (!path) {
             die(path.error().message());

@@ -245,7 +245,8 @@ TEST_CASE("dm: list_snapshots lists our snapshots only; status, devices, info, r
     auto listed = dm.list_snapshots();
     REQUIRE(listed.ok());
     auto has = [&](const std::string& n) {
-        return std::find(listed->begin(), listed->end(), n) != listed->end();
+        return std::any_of(listed->begin(), listed->end(),
+                           [&](const wrenn::dm::ListedSnapshot& l) { return l.name == n; });
     };
     CHECK(has(ours));
     CHECK_FALSE(has(other_snapshot));
@@ -323,8 +324,9 @@ TEST_CASE("dm: a create cut short by a kill is listed as ours, and removable", "
         REQUIRE(ok);
     };
     // What the agent leaves when killed after DM_DEV_CREATE, or after the table load.
-    run(DM_DEVICE_CREATE, bare, wrenn::dm::device_uuid(id_of(bare)), "");
-    run(DM_DEVICE_CREATE, loaded, wrenn::dm::device_uuid(id_of(loaded)), "");
+    // One with a tagged UUID, one with the form from before tags: both are wrenn's.
+    run(DM_DEVICE_CREATE, bare, wrenn::dm::device_uuid("0123456789abcdef", id_of(bare)), "");
+    run(DM_DEVICE_CREATE, loaded, wrenn::dm::legacy_device_uuid(id_of(loaded)), "");
     run(DM_DEVICE_RELOAD, loaded, "",
         wrenn::dm::snapshot_table_params(b.origin_dev(), b.cow_dev()));
     run(DM_DEVICE_CREATE, foreign, "SOMEONE-ELSE-" + id_of(foreign), "");
@@ -332,7 +334,8 @@ TEST_CASE("dm: a create cut short by a kill is listed as ours, and removable", "
     auto listed = dm.list_snapshots();
     REQUIRE(listed.ok());
     auto has = [&](const std::string& n) {
-        return std::find(listed->begin(), listed->end(), n) != listed->end();
+        return std::any_of(listed->begin(), listed->end(),
+                           [&](const wrenn::dm::ListedSnapshot& l) { return l.name == n; });
     };
     CHECK(has(bare));
     CHECK(has(loaded));

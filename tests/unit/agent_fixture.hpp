@@ -72,7 +72,9 @@ struct AgentFixture {
     RecoveryReport restart() {
         stop();
         start();
-        return manager->recover();
+        auto report = manager->recover();
+        REQUIRE(report.ok());
+        return std::move(report).value();
     }
 
     template <class T, class Op>

@@ -113,7 +113,7 @@ TEST_CASE("a pause whose device removal fails keeps the sandbox running", "[agen
     // the record on disk says the same
     f.stop();
     f.start();
-    f.manager->recover();
+    REQUIRE(f.manager->recover().ok());
     CHECK(f.manager->get("sb1")->state == SandboxState::Running);
     // other errors are 500s
     f.platform.fail_remove_errno = EIO;
@@ -272,7 +272,7 @@ TEST_CASE("cleanup-stale removes every device and marks running sandboxes paused
     CHECK(f.platform.devices.empty());
     CHECK(f.platform.released_dirs.count(f.store->state_dir()) == 1);
     CHECK(f.platform.tcmu_detached == 0);  // no TCMU sandboxes: none of overlaybd's devices touched
-    f.manager->recover();
+    REQUIRE(f.manager->recover().ok());
     CHECK(f.manager->get("a")->state == SandboxState::Paused);
 }
 

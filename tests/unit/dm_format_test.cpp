@@ -15,7 +15,8 @@ TEST_CASE("dm: snapshot table params are origin, cow, persistent, 8-sector chunk
 
 TEST_CASE("dm: device names and uuids carry wrenn's prefixes", "[dm-format]") {
     CHECK(device_name("sb1") == "wrenn-sb1");
-    CHECK(device_uuid("sb1") == "WRENN-SNAP-sb1");
+    CHECK(device_uuid("0123456789abcdef", "sb1") == "WRENN-SNAP-0123456789abcdef-sb1");
+    CHECK(legacy_device_uuid("sb1") == "WRENN-SNAP-sb1");
     CHECK(device_name("sb1").rfind(kNamePrefix, 0) == 0);
 }
 

@@ -4,6 +4,7 @@
 // Failures are injected per call so the agent's state machine can be driven through every path.
 
 #include <cerrno>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
@@ -28,11 +29,18 @@ class FakePlatform : public Platform {
     bool cow_valid = true;
     SnapshotUsage::State usage_state = SnapshotUsage::State::Active;
     int cow_error_errno = -1;  // >= 0: cow_store_valid fails with this errno
+    int fail_list_errno = 0;   // every list_snapshots fails with this errno while set
+    // Runs (once) as snapshot_usage returns, without the lock: lets a test race a GET.
+    std::function<void()> on_usage;
 
     std::map<std::string, std::string> devices;  // id -> origin device
-    std::map<std::string, int> origin_refs;      // origin key -> references
-    std::set<std::string> attached_ever;         // origin keys ever attached
-    std::vector<std::string> calls;              // "create sb1", "remove sb1", ...
+    // Whose each device is (absent: ours) and which CoW file its table is over (absent: none
+    // known, as a device made by hand or a create cut short before its table).
+    std::map<std::string, dm::DeviceOwner> owners;
+    std::map<std::string, std::string> cows;
+    std::map<std::string, int> origin_refs;  // origin key -> references
+    std::set<std::string> attached_ever;     // origin keys ever attached
+    std::vector<std::string> calls;          // "create sb1", "remove sb1", ...
     std::set<std::string> released_dirs;
     std::size_t tcmu_detached = 0;
     mutable std::mutex mu;
@@ -105,7 +113,7 @@ class FakePlatform : public Platform {
     }
 
     Result<std::string> create_snapshot(const std::string& id, const std::string& origin_device,
-                                        std::uint64_t, const std::string&) override {
+                                        std::uint64_t, const std::string& cow_path) override {
         std::lock_guard lock(mu);
         calls.push_back("create " + id);
         if (fail_create_errno != 0) {
@@ -115,6 +123,8 @@ class FakePlatform : public Platform {
             return Error("create wrenn-" + id, EEXIST);
         }
         devices[id] = origin_device;
+        cows[id] = cow_path;
+        owners.erase(id);
         return "/dev/mapper/wrenn-" + id;
     }
 
@@ -127,6 +137,8 @@ class FakePlatform : public Platform {
         if (devices.erase(id) == 0) {
             return Error("remove wrenn-" + id, ENXIO);
         }
+        cows.erase(id);
+        owners.erase(id);
         return success();
     }
 
@@ -139,20 +151,39 @@ class FakePlatform : public Platform {
     }
 
     Result<SnapshotUsage> snapshot_usage(const std::string& id) override {
-        std::lock_guard lock(mu);
-        if (devices.count(id) == 0) {
-            return Error("status wrenn-" + id, ENXIO);
+        Result<SnapshotUsage> usage = [&]() -> Result<SnapshotUsage> {
+            std::lock_guard lock(mu);
+            if (devices.count(id) == 0) {
+                return Error("status wrenn-" + id, ENXIO);
+            }
+            return SnapshotUsage{usage_state, 8192, 1 << 20};
+        }();
+        // After the kernel answered, before the caller acts on it: where a race would fall.
+        if (auto hook = std::exchange(on_usage, nullptr)) {
+            hook();
         }
-        return SnapshotUsage{usage_state, 8192, 1 << 20};
+        return usage;
     }
 
-    Result<std::vector<std::string>> list_snapshots() override {
+    Result<std::vector<ListedDevice>> list_snapshots() override {
         std::lock_guard lock(mu);
-        std::vector<std::string> out;
+        calls.push_back("list");
+        if (fail_list_errno != 0) {
+            return Error("list device-mapper devices", fail_list_errno);
+        }
+        std::vector<ListedDevice> out;
         for (const auto& [id, dev] : devices) {
-            out.push_back(id);
+            auto owner = owners.find(id);
+            out.push_back(
+                ListedDevice{id, owner == owners.end() ? dm::DeviceOwner::Ours : owner->second});
         }
         return out;
+    }
+
+    Result<bool> snapshot_over_cow(const std::string& id, const std::string& cow_path) override {
+        std::lock_guard lock(mu);
+        auto cow = cows.find(id);
+        return devices.count(id) != 0 && cow != cows.end() && cow->second == cow_path;
     }
 
     Result<bool> cow_store_valid(const std::string& cow, std::uint64_t) override {
