@@ -205,6 +205,8 @@ expect_eq "TCP with a token: metrics" "$STATUS" 200
 expect_true "metrics count connections" grep -q '^wrenn_connections_refused_total 0$' <<<"$BODY"
 api DELETE /sandboxes/tcp1
 expect_eq "TCP with a token: destroy" "$STATUS" 204
+api GET /sandboxes/sb1
+sb1_state=$(json state)  # paused since --cleanup-stale
 CURL=(curl)
 for route in "GET /sandboxes" "GET /sandboxes/sb1" "POST /sandboxes/sb1/pause" "DELETE /sandboxes/sb1" \
     "GET /templates" "GET /metrics"; do
@@ -223,7 +225,7 @@ expect_eq "the unix socket without the token" "$STATUS" 401
 CURL=(curl --unix-socket "$SOCK" -H "@$WORK/auth-header")
 api GET /sandboxes/sb1
 expect_eq "the unix socket with the token" "$STATUS" 200
-expect_eq "sb1 untouched by the refused calls" "$(json state)" running
+expect_eq "sb1 untouched by the refused pause and DELETE" "$(json state)" "$sb1_state"
 expect_true "SIGTERM after the token checks" stop_agent
 
 LISTEN=(--listen "unix:$SOCK" --listen "127.0.0.1:$PORT" --insecure-tcp)
