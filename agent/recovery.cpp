@@ -153,12 +153,33 @@ Result<RecoveryReport> SandboxManager::recover() {
                 spdlog::info(
                     "sandbox={} op=recover device has the pre-tag UUID form; taken as ours", sb.id);
             }
-            auto origin = platform_.acquire_origin(sb.origin);
-            if (origin) {
-                entry->origin_held = true;
-                sb.origin_device = origin->device;
+            // The template must still be the image the device was made over. If it is not, the
+            // device keeps running over the image its loop holds; the sandbox says so, and a
+            // later resume answers template_changed until the image is put back.
+            auto same_template = verify_template(sb, "adopt " + sb.id);
+            if (!same_template) {
+                const std::string problem = same_template.failure().error.message();
+                spdlog::error("sandbox={} op=recover {}", sb.id, problem);
+                report.problems.push_back(problem);
+                sb.last_error = problem;
+                if (auto written = store_.write_record(sb); !written) {
+                    report.problems.push_back(written.error().message());
+                }
             } else {
-                report.problems.push_back("adopt " + sb.id + ": " + origin.error().message());
+                if (same_template.value() && sb.origin.identity != *same_template.value()) {
+                    sb.origin.identity = *same_template.value();
+                    if (auto written = store_.write_record(sb); !written) {
+                        report.problems.push_back(written.error().message());
+                    }
+                }
+                auto origin = platform_.acquire_origin(sb.origin);
+                if (origin) {
+                    entry->origin_held = true;
+                    sb.origin_device = origin->device;
+                } else {
+                    report.problems.push_back("adopt " + sb.id + ": " +
+                                              origin.error().message());
+                }
             }
             if (sb.state != SandboxState::Running) {
                 spdlog::warn(

@@ -8,8 +8,6 @@ source "$here/lib.sh"
 
 STATE_A=$WORK/a
 STATE_B=$WORK/b
-PORT_A=$((PORT + 11))
-PORT_B=$((PORT + 12))
 declare -A PIDS=()
 
 # Our agents are ours to kill when the test ends early (finish calls kill_agent).
@@ -25,17 +23,17 @@ kill_agent() {
 }
 
 state_of() { [ "$1" == a ] && echo "$STATE_A" || echo "$STATE_B"; }
-port_of() { [ "$1" == a ] && echo "$PORT_A" || echo "$PORT_B"; }
+sock_of() { echo "$WORK/agent-$1.sock"; }
 
 start_at() {  # a|b: serve on its own state dir and address
-    local name=$1 state port
+    local name=$1 state sock
     state=$(state_of "$name")
-    port=$(port_of "$name")
-    "$AGENT" serve --listen "127.0.0.1:$port" --state-dir "$state" --log-level debug \
+    sock=$(sock_of "$name")
+    "$AGENT" serve --listen "unix:$sock" --state-dir "$state" --log-level debug \
         >>"$WORK/agent-$name.log" 2>&1 &
     PIDS[$name]=$!
     for _ in $(seq 1 100); do
-        curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/healthz" && return 0
+        curl --unix-socket "$sock" -s -o /dev/null --max-time 1 http://localhost/healthz && return 0
         if ! kill -0 "${PIDS[$name]}" 2>/dev/null; then
             cat "$WORK/agent-$name.log" >&2
             return 1
@@ -53,8 +51,7 @@ stop_at() {  # a|b TERM|KILL; TERM must exit 0
     [ "$2" == KILL ] || [ $rc -eq 0 ]
 }
 api_at() {  # a|b METHOD PATH [BODY]: sets STATUS and BODY
-    local URL
-    URL=http://127.0.0.1:$(port_of "$1")
+    local CURL=(curl --unix-socket "$(sock_of "$1")")
     shift
     api "$@"
 }
@@ -88,7 +85,7 @@ start=$(date +%s%N)
 "$AGENT" --version >/dev/null
 baseline_ms=$((($(date +%s%N) - start) / 1000000))
 start=$(date +%s%N)
-timeout 60 "$AGENT" serve --listen "127.0.0.1:$((PORT + 13))" --state-dir "$STATE_A" \
+timeout 60 "$AGENT" serve --listen "unix:$WORK/agent-second.sock" --state-dir "$STATE_A" \
     >"$WORK/second.log" 2>&1
 rc=$?
 took_ms=$((($(date +%s%N) - start) / 1000000))

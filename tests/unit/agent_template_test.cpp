@@ -214,3 +214,32 @@ TEST_CASE("GET /templates data: each template's sha256, and why one is refused",
     CHECK(list.value()[1].sha256.empty());
     CHECK(list.value()[1].problem.find("writable by other users") != std::string::npos);
 }
+
+TEST_CASE("adoption at startup checks the template: a changed one is reported, not hidden",
+          "[agent][template]") {
+    TemplateFixture f;
+    REQUIRE(f.create("sb1").ok());
+    REQUIRE(f.create("sb2").ok());
+    f.replace_by_rename(content('r'));  // while both run: their loops keep the old image
+    auto report = f.restart();
+    CHECK(report.adopted == 2);
+    bool reported = false;
+    for (const auto& problem : report.problems) {
+        reported = reported || problem.find("template 'base'") != std::string::npos;
+    }
+    CHECK(reported);
+    auto sb1 = f.manager->get("sb1");
+    REQUIRE(sb1.has_value());
+    CHECK(sb1->state == SandboxState::Running);  // its device is left running
+    REQUIRE(sb1->last_error.has_value());
+    CHECK(sb1->last_error->find("is not the image this sandbox was made over") != std::string::npos);
+    CHECK(f.platform.devices.count("sb1") == 1);
+
+    // A pause still works; the resume then waits for the original image.
+    REQUIRE(f.pause("sb1").ok());
+    auto resumed = f.resume("sb1");
+    REQUIRE_FALSE(resumed.ok());
+    CHECK(resumed.failure().kind == FailureKind::TemplateChanged);
+    f.replace_by_rename(content('a'));
+    CHECK(f.resume("sb1").ok());
+}
