@@ -141,6 +141,15 @@ Result<AttachedOrigin> LinuxPlatform::acquire_origin(const OriginSpec& origin) {
     TcmuOrigin entry;
     entry.id = tcmu::id_for_origin(origin.handler, origin.path, origin.size_bytes);
     auto found = tcmu::find_attached(entry.id);
+    if (found && !found->has_value()) {
+        // An agent from before SHA-256 ids attached it under the config's old id (a sandbox
+        // running across the upgrade): that device, if it is exactly this origin, is the one.
+        if (auto legacy = find_legacy_tcmu(origin)) {
+            entry.id = legacy->first;
+            found = std::optional<std::string>(legacy->second);
+        }
+    }
+    bool attached_here = false;
     if (found && found->has_value()) {
         // Attached by an earlier run of the agent, or by someone else under a colliding id:
         // reused only when it was configured for exactly this origin.
@@ -149,6 +158,7 @@ Result<AttachedOrigin> LinuxPlatform::acquire_origin(const OriginSpec& origin) {
         }
         entry.device = **found;
     } else {
+        attached_here = true;
         tcmu::AttachRequest request;
         request.id = entry.id;
         request.config_path = origin.path;
@@ -164,7 +174,13 @@ Result<AttachedOrigin> LinuxPlatform::acquire_origin(const OriginSpec& origin) {
     }
     auto size = block_device_size(entry.device);
     if (!size) {
-        return std::move(size).error();
+        // Nobody will hold this origin: a device attached just now goes again.
+        if (attached_here) {
+            if (auto undone = tcmu::detach(entry.id, identity_of(origin)); !undone) {
+                spdlog::error("undo TCMU attach of {}: {}", origin.path, undone.error().message());
+            }
+        }
+        return std::move(size).error().within("use TCMU origin " + origin.path);
     }
     entry.size_bytes = *size;
     entry.references = 1;
@@ -394,17 +410,37 @@ Result<std::size_t> LinuxPlatform::release_loops_under(const std::string& dir) {
     return released;
 }
 
+std::optional<std::pair<std::string, std::string>> LinuxPlatform::find_legacy_tcmu(
+    const OriginSpec& origin) {
+    const std::string id = tcmu::legacy_id_for_config(origin.path);
+    auto found = tcmu::find_attached(id);
+    if (!found || !found->has_value()) {
+        return std::nullopt;
+    }
+    if (auto same = tcmu::check_attached(id, identity_of(origin)); !same) {
+        spdlog::debug("TCMU id {} (the old id of {}) is another origin's: {}", id, origin.path,
+                      same.error().message());
+        return std::nullopt;
+    }
+    spdlog::info("TCMU origin {}: found under its pre-SHA-256 id {}; reusing it", origin.path, id);
+    return std::make_pair(id, **found);
+}
+
 Result<std::size_t> LinuxPlatform::detach_tcmu_origins(const std::vector<OriginSpec>& origins) {
     std::size_t detached = 0;
     std::lock_guard lock(tcmu_mu_);
     for (const auto& origin : origins) {
-        const std::string id = tcmu::id_for_origin(origin.handler, origin.path, origin.size_bytes);
+        std::string id = tcmu::id_for_origin(origin.handler, origin.path, origin.size_bytes);
         auto found = tcmu::find_attached(id);
         if (!found) {
             return std::move(found).error();
         }
         if (!found->has_value()) {
-            continue;
+            auto legacy = find_legacy_tcmu(origin);
+            if (!legacy) {
+                continue;
+            }
+            id = legacy->first;
         }
         if (auto same = tcmu::check_attached(id, identity_of(origin)); !same) {
             // Not ours (another origin under the same id): never detach another's disk.

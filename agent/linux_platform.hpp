@@ -6,6 +6,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <utility>
 #include <sys/types.h>
 
 #include "agent/platform.hpp"
@@ -55,6 +56,9 @@ class LinuxPlatform final : public Platform {
 
   private:
     Result<dm::DeviceMapper*> mapper();
+    // A device an agent from before SHA-256 ids attached for this origin (its old FNV id, and a
+    // dev_config that reads back as exactly this spec): (id, "/dev/sdX"). tcmu_mu_ held.
+    std::optional<std::pair<std::string, std::string>> find_legacy_tcmu(const OriginSpec& origin);
 
     Options options_;
     KernelSupport support_;

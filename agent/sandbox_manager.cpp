@@ -434,6 +434,17 @@ Outcome<Sandbox> SandboxManager::do_resume(const EntryPtr& entry) {
         return internal(std::move(info).error().within(what));
     }
     if (info->has_value()) {
+        auto foreign = held_by_another_state_dir(sb.id);
+        if (!foreign) {
+            return internal(std::move(foreign).error().within(what));
+        }
+        if (*foreign) {
+            return failure(FailureKind::InvalidState, what, 0,
+                           "device " + dm::device_name(sb.id) +
+                               " belongs to another wrenn-agent's state dir (its dm UUID carries "
+                               "another tag), and device names are host-wide; stop or pause that "
+                               "sandbox there, or destroy this one and create it under another id");
+        }
         spdlog::warn("sandbox={} op=resume removing stale device first", sb.id);
         if (auto removed = platform_.remove_snapshot(sb.id);
             !removed && removed.error().code() != ENXIO) {
@@ -493,11 +504,45 @@ void SandboxManager::destroy(const std::string& id, Callback<Done> done) {
         entry, "destroy", [this, entry] { return do_destroy(entry); }, std::move(done));
 }
 
+Result<bool> SandboxManager::held_by_another_state_dir(const std::string& id) {
+    auto info = platform_.snapshot_info(id);
+    if (!info) {
+        return std::move(info).error();
+    }
+    if (!info->has_value()) {
+        return false;
+    }
+    // Rare (a paused sandbox with a live device of its name): the whole list tells the owner.
+    auto devices = platform_.list_snapshots();
+    if (!devices) {
+        return std::move(devices).error();
+    }
+    for (const auto& device : *devices) {
+        if (device.id == id) {
+            return device.owner == dm::DeviceOwner::Foreign;
+        }
+    }
+    return false;
+}
+
 Outcome<Done> SandboxManager::do_destroy(const EntryPtr& entry) {
     Sandbox sb = snapshot_of(entry);
     const std::string what = "destroy " + sb.id;
-    // Whatever the record says, a device of this name goes (a paused sandbox may have a stale one).
-    if (auto removed = platform_.remove_snapshot(sb.id);
+    // Whatever the record says, a device of this name goes (a paused sandbox may have a stale
+    // one), unless it is another state dir's: device names are host-wide.
+    bool foreign = false;
+    if (sb.state == SandboxState::Paused) {
+        auto held = held_by_another_state_dir(sb.id);
+        if (!held) {
+            return internal(std::move(held).error().within(what));
+        }
+        foreign = *held;
+        if (foreign) {
+            spdlog::info("sandbox={} op=destroy device {} is another state dir's; left alone",
+                         sb.id, dm::device_name(sb.id));
+        }
+    }
+    if (auto removed = foreign ? Result<void>(success()) : platform_.remove_snapshot(sb.id);
         !removed && removed.error().code() != ENXIO) {
         Failure f = removal_failure(std::move(removed).error().within(what));
         sb.last_error = f.error.message();

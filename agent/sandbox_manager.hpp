@@ -132,6 +132,9 @@ class SandboxManager {
     std::optional<Failure> check_kernel() const;
     std::size_t sweep_flatten_temps(std::vector<std::string>& problems);
     std::string make_id() const;
+    // Whether a live device named for this sandbox carries another state dir's tag (device
+    // names are host-wide; such a device is never ours to remove).
+    Result<bool> held_by_another_state_dir(const std::string& id);
     std::string template_path(const std::string& name) const;
     // templates.cpp: the image a create of `name` uses now, checked, with its digest.
     Outcome<TemplateIdentity> identify_template(const std::string& name, const std::string& what);

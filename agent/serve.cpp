@@ -85,37 +85,38 @@ Result<StateDirClaim> claim_state_dir(const std::string& state_dir) {
 
 int serve_locked(const ServeOptions& options, Platform& platform);
 
+// What serving starts with: logging, then the state dir's lock, held while `serve` runs.
+// Returns serve's exit status, or 2 (logging) or 1 (the lock) when those fail.
+template <class Serve>
+int with_state_dir_claimed(const ServeOptions& options, Serve serve) {
+    if (auto logging = setup_logging(options.log_level, options.log_format); !logging) {
+        std::cerr << "wrenn-agent: " << logging.error().message() << "\n";
+        return 2;
+    }
+    auto claim = claim_state_dir(options.state_dir);
+    if (!claim) {
+        spdlog::error("{}", claim.error().message());
+        return 1;
+    }
+    return serve(*claim);
+}
+
 }  // namespace
 
 int run_serve(const ServeOptions& options) {
-    if (auto logging = setup_logging(options.log_level, options.log_format); !logging) {
-        std::cerr << "wrenn-agent: " << logging.error().message() << "\n";
-        return 2;
-    }
-    auto claim = claim_state_dir(options.state_dir);
-    if (!claim) {
-        spdlog::error("{}", claim.error().message());
-        return 1;
-    }
-    LinuxPlatform::Options platform_options;
-    platform_options.owner_tag = claim->tag;
-    platform_options.tcmu_policy.config_dirs = options.tcmu_config_dirs;
-    platform_options.tcmu_policy.handlers = options.tcmu_handlers;
-    LinuxPlatform platform(platform_options);
-    return serve_locked(options, platform);
+    return with_state_dir_claimed(options, [&](const StateDirClaim& claim) {
+        LinuxPlatform::Options platform_options;
+        platform_options.owner_tag = claim.tag;
+        platform_options.tcmu_policy.config_dirs = options.tcmu_config_dirs;
+        platform_options.tcmu_policy.handlers = options.tcmu_handlers;
+        LinuxPlatform platform(platform_options);
+        return serve_locked(options, platform);
+    });
 }
 
 int serve_with(const ServeOptions& options, Platform& platform) {
-    if (auto logging = setup_logging(options.log_level, options.log_format); !logging) {
-        std::cerr << "wrenn-agent: " << logging.error().message() << "\n";
-        return 2;
-    }
-    auto claim = claim_state_dir(options.state_dir);
-    if (!claim) {
-        spdlog::error("{}", claim.error().message());
-        return 1;
-    }
-    return serve_locked(options, platform);
+    return with_state_dir_claimed(
+        options, [&](const StateDirClaim&) { return serve_locked(options, platform); });
 }
 
 namespace {
@@ -263,41 +264,35 @@ int serve_locked(const ServeOptions& options, Platform& platform) {
 }  // namespace
 
 int run_cleanup_stale(const ServeOptions& options) {
-    if (auto logging = setup_logging(options.log_level, options.log_format); !logging) {
-        std::cerr << "wrenn-agent: " << logging.error().message() << "\n";
-        return 2;
-    }
-    auto claim = claim_state_dir(options.state_dir);
-    if (!claim) {
-        spdlog::error("cleanup-stale: {}", claim.error().message());
-        return 1;
-    }
-    auto store = StateStore::open(options.state_dir);
-    if (!store) {
-        spdlog::error("cleanup-stale: {}", store.error().message());
-        return 1;
-    }
-    LinuxPlatform::Options platform_options;
-    platform_options.owner_tag = claim->tag;
-    LinuxPlatform platform(platform_options);
-    if (!platform.support().device_mapper) {
-        spdlog::error("cleanup-stale: {}", platform.support().device_mapper_reason);
-        return 1;
-    }
-    Metrics metrics;
-    asio::thread_pool workers(1);
-    SandboxManager manager(platform, *store, SandboxManager::Options{options.templates_dir},
-                           workers, metrics);
-    auto report = manager.cleanup_stale();
-    if (!report) {
-        spdlog::error("{}; see the devices with 'dmsetup ls' and retry", report.error().message());
-        return 1;
-    }
-    spdlog::info(
-        "cleanup-stale: removed {} wrenn- device(s), marked {} sandbox(es) paused, left {} "
-        "device(s) of other state dirs alone",
-        report->stale_removed, report->paused, report->foreign_left);
-    return 0;
+    return with_state_dir_claimed(options, [&](const StateDirClaim& claim) {
+        auto store = StateStore::open(options.state_dir);
+        if (!store) {
+            spdlog::error("cleanup-stale: {}", store.error().message());
+            return 1;
+        }
+        LinuxPlatform::Options platform_options;
+        platform_options.owner_tag = claim.tag;
+        LinuxPlatform platform(platform_options);
+        if (!platform.support().device_mapper) {
+            spdlog::error("cleanup-stale: {}", platform.support().device_mapper_reason);
+            return 1;
+        }
+        Metrics metrics;
+        asio::thread_pool workers(1);
+        SandboxManager manager(platform, *store, SandboxManager::Options{options.templates_dir},
+                               workers, metrics);
+        auto report = manager.cleanup_stale();
+        if (!report) {
+            spdlog::error("{}; see the devices with 'dmsetup ls' and retry",
+                          report.error().message());
+            return 1;
+        }
+        spdlog::info(
+            "cleanup-stale: removed {} wrenn- device(s), marked {} sandbox(es) paused, left {} "
+            "device(s) of other state dirs alone",
+            report->stale_removed, report->paused, report->foreign_left);
+        return 0;
+    });
 }
 
 }  // namespace wrenn::agent

@@ -108,6 +108,19 @@ std::string id_for_origin(std::string_view handler, std::string_view config_path
     return std::to_string(id);
 }
 
+std::string legacy_id_for_config(std::string_view config_path) {
+    std::uint64_t hash = 14695981039346656037ULL;  // FNV-1a 64 offset basis
+    for (char c : config_path) {
+        hash ^= static_cast<unsigned char>(c);
+        hash *= 1099511628211ULL;  // FNV-1a 64 prime
+    }
+    std::uint64_t id = hash % 1000000000000ULL;
+    if (id == 0) {
+        id = 1;
+    }
+    return std::to_string(id);
+}
+
 std::string dev_config_for(std::string_view handler, std::string_view config_path) {
     std::string out(handler);
     out += '/';

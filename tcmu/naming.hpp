@@ -37,6 +37,11 @@ std::string loopback_target_dir(std::string_view id);
 std::string id_for_origin(std::string_view handler, std::string_view config_path,
                           std::optional<std::uint64_t> size_bytes);
 
+// The id agents before SHA-256 ids gave a config: FNV-1a 64 of the path, mod 10^12, never 0.
+// Only for finding a device such an agent attached, which is then reused or detached only when
+// its dev_config reads back as this exact spec (never derived for a new attach).
+std::string legacy_id_for_config(std::string_view config_path);
+
 // The canonical bytes that id_for_origin hashes: a version line, then each field as
 // "<name>=<length>:<bytes>\n" (length-prefixed, so no field can spill into the next; an absent
 // size has length 0).

@@ -132,7 +132,7 @@ long=$OBD/$(head -c 300 /dev/zero | tr '\0' a)
 refused "a config over the kernel's 255 bytes" 400 \
     "{\"origin\": {\"type\": \"tcmu\", \"config\": \"$long\", \"handler\": \"qcow\"}}"
 expect_eq "no TCMU device after the refusals" "$(ls "$hba" 2>/dev/null | grep -c '^dev_')" 0
-expect_eq "no sandbox after the refusals" "$(curl -s "$URL/sandboxes" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["sandboxes"]))')" 0
+expect_eq "no sandbox after the refusals" "$("${CURL[@]}" -s "$URL/sandboxes" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["sandboxes"]))')" 0
 expect_true "SIGTERM exits 0" stop_agent
 
 step "an allowed config"
@@ -185,6 +185,32 @@ for id in t1 t2; do
 done
 expect_eq "configfs has no TCMU device" "$(ls "$hba" 2>/dev/null | grep -c '^dev_')" 0
 expect_eq "configfs has no loopback target" \
+    "$(ls /sys/kernel/config/target/loopback 2>/dev/null | grep -c '^naa\.')" 0
+
+step "a device attached by an agent from before SHA-256 ids is found and reused"
+# Agents before SHA-256 ids named a config's device by FNV-1a 64 of its path, mod 10^12.
+legacy=$(python3 - "$OBD/qcow/origin.qcow2" <<'PY'
+import sys
+h = 14695981039346656037
+for c in sys.argv[1].encode():
+    h = ((h ^ c) * 1099511628211) % 2**64
+print(h % 10**12 or 1)
+PY
+)
+expect_true "SIGTERM exits 0" stop_agent
+require "attach under the old id with the operator's CLI" "$AGENT" tcmu attach --id "$legacy" \
+    --config "$OBD/qcow/origin.qcow2" --handler qcow --size 33554432
+require "agent starts" start_agent "${TCMU_FLAGS[@]}"
+api POST /sandboxes "{\"id\": \"t3\", \"origin\": $origin}"
+expect_eq "create over the origin the old agent attached" "$STATUS" 201
+expect_eq "the old device is reused, no second one" "$(ls "$hba" | grep '^dev_')" "dev_$legacy"
+expect_eq "t3 reads the qcow image" \
+    "$(dd if=/dev/mapper/wrenn-t3 bs=1M skip=7 count=1 iflag=direct status=none | sha256sum)" \
+    "$(dd if="$WORK/origin.raw" bs=1M skip=7 count=1 status=none | sha256sum)"
+api DELETE /sandboxes/t3
+expect_eq "destroy t3" "$STATUS" 204
+expect_eq "the old device went with its last sandbox" "$(ls "$hba" 2>/dev/null | grep -c '^dev_')" 0
+expect_eq "configfs has no loopback target at the end" \
     "$(ls /sys/kernel/config/target/loopback 2>/dev/null | grep -c '^naa\.')" 0
 expect_true "SIGTERM exits 0" stop_agent
 kill -TERM "$runner"

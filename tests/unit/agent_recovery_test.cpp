@@ -318,3 +318,22 @@ TEST_CASE("state dir tags: stable, distinct and short enough for a dm UUID", "[a
     CHECK(classify_device_uuid(wrenn::dm::device_uuid("0123456789abcdef", "x"), a,
                                "0123456789abcdef-x") == DeviceOwner::Legacy);
 }
+
+TEST_CASE("resume and destroy never remove another state dir's device of the same name",
+          "[agent][recovery]") {
+    AgentFixture f;
+    REQUIRE(f.create("sb1").ok());
+    REQUIRE(f.pause("sb1").ok());
+    // Another agent, with its own state dir, runs a sandbox that is also called sb1.
+    f.platform.devices["sb1"] = "/dev/loop9";
+    f.platform.owners["sb1"] = DeviceOwner::Foreign;
+    auto resumed = f.resume("sb1");
+    REQUIRE_FALSE(resumed.ok());
+    CHECK(resumed.failure().kind == FailureKind::InvalidState);
+    CHECK(resumed.failure().error.message().find("another wrenn-agent's state dir") !=
+          std::string::npos);
+    CHECK(f.platform.devices.at("sb1") == "/dev/loop9");
+    REQUIRE(f.destroy("sb1").ok());
+    CHECK(f.platform.devices.at("sb1") == "/dev/loop9");  // theirs is still there
+    CHECK_FALSE(f.manager->get("sb1").has_value());
+}

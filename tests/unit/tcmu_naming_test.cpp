@@ -139,3 +139,14 @@ TEST_CASE("resultFile of an overlaybd config: absolute, relative or absent", "[t
     CHECK(missing.error().code() == ENOENT);
     CHECK_THAT(missing.error().message(), Catch::Contains("missing.json"));
 }
+
+TEST_CASE("the pre-SHA-256 id of a config is still found, for devices attached before it",
+          "[tcmu]") {
+    // FNV-1a 64 mod 10^12, as agents before SHA-256 ids derived it: the offset basis
+    // 14695981039346656037 for "" gives 39346656037; a path gives what those agents used.
+    CHECK(tcmu::legacy_id_for_config("") == "39346656037");
+    CHECK(tcmu::legacy_id_for_config("/etc/overlaybd/sb1/config.v1.json") == "49401168084");
+    CHECK(tcmu::legacy_id_for_config("/x") == "598283480754");
+    CHECK(tcmu::legacy_id_for_config("/x") !=
+          tcmu::id_for_origin("overlaybd", "/x", std::nullopt));
+}
