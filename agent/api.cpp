@@ -411,8 +411,8 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
             json::object{{"template", out->name},
                          {"path", out->path},
                          {"size_bytes", out->size_bytes},
-                         {"sha256", out->sha256.empty() ? json::value(nullptr)
-                                                        : json::value(out->sha256)}}));
+                         {"sha256",
+                          out->sha256.empty() ? json::value(nullptr) : json::value(out->sha256)}}));
     });
 }
 

@@ -9,10 +9,10 @@
 #include <cstdio>
 #include <fstream>
 
+#include "agent/template_image.hpp"
 #include "dm/snapshot_format.hpp"
 #include "flatten/exception_store.hpp"
 #include "flatten/flatten.hpp"
-#include "agent/template_image.hpp"
 #include "loop/loop_device.hpp"
 #include "tcmu/configfs.hpp"
 #include "tcmu/naming.hpp"

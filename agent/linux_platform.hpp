@@ -1,5 +1,7 @@
 #pragma once
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <chrono>
 #include <map>
@@ -7,7 +9,6 @@
 #include <mutex>
 #include <optional>
 #include <utility>
-#include <sys/types.h>
 
 #include "agent/platform.hpp"
 #include "dm/device_mapper.hpp"

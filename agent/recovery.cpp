@@ -177,8 +177,7 @@ Result<RecoveryReport> SandboxManager::recover() {
                     entry->origin_held = true;
                     sb.origin_device = origin->device;
                 } else {
-                    report.problems.push_back("adopt " + sb.id + ": " +
-                                              origin.error().message());
+                    report.problems.push_back("adopt " + sb.id + ": " + origin.error().message());
                 }
             }
             if (sb.state != SandboxState::Running) {

@@ -24,7 +24,8 @@ std::string TemplateIdentity::describe_change_from(const TemplateIdentity& was) 
     auto note = [&out](std::string_view what, auto before, auto after) {
         if (before != after) {
             out += out.empty() ? "" : ", ";
-            out += std::string(what) + " " + std::to_string(before) + " -> " + std::to_string(after);
+            out +=
+                std::string(what) + " " + std::to_string(before) + " -> " + std::to_string(after);
         }
     };
     if (device != was.device || inode != was.inode) {
@@ -37,8 +38,8 @@ std::string TemplateIdentity::describe_change_from(const TemplateIdentity& was) 
     }
     if (!sha256.empty() && !was.sha256.empty() && sha256 != was.sha256) {
         out += out.empty() ? "" : ", ";
-        out += "content sha256 " + was.sha256.substr(0, 12) + "... -> " + sha256.substr(0, 12) +
-               "...";
+        out +=
+            "content sha256 " + was.sha256.substr(0, 12) + "... -> " + sha256.substr(0, 12) + "...";
     }
     return out.empty() ? "nothing" : out;
 }
@@ -135,8 +136,8 @@ json::object api_view(const Sandbox& s) {
     json::object out = record_to_json(s);
     out.erase("version");
     // The digest of the image the sandbox was made over, where a client looks first.
-    out["template_sha256"] = s.origin.identity ? json::value(s.origin.identity->sha256)
-                                               : json::value(nullptr);
+    out["template_sha256"] =
+        s.origin.identity ? json::value(s.origin.identity->sha256) : json::value(nullptr);
     out.erase("origin_size_bytes");
     return out;
 }
@@ -184,8 +185,7 @@ Result<Sandbox> record_from_json(const json::value& value) {
             return std::move(image).error();
         }
         s.origin = OriginSpec{OriginSpec::Type::Loop, *image, {}, std::nullopt, std::nullopt};
-        if (const auto* ident = o.if_contains("identity");
-            ident != nullptr && ident->is_object()) {
+        if (const auto* ident = o.if_contains("identity"); ident != nullptr && ident->is_object()) {
             const auto& io = ident->as_object();
             auto device = get_u64(io, "device");
             auto inode = get_u64(io, "inode");
@@ -205,7 +205,8 @@ Result<Sandbox> record_from_json(const json::value& value) {
         if (!config || !handler) {
             return bad_record("tcmu origin needs 'config' and 'handler'");
         }
-        s.origin = OriginSpec{OriginSpec::Type::Tcmu, *config, *handler, std::nullopt, std::nullopt};
+        s.origin =
+            OriginSpec{OriginSpec::Type::Tcmu, *config, *handler, std::nullopt, std::nullopt};
         if (o.contains("size_bytes")) {
             auto size = get_u64(o, "size_bytes");
             if (!size) {

@@ -259,8 +259,11 @@ Outcome<Sandbox> SandboxManager::do_create(const EntryPtr& entry, const CreateRe
         if (!identity) {
             return identity.failure();
         }
-        sb.origin = OriginSpec{OriginSpec::Type::Loop, template_path(request.template_name), {},
-                               std::nullopt, identity.value()};
+        sb.origin = OriginSpec{OriginSpec::Type::Loop,
+                               template_path(request.template_name),
+                               {},
+                               std::nullopt,
+                               identity.value()};
     }
 
     if (auto refused = check_tcmu(platform_, sb.origin, what)) {

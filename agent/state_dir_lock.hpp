@@ -32,7 +32,7 @@ class StateDirLock {
 // different state dirs leave each other's devices alone; it only has to tell apart the state
 // dirs of one host, not resist anyone choosing a colliding path.
 Result<std::string> state_dir_tag(const std::string& state_dir);
-// The same from a canonical path, without asking the file system (for tests).
+// The same from a canonical path, without touching the filesystem (for tests).
 std::string tag_for_canonical_path(const std::string& canonical_path);
 
 }  // namespace wrenn::agent

@@ -15,9 +15,10 @@ namespace json = boost::json;
 namespace {
 
 json::object to_json(const std::string& path, const TemplateIdentity& t) {
-    return json::object{{"path", path},         {"device", t.device},     {"inode", t.inode},
-                        {"size_bytes", t.size_bytes}, {"mtime_ns", t.mtime_ns},
-                        {"ctime_ns", t.ctime_ns}, {"sha256", t.sha256}};
+    return json::object{{"path", path},           {"device", t.device},
+                        {"inode", t.inode},       {"size_bytes", t.size_bytes},
+                        {"mtime_ns", t.mtime_ns}, {"ctime_ns", t.ctime_ns},
+                        {"sha256", t.sha256}};
 }
 
 std::optional<std::pair<std::string, TemplateIdentity>> from_json(const json::value& v) {
@@ -66,8 +67,8 @@ TemplateDigests::TemplateDigests(std::string file, Hasher hasher)
     }
     boost::system::error_code ec;
     json::value doc = json::parse(*text, ec);
-    const json::value* list = (!ec && doc.is_object()) ? doc.as_object().if_contains("templates")
-                                                       : nullptr;
+    const json::value* list =
+        (!ec && doc.is_object()) ? doc.as_object().if_contains("templates") : nullptr;
     if (list == nullptr || !list->is_array()) {
         spdlog::warn("template digests: {} is not what this agent writes; starting empty", file_);
         return;

@@ -432,8 +432,7 @@ Result<std::size_t> apply_exceptions(int cow_fd, int out_fd,
                              "past the " + std::to_string(seen) + " bytes the snapshot saw");
             }
             // The origin's last chunk may be partial: only its bytes the snapshot saw count.
-            const auto len =
-                static_cast<std::size_t>(std::min(run * chunk_bytes, seen - dst));
+            const auto len = static_cast<std::size_t>(std::min(run * chunk_bytes, seen - dst));
             const std::byte* src = buf->get() + (by_cow[k].new_chunk - first) * chunk_bytes;
             if (auto w = pwrite_full(out_fd, src, len, dst); !w) {
                 return std::move(w).error();

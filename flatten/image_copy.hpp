@@ -66,8 +66,9 @@ Result<CopyMethod> copy_image(const OpenedImage& origin, int out_fd,
                               CopyMethod fastest = CopyMethod::Reflink);
 
 // Writes each exception's CoW chunk over its origin chunk in out_fd, cut where the snapshot's
-// view of the origin ends: origin_size rounded down to whole 512-byte sectors. Exceptions may come in any order; the CoW is read in new_chunk order in large windows and
-// runs contiguous on both sides are written at once. Returns the number of chunks applied.
+// view of the origin ends: origin_size rounded down to whole 512-byte sectors. Exceptions may come
+// in any order; the CoW is read in new_chunk order in large windows and runs contiguous on both
+// sides are written at once. Returns the number of chunks applied.
 Result<std::size_t> apply_exceptions(int cow_fd, int out_fd,
                                      const std::vector<Exception>& exceptions,
                                      std::uint64_t chunk_bytes, std::uint64_t origin_size);

@@ -50,8 +50,7 @@ class LoopDevice {
     static Result<std::optional<LoopDevice>> open_existing(const std::string& file, bool read_only);
     // The same for a file known by its device and inode (`file` is for messages).
     static Result<std::optional<LoopDevice>> open_existing(dev_t backing_dev, ino_t backing_ino,
-                                                           const std::string& file,
-                                                           bool read_only);
+                                                           const std::string& file, bool read_only);
 
     // Every bound loop. Loops that unbind while we look are left out.
     static Result<std::vector<LoopStatus>> list_bound();

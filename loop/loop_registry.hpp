@@ -1,12 +1,13 @@
 #pragma once
 
+#include <sys/types.h>
+
 #include <condition_variable>
 #include <cstddef>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <sys/types.h>
 #include <utility>
 #include <vector>
 
@@ -93,7 +94,7 @@ class LoopRegistry {
 
     std::unique_ptr<ImageAttacher> attacher_;
     mutable std::mutex mutex_;
-    std::condition_variable changed_;  // an entry left the attaching or releasing state
+    std::condition_variable changed_;       // an entry left the attaching or releasing state
     std::map<std::string, Entry> entries_;  // by ImageFile::key()
 };
 

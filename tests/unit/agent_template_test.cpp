@@ -58,7 +58,8 @@ TEST_CASE("create records the template's identity and sha256", "[agent][template
     CHECK(sb->origin.identity->inode == st.st_ino);
     CHECK(sb->origin.identity->size_bytes == (1u << 20));
     CHECK(sb->origin.identity->sha256 == wrenn::sha256_hex(content('a')));
-    CHECK(api_view(sb.value()).at("template_sha256").as_string() == wrenn::sha256_hex(content('a')));
+    CHECK(api_view(sb.value()).at("template_sha256").as_string() ==
+          wrenn::sha256_hex(content('a')));
     // The record on disk carries it too.
     auto text = wrenn::read_file(f.store->record_path("sb1"), 1 << 20);
     REQUIRE(text.ok());
@@ -158,7 +159,8 @@ TEST_CASE("flatten refuses a changed template", "[agent][template]") {
     }
 }
 
-TEST_CASE("create refuses a symlinked, other-writable or non-regular template", "[agent][template]") {
+TEST_CASE("create refuses a symlinked, other-writable or non-regular template",
+          "[agent][template]") {
     TemplateFixture f;
     const std::string outside = f.tmp.path() + "/outside.img";
     write_bytes(outside, content('s'));
@@ -232,7 +234,8 @@ TEST_CASE("adoption at startup checks the template: a changed one is reported, n
     REQUIRE(sb1.has_value());
     CHECK(sb1->state == SandboxState::Running);  // its device is left running
     REQUIRE(sb1->last_error.has_value());
-    CHECK(sb1->last_error->find("is not the image this sandbox was made over") != std::string::npos);
+    CHECK(sb1->last_error->find("is not the image this sandbox was made over") !=
+          std::string::npos);
     CHECK(f.platform.devices.count("sb1") == 1);
 
     // A pause still works; the resume then waits for the original image.

@@ -3,13 +3,13 @@
 // A Platform with the kernel replaced by maps: devices, origins and their reference counts.
 // Failures are injected per call so the agent's state machine can be driven through every path.
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <functional>
 #include <map>
 #include <mutex>
 #include <set>
-
-#include <unistd.h>
 
 #include "agent/platform.hpp"
 #include "agent/template_image.hpp"

@@ -133,7 +133,7 @@ TEST_CASE("flatten writes the origin with the CoW's chunks over it, sparse", "[f
     CHECK(out.st_size == static_cast<off_t>(Fixture::size));
     CHECK(static_cast<std::uint64_t>(out.st_blocks) * 512 <= 12 * kChunk);
     CHECK((out.st_mode & 0777) == 0444);  // a template: nobody rewrites it in place
-    CHECK(f.dir.entries().size() == 3);  // origin, cow, out: no temp file left
+    CHECK(f.dir.entries().size() == 3);   // origin, cow, out: no temp file left
 }
 
 TEST_CASE("every copy method gives the same sparse bytes", "[flatten]") {

@@ -147,6 +147,5 @@ TEST_CASE("the pre-SHA-256 id of a config is still found, for devices attached b
     CHECK(tcmu::legacy_id_for_config("") == "39346656037");
     CHECK(tcmu::legacy_id_for_config("/etc/overlaybd/sb1/config.v1.json") == "49401168084");
     CHECK(tcmu::legacy_id_for_config("/x") == "598283480754");
-    CHECK(tcmu::legacy_id_for_config("/x") !=
-          tcmu::id_for_origin("overlaybd", "/x", std::nullopt));
+    CHECK(tcmu::legacy_id_for_config("/x") != tcmu::id_for_origin("overlaybd", "/x", std::nullopt));
 }
