@@ -44,15 +44,20 @@ Result<void> mkdir_p(const std::string& path, mode_t mode) {
     return success();
 }
 
-Result<void> fsync_dir(const std::string& dir) {
-    UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+// Opens `path` with `flags` (O_RDONLY|O_CLOEXEC added) and fsyncs it; `what` names it in errors.
+Result<void> fsync_path(const std::string& path, int flags, const std::string& what) {
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | flags));
     if (!fd) {
-        return errno_error("open folder " + dir);
+        return errno_error("open " + what);
     }
     if (::fsync(fd.get()) != 0) {
-        return errno_error("fsync folder " + dir);
+        return errno_error("fsync " + what);
     }
     return success();
+}
+
+Result<void> fsync_dir(const std::string& dir) {
+    return fsync_path(dir, O_DIRECTORY, "folder " + dir);
 }
 
 std::string parent_of(const std::string& path) {
@@ -110,14 +115,7 @@ Result<StateStore> StateStore::open(std::string state_dir) {
 }
 
 Result<void> StateStore::sync_file(const std::string& path) const {
-    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-    if (!fd) {
-        return errno_error("open " + path);
-    }
-    if (::fsync(fd.get()) != 0) {
-        return errno_error("fsync " + path);
-    }
-    return success();
+    return fsync_path(path, O_NOFOLLOW, path);
 }
 
 std::string StateStore::sandboxes_dir() const {

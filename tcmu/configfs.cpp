@@ -158,28 +158,6 @@ std::string octal_mode(mode_t mode) {
     return text;
 }
 
-// The whole of an open file, at most `limit` bytes (EFBIG beyond).
-Result<std::string> read_all(int fd, const std::string& what, std::size_t limit) {
-    std::string out;
-    char buffer[8192];
-    for (;;) {
-        const ssize_t n = ::read(fd, buffer, sizeof buffer);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0) {
-            return errno_error("read " + what);
-        }
-        if (n == 0) {
-            return out;
-        }
-        out.append(buffer, static_cast<std::size_t>(n));
-        if (out.size() > limit) {
-            return Error("read " + what, EFBIG, "over " + std::to_string(limit) + " bytes");
-        }
-    }
-}
-
 // ---- The sequence, over ConfigfsOps. ---------------------------------------------------------
 
 constexpr std::chrono::milliseconds kDiskPollInterval{50};
@@ -470,7 +448,7 @@ void append_contained_result_file(const OriginPolicy& policy, const AttachReques
         return;
     }
     std::optional<std::string> field;
-    if (auto text = read_all(config->file.get(), req.config_path, 1U << 20); text) {
+    if (auto text = read_file(config->file.get(), req.config_path, 1U << 20); text) {
         if (auto parsed = result_file_field(*text); parsed) {
             field = std::move(parsed).value();
         }
