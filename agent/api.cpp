@@ -149,6 +149,29 @@ json::object health_json(const KernelSupport& k) {
                         {"tcmu", part(k.tcmu, k.tcmu_reason)}};
 }
 
+json::object space_json(const SpaceStatus& s) {
+    json::object out{{"level", to_string(s.level)}, {"suspended_sandboxes", s.suspended}};
+    if (s.known) {
+        out["free_bytes"] = s.space.free_bytes;
+        out["size_bytes"] = s.space.size_bytes;
+        out["min_free_bytes"] = s.min_free_bytes;
+        out["critical_free_bytes"] = s.critical_free_bytes;
+    }
+    if (!s.error.empty()) {
+        out["error"] = s.error;
+    }
+    if (s.level == SpaceLevel::Low) {
+        out["message"] = "below --min-free: creates and resumes answer 507 insufficient_storage";
+    } else if (s.level == SpaceLevel::Critical) {
+        out["message"] =
+            "below --critical-free: running sandboxes' I/O is suspended until space is back "
+            "above --min-free";
+    } else if (s.suspended > 0) {
+        out["message"] = "sandboxes' I/O is suspended for space; resuming";
+    }
+    return out;
+}
+
 json::object template_json(const TemplateInfo& t) {
     json::object out{{"name", t.name},
                      {"path", t.path},
@@ -207,6 +230,14 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
         const KernelSupport support = platform_.support();
         const bool ok = support.device_mapper && support.loop;
         json::object health = health_json(support);
+        if (options_.space) {
+            const SpaceStatus space = options_.space();
+            health["space"] = space_json(space);
+            if (ok && space.degraded()) {
+                // Still 200: the agent serves; what it cannot do now is in "space".
+                health["status"] = "degraded";
+            }
+        }
         health["insecure_tcp"] = options_.insecure_tcp;
         if (options_.insecure_tcp) {
             health["warning"] =
@@ -227,6 +258,10 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
         if (options_.connections) {
             gauges.connections = options_.connections();
         }
+        if (options_.space) {
+            gauges.space = options_.space();
+        }
+        gauges.cow_disk_bytes = manager_.cow_disk_usage();
         return respond(make_response(req, 200, metrics_.render(gauges),
                                      "text/plain; version=0.0.4; charset=utf-8"));
     }

@@ -19,6 +19,8 @@ struct ApiOptions {
     bool insecure_tcp = false;
     // The transport's connection counts, for /metrics; none when not set.
     std::function<ConnectionCounts()> connections;
+    // The state filesystem's space, for /healthz and /metrics; none when not watched.
+    std::function<SpaceStatus()> space;
 };
 
 // The HTTP API's routes, apart from any transport: parses and validates the request, hands the

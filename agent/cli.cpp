@@ -70,6 +70,16 @@ po::options_description serve_options(ServeOptions& o) {
                                                  "threads for kernel operations (default 16)")(
         "cleanup-stale", po::bool_switch(&o.cleanup_stale),
         "clean up stale devices for boot, then exit (see above)");
+    // Space on the state filesystem (docs/api.md, "Space").
+    desc.add_options()(
+        "min-free", po::value<std::string>()->value_name("SPACE"),
+        "free space the state filesystem keeps: below it creates, resumes (and flattens onto "
+        "it) answer 507 insufficient_storage. A size (2GiB), a share (5%) or the larger of both "
+        "(default 1GiB,5%; 0 turns space watching off)")(
+        "critical-free", po::value<std::string>()->value_name("SPACE"),
+        "below this the running sandboxes' I/O is suspended (writes wait instead of failing "
+        "and invalidating snapshots) until free space is back above --min-free (default "
+        "256MiB,1%; 0: never suspend)");
     // TCMU origins from the API: an allowlist (docs/api.md, "TCMU origins").
     desc.add_options()("tcmu-config-dir",
                        po::value(&o.tcmu_config_dirs)->composing()->value_name("DIR"),
@@ -125,6 +135,24 @@ Command parse_command_line(const std::vector<std::string>& args_in) {
                                     "\": a handler name is 1 to 64 letters, digits, '_' or '-'\n",
                                 2};
         }
+    }
+    for (auto [flag, threshold] : {std::pair{"min-free", &options.space.min_free},
+                                   std::pair{"critical-free", &options.space.critical_free}}) {
+        if (vm.count(flag) == 0) {
+            continue;
+        }
+        auto parsed = parse_space_threshold(vm[flag].as<std::string>());
+        if (!parsed) {
+            return PrintAndExit{
+                "wrenn-agent: --" + std::string(flag) + ": " + parsed.error().message() + "\n", 2};
+        }
+        *threshold = *parsed;
+    }
+    if (options.space.min_free.disabled() && vm.count("critical-free") == 0) {
+        options.space.critical_free = {};  // --min-free 0 turns watching off altogether
+    }
+    if (std::string problem = options.space.check(); !problem.empty()) {
+        return PrintAndExit{"wrenn-agent: " + problem + "\n", 2};
     }
     if (vm.count("token-file") != 0) {
         options.token_file = vm["token-file"].as<std::string>();

@@ -7,6 +7,7 @@
 #include <variant>
 #include <vector>
 
+#include "agent/space.hpp"
 #include "common/result.hpp"
 
 namespace wrenn::agent {
@@ -27,6 +28,8 @@ struct ServeOptions {
     std::vector<std::string> tcmu_config_dirs;
     // ... with these handlers.
     std::vector<std::string> tcmu_handlers{"overlaybd"};
+    // --min-free and --critical-free on the state filesystem (space.hpp).
+    SpacePolicy space;
 };
 
 // What the command line asks for: serve (or --cleanup-stale), a subcommand that takes the rest

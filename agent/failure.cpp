@@ -24,6 +24,8 @@ std::string_view failure_code(FailureKind kind) {
             return "snapshot_invalid";
         case FailureKind::TemplateChanged:
             return "template_changed";
+        case FailureKind::InsufficientStorage:
+            return "insufficient_storage";
         case FailureKind::Unavailable:
             return "unavailable";
         case FailureKind::Internal:
@@ -48,6 +50,8 @@ unsigned failure_http_status(FailureKind kind) {
         case FailureKind::SnapshotInvalid:
         case FailureKind::TemplateChanged:
             return 409;
+        case FailureKind::InsufficientStorage:
+            return 507;
         case FailureKind::Unavailable:
             return 503;
         case FailureKind::Internal:

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -278,7 +279,32 @@ Result<std::optional<SnapshotInfo>> LinuxPlatform::snapshot_info(const std::stri
     if (!info->has_value()) {
         return std::optional<SnapshotInfo>{};
     }
-    return std::optional<SnapshotInfo>{SnapshotInfo{true, (*info)->open_count}};
+    return std::optional<SnapshotInfo>{SnapshotInfo{true, (*info)->open_count, (*info)->suspended}};
+}
+
+Result<void> LinuxPlatform::suspend_snapshot(const std::string& id) {
+    auto dm = mapper();
+    if (!dm) {
+        return std::move(dm).error();
+    }
+    return (*dm)->suspend(dm::device_name(id));
+}
+
+Result<void> LinuxPlatform::resume_snapshot(const std::string& id) {
+    auto dm = mapper();
+    if (!dm) {
+        return std::move(dm).error();
+    }
+    return (*dm)->resume(dm::device_name(id));
+}
+
+Result<FreeSpace> LinuxPlatform::free_space(const std::string& dir) {
+    struct statvfs fs {};
+    if (::statvfs(dir.c_str(), &fs) != 0) {
+        return errno_error("statvfs " + dir);
+    }
+    return FreeSpace{static_cast<std::uint64_t>(fs.f_bavail) * fs.f_frsize,
+                     static_cast<std::uint64_t>(fs.f_blocks) * fs.f_frsize};
 }
 
 Result<SnapshotUsage> LinuxPlatform::snapshot_usage(const std::string& id) {

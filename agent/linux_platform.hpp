@@ -46,6 +46,9 @@ class LinuxPlatform final : public Platform {
                                         const std::string& cow_path) override;
     Result<void> remove_snapshot(const std::string& id) override;
     Result<std::optional<SnapshotInfo>> snapshot_info(const std::string& id) override;
+    Result<void> suspend_snapshot(const std::string& id) override;
+    Result<void> resume_snapshot(const std::string& id) override;
+    Result<FreeSpace> free_space(const std::string& dir) override;
     Result<SnapshotUsage> snapshot_usage(const std::string& id) override;
     Result<std::vector<ListedDevice>> list_snapshots() override;
     Result<bool> snapshot_over_cow(const std::string& id, const std::string& cow_path) override;

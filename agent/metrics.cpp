@@ -56,6 +56,50 @@ std::string Metrics::render(const Gauges& gauges) const {
             "wrenn_connections_refused_total " + std::to_string(gauges.connections->refused) + "\n";
     }
 
+    if (gauges.space && gauges.space->known) {
+        const SpaceStatus& space = *gauges.space;
+        out +=
+            "# HELP wrenn_state_fs_free_bytes Free space on the state filesystem.\n"
+            "# TYPE wrenn_state_fs_free_bytes gauge\n";
+        out += "wrenn_state_fs_free_bytes " + std::to_string(space.space.free_bytes) + "\n";
+        out +=
+            "# HELP wrenn_state_fs_size_bytes Size of the state filesystem.\n"
+            "# TYPE wrenn_state_fs_size_bytes gauge\n";
+        out += "wrenn_state_fs_size_bytes " + std::to_string(space.space.size_bytes) + "\n";
+        out +=
+            "# HELP wrenn_state_fs_min_free_bytes --min-free on this filesystem: below it, "
+            "creates and resumes answer 507.\n"
+            "# TYPE wrenn_state_fs_min_free_bytes gauge\n";
+        out += "wrenn_state_fs_min_free_bytes " + std::to_string(space.min_free_bytes) + "\n";
+        out +=
+            "# HELP wrenn_state_fs_critical_free_bytes --critical-free on this filesystem: "
+            "below it, running sandboxes' I/O is suspended.\n"
+            "# TYPE wrenn_state_fs_critical_free_bytes gauge\n";
+        out += "wrenn_state_fs_critical_free_bytes " + std::to_string(space.critical_free_bytes) +
+               "\n";
+    }
+    if (gauges.space) {
+        out +=
+            "# HELP wrenn_sandboxes_suspended_for_space Running sandboxes whose I/O is suspended "
+            "until the state filesystem has room again.\n"
+            "# TYPE wrenn_sandboxes_suspended_for_space gauge\n";
+        out +=
+            "wrenn_sandboxes_suspended_for_space " + std::to_string(gauges.space->suspended) + "\n";
+        out +=
+            "# HELP wrenn_space_suspensions_total Times the state filesystem fell below "
+            "--critical-free.\n"
+            "# TYPE wrenn_space_suspensions_total counter\n";
+        out += "wrenn_space_suspensions_total " + std::to_string(gauges.space->suspensions) + "\n";
+    }
+    out +=
+        "# HELP wrenn_sandbox_cow_disk_bytes Disk space a sandbox's CoW file takes.\n"
+        "# TYPE wrenn_sandbox_cow_disk_bytes gauge\n";
+    for (const auto& [id, bytes] : gauges.cow_disk_bytes) {
+        // Ids are [A-Za-z0-9_-]: nothing to escape in a label value.
+        out +=
+            "wrenn_sandbox_cow_disk_bytes{sandbox=\"" + id + "\"} " + std::to_string(bytes) + "\n";
+    }
+
     std::lock_guard lock(mu_);
     out +=
         "# HELP wrenn_operation_duration_seconds Duration of sandbox operations.\n"

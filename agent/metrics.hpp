@@ -8,6 +8,10 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
+
+#include "agent/space.hpp"
 
 namespace wrenn::agent {
 
@@ -32,6 +36,9 @@ class Metrics {
         std::size_t loops_attached = 0;
         std::size_t tcmu_origins_attached = 0;
         std::optional<ConnectionCounts> connections;
+        std::optional<SpaceStatus> space;  // the state filesystem (none: not watched)
+        // Disk space each sandbox's CoW file takes (allocated blocks), by sandbox id.
+        std::vector<std::pair<std::string, std::uint64_t>> cow_disk_bytes;
     };
     [[nodiscard]] std::string render(const Gauges& gauges) const;
 

@@ -30,6 +30,13 @@ struct AttachedOrigin {
 struct SnapshotInfo {
     bool exists = false;
     int open_count = 0;
+    bool suspended = false;  // its I/O waits in the kernel (see suspend_snapshot)
+};
+
+// A filesystem's space as statvfs sees it, for an unprivileged writer (f_bavail).
+struct FreeSpace {
+    std::uint64_t free_bytes = 0;
+    std::uint64_t size_bytes = 0;
 };
 
 // A wrenn snapshot device in the kernel and whose it is, by its dm UUID and our state dir's tag.
@@ -100,6 +107,12 @@ class Platform {
     // EBUSY: still held open (detail has the open count); ENXIO: there is no such device.
     virtual Result<void> remove_snapshot(const std::string& id) = 0;
     virtual Result<std::optional<SnapshotInfo>> snapshot_info(const std::string& id) = 0;
+    // Stops the snapshot's I/O (in-flight I/O completes, new I/O waits in the kernel), and lets
+    // it run again. Both are idempotent; ENXIO: there is no such device.
+    virtual Result<void> suspend_snapshot(const std::string& id) = 0;
+    virtual Result<void> resume_snapshot(const std::string& id) = 0;
+    // The space of the filesystem that holds `dir` (statvfs).
+    virtual Result<FreeSpace> free_space(const std::string& dir) = 0;
     virtual Result<SnapshotUsage> snapshot_usage(const std::string& id) = 0;
     // Every wrenn- snapshot device in the kernel, ours or not.
     virtual Result<std::vector<ListedDevice>> list_snapshots() = 0;

@@ -192,6 +192,16 @@ Result<RecoveryReport> SandboxManager::recover() {
                     report.problems.push_back(written.error().message());
                 }
             }
+            // A device an agent suspended for space (then was killed or restarted) must not
+            // stay suspended: the space watcher resumes it once space allows.
+            if (auto info = platform_.snapshot_info(sb.id); info && *info && (*info)->suspended) {
+                entry->io_suspended = true;
+                ++report.suspended_found;
+                spdlog::warn(
+                    "sandbox={} op=recover its device is suspended (for space, by an earlier "
+                    "agent): its I/O resumes once the state filesystem is above --min-free",
+                    sb.id);
+            }
             keep.insert(sb.id);
             ++report.adopted;
             spdlog::info("sandbox={} op=recover result=adopted device={}", sb.id, sb.device);

@@ -139,6 +139,9 @@ json::object api_view(const Sandbox& s) {
     out["template_sha256"] =
         s.origin.identity ? json::value(s.origin.identity->sha256) : json::value(nullptr);
     out.erase("origin_size_bytes");
+    if (s.state == SandboxState::Running) {
+        out["io"] = s.io_suspended_for_space ? "suspended_no_space" : "active";
+    }
     return out;
 }
 

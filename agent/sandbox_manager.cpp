@@ -133,6 +133,9 @@ Sandbox SandboxManager::snapshot_of(const EntryPtr& entry) const {
 Result<void> SandboxManager::commit(const EntryPtr& entry, const Sandbox& next) {
     auto written = store_.write_record(next);
     std::lock_guard lock(mu_);
+    if (next.state != entry->record.state) {
+        entry->io_suspended = false;  // its device was removed, or is a new one
+    }
     entry->record = next;
     ++entry->generation;
     return written;
@@ -244,6 +247,9 @@ Outcome<Sandbox> SandboxManager::do_create(const EntryPtr& entry, const CreateRe
     if (auto missing = check_kernel()) {
         missing->error = std::move(missing->error).within(what);
         return *missing;
+    }
+    if (auto full = check_space(what)) {
+        return *full;
     }
     Sandbox sb;
     sb.id = id;
@@ -410,6 +416,9 @@ Outcome<Sandbox> SandboxManager::do_resume(const EntryPtr& entry) {
     if (auto missing = check_kernel()) {
         missing->error = std::move(missing->error).within(what);
         return *missing;
+    }
+    if (auto full = check_space(what)) {
+        return *full;
     }
     auto valid = platform_.cow_store_valid(sb.cow_path, sb.origin_size_bytes);
     if (!valid) {
@@ -596,6 +605,13 @@ Outcome<TemplateInfo> SandboxManager::do_flatten(const EntryPtr& entry, const st
         return failure(FailureKind::InvalidState, what, 0,
                        "the sandbox is running; pause it first so its CoW is stable");
     }
+    // The new template grows on the templates filesystem; when that is the state filesystem,
+    // it would eat the room the running sandboxes' CoW files need.
+    if (store_.same_filesystem(options_.templates_dir)) {
+        if (auto full = check_space(what)) {
+            return *full;
+        }
+    }
     // Paused, yet a device of this name is live (a record write that failed, or someone's
     // dmsetup): its CoW may still be changing under the copy.
     auto info = platform_.snapshot_info(sb.id);
@@ -665,7 +681,7 @@ std::optional<Sandbox> SandboxManager::get(const std::string& id) const {
     if (it == entries_.end() || !it->second->ready || it->second->gone) {
         return std::nullopt;
     }
-    return it->second->record;
+    return view_of(*it->second);
 }
 
 std::vector<Sandbox> SandboxManager::list() const {
@@ -674,7 +690,7 @@ std::vector<Sandbox> SandboxManager::list() const {
     out.reserve(entries_.size());
     for (const auto& [id, entry] : entries_) {
         if (entry->ready && !entry->gone) {
-            out.push_back(entry->record);
+            out.push_back(view_of(*entry));
         }
     }
     return out;
@@ -699,7 +715,7 @@ void SandboxManager::get_live(const std::string& id, Callback<Sandbox> done) {
         std::uint64_t generation = 0;
         {
             std::lock_guard lock(mu_);
-            sb = entry->record;
+            sb = view_of(*entry);
             generation = entry->generation;
         }
         if (sb.state == SandboxState::Running) {
@@ -712,7 +728,7 @@ void SandboxManager::get_live(const std::string& id, Callback<Sandbox> done) {
                 entry->record.cow_allocated_bytes = usage->allocated_bytes;
                 entry->record.cow_status = usage_status(usage->state);
             }
-            sb = entry->record;
+            sb = view_of(*entry);
         }
         done(std::move(sb));
     });

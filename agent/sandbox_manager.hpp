@@ -16,6 +16,7 @@
 #include "agent/metrics.hpp"
 #include "agent/platform.hpp"
 #include "agent/sandbox.hpp"
+#include "agent/space.hpp"
 #include "agent/state_store.hpp"
 #include "agent/template_digests.hpp"
 
@@ -43,6 +44,7 @@ struct RecoveryReport {
     std::size_t unfinished_removed = 0;
     std::size_t foreign_left = 0;        // devices of another state dir, left alone
     std::size_t temp_files_removed = 0;  // flatten temp files left by a killed flatten
+    std::size_t suspended_found = 0;     // adopted devices found suspended (for space)
     std::vector<std::string> problems;   // what could not be repaired, in words
 };
 
@@ -54,7 +56,7 @@ using Callback = std::function<void(Outcome<T>)>;
 // strand; operations on different sandboxes run in parallel on the worker pool. Reads (get,
 // list) answer from memory and never wait for a kernel operation. Every step is ordered so
 // that a crash at any instant leaves a state recover() repairs without losing CoW data.
-class SandboxManager {
+class SandboxManager : public SpaceActions {
   public:
     struct Options {
         std::string templates_dir;
@@ -90,6 +92,16 @@ class SandboxManager {
     void list_templates(Callback<std::vector<TemplateInfo>> done);
     [[nodiscard]] std::map<std::string, std::size_t> count_by_state() const;
 
+    // Space on the state filesystem (sandbox_space.cpp). With a watcher set, creates, resumes
+    // and flattens answer 507 insufficient_storage while it refuses new work. Set before
+    // serving; the watcher must outlive the manager's operations.
+    void set_space_watcher(SpaceWatcher* watcher) { space_ = watcher; }
+    std::size_t suspend_for_space() override;
+    std::size_t resume_after_space() override;
+    [[nodiscard]] std::size_t suspended_for_space() const override;
+    // Disk space each sandbox's CoW file takes now (allocated blocks), by sandbox id.
+    [[nodiscard]] std::vector<std::pair<std::string, std::uint64_t>> cow_disk_usage() const;
+
     // Blocks until no operation is in flight (SIGTERM: stop accepting, then drain).
     void wait_idle();
     // Waits for operations and queries in flight and stops the query pool: call before the
@@ -112,6 +124,9 @@ class SandboxManager {
         // Bumped at every change of `record` by an operation: a read that went to the kernel
         // writes back only if nothing changed meanwhile.
         std::uint64_t generation = 0;
+        // Its device's I/O is suspended for space (space.cpp). Not in the record: the kernel
+        // holds the fact, and recovery reads it back from there.
+        bool io_suspended = false;
     };
     using EntryPtr = std::shared_ptr<Entry>;
 
@@ -127,6 +142,10 @@ class SandboxManager {
     void run_on_strand(const EntryPtr& entry, std::string op, std::function<Outcome<T>()> fn,
                        Callback<T> done);
     Sandbox snapshot_of(const EntryPtr& entry) const;
+    // What reads show: the record and what the kernel is doing with it now. mu_ held.
+    static Sandbox view_of(const Entry& entry);
+    // 507 insufficient_storage when the space watcher refuses new work now.
+    std::optional<Failure> check_space(const std::string& what) const;
     void release_origin_of(const EntryPtr& entry, const OriginSpec& origin);
     Result<void> commit(const EntryPtr& entry, const Sandbox& next);
     std::optional<Failure> check_kernel() const;
@@ -150,6 +169,7 @@ class SandboxManager {
     boost::asio::thread_pool queries_{2};
     Metrics& metrics_;
     TemplateDigests digests_;
+    SpaceWatcher* space_ = nullptr;
 
     mutable std::mutex mu_;  // guards entries_ and every Entry's record
     std::map<std::string, EntryPtr> entries_;

@@ -56,9 +56,9 @@ void log_report(const RecoveryReport& report) {
     spdlog::info(
         "recovered state: {} adopted, {} paused (device gone), {} stale devices removed, "
         "{} unfinished creates removed, {} flatten temp files removed, {} devices of other "
-        "state dirs left alone",
+        "state dirs left alone, {} found suspended for space",
         report.adopted, report.paused, report.stale_removed, report.unfinished_removed,
-        report.temp_files_removed, report.foreign_left);
+        report.temp_files_removed, report.foreign_left, report.suspended_found);
     for (const auto& problem : report.problems) {
         spdlog::error("recovery: {}", problem);
     }
@@ -196,10 +196,27 @@ int serve_locked(const ServeOptions& options, Platform& platform) {
     }
     log_report(*recovered);
 
+    // Space first: a device recovery found suspended for space is resumed here if there is
+    // room, before any request can come.
+    SpaceWatcher space(platform, store->state_dir(), options.space, manager);
+    manager.set_space_watcher(&space);
+    if (!options.space.min_free.disabled()) {
+        space.poll_once();
+        const SpaceStatus now = space.status();
+        spdlog::info("state filesystem: {} free of {}; --min-free {} ({}), --critical-free {} ({})",
+                     human_bytes(now.space.free_bytes), human_bytes(now.space.size_bytes),
+                     options.space.min_free.to_string(), human_bytes(now.min_free_bytes),
+                     options.space.critical_free.to_string(), human_bytes(now.critical_free_bytes));
+    }
+    space.start();
+
     // Set before the io_context runs, so before any request can read it.
     http::Server* serving = nullptr;
     ApiOptions api_options;
     api_options.insecure_tcp = insecure_tcp;
+    if (!options.space.min_free.disabled()) {
+        api_options.space = [&space] { return space.status(); };
+    }
     api_options.connections = [&serving] {
         return serving == nullptr
                    ? ConnectionCounts{}
@@ -254,6 +271,13 @@ int serve_locked(const ServeOptions& options, Platform& platform) {
     }
     if (drainer.joinable()) {
         drainer.join();
+    }
+    space.stop();
+    if (const std::size_t suspended = manager.suspended_for_space(); suspended > 0) {
+        spdlog::warn(
+            "stopping with {} sandbox(es) suspended for space; the next start resumes "
+            "them once there is room",
+            suspended);
     }
     // Queries answer on the io_context: none may still run when it is destroyed.
     manager.shutdown();

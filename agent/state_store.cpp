@@ -233,4 +233,11 @@ Result<StateStore::Loaded> StateStore::load() const {
     return loaded;
 }
 
+bool StateStore::same_filesystem(const std::string& dir) const {
+    struct stat ours {};
+    struct stat theirs {};
+    return ::stat(state_dir_.c_str(), &ours) == 0 && ::stat(dir.c_str(), &theirs) == 0 &&
+           ours.st_dev == theirs.st_dev;
+}
+
 }  // namespace wrenn::agent

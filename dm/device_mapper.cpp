@@ -400,6 +400,36 @@ Result<std::optional<DeviceInfo>> DeviceMapper::info(const std::string& name) {
     return info_locked(name);
 }
 
+Result<void> DeviceMapper::suspend(const std::string& name) {
+    const std::string action = "suspend " + name;
+    std::lock_guard lock(libdm_mutex());
+    auto t = make_task(DM_DEVICE_SUSPEND, name, action);
+    if (!t) {
+        return std::move(t).error();
+    }
+    if (!dm_task_skip_lockfs(t->get())) {
+        return Error(action, ENOMEM, "dm_task_skip_lockfs");
+    }
+    if (const int err = run_task(t->get(), false, udev_); err != 0) {
+        return Error(action, err);
+    }
+    return success();
+}
+
+Result<void> DeviceMapper::resume(const std::string& name) {
+    const std::string action = "resume " + name;
+    std::lock_guard lock(libdm_mutex());
+    auto t = make_task(DM_DEVICE_RESUME, name, action);
+    if (!t) {
+        return std::move(t).error();
+    }
+    // A resume sends a change uevent: carry the cookie and our rule flags, as create does.
+    if (const int err = run_task(t->get(), true, udev_); err != 0) {
+        return Error(action, err);
+    }
+    return success();
+}
+
 Result<std::vector<ListedSnapshot>> DeviceMapper::list_snapshots() {
     const std::string action = "list device-mapper devices";
     std::vector<std::string> candidates;

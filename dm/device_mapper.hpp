@@ -53,6 +53,14 @@ class DeviceMapper {
     // nullopt: no such device.
     Result<std::optional<DeviceInfo>> info(const std::string& name);
 
+    // Suspends `name`: I/O in flight completes, new I/O waits in the kernel until resume()
+    // (writes stall instead of failing). No filesystem freeze: a host mount's dirty data would
+    // be written at the worst moment. Suspending a suspended device does nothing. ENXIO: no
+    // such device.
+    Result<void> suspend(const std::string& name);
+    // Lets a suspended device's I/O run again; resuming an active device does nothing.
+    Result<void> resume(const std::string& name);
+
     // wrenn's snapshot devices, whichever state dir owns them: name starts with kNamePrefix and
     // the live table's target is `snapshot`, or the UUID starts with kUuidPrefix and no table is
     // live yet (a create cut short between its ioctls by a kill). Tolerates devices vanishing

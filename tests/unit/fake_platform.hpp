@@ -42,6 +42,9 @@ class FakePlatform : public Platform {
     std::set<std::string> attached_ever;     // origin keys ever attached
     std::vector<std::string> calls;          // "create sb1", "remove sb1", ...
     std::set<std::string> released_dirs;
+    std::set<std::string> suspended;              // devices whose I/O is suspended
+    FreeSpace space{100ull << 30, 200ull << 30};  // the state filesystem: 100 of 200 GiB free
+    int fail_space_errno = 0;
     std::size_t tcmu_detached = 0;
     mutable std::mutex mu;
 
@@ -137,6 +140,7 @@ class FakePlatform : public Platform {
         if (devices.erase(id) == 0) {
             return Error("remove wrenn-" + id, ENXIO);
         }
+        suspended.erase(id);
         cows.erase(id);
         owners.erase(id);
         return success();
@@ -147,7 +151,35 @@ class FakePlatform : public Platform {
         if (devices.count(id) == 0) {
             return std::optional<SnapshotInfo>{};
         }
-        return std::optional<SnapshotInfo>{SnapshotInfo{true, 0}};
+        return std::optional<SnapshotInfo>{SnapshotInfo{true, 0, suspended.count(id) != 0}};
+    }
+
+    Result<void> suspend_snapshot(const std::string& id) override {
+        std::lock_guard lock(mu);
+        calls.push_back("suspend " + id);
+        if (devices.count(id) == 0) {
+            return Error("suspend wrenn-" + id, ENXIO);
+        }
+        suspended.insert(id);
+        return success();
+    }
+
+    Result<void> resume_snapshot(const std::string& id) override {
+        std::lock_guard lock(mu);
+        calls.push_back("resume " + id);
+        if (devices.count(id) == 0) {
+            return Error("resume wrenn-" + id, ENXIO);
+        }
+        suspended.erase(id);
+        return success();
+    }
+
+    Result<FreeSpace> free_space(const std::string& dir) override {
+        std::lock_guard lock(mu);
+        if (fail_space_errno != 0) {
+            return Error("statvfs " + dir, fail_space_errno);
+        }
+        return space;
     }
 
     Result<SnapshotUsage> snapshot_usage(const std::string& id) override {
