@@ -723,6 +723,10 @@ void SandboxManager::get_live(const std::string& id, Callback<Sandbox> done) {
             // is why it may race one: the answer is written back only onto the record it was
             // read for, never onto one a pause or destroy made meanwhile.
             auto usage = platform_.snapshot_usage(id);
+            if (!usage) {
+                spdlog::debug("sandbox={} op=get live status unknown: {}", id,
+                              usage.error().message());
+            }
             std::lock_guard lock(mu_);
             if (usage && entry->generation == generation) {
                 entry->record.cow_allocated_bytes = usage->allocated_bytes;
