@@ -56,6 +56,8 @@ LinuxPlatform::LinuxPlatform(Options options)
             mapper.error().message() +
             "; load it with 'modprobe dm-snapshot' (the agent must run as root)";
     }
+    support_.device_mapper_in_kernel =
+        support_.device_mapper || path_exists("/sys/class/misc/device-mapper");
     if (::access("/dev/loop-control", R_OK | W_OK) == 0) {
         support_.loop = true;
     } else {

@@ -20,6 +20,9 @@ struct KernelSupport {
     std::string device_mapper_reason;
     std::string loop_reason;
     std::string tcmu_reason;
+    // The kernel has device-mapper (its misc device is registered) even if `device_mapper` is
+    // false because the agent cannot use it: then snapshots may exist that it cannot see.
+    bool device_mapper_in_kernel = false;
 };
 
 struct AttachedOrigin {

@@ -108,7 +108,15 @@ Result<RecoveryReport> SandboxManager::recover() {
     // Facts first: without the device list nothing can be decided, and nothing is changed.
     // Without device-mapper in the kernel no snapshot can exist: an empty list is the fact.
     std::vector<ListedDevice> devices;
-    if (platform_.support().device_mapper) {
+    const KernelSupport support = platform_.support();
+    if (!support.device_mapper && support.device_mapper_in_kernel) {
+        return Error("recover", ENODEV,
+                     "device-mapper is in the kernel but cannot be used (" +
+                         support.device_mapper_reason +
+                         "), so its devices cannot be listed; no record was changed. Make "
+                         "/dev/mapper/control usable and start again");
+    }
+    if (support.device_mapper) {
         auto listed = platform_.list_snapshots();
         if (!listed) {
             return Error("recover", listed.error().code(),

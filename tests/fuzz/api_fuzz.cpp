@@ -112,7 +112,7 @@ struct World {
                 fs::remove(entry.path(), ec);
             }
         }
-        platform.kernel = wrenn::agent::KernelSupport{true, true, true, "", "", ""};
+        platform.kernel = wrenn::agent::KernelSupport{true, true, true, "", "", "", true};
     }
 };
 

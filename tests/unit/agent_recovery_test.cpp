@@ -65,6 +65,34 @@ TEST_CASE("recover: a device list that cannot be read fails startup and changes 
     CHECK(removals(f.platform) == 0);
 }
 
+TEST_CASE("recover: device-mapper in the kernel but unusable changes no record",
+          "[agent][recovery]") {
+    AgentFixture f;
+    REQUIRE(f.create("up").ok());
+    const std::string up = slurp(f.store->record_path("up"));
+    // /dev/mapper/control cannot be opened (not root, a bind mount over it): the device list
+    // is unknown, not empty.
+    f.platform.kernel.device_mapper = false;
+    f.platform.kernel.device_mapper_reason = "open device-mapper: is dm-mod loaded?";
+    f.stop();
+    f.start();
+    auto report = f.manager->recover();
+    REQUIRE_FALSE(report.ok());
+    CHECK_THAT(report.error().message(), Catch::Contains("device-mapper is in the kernel") &&
+                                             Catch::Contains("no record was changed"));
+    CHECK(slurp(f.store->record_path("up")) == up);
+    CHECK(f.platform.devices.count("up") == 1);
+
+    // No device-mapper in the kernel at all: no snapshot can exist, so running means paused.
+    f.platform.kernel.device_mapper_in_kernel = false;
+    f.platform.devices.clear();
+    f.stop();
+    f.start();
+    auto again = f.manager->recover();
+    REQUIRE(again.ok());
+    CHECK(again->paused == 1);
+}
+
 TEST_CASE("recover: a live device over a paused record's CoW is adopted as running",
           "[agent][recovery]") {
     AgentFixture f;

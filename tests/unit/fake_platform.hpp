@@ -18,7 +18,7 @@ namespace wrenn::agent::testing {
 
 class FakePlatform : public Platform {
   public:
-    KernelSupport kernel{true, true, true, "", "", ""};
+    KernelSupport kernel{true, true, true, "", "", "", true};
     std::uint64_t origin_size = 64ull << 20;
 
     // Injected failures: errno for the next call of that kind (0 = succeed).
