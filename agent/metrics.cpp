@@ -35,61 +35,45 @@ std::string Metrics::render(const Gauges& gauges) const {
                       it == gauges.sandboxes_by_state.end() ? 0 : it->second);
         out += line;
     }
-    out +=
-        "# HELP wrenn_loops_attached Template loop devices held by the agent.\n"
-        "# TYPE wrenn_loops_attached gauge\n";
-    out += "wrenn_loops_attached " + std::to_string(gauges.loops_attached) + "\n";
-    out +=
-        "# HELP wrenn_tcmu_origins_attached TCMU origins held by the agent.\n"
-        "# TYPE wrenn_tcmu_origins_attached gauge\n";
-    out += "wrenn_tcmu_origins_attached " + std::to_string(gauges.tcmu_origins_attached) + "\n";
+    // One metric with no labels: its help, its type and its value.
+    auto single = [&out](std::string_view name, std::string_view type, std::string_view help,
+                         std::uint64_t value) {
+        out.append("# HELP ").append(name).append(" ").append(help).append("\n");
+        out.append("# TYPE ").append(name).append(" ").append(type).append("\n");
+        out.append(name).append(" ").append(std::to_string(value)).append("\n");
+    };
+    single("wrenn_loops_attached", "gauge", "Template loop devices held by the agent.",
+           gauges.loops_attached);
+    single("wrenn_tcmu_origins_attached", "gauge", "TCMU origins held by the agent.",
+           gauges.tcmu_origins_attached);
     if (gauges.connections) {
-        out +=
-            "# HELP wrenn_connections_open HTTP connections open now.\n"
-            "# TYPE wrenn_connections_open gauge\n";
-        out += "wrenn_connections_open " + std::to_string(gauges.connections->open) + "\n";
-        out +=
-            "# HELP wrenn_connections_refused_total Connections closed at once because their "
-            "listener held --max-connections.\n"
-            "# TYPE wrenn_connections_refused_total counter\n";
-        out +=
-            "wrenn_connections_refused_total " + std::to_string(gauges.connections->refused) + "\n";
+        single("wrenn_connections_open", "gauge", "HTTP connections open now.",
+               gauges.connections->open);
+        single("wrenn_connections_refused_total", "counter",
+               "Connections closed at once because their listener held --max-connections.",
+               gauges.connections->refused);
     }
-
     if (gauges.space && gauges.space->known) {
         const SpaceStatus& space = *gauges.space;
-        out +=
-            "# HELP wrenn_state_fs_free_bytes Free space on the state filesystem.\n"
-            "# TYPE wrenn_state_fs_free_bytes gauge\n";
-        out += "wrenn_state_fs_free_bytes " + std::to_string(space.space.free_bytes) + "\n";
-        out +=
-            "# HELP wrenn_state_fs_size_bytes Size of the state filesystem.\n"
-            "# TYPE wrenn_state_fs_size_bytes gauge\n";
-        out += "wrenn_state_fs_size_bytes " + std::to_string(space.space.size_bytes) + "\n";
-        out +=
-            "# HELP wrenn_state_fs_min_free_bytes --min-free on this filesystem: below it, "
-            "creates and resumes answer 507.\n"
-            "# TYPE wrenn_state_fs_min_free_bytes gauge\n";
-        out += "wrenn_state_fs_min_free_bytes " + std::to_string(space.min_free_bytes) + "\n";
-        out +=
-            "# HELP wrenn_state_fs_critical_free_bytes --critical-free on this filesystem: "
-            "below it, running sandboxes' I/O is suspended.\n"
-            "# TYPE wrenn_state_fs_critical_free_bytes gauge\n";
-        out += "wrenn_state_fs_critical_free_bytes " + std::to_string(space.critical_free_bytes) +
-               "\n";
+        single("wrenn_state_fs_free_bytes", "gauge", "Free space on the state filesystem.",
+               space.space.free_bytes);
+        single("wrenn_state_fs_size_bytes", "gauge", "Size of the state filesystem.",
+               space.space.size_bytes);
+        single("wrenn_state_fs_min_free_bytes", "gauge",
+               "--min-free on this filesystem: below it, creates and resumes answer 507.",
+               space.min_free_bytes);
+        single("wrenn_state_fs_critical_free_bytes", "gauge",
+               "--critical-free on this filesystem: below it, running sandboxes' I/O is "
+               "suspended.",
+               space.critical_free_bytes);
     }
     if (gauges.space) {
-        out +=
-            "# HELP wrenn_sandboxes_suspended_for_space Running sandboxes whose I/O is suspended "
-            "until the state filesystem has room again.\n"
-            "# TYPE wrenn_sandboxes_suspended_for_space gauge\n";
-        out +=
-            "wrenn_sandboxes_suspended_for_space " + std::to_string(gauges.space->suspended) + "\n";
-        out +=
-            "# HELP wrenn_space_suspensions_total Times the state filesystem fell below "
-            "--critical-free.\n"
-            "# TYPE wrenn_space_suspensions_total counter\n";
-        out += "wrenn_space_suspensions_total " + std::to_string(gauges.space->suspensions) + "\n";
+        single("wrenn_sandboxes_suspended_for_space", "gauge",
+               "Running sandboxes whose I/O is suspended until the state filesystem has room "
+               "again.",
+               gauges.space->suspended);
+        single("wrenn_space_suspensions_total", "counter",
+               "Times the state filesystem fell below --critical-free.", gauges.space->suspensions);
     }
     out +=
         "# HELP wrenn_sandbox_cow_disk_bytes Disk space a sandbox's CoW file takes.\n"
