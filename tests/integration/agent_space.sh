@@ -3,8 +3,15 @@
 # XFS of its own; four sandboxes write more than it holds. The agent must suspend their devices
 # before the filesystem is full (writes stall, /healthz says degraded, creates answer 507), keep
 # them suspended across a kill -9 and restart, and resume them by itself once a file is deleted;
-# then every byte written reads back and no snapshot is invalid.
+# then every byte written reads back and no snapshot is invalid. With systemd-udevd running, as
+# on a production host: the resume then waits on udev (libdm cookies) like a create's does.
 source "$(dirname "$0")/lib.sh"
+
+step "start systemd-udevd"
+mkdir -p /run/udev
+require "systemd-udevd starts" /lib/systemd/systemd-udevd --daemon
+udevadm settle --timeout=60
+require "udev's control socket exists (the agent's sign that udev runs)" test -S /run/udev/control
 
 SMALL=$WORK/small
 TEMPLATES=$WORK/templates
@@ -22,6 +29,7 @@ release_all() {
 }
 end() {
     release_all
+    udevadm control --exit >/dev/null 2>&1
     finish
 }
 
@@ -161,6 +169,7 @@ wait_for 10 "healthz ok again" healthy
 expect_eq "no device suspended" "$(kernel_suspended)" 0
 expect_true "no snapshot is invalid after the resume" none_invalid
 expect_true "the agent logged the resume" grep -q 'resume-after-space its I/O runs again' "$AGENT_LOG"
+expect_true "the resume synchronised with udev (libdm udev cookies)" grep -q "Udev cookie" "$AGENT_LOG"
 for i in 1 2 3 4; do
     expect_true "sb$i: every byte written reads back" read_back sb$i
 done
