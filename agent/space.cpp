@@ -207,6 +207,11 @@ void SpaceWatcher::start() {
             "free space on {} is not watched (--min-free 0): a full filesystem "
             "invalidates the snapshots writing to it",
             dir_);
+        // Nothing will ever resume them otherwise: devices an earlier agent suspended for space.
+        if (actions_.suspended_for_space() > 0) {
+            spdlog::info("resumed the I/O of {} sandbox(es) an earlier agent suspended for space",
+                         actions_.resume_after_space());
+        }
         return;
     }
     thread_ = std::thread([this] { run(); });

@@ -95,7 +95,9 @@ class SpaceWatcher {
     SpaceWatcher(const SpaceWatcher&) = delete;
     SpaceWatcher& operator=(const SpaceWatcher&) = delete;
 
-    void start();  // the polling thread; stop() or the destructor ends it
+    // The polling thread; stop() or the destructor ends it. With watching off (--min-free 0)
+    // there is no thread, and devices suspended by an earlier agent are resumed at once.
+    void start();
     void stop();
 
     // One look and the actions it calls for (the thread calls this; tests call it directly).

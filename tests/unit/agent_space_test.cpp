@@ -335,3 +335,25 @@ TEST_CASE("/healthz says degraded and /metrics shows the space", "[space][api]")
     auto created = call("/sandboxes");  // a GET: lists, not refused
     CHECK(created.result_int() == 200);
 }
+
+TEST_CASE("with watching off, a restart resumes what an earlier agent suspended for space",
+          "[space][agent][recovery]") {
+    SpaceFixture f;
+    REQUIRE(f.create("sb1").ok());
+    f.set_free(30 * MiB);
+    f.watcher->poll_once();
+    REQUIRE(f.platform.suspended.size() == 1);
+
+    f.watcher.reset();
+    auto report = f.restart();
+    CHECK(report.suspended_found == 1);
+    SpacePolicy off;
+    off.min_free = {};
+    off.critical_free = {};
+    SpaceWatcher unwatched(f.platform, f.store->state_dir(), off, *f.manager);
+    f.manager->set_space_watcher(&unwatched);
+    unwatched.start();
+    CHECK(f.platform.suspended.empty());
+    CHECK(f.manager->suspended_for_space() == 0);
+    f.manager->set_space_watcher(nullptr);
+}
