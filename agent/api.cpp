@@ -406,13 +406,30 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
     }
 
     const std::string_view action = parts[2];
-    if (action != "pause" && action != "resume" && action != "flatten") {
-        return respond(json_error(
-            req, 404, "not_found",
-            "no route " + printable_path(req.target()) + " (actions: pause, resume, flatten)"));
+    if (action != "pause" && action != "resume" && action != "flatten" && action != "fork") {
+        return respond(json_error(req, 404, "not_found",
+                                  "no route " + printable_path(req.target()) +
+                                      " (actions: pause, resume, flatten, fork)"));
     }
     if (verb != http::verb::post) {
         return method_not_allowed("POST");
+    }
+    if (action == "fork") {
+        Body body = parse_body(req, {"id"}, true);
+        if (body.problem) {
+            return bad_request(*body.problem);
+        }
+        std::optional<std::string> problem;
+        const auto new_id = string_field(body.object, "id", problem);
+        if (problem) {
+            return bad_request(*problem);
+        }
+        if (new_id && (new_id->empty() || !is_valid_name(*new_id))) {
+            return bad_request(
+                "field 'id' must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}; leave it out to get a "
+                "generated id");
+        }
+        return manager_.fork(id, new_id.value_or(""), answer_sandbox(201));
     }
     if (action == "pause" || action == "resume") {
         Body body = parse_body(req, {}, true);

@@ -1,6 +1,7 @@
 #include "agent/cli.hpp"
 
 #include <boost/program_options.hpp>
+#include <charconv>
 #include <sstream>
 
 #include "agent/version.hpp"
@@ -80,6 +81,10 @@ po::options_description serve_options(ServeOptions& o) {
         "below this the running sandboxes' I/O is suspended (writes wait instead of failing "
         "and invalidating snapshots) until free space is back above --min-free (default "
         "256MiB,1%; 0: never suspend)");
+    desc.add_options()("fork-max-stall", po::value<std::string>()->value_name("TIME"),
+                       "the longest a fork may hold a running source's I/O suspended while it "
+                       "copies the CoW, e.g. 2s or 500ms; a fork that would take longer "
+                       "resumes the source and fails (default 2s)");
     // TCMU origins from the API: an allowlist (docs/api.md, "TCMU origins").
     desc.add_options()("tcmu-config-dir",
                        po::value(&o.tcmu_config_dirs)->composing()->value_name("DIR"),
@@ -89,6 +94,23 @@ po::options_description serve_options(ServeOptions& o) {
         "tcmu-handler", po::value<std::vector<std::string>>()->composing()->value_name("NAME"),
         "allow this TCMU handler (repeatable; default overlaybd)");
     return desc;
+}
+
+// "2s", "500ms", "2" (seconds).
+std::optional<std::chrono::milliseconds> parse_duration(std::string_view text) {
+    std::uint64_t value = 0;
+    auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc() || ptr == text.data() || value > 3600000) {
+        return std::nullopt;
+    }
+    const std::string_view unit(ptr, static_cast<std::size_t>(text.data() + text.size() - ptr));
+    if (unit == "ms") {
+        return std::chrono::milliseconds(value);
+    }
+    if (unit.empty() || unit == "s") {
+        return std::chrono::milliseconds(value * 1000);
+    }
+    return std::nullopt;
 }
 
 }  // namespace
@@ -147,6 +169,15 @@ Command parse_command_line(const std::vector<std::string>& args_in) {
                 "wrenn-agent: --" + std::string(flag) + ": " + parsed.error().message() + "\n", 2};
         }
         *threshold = *parsed;
+    }
+    if (vm.count("fork-max-stall") != 0) {
+        auto stall = parse_duration(vm["fork-max-stall"].as<std::string>());
+        if (!stall || *stall <= std::chrono::milliseconds(0) ||
+            *stall > std::chrono::milliseconds(60000)) {
+            return PrintAndExit{
+                "wrenn-agent: --fork-max-stall: a time from 1ms to 60s, like 2s or 500ms\n", 2};
+        }
+        options.fork_max_stall = *stall;
     }
     if (options.space.min_free.disabled() && vm.count("critical-free") == 0) {
         options.space.critical_free = {};  // --min-free 0 turns watching off altogether

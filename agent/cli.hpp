@@ -1,5 +1,6 @@
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <iosfwd>
 #include <optional>
@@ -30,6 +31,8 @@ struct ServeOptions {
     std::vector<std::string> tcmu_handlers{"overlaybd"};
     // --min-free and --critical-free on the state filesystem (space.hpp).
     SpacePolicy space;
+    // --fork-max-stall: the longest a fork may hold a running source's I/O for its copy.
+    std::chrono::milliseconds fork_max_stall{2000};
 };
 
 // What the command line asks for: serve (or --cleanup-stale), a subcommand that takes the rest

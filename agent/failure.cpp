@@ -1,5 +1,7 @@
 #include "agent/failure.hpp"
 
+#include <cerrno>
+
 namespace wrenn::agent {
 
 std::string_view failure_code(FailureKind kind) {
@@ -32,6 +34,12 @@ std::string_view failure_code(FailureKind kind) {
             return "internal";
     }
     return "internal";
+}
+
+Failure origin_failure(Error error) {
+    const FailureKind kind =
+        error.code() == ESTALE ? FailureKind::TemplateChanged : FailureKind::Internal;
+    return Failure{kind, std::move(error)};
 }
 
 unsigned failure_http_status(FailureKind kind) {

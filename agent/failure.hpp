@@ -40,6 +40,14 @@ inline Failure failure(FailureKind kind, std::string action, int code = 0,
     return Failure{kind, Error(std::move(action), code, std::move(detail))};
 }
 
+inline Failure internal(Error error) {
+    return Failure{FailureKind::Internal, std::move(error)};
+}
+
+// An origin that could not be acquired: ESTALE means the template's path names another file
+// than the one checked a moment ago (or recorded).
+Failure origin_failure(Error error);
+
 // A value or a Failure: what every SandboxManager operation returns.
 template <class T>
 class [[nodiscard]] Outcome {

@@ -399,6 +399,32 @@ Result<bool> LinuxPlatform::cow_store_valid(const std::string& cow_path,
     return std::move(store).error();
 }
 
+namespace {
+
+class FlattenCopy : public PendingCopy {
+  public:
+    explicit FlattenCopy(flatten::CopiedFile copied) : copied_(std::move(copied)) {}
+    Result<void> commit() override { return copied_.output.commit(); }
+    [[nodiscard]] std::string method() const override {
+        return std::string(flatten::to_string(copied_.method));
+    }
+
+  private:
+    flatten::CopiedFile copied_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<PendingCopy>> LinuxPlatform::copy_cow(
+    const std::string& from, const std::string& to,
+    std::optional<std::chrono::steady_clock::time_point> deadline) {
+    auto copied = flatten::copy_file(from, to, deadline);
+    if (!copied) {
+        return std::move(copied).error();
+    }
+    return std::unique_ptr<PendingCopy>(std::make_unique<FlattenCopy>(std::move(copied).value()));
+}
+
 Result<FlattenResult> LinuxPlatform::flatten(const std::string& origin, const std::string& cow_path,
                                              const std::string& out) {
     auto stats = flatten::flatten(origin, cow_path, out);

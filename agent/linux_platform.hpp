@@ -53,6 +53,9 @@ class LinuxPlatform final : public Platform {
     Result<std::vector<ListedDevice>> list_snapshots() override;
     Result<bool> snapshot_over_cow(const std::string& id, const std::string& cow_path) override;
     Result<bool> cow_store_valid(const std::string& cow_path, std::uint64_t origin_bytes) override;
+    Result<std::unique_ptr<PendingCopy>> copy_cow(
+        const std::string& from, const std::string& to,
+        std::optional<std::chrono::steady_clock::time_point> deadline) override;
     Result<FlattenResult> flatten(const std::string& origin, const std::string& cow_path,
                                   const std::string& out) override;
     Result<std::size_t> release_loops_under(const std::string& dir) override;

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -53,6 +54,15 @@ struct SnapshotUsage {
     State state = State::Active;
     std::uint64_t allocated_bytes = 0;
     std::uint64_t total_bytes = 0;
+};
+
+// A copy of a CoW file that copy_cow made and has not named yet: commit() fsyncs it and gives it
+// its name; destroyed uncommitted, the copy is removed.
+class PendingCopy {
+  public:
+    virtual ~PendingCopy() = default;
+    virtual Result<void> commit() = 0;
+    [[nodiscard]] virtual std::string method() const = 0;  // "reflink", "copy_file_range", ...
 };
 
 struct FlattenResult {
@@ -127,6 +137,13 @@ class Platform {
     // reported through `invalid` (the kernel marked the store invalid); other problems as Error.
     virtual Result<bool> cow_store_valid(const std::string& cow_path,
                                          std::uint64_t origin_bytes) = 0;
+
+    // A point-in-time copy of the CoW file `from` for a new sandbox's `to` (which must not
+    // exist): FICLONE where the filesystem can, else its data ranges. `from` must not change
+    // meanwhile (its device suspended or gone). ETIMEDOUT past the deadline.
+    virtual Result<std::unique_ptr<PendingCopy>> copy_cow(
+        const std::string& from, const std::string& to,
+        std::optional<std::chrono::steady_clock::time_point> deadline) = 0;
 
     // Writes a standalone image of origin + CoW to `out` (never overwriting it).
     virtual Result<FlattenResult> flatten(const std::string& origin, const std::string& cow_path,

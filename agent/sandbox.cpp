@@ -129,6 +129,7 @@ json::object record_to_json(const Sandbox& s) {
     out["created_at"] = s.created_at;
     out["updated_at"] = s.updated_at;
     out["last_error"] = s.last_error ? json::value(*s.last_error) : json::value(nullptr);
+    out["forked_from"] = s.forked_from.empty() ? json::value(nullptr) : json::value(s.forked_from);
     return out;
 }
 
@@ -251,6 +252,9 @@ Result<Sandbox> record_from_json(const json::value& value) {
     }
     if (const auto* err = obj.if_contains("last_error"); err != nullptr && err->is_string()) {
         s.last_error = std::string(err->as_string());
+    }
+    if (const auto* from = obj.if_contains("forked_from"); from != nullptr && from->is_string()) {
+        s.forked_from = std::string(from->as_string());
     }
     return s;
 }

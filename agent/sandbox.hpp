@@ -66,6 +66,7 @@ struct Sandbox {
     std::string created_at;
     std::string updated_at;
     std::optional<std::string> last_error;
+    std::string forked_from;  // the sandbox this one was forked from; empty when created
     // Not in sandbox.json: the agent's live view. True while its device's I/O is suspended
     // because the state filesystem is nearly full; the API shows "io": "suspended_no_space".
     bool io_suspended_for_space = false;

@@ -22,18 +22,6 @@ bool is_valid_name(std::string_view name) {
 
 namespace {
 
-Failure internal(const Error& error) {
-    return Failure{FailureKind::Internal, error};
-}
-
-// An origin that could not be acquired: ESTALE means the template's path names another file
-// than the one checked a moment ago (or recorded).
-Failure origin_failure(Error error) {
-    const FailureKind kind =
-        error.code() == ESTALE ? FailureKind::TemplateChanged : FailureKind::Internal;
-    return Failure{kind, std::move(error)};
-}
-
 // What a failed device removal means to the client: held open is something they can fix.
 Failure removal_failure(Error error) {
     const FailureKind kind =
@@ -41,14 +29,16 @@ Failure removal_failure(Error error) {
     return Failure{kind, std::move(error)};
 }
 
+}  // namespace
+
 // A TCMU origin the API may not attach, as the client sees it: a bad value is 400, a refusal by
 // the allowlist 403 (tcmu_not_allowed), a kernel without TCMU 503.
-std::optional<Failure> check_tcmu(Platform& platform, const OriginSpec& origin,
-                                  const std::string& what) {
+std::optional<Failure> SandboxManager::check_tcmu(const OriginSpec& origin,
+                                                  const std::string& what) const {
     if (origin.type != OriginSpec::Type::Tcmu) {
         return std::nullopt;
     }
-    auto allowed = platform.check_tcmu_origin(origin);
+    auto allowed = platform_.check_tcmu_origin(origin);
     if (allowed) {
         return std::nullopt;
     }
@@ -59,6 +49,8 @@ std::optional<Failure> check_tcmu(Platform& platform, const OriginSpec& origin,
                                                                 : FailureKind::Internal;
     return Failure{kind, std::move(allowed).error().within(what)};
 }
+
+namespace {
 
 SnapshotUsage::State usage_state_of(const Result<SnapshotUsage>& usage) {
     return usage ? usage->state : SnapshotUsage::State::Active;
@@ -272,7 +264,7 @@ Outcome<Sandbox> SandboxManager::do_create(const EntryPtr& entry, const CreateRe
                                identity.value()};
     }
 
-    if (auto refused = check_tcmu(platform_, sb.origin, what)) {
+    if (auto refused = check_tcmu(sb.origin, what)) {
         return *refused;
     }
     auto origin = platform_.acquire_origin(sb.origin);
@@ -465,7 +457,7 @@ Outcome<Sandbox> SandboxManager::do_resume(const EntryPtr& entry) {
         }
     }
     // The allowlist may have changed since the create, and the config with it.
-    if (auto refused = check_tcmu(platform_, sb.origin, what)) {
+    if (auto refused = check_tcmu(sb.origin, what)) {
         return *refused;
     }
     auto origin = platform_.acquire_origin(sb.origin);
@@ -645,7 +637,7 @@ Outcome<TemplateInfo> SandboxManager::do_flatten(const EntryPtr& entry, const st
     std::string origin_path = sb.origin.path;
     const bool needs_device = sb.origin.type == OriginSpec::Type::Tcmu;
     if (needs_device) {
-        if (auto refused = check_tcmu(platform_, sb.origin, what)) {
+        if (auto refused = check_tcmu(sb.origin, what)) {
             return *refused;
         }
         auto origin = platform_.acquire_origin(sb.origin);

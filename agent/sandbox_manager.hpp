@@ -60,6 +60,8 @@ class SandboxManager : public SpaceActions {
   public:
     struct Options {
         std::string templates_dir;
+        // The longest a fork may hold a running source's I/O suspended for its copy.
+        std::chrono::milliseconds fork_max_stall{2000};
     };
 
     SandboxManager(Platform& platform, StateStore& store, Options options,
@@ -84,6 +86,10 @@ class SandboxManager : public SpaceActions {
     void destroy(const std::string& id, Callback<Done> done);
     void flatten(const std::string& id, const std::string& template_name,
                  Callback<TemplateInfo> done);
+    // A new sandbox `new_id` (empty: the agent makes one), running over the same origin, with
+    // a point-in-time copy of the source's CoW (fork.cpp). A running source's I/O is suspended
+    // only while its CoW is copied, at most Options::fork_max_stall.
+    void fork(const std::string& id, std::string new_id, Callback<Sandbox> done);
     // The sandbox with live CoW usage from the kernel (runs on the query pool, not the strand).
     void get_live(const std::string& id, Callback<Sandbox> done);
 
@@ -135,6 +141,12 @@ class SandboxManager : public SpaceActions {
     Outcome<Sandbox> do_resume(const EntryPtr& entry);
     Outcome<Done> do_destroy(const EntryPtr& entry);
     Outcome<TemplateInfo> do_flatten(const EntryPtr& entry, const std::string& template_name);
+    Outcome<Sandbox> do_fork(const EntryPtr& source, const EntryPtr& child);
+    // fork.cpp: copies the source's CoW for `to`; a running source is suspended meanwhile.
+    Outcome<std::unique_ptr<PendingCopy>> copy_source_cow(const EntryPtr& source,
+                                                          const Sandbox& from,
+                                                          const std::string& to,
+                                                          const std::string& what);
 
     EntryPtr find(const std::string& id) const;
     // Runs fn on the entry's strand, counts it in flight, logs one line and records metrics.
@@ -149,6 +161,7 @@ class SandboxManager : public SpaceActions {
     void release_origin_of(const EntryPtr& entry, const OriginSpec& origin);
     Result<void> commit(const EntryPtr& entry, const Sandbox& next);
     std::optional<Failure> check_kernel() const;
+    std::optional<Failure> check_tcmu(const OriginSpec& origin, const std::string& what) const;
     std::size_t sweep_flatten_temps(std::vector<std::string>& problems);
     std::string make_id() const;
     // Whether a live device named for this sandbox carries another state dir's tag (device

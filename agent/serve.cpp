@@ -187,7 +187,8 @@ int serve_locked(const ServeOptions& options, Platform& platform) {
     }
     Metrics metrics;
     asio::thread_pool workers(options.workers);
-    SandboxManager manager(platform, *store, SandboxManager::Options{options.templates_dir},
+    SandboxManager manager(platform, *store,
+                           SandboxManager::Options{options.templates_dir, options.fork_max_stall},
                            workers, metrics);
     auto recovered = manager.recover();
     if (!recovered) {

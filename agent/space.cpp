@@ -279,9 +279,12 @@ void SpaceWatcher::poll_once() {
     }
     std::size_t suspended_now = 0;
     std::size_t resumed_now = 0;
+    const bool first = std::exchange(first_poll_, false);
     if (level == SpaceLevel::Critical) {
         suspended_now = actions_.suspend_for_space();
-    } else if (level == SpaceLevel::Ok && actions_.suspended_for_space() > 0) {
+    } else if ((level == SpaceLevel::Ok || first) && actions_.suspended_for_space() > 0) {
+        // At the first look, above critical is enough: a device found suspended at start may
+        // have been held by a fork that a kill cut short, not by the lack of space.
         resumed_now = actions_.resume_after_space();
         spdlog::info("{}: resumed the I/O of {} sandbox(es)", where, resumed_now);
     }

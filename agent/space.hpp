@@ -122,7 +122,8 @@ class SpaceWatcher {
     std::condition_variable wake_;
     SpaceStatus status_;
     bool stopping_ = false;
-    std::mutex poll_mu_;  // one poll at a time
+    std::mutex poll_mu_;  // one poll at a time; guards first_poll_
+    bool first_poll_ = true;
     std::thread thread_;
 };
 

@@ -153,6 +153,14 @@ Result<void> StateStore::create_sandbox_files(std::string_view id, std::uint64_t
     return fsync_dir(sandboxes_dir());
 }
 
+Result<void> StateStore::create_sandbox_dir(std::string_view id) const {
+    const std::string dir = sandbox_dir(id);
+    if (::mkdir(dir.c_str(), 0700) != 0) {
+        return errno_error("create folder " + dir);
+    }
+    return fsync_dir(sandboxes_dir());
+}
+
 Result<void> StateStore::write_record(const Sandbox& sandbox) const {
     const std::string text = boost::json::serialize(record_to_json(sandbox)) + "\n";
     return write_file_atomically(record_path(sandbox.id), text);

@@ -33,6 +33,8 @@ class StateStore {
     Result<void> remove_sandbox(std::string_view id) const;
     // fsync of a file of ours (a CoW after its device went): its data is on disk on return.
     Result<void> sync_file(const std::string& path) const;
+    // An empty sandbox folder (0700) for a fork, whose CoW is copied in; EEXIST when taken.
+    Result<void> create_sandbox_dir(std::string_view id) const;
     // Whether `dir` is on the state dir's filesystem (false when either cannot be stat'ed).
     [[nodiscard]] bool same_filesystem(const std::string& dir) const;
     // Bytes the CoW file really occupies on disk (st_blocks), for a paused sandbox.

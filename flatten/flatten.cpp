@@ -71,4 +71,24 @@ Result<FlattenStats> flatten(const std::string& origin_path, const std::string& 
     return stats;
 }
 
+Result<CopiedFile> copy_file(const std::string& from, const std::string& out, Deadline deadline) {
+    const std::string action = "copy " + from + " to " + out;
+    auto source = open_read_only(from);
+    if (!source) {
+        return std::move(source).error().within(action);
+    }
+    if (source->block_device) {
+        return Error(action, EINVAL, "not a regular file");
+    }
+    auto output = PendingOutput::create(out);
+    if (!output) {
+        return std::move(output).error().within(action);
+    }
+    auto method = copy_image(*source, output->fd(), CopyMethod::Reflink, deadline);
+    if (!method) {
+        return std::move(method).error().within(action);
+    }
+    return CopiedFile{std::move(output).value(), *method};
+}
+
 }  // namespace wrenn::flatten

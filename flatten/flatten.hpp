@@ -32,4 +32,15 @@ std::string describe_phases(const FlattenStats& stats);
 Result<FlattenStats> flatten(const std::string& origin, const std::string& cow,
                              const std::string& out);
 
+// A point-in-time copy of the regular file `from` (a paused or suspended sandbox's CoW), made
+// as a new <out>.tmp-XXXXXX and kept sparse: FICLONE where the filesystem can (XFS, btrfs: no
+// data moves), else copy_file_range over its data ranges. Only the copy is done here, so that a
+// caller holding a device suspended can let it go before the fsync: commit() the output to
+// name it durably; dropped uncommitted, it is removed. Past `deadline`: ETIMEDOUT.
+struct CopiedFile {
+    PendingOutput output;
+    CopyMethod method;
+};
+Result<CopiedFile> copy_file(const std::string& from, const std::string& out, Deadline deadline);
+
 }  // namespace wrenn::flatten

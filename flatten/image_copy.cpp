@@ -306,8 +306,18 @@ void hint_small_cow_extents(int fd) {
 
 }  // namespace
 
-Result<CopyMethod> copy_image(const OpenedImage& origin, int out_fd, CopyMethod fastest) {
+Result<CopyMethod> copy_image(const OpenedImage& origin, int out_fd, CopyMethod fastest,
+                              Deadline deadline) {
     const int in = origin.fd.get();
+    auto past_deadline = [&](std::uint64_t pos) -> std::optional<Error> {
+        if (deadline && std::chrono::steady_clock::now() > *deadline) {
+            return Error("copy " + std::to_string(origin.size) + " bytes", ETIMEDOUT,
+                         "stopped at byte " + std::to_string(pos) + ", past the time allowed");
+        }
+        return std::nullopt;
+    };
+    // Pieces small enough that a deadline is checked often, large enough to cost nothing.
+    const std::uint64_t piece = deadline ? (64u << 20) : (1u << 30);
     if (!origin.block_device && fastest == CopyMethod::Reflink) {
         hint_small_cow_extents(out_fd);
         // FICLONE shares the origin's extents (XFS, btrfs): no data moves, holes stay holes.
@@ -340,9 +350,12 @@ Result<CopyMethod> copy_image(const OpenedImage& origin, int out_fd, CopyMethod 
         std::uint64_t pos = s.offset;
         const std::uint64_t end = s.offset + s.length;
         while (method == CopyMethod::CopyFileRange && pos < end) {
+            if (auto late = past_deadline(pos)) {
+                return *late;
+            }
             auto off_in = static_cast<loff_t>(pos);
             auto off_out = static_cast<loff_t>(pos);
-            const auto len = static_cast<std::size_t>(std::min<std::uint64_t>(end - pos, 1u << 30));
+            const auto len = static_cast<std::size_t>(std::min<std::uint64_t>(end - pos, piece));
             ssize_t n = ::copy_file_range(in, &off_in, out_fd, &off_out, len, 0);
             if (n > 0) {
                 pos += static_cast<std::uint64_t>(n);
@@ -364,6 +377,9 @@ Result<CopyMethod> copy_image(const OpenedImage& origin, int out_fd, CopyMethod 
             method = CopyMethod::ReadWrite;
         }
         if (pos < end) {
+            if (auto late = past_deadline(pos)) {
+                return *late;
+            }
             if (!buf) {
                 auto b = allocate(kCopyBlock);
                 if (!b) {

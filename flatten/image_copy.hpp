@@ -3,7 +3,9 @@
 // The one file of flatten/ that talks to the kernel: opening images, FICLONE,
 // copy_file_range, SEEK_DATA/SEEK_HOLE, pread/pwrite, fsync and the no-replace rename.
 
+#include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -62,8 +64,11 @@ class PendingOutput {
 // the filesystem can, else copy_file_range over the data segments (SEEK_DATA/SEEK_HOLE), else
 // read/write that skips all-zero blocks. A block device is read in large blocks (ReadWrite).
 // `fastest` lets tests start lower in that list.
+// With a deadline, a copy that passes it stops with ETIMEDOUT (checked between pieces of at
+// most 64 MiB; FICLONE is one call and is not interrupted).
+using Deadline = std::optional<std::chrono::steady_clock::time_point>;
 Result<CopyMethod> copy_image(const OpenedImage& origin, int out_fd,
-                              CopyMethod fastest = CopyMethod::Reflink);
+                              CopyMethod fastest = CopyMethod::Reflink, Deadline deadline = {});
 
 // Writes each exception's CoW chunk over its origin chunk in out_fd, cut where the snapshot's
 // view of the origin ends: origin_size rounded down to whole 512-byte sectors. Exceptions may come

@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -45,6 +47,8 @@ class FakePlatform : public Platform {
     std::set<std::string> suspended;              // devices whose I/O is suspended
     FreeSpace space{100ull << 30, 200ull << 30};  // the state filesystem: 100 of 200 GiB free
     int fail_space_errno = 0;
+    int fail_suspend_errno = 0;  // the next suspend_snapshot fails with this errno
+    int fail_resume_errno = 0;   // the next resume_snapshot fails with this errno
     std::size_t tcmu_detached = 0;
     mutable std::mutex mu;
 
@@ -157,6 +161,9 @@ class FakePlatform : public Platform {
     Result<void> suspend_snapshot(const std::string& id) override {
         std::lock_guard lock(mu);
         calls.push_back("suspend " + id);
+        if (fail_suspend_errno != 0) {
+            return Error("suspend wrenn-" + id, std::exchange(fail_suspend_errno, 0));
+        }
         if (devices.count(id) == 0) {
             return Error("suspend wrenn-" + id, ENXIO);
         }
@@ -167,6 +174,9 @@ class FakePlatform : public Platform {
     Result<void> resume_snapshot(const std::string& id) override {
         std::lock_guard lock(mu);
         calls.push_back("resume " + id);
+        if (fail_resume_errno != 0) {
+            return Error("resume wrenn-" + id, std::exchange(fail_resume_errno, 0));
+        }
         if (devices.count(id) == 0) {
             return Error("resume wrenn-" + id, ENXIO);
         }
@@ -223,6 +233,50 @@ class FakePlatform : public Platform {
             return Error("read " + cow, cow_error_errno, "bad magic");
         }
         return cow_valid;
+    }
+
+    // The fake's copy: the source's size and its first MiB (all the unit tests ever write).
+    int fail_copy_errno = 0;
+    class FakeCopy : public PendingCopy {
+      public:
+        explicit FakeCopy(std::string path) : path_(std::move(path)) {}
+        ~FakeCopy() override {
+            if (!committed_) {
+                ::unlink(path_.c_str());
+            }
+        }
+        Result<void> commit() override {
+            committed_ = true;
+            return success();
+        }
+        [[nodiscard]] std::string method() const override { return "fake"; }
+
+      private:
+        std::string path_;
+        bool committed_ = false;
+    };
+    Result<std::unique_ptr<PendingCopy>> copy_cow(
+        const std::string& from, const std::string& to,
+        std::optional<std::chrono::steady_clock::time_point>) override {
+        {
+            std::lock_guard lock(mu);
+            calls.push_back("copy " + from);
+            if (fail_copy_errno != 0) {
+                return Error("copy " + from, std::exchange(fail_copy_errno, 0));
+            }
+        }
+        std::ifstream in(from, std::ios::binary);
+        if (!in) {
+            return Error("copy " + from, ENOENT);
+        }
+        std::string head(1 << 20, '\0');
+        in.read(head.data(), static_cast<std::streamsize>(head.size()));
+        head.resize(static_cast<std::size_t>(in.gcount()));
+        std::ofstream out(to, std::ios::binary | std::ios::trunc);
+        out.write(head.data(), static_cast<std::streamsize>(head.size()));
+        out.close();
+        std::filesystem::resize_file(to, std::filesystem::file_size(from));
+        return std::unique_ptr<PendingCopy>(std::make_unique<FakeCopy>(to));
     }
 
     Result<FlattenResult> flatten(const std::string&, const std::string&,

@@ -1,0 +1,246 @@
+// Fork: a new sandbox from another's disk at one instant. The CoW file is the sandbox's disk
+// state, so a copy of it over the same origin is the fork. A running source is suspended for
+// the copy (device-mapper waits for its in-flight I/O, so the exception store on disk is
+// complete: the copy is what a power cut at that instant would leave) and resumed at once.
+// With FICLONE the copy costs O(extents), so the stall does not grow with the data written.
+//
+// Crash safety is create's: the child's record is written last, so a kill before it leaves an
+// unfinished folder (and maybe a device) that the next start removes; a kill while the source
+// is suspended leaves a suspended device that the next start finds and resumes.
+#include <spdlog/spdlog.h>
+
+#include "agent/sandbox_manager.hpp"
+#include "dm/snapshot_format.hpp"
+
+namespace wrenn::agent {
+
+void SandboxManager::fork(const std::string& id, std::string new_id, Callback<Sandbox> done) {
+    if (new_id.empty()) {
+        new_id = make_id();
+    }
+    const std::string what = "fork " + id + " into " + new_id;
+    if (!is_valid_name(new_id)) {
+        done(failure(FailureKind::InvalidRequest, what, 0,
+                     "id must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}"));
+        return;
+    }
+    auto source = find(id);
+    if (!source) {
+        done(failure(FailureKind::NotFound, what, 0, "no such sandbox"));
+        return;
+    }
+    auto child = std::make_shared<Entry>(workers_);
+    child->record.id = new_id;
+    {
+        std::lock_guard lock(mu_);
+        if (entries_.count(new_id) != 0) {
+            done(failure(FailureKind::AlreadyExists, what, 0, "a sandbox with this id exists"));
+            return;
+        }
+        entries_.emplace(new_id, child);
+    }
+    // On the source's strand: its pause, resume or destroy waits for the fork, and the child is
+    // invisible to reads until it is complete.
+    run_on_strand<Sandbox>(
+        source, "fork",
+        [this, source, child] {
+            auto outcome = do_fork(source, child);
+            std::lock_guard lock(mu_);
+            if (outcome) {
+                child->ready = true;
+            } else {
+                child->gone = true;
+                entries_.erase(child->record.id);
+            }
+            return outcome;
+        },
+        std::move(done));
+}
+
+Outcome<std::unique_ptr<PendingCopy>> SandboxManager::copy_source_cow(const EntryPtr& source,
+                                                                      const Sandbox& from,
+                                                                      const std::string& to,
+                                                                      const std::string& what) {
+    if (from.state == SandboxState::Paused) {
+        auto copied = platform_.copy_cow(from.cow_path, to, std::nullopt);
+        if (!copied) {
+            return internal(std::move(copied).error().within(what));
+        }
+        return std::move(copied).value();
+    }
+    {
+        std::lock_guard lock(mu_);
+        if (source->io_suspended) {
+            return failure(FailureKind::InsufficientStorage, what, ENOSPC,
+                           "the source's I/O is suspended because the state filesystem is "
+                           "nearly full; free space there and retry");
+        }
+    }
+    if (auto suspended = platform_.suspend_snapshot(from.id); !suspended) {
+        return internal(std::move(suspended).error().within(what));
+    }
+    const auto start = std::chrono::steady_clock::now();
+    auto copied = platform_.copy_cow(from.cow_path, to, start + options_.fork_max_stall);
+    auto resumed = platform_.resume_snapshot(from.id);
+    if (!resumed) {
+        resumed = platform_.resume_snapshot(from.id);  // the source must not stay stalled
+    }
+    const std::chrono::duration<double> stall = std::chrono::steady_clock::now() - start;
+    metrics_.observe("fork_stall", stall, copied ? "ok" : "internal");
+    spdlog::info("sandbox={} op=fork source I/O stalled {:.1f} ms ({})", from.id,
+                 stall.count() * 1000, copied ? (*copied)->method() : "copy failed");
+    bool held_for_space = false;
+    {
+        std::lock_guard lock(mu_);
+        held_for_space = source->io_suspended;
+    }
+    if (held_for_space && resumed) {
+        // The space watcher suspended it meanwhile and our resume let it go: hold it again.
+        (void)platform_.suspend_snapshot(from.id);
+    }
+    if (!resumed) {
+        spdlog::error("sandbox={} op=fork its device stays suspended: {}", from.id,
+                      resumed.error().message());
+        return internal(Error(what, resumed.error().code(),
+                              "the source's device " + dm::device_name(from.id) +
+                                  " could not be resumed after the copy (" +
+                                  resumed.error().message() +
+                                  "); restart the agent, which resumes it"));
+    }
+    if (!copied) {
+        if (copied.error().code() == ETIMEDOUT) {
+            return failure(FailureKind::Unavailable, what, ETIMEDOUT,
+                           "the copy of the CoW did not finish within --fork-max-stall " +
+                               std::to_string(options_.fork_max_stall.count()) +
+                               " ms, so the source was resumed and nothing was made; a "
+                               "filesystem with reflinks (XFS) copies in constant time");
+        }
+        return internal(std::move(copied).error().within(what));
+    }
+    return std::move(copied).value();
+}
+
+Outcome<Sandbox> SandboxManager::do_fork(const EntryPtr& source, const EntryPtr& child) {
+    const Sandbox from = snapshot_of(source);
+    const std::string id = child->record.id;
+    const std::string what = "fork " + from.id + " into " + id;
+    if (auto missing = check_kernel()) {
+        missing->error = std::move(missing->error).within(what);
+        return *missing;
+    }
+    if (auto full = check_space(what)) {
+        return *full;
+    }
+    // The source's CoW must be usable as a snapshot, over the image it was made over.
+    if (from.state == SandboxState::Running) {
+        auto usage = platform_.snapshot_usage(from.id);
+        if (usage && usage->state != SnapshotUsage::State::Active) {
+            return failure(FailureKind::SnapshotInvalid, what, 0,
+                           "the kernel marked the source's CoW invalid or full; it cannot be "
+                           "forked");
+        }
+    } else {
+        auto info = platform_.snapshot_info(from.id);
+        if (!info) {
+            return internal(std::move(info).error().within(what));
+        }
+        if (info->has_value()) {
+            return failure(FailureKind::InvalidState, what, 0,
+                           "a device " + dm::device_name(from.id) +
+                               " is live for this paused sandbox, so its CoW may still change; "
+                               "resume and pause it, or remove the device, then fork");
+        }
+        auto valid = platform_.cow_store_valid(from.cow_path, from.origin_size_bytes);
+        if (!valid) {
+            const FailureKind kind =
+                valid.error().code() == 0 ? FailureKind::SnapshotInvalid : FailureKind::Internal;
+            return Failure{kind, std::move(valid).error().within(what)};
+        }
+        if (!*valid) {
+            return failure(FailureKind::SnapshotInvalid, what, 0,
+                           "the kernel marked the source's CoW invalid; it cannot be forked");
+        }
+    }
+    auto same_template = verify_template(from, what);
+    if (!same_template) {
+        return same_template.failure();
+    }
+    if (auto refused = check_tcmu(from.origin, what)) {
+        return *refused;
+    }
+
+    Sandbox sb;
+    sb.id = id;
+    sb.template_name = from.template_name;
+    sb.origin = from.origin;
+    if (same_template.value()) {
+        sb.origin.identity = *same_template.value();
+    }
+    sb.cow_path = store_.cow_path(id);
+    sb.cow_size_bytes = from.cow_size_bytes;
+    sb.origin_size_bytes = from.origin_size_bytes;
+    sb.forked_from = from.id;
+
+    if (auto dir = store_.create_sandbox_dir(id); !dir) {
+        const FailureKind kind =
+            dir.error().code() == EEXIST ? FailureKind::AlreadyExists : FailureKind::Internal;
+        return Failure{kind, std::move(dir).error().within(what)};
+    }
+    auto remove_files = [&] {
+        if (auto removed = store_.remove_sandbox(id); !removed) {
+            spdlog::error("sandbox={} op=fork cleanup failed: {}", id, removed.error().message());
+        }
+    };
+    {
+        auto copy = copy_source_cow(source, from, sb.cow_path, what);
+        if (!copy) {
+            remove_files();
+            return copy.failure();
+        }
+        // Named (fsync, rename, fsync of the folder) after the source runs again.
+        if (auto named = copy.value()->commit(); !named) {
+            copy.value().reset();
+            remove_files();
+            return internal(std::move(named).error().within(what));
+        }
+    }
+
+    auto origin = platform_.acquire_origin(sb.origin);
+    if (!origin) {
+        remove_files();
+        return origin_failure(std::move(origin).error().within(what));
+    }
+    auto release_origin = [&] { platform_.release_origin(sb.origin); };
+    if (origin->size_bytes != sb.origin_size_bytes) {
+        release_origin();
+        remove_files();
+        return failure(FailureKind::TemplateChanged, what, 0,
+                       "the origin now serves " + std::to_string(origin->size_bytes) +
+                           " bytes, the source was made over " +
+                           std::to_string(sb.origin_size_bytes));
+    }
+    auto device = platform_.create_snapshot(id, origin->device, origin->size_bytes, sb.cow_path);
+    if (!device) {
+        release_origin();
+        remove_files();
+        return internal(std::move(device).error().within(what));
+    }
+    sb.origin_device = origin->device;
+    sb.device = *device;
+    sb.cow_status = "active";
+    sb.state = SandboxState::Running;
+    sb.created_at = sb.updated_at = utc_now();
+    if (auto written = commit(child, sb); !written) {
+        if (auto removed = platform_.remove_snapshot(id); !removed) {
+            spdlog::error("sandbox={} op=fork cleanup failed: {}", id, removed.error().message());
+        }
+        release_origin();
+        remove_files();
+        return internal(std::move(written).error().within(what));
+    }
+    std::lock_guard lock(mu_);
+    child->origin_held = true;
+    return sb;
+}
+
+}  // namespace wrenn::agent
