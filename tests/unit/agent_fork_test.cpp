@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "agent/cli.hpp"
 #include "agent_fixture.hpp"
 
 using namespace wrenn::agent;
@@ -179,4 +180,23 @@ TEST_CASE("a kill during a fork leaves nothing a restart does not clear", "[agen
     SpaceWatcher watcher(f.platform, f.store->state_dir(), policy, *f.manager);
     watcher.poll_once();
     CHECK(f.platform.suspended.empty());
+}
+
+TEST_CASE("--fork-max-stall takes seconds or milliseconds", "[agent][fork][cli]") {
+    auto stall_of = [](std::vector<std::string> args) {
+        Command c = parse_command_line(args);
+        REQUIRE(std::holds_alternative<ServeOptions>(c));
+        return std::get<ServeOptions>(c).fork_max_stall;
+    };
+    CHECK(stall_of({}) == std::chrono::milliseconds(2000));
+    CHECK(stall_of({"--fork-max-stall", "500ms"}) == std::chrono::milliseconds(500));
+    CHECK(stall_of({"--fork-max-stall", "3s"}) == std::chrono::milliseconds(3000));
+    CHECK(stall_of({"--fork-max-stall", "1"}) == std::chrono::milliseconds(1000));
+    for (std::string bad : {"0", "fast", "2m", "61s", "-1s"}) {
+        INFO(bad);
+        Command c = parse_command_line({"--fork-max-stall", bad});
+        REQUIRE(std::holds_alternative<PrintAndExit>(c));
+        CHECK(std::get<PrintAndExit>(c).status == 2);
+        CHECK_THAT(std::get<PrintAndExit>(c).text, Catch::Contains("--fork-max-stall"));
+    }
 }
