@@ -26,6 +26,8 @@ std::string_view failure_code(FailureKind kind) {
             return "template_changed";
         case FailureKind::Unavailable:
             return "unavailable";
+        case FailureKind::BackstoreUnavailable:
+            return "backstore_unavailable";
         case FailureKind::Internal:
             return "internal";
     }
@@ -49,6 +51,7 @@ unsigned failure_http_status(FailureKind kind) {
         case FailureKind::TemplateChanged:
             return 409;
         case FailureKind::Unavailable:
+        case FailureKind::BackstoreUnavailable:
             return 503;
         case FailureKind::Internal:
             return 500;

@@ -12,18 +12,19 @@ namespace wrenn::agent {
 // Why an agent operation failed, as the API reports it. The Error says what happened in words;
 // the kind says what the client can do about it (and picks the HTTP status and error code).
 enum class FailureKind {
-    InvalidRequest,    // 400 invalid_request
-    NotFound,          // 404 not_found
-    TemplateNotFound,  // 404 template_not_found
-    AlreadyExists,     // 409 already_exists
-    TemplateExists,    // 409 template_exists
-    InvalidState,      // 409 invalid_state
-    DeviceBusy,        // 409 device_busy
-    TcmuNotAllowed,    // 403 tcmu_not_allowed: a TCMU origin outside --tcmu-config-dir/-handler
-    SnapshotInvalid,   // 409 snapshot_invalid
-    TemplateChanged,   // 409 template_changed
-    Unavailable,       // 503 unavailable
-    Internal,          // 500 internal
+    InvalidRequest,        // 400 invalid_request
+    NotFound,              // 404 not_found
+    TemplateNotFound,      // 404 template_not_found
+    AlreadyExists,         // 409 already_exists
+    TemplateExists,        // 409 template_exists
+    InvalidState,          // 409 invalid_state
+    DeviceBusy,            // 409 device_busy
+    TcmuNotAllowed,        // 403 tcmu_not_allowed: a TCMU origin outside --tcmu-config-dir/-handler
+    SnapshotInvalid,       // 409 snapshot_invalid
+    TemplateChanged,       // 409 template_changed
+    Unavailable,           // 503 unavailable
+    BackstoreUnavailable,  // 503 backstore_unavailable: no userspace handler took a TCMU device
+    Internal,              // 500 internal
 };
 
 std::string_view failure_code(FailureKind kind);

@@ -27,10 +27,14 @@ Failure internal(const Error& error) {
 }
 
 // An origin that could not be acquired: ESTALE means the template's path names another file
-// than the one checked a moment ago (or recorded).
-Failure origin_failure(Error error) {
-    const FailureKind kind =
-        error.code() == ESTALE ? FailureKind::TemplateChanged : FailureKind::Internal;
+// than the one checked a moment ago (or recorded); ETIMEDOUT from a TCMU attach, that no
+// userspace handler took the device or served its disk (the message says which backstore to
+// start): the service the origin needs is down, 503.
+Failure origin_failure(const OriginSpec& origin, Error error) {
+    const FailureKind kind = error.code() == ESTALE ? FailureKind::TemplateChanged
+                             : error.code() == ETIMEDOUT && origin.type == OriginSpec::Type::Tcmu
+                                 ? FailureKind::BackstoreUnavailable
+                                 : FailureKind::Internal;
     return Failure{kind, std::move(error)};
 }
 
@@ -271,7 +275,7 @@ Outcome<Sandbox> SandboxManager::do_create(const EntryPtr& entry, const CreateRe
     }
     auto origin = platform_.acquire_origin(sb.origin);
     if (!origin) {
-        return origin_failure(std::move(origin).error().within(what));
+        return origin_failure(sb.origin, std::move(origin).error().within(what));
     }
     auto release_origin = [&] { platform_.release_origin(sb.origin); };
     if (sb.origin.identity && origin->size_bytes != sb.origin.identity->size_bytes / 512 * 512) {
@@ -461,7 +465,7 @@ Outcome<Sandbox> SandboxManager::do_resume(const EntryPtr& entry) {
     }
     auto origin = platform_.acquire_origin(sb.origin);
     if (!origin) {
-        return origin_failure(std::move(origin).error().within(what));
+        return origin_failure(sb.origin, std::move(origin).error().within(what));
     }
     if (sb.origin_size_bytes != 0 && origin->size_bytes != sb.origin_size_bytes) {
         platform_.release_origin(sb.origin);
@@ -634,7 +638,7 @@ Outcome<TemplateInfo> SandboxManager::do_flatten(const EntryPtr& entry, const st
         }
         auto origin = platform_.acquire_origin(sb.origin);
         if (!origin) {
-            return internal(std::move(origin).error().within(what));
+            return origin_failure(sb.origin, std::move(origin).error().within(what));
         }
         origin_path = origin->device;
     }
