@@ -129,6 +129,14 @@ class RealConfigfsOps final : public ConfigfsOps {
         return success();
     }
 
+    Result<void> open_shared(const std::string& device) override {
+        UniqueFd fd(::open(device.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+        if (!fd) {
+            return errno_error("open " + device);
+        }
+        return success();
+    }
+
     Result<std::optional<Opener>> char_device_opener(unsigned major, unsigned minor) override {
         const dev_t want = makedev(major, minor);
         UniqueFd proc(::open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
@@ -338,9 +346,15 @@ Result<std::string> wait_for_disk(ConfigfsOps& ops, const std::string& scsi_addr
         if (names && !names->empty()) {
             seen = names->front();
             std::string dev = opts.dev_root + "/" + seen;
+            // The node appears before the disk can be opened (ENXIO until bdev_add, checked in
+            // the VM: a caller that opened /dev/sdX at once failed): wait until it opens.
             if (ops.exists(dev)) {
-                log.add("disk " + dev + " at " + block_dir);
-                return dev;
+                if (Result<void> opened = ops.open_shared(dev); opened) {
+                    log.add("disk " + dev + " at " + block_dir);
+                    return dev;
+                } else if (opened.error().code() != ENXIO && opened.error().code() != ENOENT) {
+                    return std::move(opened).error();
+                }
             }
         }
         if (ops.now() >= deadline) {
@@ -498,7 +512,7 @@ Result<std::string> attach_once(ConfigfsOps& ops, const AttachRequest& req,
     }
     Result<void> made = ops.make_dir(paths.core);
     if (!made && made.error().code() == EEXIST) {
-        // Another try cannot succeed while the id is taken: whatever happens here is final.
+        // Another try cannot succeed while the id is taken: a refusal here is final.
         retryable = false;
         const std::string action = "create tcmu device " + dev_name + ": mkdir " + paths.core;
         auto found = inspect_existing(ops, req.id, opts);
@@ -523,6 +537,7 @@ Result<std::string> attach_once(ConfigfsOps& ops, const AttachRequest& req,
         if (Result<void> undone = detach(ops, req.id, opts); !undone) {
             return std::move(undone).error().within("remove half-made tcmu device " + dev_name);
         }
+        retryable = true;  // from here on, an ordinary try
         made = ops.make_dir(paths.core);
     }
     if (!made) {

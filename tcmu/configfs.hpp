@@ -91,6 +91,9 @@ class ConfigfsOps {
     // opener holds it exclusively (mount, device-mapper, mkfs). A plain open(2) without O_EXCL
     // is invisible to this check; the kernel offers no count of those for a SCSI disk.
     virtual Result<void> open_exclusive(const std::string& device) = 0;
+    // Opens a block device read-only (shared) and closes it again: ENXIO while its disk is not
+    // live yet (device_add_disk makes the node and the sysfs entry before bdev_add).
+    virtual Result<void> open_shared(const std::string& device) = 0;
     // A process holding an open descriptor of the character device major:minor, if any.
     // Reads /proc/<pid>/fd only; never opens the device (a TCMU UIO node takes one opener,
     // tcmu_open answers a second with EBUSY, and a probe of ours would race the handler's).

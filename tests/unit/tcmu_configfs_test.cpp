@@ -271,6 +271,18 @@ class FakeKernel final : public tcmu::ConfigfsOps {
         return it != nodes.end() && starts_with(it->first, path + "/");
     }
 
+    int disk_opens_after_polls = 0;  // open_shared gives ENXIO this many times first
+    Result<void> open_shared(const std::string& device) override {
+        if (nodes.count(device) == 0) {
+            return Error("open " + device, ENOENT);
+        }
+        if (disk_opens_after_polls > 0) {
+            --disk_opens_after_polls;
+            return Error("open " + device, ENXIO);
+        }
+        return {};
+    }
+
     Result<void> open_exclusive(const std::string& device) override {
         if (nodes.count(device) == 0) {
             return Error("open " + device, ENOENT);
@@ -1177,4 +1189,30 @@ TEST_CASE("detach_unused detaches only our unused devices, never one in use or a
     // Without a tag nothing is known to be ours.
     CHECK(tcmu::detach_unused(kernel, "", {}, fake_options())->detached.empty());
     CHECK(tcmu::list_attached(kernel, fake_options())->size() == 5);
+}
+
+TEST_CASE("the try that redoes a half-made device is an ordinary try, retried on failure",
+          "[tcmu]") {
+    FakeKernel kernel;
+    kernel.kill_at = 4;  // after the first control write: a half-made device
+    CHECK_THROWS_AS(tcmu::attach(kernel, request(), fake_options()), Killed);
+    kernel.kill_at = -1;
+    kernel.disk_appears = false;
+    auto opts = fake_options();
+    opts.attempts = 2;
+    auto disk = tcmu::attach(kernel, request(), opts);
+    REQUIRE_FALSE(disk.ok());
+    CHECK(disk.error().code() == ETIMEDOUT);
+    CHECK_THAT(disk.error().message(), Catch::StartsWith("attach tcmu device 123 (try 2 of 2)"));
+    CHECK(kernel.count("mkdir " + kCore) == 4);  // killed, found taken, redone, retried
+    CHECK(kernel.leftovers().empty());
+}
+
+TEST_CASE("attach returns the disk only once it can be opened", "[tcmu]") {
+    FakeKernel kernel;
+    kernel.disk_opens_after_polls = 3;  // the node is there, the disk not live yet: ENXIO
+    auto disk = tcmu::attach(kernel, request(), fake_options());
+    REQUIRE(disk.ok());
+    CHECK(kernel.disk_opens_after_polls == 0);
+    CHECK(kernel.slept == 3 * std::chrono::milliseconds(50));
 }
