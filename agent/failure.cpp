@@ -30,15 +30,19 @@ std::string_view failure_code(FailureKind kind) {
             return "insufficient_storage";
         case FailureKind::Unavailable:
             return "unavailable";
+        case FailureKind::BackstoreUnavailable:
+            return "backstore_unavailable";
         case FailureKind::Internal:
             return "internal";
     }
     return "internal";
 }
 
-Failure origin_failure(Error error) {
-    const FailureKind kind =
-        error.code() == ESTALE ? FailureKind::TemplateChanged : FailureKind::Internal;
+Failure origin_failure(const OriginSpec& origin, Error error) {
+    const FailureKind kind = error.code() == ESTALE ? FailureKind::TemplateChanged
+                             : error.code() == ETIMEDOUT && origin.type == OriginSpec::Type::Tcmu
+                                 ? FailureKind::BackstoreUnavailable
+                                 : FailureKind::Internal;
     return Failure{kind, std::move(error)};
 }
 
@@ -61,6 +65,7 @@ unsigned failure_http_status(FailureKind kind) {
         case FailureKind::InsufficientStorage:
             return 507;
         case FailureKind::Unavailable:
+        case FailureKind::BackstoreUnavailable:
             return 503;
         case FailureKind::Internal:
             return 500;

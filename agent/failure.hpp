@@ -5,6 +5,7 @@
 #include <utility>
 #include <variant>
 
+#include "agent/sandbox.hpp"
 #include "common/error.hpp"
 
 namespace wrenn::agent {
@@ -12,19 +13,20 @@ namespace wrenn::agent {
 // Why an agent operation failed, as the API reports it. The Error says what happened in words;
 // the kind says what the client can do about it (and picks the HTTP status and error code).
 enum class FailureKind {
-    InvalidRequest,       // 400 invalid_request
-    NotFound,             // 404 not_found
-    TemplateNotFound,     // 404 template_not_found
-    AlreadyExists,        // 409 already_exists
-    TemplateExists,       // 409 template_exists
-    InvalidState,         // 409 invalid_state
-    DeviceBusy,           // 409 device_busy
-    TcmuNotAllowed,       // 403 tcmu_not_allowed: a TCMU origin outside --tcmu-config-dir/-handler
-    SnapshotInvalid,      // 409 snapshot_invalid
-    TemplateChanged,      // 409 template_changed
-    InsufficientStorage,  // 507 insufficient_storage: the state filesystem is below --min-free
-    Unavailable,          // 503 unavailable
-    Internal,             // 500 internal
+    InvalidRequest,        // 400 invalid_request
+    NotFound,              // 404 not_found
+    TemplateNotFound,      // 404 template_not_found
+    AlreadyExists,         // 409 already_exists
+    TemplateExists,        // 409 template_exists
+    InvalidState,          // 409 invalid_state
+    DeviceBusy,            // 409 device_busy
+    TcmuNotAllowed,        // 403 tcmu_not_allowed: a TCMU origin outside --tcmu-config-dir/-handler
+    SnapshotInvalid,       // 409 snapshot_invalid
+    TemplateChanged,       // 409 template_changed
+    InsufficientStorage,   // 507 insufficient_storage: the state filesystem is below --min-free
+    Unavailable,           // 503 unavailable
+    BackstoreUnavailable,  // 503 backstore_unavailable: no userspace handler took a TCMU device
+    Internal,              // 500 internal
 };
 
 std::string_view failure_code(FailureKind kind);
@@ -45,8 +47,10 @@ inline Failure internal(Error error) {
 }
 
 // An origin that could not be acquired: ESTALE means the template's path names another file
-// than the one checked a moment ago (or recorded).
-Failure origin_failure(Error error);
+// than the one checked a moment ago (or recorded); ETIMEDOUT from a TCMU attach, that no
+// userspace handler took the device or served its disk (the message says which backstore to
+// start): the service the origin needs is down, 503.
+Failure origin_failure(const OriginSpec& origin, Error error);
 
 // A value or a Failure: what every SandboxManager operation returns.
 template <class T>

@@ -208,7 +208,7 @@ Outcome<Sandbox> SandboxManager::do_fork(const EntryPtr& source, const EntryPtr&
     auto origin = platform_.acquire_origin(sb.origin);
     if (!origin) {
         remove_files();
-        return origin_failure(std::move(origin).error().within(what));
+        return origin_failure(sb.origin, std::move(origin).error().within(what));
     }
     auto release_origin = [&] { platform_.release_origin(sb.origin); };
     if (origin->size_bytes != sb.origin_size_bytes) {

@@ -169,6 +169,10 @@ Result<AttachedOrigin> LinuxPlatform::acquire_origin(const OriginSpec& origin) {
         request.size_bytes = origin.size_bytes;
         // The agent attaches for the API: its log stays inside the config's folder.
         request.api_policy = options_.tcmu_policy;
+        // Our mark, so that recovery can tell the device is ours once no record says so.
+        if (!options_.owner_tag.empty()) {
+            request.serial = tcmu::owner_serial(options_.owner_tag, entry.id);
+        }
         auto device = tcmu::attach(request);
         if (!device) {
             return std::move(device).error();
@@ -509,6 +513,25 @@ Result<std::size_t> LinuxPlatform::detach_tcmu_origins(const std::vector<OriginS
         ++detached;
     }
     return detached;
+}
+
+Result<std::size_t> LinuxPlatform::detach_unused_tcmu(std::vector<std::string>& problems) {
+    if (!support_.tcmu) {
+        return std::size_t{0};  // no TCMU in this kernel: no device can exist
+    }
+    std::lock_guard lock(tcmu_mu_);
+    std::vector<std::string> in_use;
+    for (const auto& [key, held] : tcmu_) {
+        in_use.push_back(held.id);
+    }
+    auto swept = tcmu::detach_unused(options_.owner_tag, in_use);
+    if (!swept) {
+        return std::move(swept).error().within("detach unused TCMU devices");
+    }
+    for (const Error& left : swept->left) {
+        problems.push_back(left.message());
+    }
+    return swept->detached.size();
 }
 
 }  // namespace wrenn::agent

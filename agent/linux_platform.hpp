@@ -28,7 +28,8 @@ class LinuxPlatform final : public Platform {
         uid_t template_owner = 0;        // templates must belong to root
         tcmu::OriginPolicy tcmu_policy;  // which TCMU origins the API may attach
         // The state dir's tag (state_dir_tag()): written into the dm UUID of every device we
-        // make, and how list_snapshots() tells ours from another state dir's.
+        // make and into the serial of every TCMU device we attach, and how list_snapshots() and
+        // detach_unused_tcmu() tell ours from another state dir's.
         std::string owner_tag;
     };
     explicit LinuxPlatform(Options options);
@@ -60,6 +61,7 @@ class LinuxPlatform final : public Platform {
                                   const std::string& out) override;
     Result<std::size_t> release_loops_under(const std::string& dir) override;
     Result<std::size_t> detach_tcmu_origins(const std::vector<OriginSpec>& origins) override;
+    Result<std::size_t> detach_unused_tcmu(std::vector<std::string>& problems) override;
 
   private:
     Result<dm::DeviceMapper*> mapper();

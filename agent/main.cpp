@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "agent/cli.hpp"
+#include "agent/logging.hpp"
 #include "agent/serve.hpp"
 #include "flatten/cli.hpp"
 #include "tcmu/cli.hpp"
@@ -20,6 +21,9 @@ int main(int argc, char** argv) {
             return print->status;
         }
         if (const auto* sub = std::get_if<Subcommand>(&command)) {
+            // Their logs go to stderr: stdout carries only the result (tcmu attach prints the
+            // disk, which scripts capture).
+            (void)setup_logging("info", "text");
             if (sub->name == "flatten") {
                 return wrenn::flatten::run_cli(sub->args, std::cout, std::cerr);
             }

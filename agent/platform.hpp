@@ -155,6 +155,13 @@ class Platform {
     // Returns how many were released.
     virtual Result<std::size_t> release_loops_under(const std::string& dir) = 0;
     virtual Result<std::size_t> detach_tcmu_origins(const std::vector<OriginSpec>& origins) = 0;
+    // Startup recovery and cleanup: detaches every TCMU device that carries this state dir's
+    // mark (its serial, see tcmu::owner_serial) and that no origin held now uses: left by a
+    // destroy or pause killed between removing the sandbox's device and releasing its origin,
+    // or by an attach killed half-way. A device of another state dir, or with no mark, is never
+    // touched; one whose disk is in use (holders, or open exclusively) stays, and why goes to
+    // `problems`. Returns how many were detached.
+    virtual Result<std::size_t> detach_unused_tcmu(std::vector<std::string>& problems) = 0;
 };
 
 }  // namespace wrenn::agent

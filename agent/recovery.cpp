@@ -256,6 +256,13 @@ Result<RecoveryReport> SandboxManager::recover() {
             report.problems.push_back(removed.error().message());
         }
     }
+    // Last, once the adopted sandboxes hold their origins again and the stale devices no
+    // longer hold theirs: what is left of ours, nobody uses.
+    if (auto swept = platform_.detach_unused_tcmu(report.problems); swept) {
+        report.tcmu_detached = *swept;
+    } else {
+        report.problems.push_back(swept.error().message());
+    }
     report.temp_files_removed = sweep_flatten_temps(report.problems);
     return report;
 }
@@ -314,6 +321,12 @@ Result<RecoveryReport> SandboxManager::cleanup_stale() {
     }
     if (auto detached = platform_.detach_tcmu_origins(tcmu_origins); !detached) {
         failed.push_back(detached.error().message());
+    }
+    // The records name only the origins of sandboxes that still exist; our mark finds the rest.
+    if (auto swept = platform_.detach_unused_tcmu(failed); swept) {
+        report.tcmu_detached = *swept;
+    } else {
+        failed.push_back(swept.error().message());
     }
     if (!failed.empty()) {
         std::string detail;

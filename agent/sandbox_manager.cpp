@@ -269,7 +269,7 @@ Outcome<Sandbox> SandboxManager::do_create(const EntryPtr& entry, const CreateRe
     }
     auto origin = platform_.acquire_origin(sb.origin);
     if (!origin) {
-        return origin_failure(std::move(origin).error().within(what));
+        return origin_failure(sb.origin, std::move(origin).error().within(what));
     }
     auto release_origin = [&] { platform_.release_origin(sb.origin); };
     if (sb.origin.identity && origin->size_bytes != sb.origin.identity->size_bytes / 512 * 512) {
@@ -462,7 +462,7 @@ Outcome<Sandbox> SandboxManager::do_resume(const EntryPtr& entry) {
     }
     auto origin = platform_.acquire_origin(sb.origin);
     if (!origin) {
-        return origin_failure(std::move(origin).error().within(what));
+        return origin_failure(sb.origin, std::move(origin).error().within(what));
     }
     if (sb.origin_size_bytes != 0 && origin->size_bytes != sb.origin_size_bytes) {
         platform_.release_origin(sb.origin);
@@ -642,7 +642,7 @@ Outcome<TemplateInfo> SandboxManager::do_flatten(const EntryPtr& entry, const st
         }
         auto origin = platform_.acquire_origin(sb.origin);
         if (!origin) {
-            return internal(std::move(origin).error().within(what));
+            return origin_failure(sb.origin, std::move(origin).error().within(what));
         }
         origin_path = origin->device;
     }

@@ -45,6 +45,7 @@ struct RecoveryReport {
     std::size_t foreign_left = 0;        // devices of another state dir, left alone
     std::size_t temp_files_removed = 0;  // flatten temp files left by a killed flatten
     std::size_t suspended_found = 0;     // adopted devices found suspended (for space)
+    std::size_t tcmu_detached = 0;       // TCMU devices of ours no sandbox used
     std::vector<std::string> problems;   // what could not be repaired, in words
 };
 

@@ -55,10 +55,11 @@ Result<std::string> read_token(const std::string& path) {
 void log_report(const RecoveryReport& report) {
     spdlog::info(
         "recovered state: {} adopted, {} paused (device gone), {} stale devices removed, "
-        "{} unfinished creates removed, {} flatten temp files removed, {} devices of other "
-        "state dirs left alone, {} found suspended for space",
+        "{} unfinished creates removed, {} flatten temp files removed, {} unused TCMU devices "
+        "detached, {} devices of other state dirs left alone, {} found suspended for space",
         report.adopted, report.paused, report.stale_removed, report.unfinished_removed,
-        report.temp_files_removed, report.foreign_left, report.suspended_found);
+        report.temp_files_removed, report.tcmu_detached, report.foreign_left,
+        report.suspended_found);
     for (const auto& problem : report.problems) {
         spdlog::error("recovery: {}", problem);
     }
@@ -313,9 +314,9 @@ int run_cleanup_stale(const ServeOptions& options) {
             return 1;
         }
         spdlog::info(
-            "cleanup-stale: removed {} wrenn- device(s), marked {} sandbox(es) paused, left {} "
-            "device(s) of other state dirs alone",
-            report->stale_removed, report->paused, report->foreign_left);
+            "cleanup-stale: removed {} wrenn- device(s), marked {} sandbox(es) paused, detached "
+            "{} unused TCMU device(s), left {} device(s) of other state dirs alone",
+            report->stale_removed, report->paused, report->tcmu_detached, report->foreign_left);
         return 0;
     });
 }

@@ -6,10 +6,12 @@
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cstdint>
 #include <cstdio>
 #include <thread>
@@ -21,6 +23,9 @@
 namespace wrenn::tcmu {
 
 namespace {
+
+// An attribute's value without the newline (and NULs, spaces) the kernel ends it with.
+std::string trim_attribute(std::string_view text);
 
 // ---- The kernel side: the only place in wrenn-agent that writes to configfs. ----------------
 
@@ -124,6 +129,68 @@ class RealConfigfsOps final : public ConfigfsOps {
         return success();
     }
 
+    Result<void> open_shared(const std::string& device) override {
+        UniqueFd fd(::open(device.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+        if (!fd) {
+            return errno_error("open " + device);
+        }
+        return success();
+    }
+
+    Result<std::optional<Opener>> char_device_opener(unsigned major, unsigned minor) override {
+        const dev_t want = makedev(major, minor);
+        UniqueFd proc(::open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+        if (!proc) {
+            return errno_error("open /proc");
+        }
+        DIR* pids = ::fdopendir(::dup(proc.get()));
+        if (pids == nullptr) {
+            return errno_error("list /proc");
+        }
+        std::optional<Opener> found;
+        while (!found) {
+            const dirent* entry = ::readdir(pids);
+            if (entry == nullptr) {
+                break;
+            }
+            const std::string_view name = entry->d_name;
+            if (name.empty() || name.find_first_not_of("0123456789") != std::string_view::npos) {
+                continue;
+            }
+            // A process that exits meanwhile (ENOENT) or that we may not look into is skipped.
+            UniqueFd fd_dir(::openat(proc.get(), (std::string(name) + "/fd").c_str(),
+                                     O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+            if (!fd_dir) {
+                continue;
+            }
+            DIR* fds = ::fdopendir(fd_dir.get());
+            if (fds == nullptr) {
+                continue;
+            }
+            fd_dir.release();  // closedir closes it
+            while (const dirent* fd_entry = ::readdir(fds)) {
+                // stat (not lstat) of /proc/<pid>/fd/<n> is the open file itself: for a device
+                // node, its st_rdev, whichever path or mount namespace the process opened it by.
+                struct stat st {};
+                if (fd_entry->d_name[0] != '.' &&
+                    ::fstatat(::dirfd(fds), fd_entry->d_name, &st, 0) == 0 && S_ISCHR(st.st_mode) &&
+                    st.st_rdev == want) {
+                    Opener opener;
+                    std::from_chars(name.data(), name.data() + name.size(), opener.pid);
+                    if (auto comm = wrenn::read_file("/proc/" + std::string(name) + "/comm", 64);
+                        comm) {
+                        opener.command = trim_attribute(*comm);
+                    }
+                    found = std::move(opener);
+                    break;
+                }
+            }
+            ::closedir(fds);
+        }
+        ::closedir(pids);
+        return found;
+    }
+
     std::chrono::steady_clock::time_point now() override {
         return std::chrono::steady_clock::now();
     }
@@ -168,7 +235,8 @@ std::string under(const std::string& root, const std::string& relative) {
 
 // The configfs and sysfs paths of one id.
 struct DevicePaths {
-    std::string hba, core, control, enable, cmd_time_out, dev_config, nl_reply_supported;
+    std::string hba, core, control, enable, cmd_time_out, dev_config, dev_size, serial,
+        nl_reply_supported;
     std::string loopback, target, tpg, lun, link, nexus, address;
 
     DevicePaths(std::string_view id, const AttachOptions& opts)
@@ -178,6 +246,8 @@ struct DevicePaths {
           enable(core + "/enable"),
           cmd_time_out(core + "/attrib/cmd_time_out"),
           dev_config(core + "/attrib/dev_config"),
+          dev_size(core + "/attrib/dev_size"),
+          serial(core + "/wwn/vpd_unit_serial"),
           nl_reply_supported(core + "/attrib/nl_reply_supported"),
           loopback(under(opts.configfs_root, loopback_dir())),
           target(under(opts.configfs_root, loopback_target_dir(id))),
@@ -276,9 +346,15 @@ Result<std::string> wait_for_disk(ConfigfsOps& ops, const std::string& scsi_addr
         if (names && !names->empty()) {
             seen = names->front();
             std::string dev = opts.dev_root + "/" + seen;
+            // The node appears before the disk can be opened (ENXIO until bdev_add, checked in
+            // the VM: a caller that opened /dev/sdX at once failed): wait until it opens.
             if (ops.exists(dev)) {
-                log.add("disk " + dev + " at " + block_dir);
-                return dev;
+                if (Result<void> opened = ops.open_shared(dev); opened) {
+                    log.add("disk " + dev + " at " + block_dir);
+                    return dev;
+                } else if (opened.error().code() != ENXIO && opened.error().code() != ENOENT) {
+                    return std::move(opened).error();
+                }
             }
         }
         if (ops.now() >= deadline) {
@@ -294,6 +370,117 @@ Result<std::string> wait_for_disk(ConfigfsOps& ops, const std::string& scsi_addr
     return Error("wait for the disk at SCSI address " + scsi_address + ":0", ETIMEDOUT, detail);
 }
 
+std::string millis(std::chrono::milliseconds d) {
+    return std::to_string(d.count()) + " ms";
+}
+
+// A TCMU device's UIO node: tcmu_configure_device registers it during the enable write, named
+// "tcm-user/<hba>/<device>/<dev_config>" (tcmu_update_uio_info). Returns its "uioN" and the
+// major:minor from /sys/class/uio/uioN/dev.
+struct UioNode {
+    std::string name;
+    unsigned major = 0;
+    unsigned minor = 0;
+};
+
+Result<UioNode> find_uio_node(ConfigfsOps& ops, const std::string& dev_name,
+                              const AttachOptions& opts) {
+    const std::string uio_class = opts.sys_root + "/class/uio";
+    const std::string want = "tcm-user/" + std::to_string(kDefaultHba) + "/" + dev_name;
+    auto names = ops.list_dir(uio_class);
+    if (!names && names.error().code() != ENOENT) {
+        return std::move(names).error();
+    }
+    for (const std::string& uio : names ? *names : std::vector<std::string>{}) {
+        auto text = ops.read_file(uio_class + "/" + uio + "/name");
+        if (!text) {
+            if (text.error().code() == ENOENT) {
+                continue;  // another device, removed meanwhile
+            }
+            return std::move(text).error();
+        }
+        const std::string name = trim_attribute(*text);
+        if (name != want && name.rfind(want + "/", 0) != 0) {
+            continue;
+        }
+        const std::string dev_path = uio_class + "/" + uio + "/dev";
+        auto dev = ops.read_file(dev_path);
+        if (!dev) {
+            return std::move(dev).error();
+        }
+        UioNode node{uio};
+        if (std::sscanf(trim_attribute(*dev).c_str(), "%u:%u", &node.major, &node.minor) != 2) {
+            return Error("read " + dev_path, EINVAL,
+                         "\"" + escape_for_log(*dev) + "\" is not major:minor");
+        }
+        return node;
+    }
+    return Error("find the UIO device of " + dev_name, ENOENT,
+                 "no " + uio_class + "/*/name reads " + want + " after enable");
+}
+
+// Waits (opts.handler_wait) until a userspace handler holds the device's UIO node open, and still
+// holds it opts.handler_settle later. The handler (tcmu-runner, overlaybd-tcmu) opens the node
+// when the kernel announces the device, or in its startup scan; tcmu_open lets only one opener
+// in, so we look at /proc instead of opening it. ETIMEDOUT, naming the handler and the
+// backstore to start, when none took it.
+Result<void> wait_for_handler(ConfigfsOps& ops, const AttachRequest& req,
+                              const std::string& dev_name, const AttachOptions& opts,
+                              Transcript& log) {
+    const std::string action = "wait for a userspace handler to take " + dev_name;
+    auto node = find_uio_node(ops, dev_name, opts);
+    if (!node) {
+        return std::move(node).error().within(action);
+    }
+    const std::string shown = opts.dev_root + "/" + node->name;
+    log.add("uio node " + shown + " (" + std::to_string(node->major) + ":" +
+            std::to_string(node->minor) + ")");
+    const auto deadline = ops.now() + opts.handler_wait;
+    std::optional<std::chrono::steady_clock::time_point> held_since;
+    std::optional<ConfigfsOps::Opener> holder;
+    const auto describe = [](const ConfigfsOps::Opener& o) {
+        return "pid " + std::to_string(o.pid) +
+               (o.command.empty() ? std::string() : " (" + escape_for_log(o.command) + ")");
+    };
+    for (;;) {
+        auto opener = ops.char_device_opener(node->major, node->minor);
+        if (!opener) {
+            return std::move(opener).error().within(action + ": look for the process holding " +
+                                                    shown);
+        }
+        const auto now = ops.now();
+        if (*opener) {
+            if (!held_since) {
+                held_since = now;
+                holder = **opener;
+                log.add(shown + " opened by " + describe(**opener));
+            }
+            if (now - *held_since >= opts.handler_settle) {
+                log.add("the handler took " + dev_name + ": " + describe(**opener));
+                return success();
+            }
+        } else if (held_since) {
+            // It let go again: its handler failed to open the config (tcmu-runner logs why).
+            log.add(describe(*holder) + " closed " + shown + " again");
+            held_since.reset();
+        }
+        if (now >= deadline + (held_since ? opts.handler_settle : std::chrono::milliseconds(0))) {
+            break;
+        }
+        ops.sleep_for(opts.handler_poll);
+    }
+    const std::string_view backstore = backstore_for_handler(req.handler);
+    const std::string handler = escape_for_log(req.handler);
+    std::string detail =
+        holder
+            ? describe(*holder) + " opened " + shown + " but closed it again: its " + handler +
+                  " handler could not open the config; see " + std::string(backstore) + "'s log"
+            : "no process opened " + shown + " within " + millis(opts.handler_wait) + ": no " +
+                  handler + " handler serves TCMU devices here; start " + std::string(backstore) +
+                  ", the backstore of the " + handler + " handler, and attach again";
+    return Error(action, ETIMEDOUT, detail);
+}
+
 // One try. On failure removes what it created; `retryable` says whether another try may help.
 Result<std::string> attach_once(ConfigfsOps& ops, const AttachRequest& req,
                                 const AttachOptions& opts, Transcript& log, bool& retryable) {
@@ -303,8 +490,8 @@ Result<std::string> attach_once(ConfigfsOps& ops, const AttachRequest& req,
     CreatedObjects created;
     retryable = true;
 
-    auto fail = [&](Error error, std::string_view step) -> Error {
-        Error out = std::move(error).within(step);
+    // Undoes the try and returns its error, which already says what failed.
+    auto fail_with = [&](Error out) -> Error {
         log.add("failed: " + out.message());
         Result<void> cleaned = created.remove_all(ops, log);
         if (!cleaned) {
@@ -316,24 +503,56 @@ Result<std::string> attach_once(ConfigfsOps& ops, const AttachRequest& req,
         }
         return out;
     };
+    auto fail = [&](Error error, std::string_view step) -> Error {
+        return fail_with(std::move(error).within(step));
+    };
 
     if (Result<void> r = ensure_dir(ops, paths.hba, log); !r) {
         return fail(std::move(r).error(), "create tcmu hba user_" + std::to_string(kDefaultHba));
     }
-    if (Result<void> r = ops.make_dir(paths.core); !r) {
-        if (r.error().code() == EEXIST) {
-            // Not ours: never remove it, and another try cannot succeed. Say whose it is.
-            retryable = false;
-            Result<void> same = check_attached(ops, req.id, identity_of(req), opts);
-            return Error("create tcmu device " + dev_name + ": mkdir " + paths.core, EEXIST,
-                         same ? "the id is in use by a device for this same origin; detach it "
-                                "first"
-                              : "the id is in use: " + same.error().detail());
+    Result<void> made = ops.make_dir(paths.core);
+    if (!made && made.error().code() == EEXIST) {
+        // Another try cannot succeed while the id is taken: a refusal here is final.
+        retryable = false;
+        const std::string action = "create tcmu device " + dev_name + ": mkdir " + paths.core;
+        auto found = inspect_existing(ops, req.id, opts);
+        if (!found) {
+            return Error(action, EEXIST,
+                         "the id is in use, and reading it failed: " + found.error().message());
         }
-        return fail(std::move(r).error(), "create tcmu device " + dev_name);
+        const ExistingVerdict verdict = judge_existing(*found, req);
+        if (verdict.kind == ExistingVerdict::Kind::Foreign) {
+            return Error(action, EEXIST, "the id is in use: " + verdict.why);  // never touched
+        }
+        if (verdict.kind == ExistingVerdict::Kind::Complete) {
+            return Error(action, EEXIST,
+                         "the id is in use by a device for this same origin; detach it first");
+        }
+        // Left by an attach of this same request that was killed half-way: undo and redo.
+        const std::string line = dev_name + " exists half-made (" + verdict.why +
+                                 "), left by an attach that did not finish; removing it and "
+                                 "attaching again";
+        spdlog::warn("tcmu: {}", line);
+        log.add(line);
+        if (Result<void> undone = detach(ops, req.id, opts); !undone) {
+            return std::move(undone).error().within("remove half-made tcmu device " + dev_name);
+        }
+        retryable = true;  // from here on, an ordinary try
+        made = ops.make_dir(paths.core);
+    }
+    if (!made) {
+        return fail(std::move(made).error(), "create tcmu device " + dev_name);
     }
     created.push(CreatedObjects::Kind::dir, paths.core);
     log.add("mkdir " + paths.core);
+    if (!req.serial.empty()) {
+        // First, so that a device of ours says so from the start; the kernel takes it only
+        // before the device is exported (target_wwn_vpd_unit_serial_store: EINVAL after).
+        if (Result<void> r = ops.write_file(paths.serial, req.serial); !r) {
+            return fail(std::move(r).error(), "mark tcmu device " + dev_name);
+        }
+        log.add("write " + paths.serial + ": " + req.serial);
+    }
 
     // These control values are fixed once the device is enabled.
     std::vector<std::string> controls = {
@@ -367,6 +586,14 @@ Result<std::string> attach_once(ConfigfsOps& ops, const AttachRequest& req,
             return fail(std::move(r).error(), "set cmd_time_out of tcmu device " + dev_name);
         }
         log.add("write " + paths.cmd_time_out + ": " + value);
+    }
+
+    // Before the LUN exists, so that no SCSI scan can wait on a device nobody serves.
+    if (Result<void> r = wait_for_handler(ops, req, dev_name, opts, log); !r) {
+        if (r.error().code() == ETIMEDOUT) {
+            retryable = false;  // the backstore will not start by itself
+        }
+        return fail_with(std::move(r).error());
     }
 
     // The loopback fabric's folder appears on first mkdir (it loads tcm_loop if needed).
@@ -530,6 +757,9 @@ Result<void> validate(const AttachRequest& req) {
     if (req.max_data_area_mb == 0) {
         return Error(action, EINVAL, "max_data_area_mb must be positive");
     }
+    if (!req.serial.empty() && !is_valid_serial(req.serial)) {
+        return Error(action, EINVAL, "the serial must be 1 to 253 characters from [A-Za-z0-9._-]");
+    }
     return success();
 }
 
@@ -635,6 +865,144 @@ Result<void> check_attached(ConfigfsOps& ops, std::string_view id, const DeviceI
         }
     }
     return success();
+}
+
+ExistingVerdict judge_existing(const ExistingDevice& found, const AttachRequest& req) {
+    using Kind = ExistingVerdict::Kind;
+    const std::string want_config = dev_config_for(req.handler, req.config_path);
+    if (!found.dev_config.empty() && found.dev_config != want_config) {
+        return {Kind::Foreign, "its dev_config is \"" + escape_for_log(found.dev_config) +
+                                   "\" but this origin's is \"" + escape_for_log(want_config) +
+                                   "\"; the id belongs to another device, which is left alone"};
+    }
+    const std::uint64_t want_size = req.size_bytes.value_or(0);
+    const auto size_text = [](std::uint64_t size) {
+        return size == 0 ? std::string("none") : std::to_string(size);
+    };
+    // An enabled device was configured for good (dev_size is fixed by enable), so what it lacks
+    // it will never have: another's.
+    if ((found.dev_size != 0 || found.enabled) && found.dev_size != want_size) {
+        return {Kind::Foreign, "its dev_size is " + size_text(found.dev_size) +
+                                   " but this origin's is " + size_text(want_size) +
+                                   "; the id belongs to another device, which is left alone"};
+    }
+    if (found.enabled && found.dev_config.empty()) {
+        return {Kind::Foreign, "it is enabled without a dev_config; not a device wrenn made"};
+    }
+    if (!found.serial.empty() && found.serial != req.serial) {
+        return {Kind::Foreign,
+                "its serial is \"" + escape_for_log(found.serial) + "\" but this attach's is " +
+                    (req.serial.empty() ? std::string("none")
+                                        : "\"" + escape_for_log(req.serial) + "\"") +
+                    " (another state dir's or another tool's device), which is left alone"};
+    }
+    if (found.enabled && found.exported && found.disk) {
+        return {Kind::Complete, "enabled, exported, with its disk"};
+    }
+    return {Kind::HalfMade, !found.enabled    ? "not enabled"
+                            : !found.exported ? "enabled but not exported"
+                                              : "exported but without its disk"};
+}
+
+Result<ExistingDevice> inspect_existing(ConfigfsOps& ops, std::string_view id,
+                                        const AttachOptions& opts) {
+    const std::string action = "inspect tcmu device " + std::string(id);
+    if (!is_valid_id(id)) {
+        return invalid_id("inspect tcmu device", id);
+    }
+    const DevicePaths paths(id, opts);
+    ExistingDevice out;
+    auto config = ops.read_file(paths.dev_config);
+    if (!config) {
+        return std::move(config).error().within(action);
+    }
+    out.dev_config = trim_attribute(*config);
+    auto size = ops.read_file(paths.dev_size);
+    if (!size) {
+        return std::move(size).error().within(action);
+    }
+    const std::string size_text = trim_attribute(*size);
+    const auto parsed =
+        std::from_chars(size_text.data(), size_text.data() + size_text.size(), out.dev_size);
+    if (parsed.ec != std::errc() || parsed.ptr != size_text.data() + size_text.size()) {
+        return Error(action, EINVAL,
+                     paths.dev_size + " reads \"" + escape_for_log(size_text) + "\"");
+    }
+    auto serial = attached_serial(ops, id, opts);
+    if (!serial) {
+        return std::move(serial).error().within(action);
+    }
+    out.serial = std::move(serial).value();
+    auto enable = ops.read_file(paths.enable);
+    if (!enable) {
+        return std::move(enable).error().within(action);
+    }
+    out.enabled = trim_attribute(*enable) == "1";
+    out.exported = ops.exists(paths.link);
+    if (out.exported) {
+        auto disk = disk_name(ops, paths, opts);
+        out.disk = disk && ops.exists(opts.dev_root + "/" + *disk);
+    }
+    return out;
+}
+
+Result<std::string> attached_serial(ConfigfsOps& ops, std::string_view id,
+                                    const AttachOptions& opts) {
+    if (!is_valid_id(id)) {
+        return invalid_id("read serial of tcmu device", id);
+    }
+    auto text = ops.read_file(DevicePaths(id, opts).serial);
+    if (!text) {
+        return std::move(text).error().within("read serial of tcmu device " + std::string(id));
+    }
+    return parse_unit_serial(*text);
+}
+
+Result<UnusedDetached> detach_unused(std::string_view tag, const std::vector<std::string>& in_use,
+                                     const AttachOptions& opts) {
+    return detach_unused(real_configfs_ops(), tag, in_use, opts);
+}
+
+Result<UnusedDetached> detach_unused(ConfigfsOps& ops, std::string_view tag,
+                                     const std::vector<std::string>& in_use,
+                                     const AttachOptions& opts) {
+    UnusedDetached out;
+    if (tag.empty()) {
+        return out;  // no mark to know ours by: touch nothing
+    }
+    auto ids = list_attached(ops, opts);
+    if (!ids) {
+        return std::move(ids).error();
+    }
+    for (const std::string& id : *ids) {
+        if (std::find(in_use.begin(), in_use.end(), id) != in_use.end()) {
+            continue;
+        }
+        auto serial = attached_serial(ops, id, opts);
+        if (!serial) {
+            if (serial.error().code() != ENOENT) {  // ENOENT: detached meanwhile
+                out.left.push_back(std::move(serial).error());
+            }
+            continue;
+        }
+        if (*serial != owner_serial(tag, id)) {
+            spdlog::debug("tcmu: device {} is not ours (serial \"{}\"); left alone", id,
+                          escape_for_log(*serial));
+            continue;
+        }
+        auto config = attached_config(ops, id, opts);
+        const std::string what = config ? *config : std::string("no dev_config");
+        if (Result<void> done = detach(ops, id, opts); !done) {
+            spdlog::warn("tcmu: device {} ({}) is ours and no sandbox uses it, but it stays: {}",
+                         id, escape_for_log(what), done.error().message());
+            out.left.push_back(std::move(done).error());
+            continue;
+        }
+        spdlog::info("tcmu: detached device {} ({}): ours, and no sandbox uses it", id,
+                     escape_for_log(what));
+        out.detached.push_back(id);
+    }
+    return out;
 }
 
 ConfigfsOps& real_configfs_ops() {

@@ -25,6 +25,10 @@ struct AttachRequest {
     std::optional<std::uint64_t> size_bytes;  // dev_size; the qcow handler needs it
     unsigned max_data_area_mb = 4;            // overlaybd's value
     unsigned cmd_time_out_s = 0;              // 0: leave the kernel's default
+    // Written to wwn/vpd_unit_serial right after the core device is made, before anything else:
+    // the agent's mark (owner_serial), by which recovery knows its own devices. Empty: nothing is
+    // written (the operator's CLI). See is_valid_serial.
+    std::string serial;
     // Set for an attach the API asked for: the config lies under one of these folders, and the
     // attach log goes only to a file beneath the config's own folder (contained_result_file),
     // opened without following symlinks, 0600. Unset: overlaybd-attacher's rule
@@ -56,6 +60,15 @@ struct AttachOptions {
     // backstore running blocks forever in uninterruptible sleep. The disk wait still proves
     // the backstore took the device. (overlaybd-attacher leaves the kernel default.)
     bool skip_netlink_reply = true;
+    // After enable and before the LUN is linked, how long a userspace handler (tcmu-runner,
+    // overlaybd-tcmu) has to open the device's UIO node. Without one, the SCSI scan that linking
+    // starts would wait for its INQUIRY to time out (about 43 s in the VM, with the nexus stuck);
+    // so a device nobody takes is undone and the attach fails at once, without retries.
+    std::chrono::milliseconds handler_wait{3000};
+    std::chrono::milliseconds handler_poll{20};
+    // The handler must still hold the node this long after it was first seen: tcmu-runner opens
+    // the node before its handler opens the config, and closes it again when that fails.
+    std::chrono::milliseconds handler_settle{200};
 };
 
 // The file operations attach/detach need, by path, each failing with the errno it got. The real
@@ -78,6 +91,17 @@ class ConfigfsOps {
     // opener holds it exclusively (mount, device-mapper, mkfs). A plain open(2) without O_EXCL
     // is invisible to this check; the kernel offers no count of those for a SCSI disk.
     virtual Result<void> open_exclusive(const std::string& device) = 0;
+    // Opens a block device read-only (shared) and closes it again: ENXIO while its disk is not
+    // live yet (device_add_disk makes the node and the sysfs entry before bdev_add).
+    virtual Result<void> open_shared(const std::string& device) = 0;
+    // A process holding an open descriptor of the character device major:minor, if any.
+    // Reads /proc/<pid>/fd only; never opens the device (a TCMU UIO node takes one opener,
+    // tcmu_open answers a second with EBUSY, and a probe of ours would race the handler's).
+    struct Opener {
+        int pid = 0;
+        std::string command;  // /proc/<pid>/comm, for the log; may be empty
+    };
+    virtual Result<std::optional<Opener>> char_device_opener(unsigned major, unsigned minor) = 0;
     virtual std::chrono::steady_clock::time_point now() = 0;
     virtual void sleep_for(std::chrono::milliseconds duration) = 0;
 };
@@ -85,12 +109,17 @@ class ConfigfsOps {
 // The process-wide implementation that calls the kernel (stateless, thread-safe).
 ConfigfsOps& real_configfs_ops();
 
-// Attach: core device, control (dev_config, max_data_area_mb, dev_size), enable (bounded EAGAIN
-// retry), attrib/cmd_time_out, loopback <wwn>/tpgt_1/lun/lun_0, nexus, LUN symlink, read
-// tpgt_1/address, wait (bounded) for /sys/class/scsi_device/<H:C:T>:0/device/block/sdX.
-// Returns "/dev/sdX"; never succeeds without the disk. A failed try removes what it created;
-// the whole attach is tried opts.attempts times. Appends a log of what it did (and why it
-// failed) to result_file_for_config(config_path) when that config names one.
+// Attach: core device, its serial (when the request has one), control (dev_config,
+// max_data_area_mb, dev_size), enable (bounded EAGAIN retry), attrib/cmd_time_out, the wait
+// (opts.handler_wait) for a userspace handler to open the device's UIO node, loopback
+// <wwn>/tpgt_1/lun/lun_0, nexus, LUN symlink, read tpgt_1/address, wait (bounded) for
+// /sys/class/scsi_device/<H:C:T>:0/device/block/sdX. Returns "/dev/sdX"; never succeeds
+// without the disk. A failed try removes what it created; the whole attach is tried
+// opts.attempts times, except when no handler took the device (ETIMEDOUT, naming the handler and
+// the backstore to start) or the id is taken. An id taken by a half-made device of this same
+// request (judge_existing: HalfMade), left by an attach that was killed, is detached, logged and
+// made again. Appends a log of what it did (and why it failed) to result_file_for_config(
+// config_path) when that config names one.
 Result<std::string> attach(const AttachRequest& req, const AttachOptions& opts = {});
 Result<std::string> attach(ConfigfsOps& ops, const AttachRequest& req, const AttachOptions& opts);
 
@@ -128,6 +157,56 @@ Result<std::vector<std::string>> list_attached(ConfigfsOps& ops, const AttachOpt
 Result<std::string> attached_config(std::string_view id, const AttachOptions& opts = {});
 Result<std::string> attached_config(ConfigfsOps& ops, std::string_view id,
                                     const AttachOptions& opts);
+
+// What attach finds at an id whose core device already exists, read from configfs.
+struct ExistingDevice {
+    std::string dev_config;      // attrib/dev_config, trimmed; "" when never written
+    std::uint64_t dev_size = 0;  // attrib/dev_size; 0 when never written
+    std::string serial;          // wwn/vpd_unit_serial's value; "" when never written
+    bool enabled = false;        // enable reads 1
+    bool exported = false;       // the LUN link exists
+    bool disk = false;           // and its /dev/sdX
+};
+
+// Whose an existing device is, as attach sees it for a request.
+struct ExistingVerdict {
+    enum class Kind {
+        Foreign,   // another's: another dev_config, dev_size or serial. Never touched.
+        Complete,  // this request's, enabled and exported with its disk: attached already.
+        HalfMade,  // this request's (or a bare folder), not finished: an attach that was killed.
+    };
+    Kind kind;
+    std::string why;  // for the error or the log line
+};
+
+// The decision, pure: Foreign when a value written differs from what this request writes
+// (dev_config, dev_size, serial; a value not written yet differs from nothing). Otherwise
+// Complete when enabled, exported and with its disk, else HalfMade.
+ExistingVerdict judge_existing(const ExistingDevice& found, const AttachRequest& req);
+
+// Reads an existing id's ExistingDevice from configfs (ENOENT when there is no such device).
+Result<ExistingDevice> inspect_existing(ConfigfsOps& ops, std::string_view id,
+                                        const AttachOptions& opts);
+
+// The serial in the id's wwn/vpd_unit_serial ("" when none was written).
+Result<std::string> attached_serial(ConfigfsOps& ops, std::string_view id,
+                                    const AttachOptions& opts);
+
+// What detach_unused did.
+struct UnusedDetached {
+    std::vector<std::string> detached;  // ids
+    std::vector<Error> left;            // ours and unused, but could not be detached (in use)
+};
+
+// Recovery's sweep: detaches every device whose serial is owner_serial(tag, id) and whose id is
+// not in `in_use` (the ids the agent holds for its sandboxes). A device with another serial, or
+// none, is never touched; one whose disk has holders or is open exclusively stays (detach
+// refuses it: EBUSY) and is reported in `left`. Each detach is logged.
+Result<UnusedDetached> detach_unused(ConfigfsOps& ops, std::string_view tag,
+                                     const std::vector<std::string>& in_use,
+                                     const AttachOptions& opts);
+Result<UnusedDetached> detach_unused(std::string_view tag, const std::vector<std::string>& in_use,
+                                     const AttachOptions& opts = {});
 
 // How open_beneath resolves a path: openat2, or the O_NOFOLLOW walk it falls back to where the
 // kernel has no openat2 (before 5.6); tests run both.

@@ -61,6 +61,43 @@ std::string loopback_target_dir(std::string_view id) {
     return loopback_dir() + "/" + wwn_for_id(id);
 }
 
+std::string owner_serial(std::string_view tag, std::string_view id) {
+    return "WRENN-TCMU-" + std::string(tag) + "-" + std::string(id);
+}
+
+bool is_valid_serial(std::string_view serial) {
+    if (serial.empty() || serial.size() > 253) {
+        return false;
+    }
+    for (char c : serial) {
+        const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+                        (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+        if (!ok) {
+            return false;
+        }
+    }
+    return true;
+}
+
+std::string parse_unit_serial(std::string_view text) {
+    // target_wwn_vpd_unit_serial_show: "T10 VPD Unit Serial Number: %s\n".
+    constexpr std::string_view kLabel = "T10 VPD Unit Serial Number:";
+    if (text.substr(0, kLabel.size()) == kLabel) {
+        text.remove_prefix(kLabel.size());
+    }
+    while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) {
+        text.remove_prefix(1);
+    }
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\0' || text.back() == ' ')) {
+        text.remove_suffix(1);
+    }
+    return std::string(text);
+}
+
+std::string_view backstore_for_handler(std::string_view handler) {
+    return handler == "overlaybd" ? "overlaybd-tcmu" : "tcmu-runner";
+}
+
 std::string origin_spec_bytes(std::string_view handler, std::string_view config_path,
                               std::optional<std::uint64_t> size_bytes) {
     const std::string size = size_bytes ? std::to_string(*size_bytes) : std::string();

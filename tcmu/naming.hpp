@@ -48,6 +48,24 @@ std::string legacy_id_for_config(std::string_view config_path);
 std::string origin_spec_bytes(std::string_view handler, std::string_view config_path,
                               std::optional<std::uint64_t> size_bytes);
 
+// The unit serial attach writes into a device the agent makes (wwn/vpd_unit_serial, before the
+// LUN is exported; the kernel refuses it afterwards): "WRENN-TCMU-<tag>-<id>", with the tag of the
+// agent's state dir. It says whose the device is, so that recovery detaches only its own, and it
+// is unique per device, as a SCSI serial should be (udev names /dev/disk/by-id links after it).
+std::string owner_serial(std::string_view tag, std::string_view id);
+
+// Whether a serial can go into wwn/vpd_unit_serial as is: 1 to 253 characters (the kernel's
+// INQUIRY_VPD_SERIAL_LEN is 254 with the NUL) from [A-Za-z0-9._-] (the kernel strips spaces).
+bool is_valid_serial(std::string_view serial);
+
+// The value from what wwn/vpd_unit_serial shows: "T10 VPD Unit Serial Number: X\n" -> "X", and
+// "" when none was written.
+std::string parse_unit_serial(std::string_view text);
+
+// The userspace program that serves a handler, for messages: "overlaybd-tcmu" for overlaybd,
+// "tcmu-runner" for every other handler (qcow, rbd, glfs, file, ...).
+std::string_view backstore_for_handler(std::string_view handler);
+
 // The "dev_config" control value: "<handler>/<config path>" (an absolute path gives "qcow//x").
 std::string dev_config_for(std::string_view handler, std::string_view config_path);
 

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # A sandbox whose origin is a TCMU block device: Debian's tcmu-runner with its qcow handler is
-# the backstore (overlaybd's is not packaged). First the allowlist: without --tcmu-config-dir
+# the backstore (overlaybd's is not packaged). First, before tcmu-runner starts: `tcmu attach`
+# and a TCMU-origin create fail within 15 s (503 backstore_unavailable), saying to start it, and
+# leave configfs empty. Then the allowlist: without --tcmu-config-dir
 # the API refuses TCMU origins (403); with it, hostile configs (a resultFile outside the
 # config's folder, through a symlink, with "..", commas and newlines, symlinked or loose
 # configs, a handler not allowed) are refused or logged only inside the config's folder, and
 # nothing outside it changes. Then an allowed config: create, write, pause, resume (data
 # intact), flatten, destroy; the TCMU device is shared by two sandboxes, detached with the last
-# one, and configfs is empty at the end.
+# one. A device of ours left by a destroy cut short is detached at the next start, while a
+# device in use and one the operator attached stay. Configfs is empty at the end.
 here=$(dirname "$0")
 source "$here/lib.sh"
 
@@ -24,6 +27,43 @@ TCMU_FLAGS=(--tcmu-config-dir "$OBD" --tcmu-handler qcow --tcmu-handler overlayb
 head -c 32M /dev/urandom >"$WORK/origin.raw"
 qemu-img convert -q -f raw -O qcow2 "$WORK/origin.raw" "$OBD/qcow/origin.qcow2"
 chmod 644 "$OBD/qcow/origin.qcow2"
+
+origin="{\"type\": \"tcmu\", \"config\": \"$OBD/qcow/origin.qcow2\", \"handler\": \"qcow\", \"size_bytes\": 33554432}"
+no_tcmu_left() {  # what: no core device and no loopback target in configfs
+    expect_eq "$1: no TCMU device in configfs" "$(ls "$hba" 2>/dev/null | grep -c '^dev_')" 0
+    expect_eq "$1: no loopback target in configfs" \
+        "$(ls /sys/kernel/config/target/loopback 2>/dev/null | grep -c '^naa\.')" 0
+}
+millis() { echo $(($(date +%s%N) / 1000000)); }
+
+step "no backstore running: tcmu attach and a TCMU-origin create fail fast"
+require "no tcmu-runner runs yet" test -z "$(pgrep -x tcmu-runner)"
+t0=$(millis)
+"$AGENT" tcmu attach --id 4242 --config "$OBD/qcow/origin.qcow2" --handler qcow --size 33554432 \
+    >"$WORK/attach.out" 2>"$WORK/attach.err"
+rc=$?
+took=$(($(millis) - t0))
+echo "wrenn-agent tcmu attach without a backstore: exit $rc after $took ms"
+expect_eq "tcmu attach without a backstore exits 1" "$rc" 1
+expect_true "and within 15 s ($took ms)" test "$took" -lt 15000
+expect_true "it names the handler and the backstore to start" \
+    grep -q "no qcow handler serves TCMU devices here; start tcmu-runner" "$WORK/attach.err"
+expect_true "it does not retry" grep -q "(try 1 of 5)" "$WORK/attach.err"
+expect_eq "nothing on stdout" "$(cat "$WORK/attach.out")" ""
+no_tcmu_left "after tcmu attach without a backstore"
+require "agent starts with --tcmu-config-dir" start_agent --tcmu-config-dir "$OBD" --tcmu-handler qcow
+t0=$(millis)
+api POST /sandboxes "{\"id\": \"nb\", \"origin\": $origin}"
+took=$(($(millis) - t0))
+echo "POST /sandboxes with a TCMU origin and no backstore: $STATUS after $took ms"
+expect_eq "a TCMU-origin create without a backstore" "$STATUS" 503
+expect_eq "its error code" "$(json error.code)" backstore_unavailable
+expect_true "within 15 s ($took ms)" test "$took" -lt 15000
+expect_true "the message says to start tcmu-runner" grep -q "start tcmu-runner, the backstore of the qcow handler" <<<"$BODY"
+no_tcmu_left "after a create without a backstore"
+expect_eq "no sandbox was made" "$("${CURL[@]}" -s "$URL/sandboxes" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["sandboxes"]))')" 0
+expect_true "SIGTERM exits 0" stop_agent
+
 mkdir -p "$WORK/runner"
 tcmu-runner -l "$WORK/runner" >/dev/null 2>&1 &
 runner=$!
@@ -33,8 +73,6 @@ for _ in $(seq 1 600); do
 done
 require "tcmu-runner registered its qcow handler" grep -q "Handler qcow is registered" "$WORK/runner/tcmu-runner.log"
 sleep 1
-
-origin="{\"type\": \"tcmu\", \"config\": \"$OBD/qcow/origin.qcow2\", \"handler\": \"qcow\", \"size_bytes\": 33554432}"
 
 step "no --tcmu-config-dir: TCMU origins are refused"
 require "agent starts without TCMU flags" start_agent
@@ -47,17 +85,18 @@ expect_true "SIGTERM exits 0" stop_agent
 
 step "hostile TCMU configs"
 # The id the agent derives for an origin (tcmu/naming.cpp, id_for_origin), to make one taken.
-tcmu_id() {  # handler config
-    python3 - "$1" "$2" <<'PY'
+tcmu_id_sized() {  # handler config [size]
+    python3 - "$1" "$2" "${3:-}" <<'PY'
 import hashlib, sys
-h, c = (a.encode() for a in sys.argv[1:3])
+h, c, s = (a.encode() for a in sys.argv[1:4])
 spec = b"wrenn tcmu origin v1\n" + b"".join(
     n + b"=" + str(len(v)).encode() + b":" + v + b"\n"
-    for n, v in ((b"handler", h), (b"config", c), (b"size", b"")))
+    for n, v in ((b"handler", h), (b"config", c), (b"size", s)))
 v = int.from_bytes(hashlib.sha256(spec).digest()[:8], "big") % 10**12
 print(v or 1)
 PY
 }
+tcmu_id() { tcmu_id_sized "$1" "$2"; }  # handler config
 profile=/etc/profile.d/wrenn-test-$PREFIX.sh
 printf 'sentinel\n' >"$WORK/outside/sentinel.log"
 touch -d '2001-01-01 00:00:00' "$WORK/outside/sentinel.log"
@@ -72,12 +111,14 @@ chmod 644 "$OBD"/*/config.v1.json
 touch "$WORK/before"
 sleep 1
 require "agent starts with --tcmu-config-dir" start_agent "${TCMU_FLAGS[@]}"
-# Each attach finds its id taken (made here in configfs) and fails at once, after which the
-# agent writes its attach log: the point is where that log may go.
+# Each attach finds its id taken by another device (made here in configfs, with another
+# dev_config) and fails at once, after which the agent writes its attach log: the point is
+# where that log may go.
 for name in abs dotdot link viadir; do
     config=$OBD/$name/config.v1.json
     id=$(tcmu_id overlaybd "$config")
     mkdir -p "$hba/dev_$id"
+    printf 'dev_config=file//someone/else' >"$hba/dev_$id/control"
     api POST /sandboxes "{\"id\": \"h-$name\", \"origin\": {\"type\": \"tcmu\", \"config\": \"$config\"}}"
     expect_eq "hostile resultFile ($name): the attach fails" "$STATUS" 500
     expect_true "hostile resultFile ($name): the id in use is explained" grep -q "in use" <<<"$BODY"
@@ -188,6 +229,47 @@ done
 expect_eq "configfs has no TCMU device" "$(ls "$hba" 2>/dev/null | grep -c '^dev_')" 0
 expect_eq "configfs has no loopback target" \
     "$(ls /sys/kernel/config/target/loopback 2>/dev/null | grep -c '^naa\.')" 0
+
+step "startup detaches a TCMU device of ours that no sandbox uses; one in use stays"
+# Three origins: one for a sandbox whose destroy is cut short after its device went (the
+# origin is never released), one for a live sandbox, one the operator attached by hand.
+for n in 2 3; do
+    cp "$OBD/qcow/origin.qcow2" "$OBD/qcow/origin$n.qcow2"
+done
+origin2="{\"type\": \"tcmu\", \"config\": \"$OBD/qcow/origin2.qcow2\", \"handler\": \"qcow\", \"size_bytes\": 33554432}"
+api POST /sandboxes "{\"id\": \"o1\", \"origin\": $origin}"
+expect_eq "create o1" "$STATUS" 201
+api POST /sandboxes "{\"id\": \"o2\", \"origin\": $origin2}"
+expect_eq "create o2" "$STATUS" 201
+write_marker /dev/mapper/wrenn-o2 5 "tcmu-sandbox-o2"
+expect_eq "two TCMU devices" "$(ls "$hba" | grep -c '^dev_')" 2
+for d in "$hba"/dev_*; do
+    expect_true "$(basename "$d") carries our serial" grep -q "WRENN-TCMU-[0-9a-f]\{16\}-${d##*/dev_}\$" "$d/wwn/vpd_unit_serial"
+done
+kill_agent
+# The destroy of o1, killed between removing its device and releasing its origin.
+require "remove o1's device as its destroy did" dmsetup remove wrenn-o1
+require "the operator attaches a device by hand" "$AGENT" tcmu attach --config "$OBD/qcow/origin3.qcow2" --handler qcow --size 33554432
+expect_eq "three TCMU devices before the restart" "$(ls "$hba" | grep -c '^dev_')" 3
+o1_id=$(tcmu_id_sized qcow "$OBD/qcow/origin.qcow2" 33554432)
+o2_id=$(tcmu_id_sized qcow "$OBD/qcow/origin2.qcow2" 33554432)
+cli_id=$(tcmu_id_sized qcow "$OBD/qcow/origin3.qcow2" 33554432)
+require "the agent restarts" start_agent "${TCMU_FLAGS[@]}"
+expect_true "o1's device is detached" test ! -e "$hba/dev_$o1_id"
+expect_true "the log says so" grep -q "detached device $o1_id ($OBD/qcow/origin.qcow2): ours, and no sandbox uses it" "$AGENT_LOG"
+expect_true "o2's device, in use, stays" test -e "$hba/dev_$o2_id"
+expect_true "the operator's device stays" test -e "$hba/dev_$cli_id"
+api GET /sandboxes/o2
+expect_eq "o2 adopted" "$(json state)" running
+expect_eq "o2 reads its write" "$(read_marker /dev/mapper/wrenn-o2 5 15)" "tcmu-sandbox-o2"
+api GET /sandboxes/o1
+expect_eq "o1 paused (its device was gone)" "$(json state)" paused
+for id in o1 o2; do
+    api DELETE "/sandboxes/$id"
+    expect_eq "destroy $id" "$STATUS" 204
+done
+require "the operator detaches theirs" "$AGENT" tcmu detach --id "$cli_id"
+no_tcmu_left "after the orphan step"
 
 step "a device attached by an agent from before SHA-256 ids is found and reused"
 # Agents before SHA-256 ids named a config's device by FNV-1a 64 of its path, mod 10^12.

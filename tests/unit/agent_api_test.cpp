@@ -327,6 +327,37 @@ TEST_CASE("a TCMU origin the allowlist refuses: 403, 400 or 503, and nothing att
     }
 }
 
+TEST_CASE("a TCMU origin whose backstore is not running: 503 backstore_unavailable", "[api]") {
+    ApiFixture f;
+    // tcmu::attach's ETIMEDOUT: no userspace handler took the device (or served its disk).
+    f.platform.fail_acquire_errno = ETIMEDOUT;
+    auto res = f.call(http::verb::post, "/sandboxes",
+                      R"({"id":"t1","origin":{"type":"tcmu","config":"/etc/obd/c.json"}})");
+    CHECK(res.result_int() == 503);
+    CHECK(ApiFixture::error_code(res) == "backstore_unavailable");
+    CHECK_THAT(ApiFixture::error_message(res),
+               Catch::StartsWith("create t1: acquire /etc/obd/c.json"));
+    CHECK(f.manager->list().empty());
+    // The same errno from a template's loop is no backstore's fault: 500.
+    f.platform.fail_acquire_errno = ETIMEDOUT;
+    auto loop = f.call(http::verb::post, "/sandboxes", R"({"id":"l1","template":"base"})");
+    CHECK(loop.result_int() == 500);
+    CHECK(ApiFixture::error_code(loop) == "internal");
+    // Resume and flatten say so too.
+    REQUIRE(f.call(http::verb::post, "/sandboxes",
+                   R"({"id":"t2","origin":{"type":"tcmu","config":"/etc/obd/c.json"}})")
+                .result_int() == 201);
+    REQUIRE(f.call(http::verb::post, "/sandboxes/t2/pause").result_int() == 200);
+    f.platform.fail_acquire_errno = ETIMEDOUT;
+    auto resume = f.call(http::verb::post, "/sandboxes/t2/resume");
+    CHECK(resume.result_int() == 503);
+    CHECK(ApiFixture::error_code(resume) == "backstore_unavailable");
+    f.platform.fail_acquire_errno = ETIMEDOUT;
+    auto flatten = f.call(http::verb::post, "/sandboxes/t2/flatten", R"({"template":"x"})");
+    CHECK(flatten.result_int() == 503);
+    CHECK(ApiFixture::error_code(flatten) == "backstore_unavailable");
+}
+
 TEST_CASE("resume and flatten of a TCMU sandbox check the allowlist again", "[api]") {
     ApiFixture f;
     REQUIRE(f.call(http::verb::post, "/sandboxes",

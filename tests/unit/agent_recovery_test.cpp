@@ -365,3 +365,87 @@ TEST_CASE("resume and destroy never remove another state dir's device of the sam
     CHECK(f.platform.devices.at("sb1") == "/dev/loop9");  // theirs is still there
     CHECK_FALSE(f.manager->get("sb1").has_value());
 }
+
+namespace {
+
+OriginSpec tcmu_origin(const std::string& config) {
+    return OriginSpec{OriginSpec::Type::Tcmu, config, "overlaybd", std::nullopt, std::nullopt};
+}
+
+Outcome<Sandbox> create_tcmu(AgentFixture& f, const std::string& id, const std::string& config) {
+    return f.wait<Sandbox>([&](auto cb) {
+        f.manager->create(CreateRequest{id, "", tcmu_origin(config)}, cb);
+    });
+}
+
+std::size_t index_of(const std::vector<std::string>& calls, const std::string& call) {
+    return static_cast<std::size_t>(std::find(calls.begin(), calls.end(), call) - calls.begin());
+}
+
+}  // namespace
+
+TEST_CASE("recover: a TCMU device of ours that no sandbox uses is detached, a used one stays",
+          "[agent][recovery]") {
+    AgentFixture f;
+    REQUIRE(create_tcmu(f, "gone", "/obd/a/config.v1.json").ok());
+    REQUIRE(create_tcmu(f, "live", "/obd/b/config.v1.json").ok());
+    REQUIRE(f.create("loop").ok());
+    const std::string a = tcmu_origin("/obd/a/config.v1.json").key();
+    const std::string b = tcmu_origin("/obd/b/config.v1.json").key();
+    const std::string c = tcmu_origin("/obd/c/config.v1.json").key();
+    // A destroy of "gone" killed after its device went and before its origin was released; and
+    // an unused device of ours whose disk something else holds.
+    f.platform.devices.erase("gone");
+    f.platform.tcmu_devices.insert(c);
+    f.platform.tcmu_in_use.insert(c);
+    // The new process holds no origin until it adopts.
+    f.platform.origin_refs.clear();
+    f.platform.calls.clear();
+    auto report = f.restart();
+    CHECK(report.adopted == 2);
+    CHECK(report.paused == 1);
+    CHECK(report.tcmu_detached == 1);
+    CHECK(f.platform.tcmu_devices == std::set<std::string>{b, c});
+    REQUIRE(report.problems.size() == 1);
+    CHECK_THAT(report.problems[0], Catch::Contains("device busy"));
+    // The sweep comes after the adoptions took their origins again.
+    CHECK(index_of(f.platform.calls, "acquire " + b) < index_of(f.platform.calls, "sweep tcmu"));
+    CHECK(index_of(f.platform.calls, "sweep tcmu") < f.platform.calls.size());
+    // The live sandbox keeps working on its origin.
+    REQUIRE(f.pause("live").ok());
+    CHECK(f.platform.tcmu_devices == std::set<std::string>{c});
+    REQUIRE(f.resume("live").ok());
+}
+
+TEST_CASE("recover: a sweep that fails is a problem, not a failed startup", "[agent][recovery]") {
+    AgentFixture f;
+    REQUIRE(f.create("sb1").ok());
+    f.platform.fail_sweep_errno = EACCES;
+    auto report = f.restart();
+    CHECK(report.adopted == 1);
+    REQUIRE(report.problems.size() == 1);
+    CHECK_THAT(report.problems[0], Catch::Contains("list tcmu devices"));
+}
+
+TEST_CASE("cleanup-stale detaches our unused TCMU devices after removing our devices",
+          "[agent][recovery]") {
+    AgentFixture f;
+    REQUIRE(create_tcmu(f, "t1", "/obd/a/config.v1.json").ok());
+    f.platform.origin_refs.clear();  // a new process: --cleanup-stale holds nothing
+    f.platform.calls.clear();
+    f.stop();
+    f.start();
+    auto report = f.manager->cleanup_stale();
+    REQUIRE(report.ok());
+    CHECK(report->stale_removed == 1);
+    CHECK(report->tcmu_detached == 1);
+    CHECK(f.platform.tcmu_devices.empty());
+    CHECK(index_of(f.platform.calls, "remove t1") < index_of(f.platform.calls, "sweep tcmu"));
+
+    // One that stays (in use by something else) fails the cleanup, saying why.
+    f.platform.tcmu_devices.insert("tcmu:x");
+    f.platform.tcmu_in_use.insert("tcmu:x");
+    auto busy = f.manager->cleanup_stale();
+    REQUIRE_FALSE(busy.ok());
+    CHECK_THAT(busy.error().message(), Catch::Contains("detach tcmu:x: device busy"));
+}

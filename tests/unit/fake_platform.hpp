@@ -94,6 +94,9 @@ class FakePlatform : public Platform {
         }
         ++origin_refs[origin.key()];
         attached_ever.insert(origin.key());
+        if (origin.type == OriginSpec::Type::Tcmu) {
+            tcmu_devices.insert(origin.key());
+        }
         std::uint64_t size = origin.size_bytes.value_or(origin_size);
         if (origin.type == OriginSpec::Type::Loop && origin.identity) {
             size = origin.identity->size_bytes / 512 * 512;  // as a loop serves it
@@ -116,6 +119,7 @@ class FakePlatform : public Platform {
         calls.push_back("release " + origin.key());
         if (--origin_refs[origin.key()] <= 0) {
             origin_refs.erase(origin.key());
+            tcmu_devices.erase(origin.key());
         }
     }
 
@@ -293,6 +297,33 @@ class FakePlatform : public Platform {
     Result<std::size_t> detach_tcmu_origins(const std::vector<OriginSpec>& origins) override {
         tcmu_detached += origins.size();
         return std::size_t{0};
+    }
+
+    // TCMU devices of ours in the kernel, by origin key: acquire attaches, the last release
+    // detaches; a test may add one that a killed destroy left. A key in tcmu_in_use has a disk
+    // that something else holds (it stays).
+    std::set<std::string> tcmu_devices;
+    std::set<std::string> tcmu_in_use;
+    int fail_sweep_errno = 0;
+    Result<std::size_t> detach_unused_tcmu(std::vector<std::string>& problems) override {
+        std::lock_guard lock(mu);
+        calls.push_back("sweep tcmu");
+        if (fail_sweep_errno != 0) {
+            return Error("list tcmu devices", fail_sweep_errno);
+        }
+        std::size_t detached = 0;
+        for (auto it = tcmu_devices.begin(); it != tcmu_devices.end();) {
+            if (origin_refs.count(*it) != 0) {
+                ++it;
+            } else if (tcmu_in_use.count(*it) != 0) {
+                problems.push_back("detach " + *it + ": device busy");
+                ++it;
+            } else {
+                it = tcmu_devices.erase(it);
+                ++detached;
+            }
+        }
+        return detached;
     }
 };
 

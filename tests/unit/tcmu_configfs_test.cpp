@@ -37,6 +37,9 @@ std::string parent_of(const std::string& path) {
     return path.substr(0, path.rfind('/'));
 }
 
+// What FakeKernel throws at kill_at: a process killed (SIGKILL) in the middle of an attach.
+struct Killed {};
+
 // An in-memory configfs + sysfs + /dev. Records every mkdir/write/read/symlink/unlink/rmdir in
 // order; the operation with index fail_at fails with fail_errno (once).
 class FakeKernel final : public tcmu::ConfigfsOps {
@@ -59,6 +62,15 @@ class FakeKernel final : public tcmu::ConfigfsOps {
     std::chrono::milliseconds slept{0};
     int next_target = 1;
     std::set<std::string> busy;  // /dev nodes mounted or open exclusively
+    // The userspace handler: when it runs, it opens a device's UIO node handler_delay after
+    // enable, and (handler_closes_after) may close it again, as tcmu-runner does when its
+    // handler cannot open the config.
+    bool handler_running = true;
+    std::chrono::milliseconds handler_delay{0};
+    std::optional<std::chrono::milliseconds> handler_closes_after;
+    int opener_errno = 0;  // char_device_opener fails with this
+    int opener_calls = 0;
+    int kill_at = -1;  // the operation with this index throws Killed instead of happening
 
     FakeKernel() {
         for (const std::string& d : {kCfg, kCfg + "/target", kCfg + "/target/core", kSys, kDev}) {
@@ -72,8 +84,11 @@ class FakeKernel final : public tcmu::ConfigfsOps {
         for (const auto& [path, node] : nodes) {
             bool shared =
                 path == kCfg + "/" + tcmu::hba_dir() || path == kCfg + "/" + tcmu::loopback_dir();
-            if (!shared && (!node.by_kernel || starts_with(path, kSys + "/class") ||
-                            starts_with(path, kDev + "/"))) {
+            // A UIO node lives exactly as long as its core device, which is listed.
+            const bool uio = starts_with(path, kSys + "/class/uio/");
+            if (!shared && !uio &&
+                (!node.by_kernel || starts_with(path, kSys + "/class") ||
+                 starts_with(path, kDev + "/"))) {
                 out.insert(path);
             }
         }
@@ -104,6 +119,10 @@ class FakeKernel final : public tcmu::ConfigfsOps {
             nodes[path + "/attrib/dev_config"] = {Type::file, "\n", true};
             nodes[path + "/attrib/dev_size"] = {Type::file, "0\n", true};
             nodes[path + "/attrib/nl_reply_supported"] = {Type::file, "0\n", true};
+            nodes[path + "/enable"] = {Type::file, "0\n", true};
+            nodes[path + "/wwn"] = {Type::dir, "", true};
+            nodes[path + "/wwn/vpd_unit_serial"] = {Type::file, "T10 VPD Unit Serial Number: \n",
+                                                    true};
         } else if (ends_with(path, "/tpgt_1")) {
             nodes[path + "/nexus"] = {Type::file, "", true};
             nodes[path + "/address"] = {Type::file, "", true};
@@ -125,6 +144,10 @@ class FakeKernel final : public tcmu::ConfigfsOps {
             }
         }
         erase_tree(path);
+        if (auto it = uios.find(path); it != uios.end()) {
+            erase_tree(kSys + "/class/uio/uio" + std::to_string(it->second.minor));
+            uios.erase(it);
+        }
         return {};
     }
 
@@ -146,6 +169,26 @@ class FakeKernel final : public tcmu::ConfigfsOps {
         if (ends_with(path, "/control") && starts_with(std::string(value), "dev_size=")) {
             nodes[parent_of(path) + "/attrib/dev_size"].content =
                 std::string(value.substr(9)) + "\n";
+        }
+        if (ends_with(path, "/wwn/vpd_unit_serial")) {
+            nodes[path].content = "T10 VPD Unit Serial Number: " + std::string(value) + "\n";
+            return {};
+        }
+        if (ends_with(path, "/enable")) {
+            // tcmu_configure_device registers the UIO device during the write.
+            const std::string core = parent_of(path);
+            const int minor = next_uio++;
+            const std::string uio = kSys + "/class/uio/uio" + std::to_string(minor);
+            std::string config = nodes[core + "/attrib/dev_config"].content;
+            config.pop_back();
+            nodes[uio + "/name"] = {Type::file,
+                                    "tcm-user/999999999/" + core.substr(core.rfind('/') + 1) +
+                                        (config.empty() ? "" : "/" + config) + "\n",
+                                    true};
+            nodes[uio + "/dev"] = {Type::file, "246:" + std::to_string(minor) + "\n", true};
+            uios[core] = {minor, clock};
+            nodes[path].content = "1\n";
+            return {};
         }
         if (ends_with(path, "/nexus")) {
             nodes[parent_of(path) + "/address"].content =
@@ -228,6 +271,18 @@ class FakeKernel final : public tcmu::ConfigfsOps {
         return it != nodes.end() && starts_with(it->first, path + "/");
     }
 
+    int disk_opens_after_polls = 0;  // open_shared gives ENXIO this many times first
+    Result<void> open_shared(const std::string& device) override {
+        if (nodes.count(device) == 0) {
+            return Error("open " + device, ENOENT);
+        }
+        if (disk_opens_after_polls > 0) {
+            --disk_opens_after_polls;
+            return Error("open " + device, ENXIO);
+        }
+        return {};
+    }
+
     Result<void> open_exclusive(const std::string& device) override {
         if (nodes.count(device) == 0) {
             return Error("open " + device, ENOENT);
@@ -236,6 +291,24 @@ class FakeKernel final : public tcmu::ConfigfsOps {
             return Error("open " + device + " exclusively", EBUSY);
         }
         return {};
+    }
+
+    Result<std::optional<Opener>> char_device_opener(unsigned major, unsigned minor) override {
+        ++opener_calls;
+        if (opener_errno != 0) {
+            return Error("open /proc", opener_errno);
+        }
+        for (const auto& [core, uio] : uios) {
+            if (major != 246 || static_cast<int>(minor) != uio.minor || !handler_running) {
+                continue;
+            }
+            const auto opened = uio.enabled_at + handler_delay;
+            if (clock >= opened &&
+                (!handler_closes_after || clock < opened + *handler_closes_after)) {
+                return std::optional<Opener>(Opener{4321, "fake-runner"});
+            }
+        }
+        return std::optional<Opener>();
     }
 
     std::chrono::steady_clock::time_point now() override { return clock; }
@@ -247,10 +320,19 @@ class FakeKernel final : public tcmu::ConfigfsOps {
   private:
     std::map<std::string, std::pair<std::string, std::string>>
         disks;  // link -> (scsi dir, dev node)
+    struct Uio {
+        int minor;
+        std::chrono::steady_clock::time_point enabled_at;
+    };
+    std::map<std::string, Uio> uios;  // core device -> its UIO node
+    int next_uio = 0;
 
     std::optional<Error> record(std::string entry) {
         int index = static_cast<int>(log.size());
         log.push_back(entry);
+        if (index == kill_at) {
+            throw Killed{};  // the attacher dies here: nothing after it runs, no cleanup
+        }
         if (index == fail_at) {
             return Error("injected " + entry, fail_errno);
         }
@@ -276,6 +358,7 @@ tcmu::AttachOptions fake_options() {
     opts.attempts = 1;
     opts.retry_delay = std::chrono::milliseconds(1000);
     opts.disk_wait = std::chrono::milliseconds(2000);
+    opts.handler_settle = std::chrono::milliseconds(0);  // the settle has tests of its own
     return opts;
 }
 
@@ -300,6 +383,8 @@ const std::vector<std::string> kAttachSequence = {
     "write " + kCore + "/attrib/nl_reply_supported -1",
     "write " + kCore + "/enable 1",
     "write " + kCore + "/attrib/cmd_time_out 7",
+    "read " + kSys + "/class/uio/uio0/name",
+    "read " + kSys + "/class/uio/uio0/dev",
     "mkdir " + kCfg + "/target/loopback",
     "mkdir " + kTarget,
     "mkdir " + kTarget + "/tpgt_1",
@@ -387,6 +472,8 @@ TEST_CASE("a failure at any attach step names the step and leaves nothing behind
         "configure tcmu device dev_123",
         "enable tcmu device dev_123",
         "set cmd_time_out of tcmu device dev_123",
+        "wait for a userspace handler to take dev_123",
+        "wait for a userspace handler to take dev_123",
         "create loopback fabric",
         "create loopback target naa.1990000000000123",
         "create loopback target naa.1990000000000123",
@@ -816,4 +903,316 @@ TEST_CASE("an API attach does not create init-debug.log through a symlink", "[tc
     FakeKernel kernel;
     REQUIRE(tcmu::attach(kernel, tree.request(), fake_options()).ok());
     CHECK_FALSE(std::filesystem::exists(tree.root / "created-outside.log"));
+}
+
+// ---- A userspace handler must take the device before it is exported. --------------------------
+
+TEST_CASE(
+    "with no handler running, attach fails after handler_wait, untried again, leaving nothing",
+    "[tcmu]") {
+    for (const std::string handler : {"qcow", "overlaybd"}) {
+        DYNAMIC_SECTION("handler " << handler) {
+            FakeKernel kernel;
+            kernel.handler_running = false;
+            auto opts = fake_options();
+            opts.attempts = 5;
+            auto req = request();
+            req.handler = handler;
+            auto disk = tcmu::attach(kernel, req, opts);
+            REQUIRE_FALSE(disk.ok());
+            CHECK(disk.error().code() == ETIMEDOUT);
+            const std::string backstore = handler == "qcow" ? "tcmu-runner" : "overlaybd-tcmu";
+            CHECK(disk.error().message() ==
+                  "attach tcmu device 123 (try 1 of 5): wait for a userspace handler to take "
+                  "dev_123: timed out (no process opened " +
+                      kDev + "/uio0 within 3000 ms: no " + handler +
+                      " handler serves TCMU devices here; start " + backstore +
+                      ", the backstore of the " + handler + " handler, and attach again)");
+            CHECK(kernel.count("mkdir " + kCore) == 1);  // no second try
+            CHECK(kernel.leftovers().empty());
+            // Nothing was exported, so no SCSI scan ever waited on the device.
+            for (const std::string& entry : kernel.log) {
+                CHECK_FALSE(starts_with(entry, "mkdir " + kCfg + "/target/loopback/"));
+                CHECK_FALSE(starts_with(entry, "symlink"));
+            }
+            CHECK(kernel.slept >= opts.handler_wait);
+            CHECK(kernel.slept <= opts.handler_wait + opts.handler_poll);
+        }
+    }
+}
+
+TEST_CASE("a handler that takes the device within handler_wait is waited for", "[tcmu]") {
+    FakeKernel kernel;
+    kernel.handler_delay = std::chrono::milliseconds(1500);
+    auto opts = fake_options();
+    REQUIRE(*tcmu::attach(kernel, request(), opts) == kDev + "/sda");
+    CHECK(kernel.slept >= kernel.handler_delay);
+    CHECK(kernel.slept < kernel.handler_delay + 2 * opts.handler_poll);
+    // It looked every handler_poll, not in a tight loop.
+    CHECK(kernel.opener_calls <= kernel.handler_delay / opts.handler_poll + 2);
+}
+
+TEST_CASE("the handler must hold the device for handler_settle", "[tcmu]") {
+    auto opts = fake_options();
+    opts.handler_settle = std::chrono::milliseconds(200);
+    SECTION("held throughout: attached after the settle") {
+        FakeKernel kernel;
+        REQUIRE(tcmu::attach(kernel, request(), opts).ok());
+        CHECK(kernel.slept >= opts.handler_settle);
+        CHECK(kernel.slept < opts.handler_settle + 2 * opts.handler_poll);
+    }
+    SECTION("opened and closed again (its handler could not open the config): a failure") {
+        FakeKernel kernel;
+        kernel.handler_closes_after = std::chrono::milliseconds(60);
+        opts.attempts = 3;
+        auto disk = tcmu::attach(kernel, request(), opts);
+        REQUIRE_FALSE(disk.ok());
+        CHECK(disk.error().code() == ETIMEDOUT);
+        CHECK_THAT(disk.error().message(),
+                   Catch::Contains("pid 4321 (fake-runner) opened " + kDev +
+                                   "/uio0 but closed it again: its overlaybd handler could not "
+                                   "open the config; see overlaybd-tcmu's log"));
+        CHECK(kernel.count("mkdir " + kCore) == 1);
+        CHECK(kernel.leftovers().empty());
+        CHECK(kernel.slept <= opts.handler_wait + opts.handler_settle + opts.handler_poll);
+    }
+}
+
+TEST_CASE("a failure to look for the handler is an error, and undone", "[tcmu]") {
+    FakeKernel kernel;
+    kernel.opener_errno = EACCES;
+    auto disk = tcmu::attach(kernel, request(), fake_options());
+    REQUIRE_FALSE(disk.ok());
+    CHECK(disk.error().code() == EACCES);
+    CHECK_THAT(disk.error().message(),
+               Catch::Contains("wait for a userspace handler to take dev_123: look for the "
+                               "process holding " +
+                               kDev + "/uio0: open /proc"));
+    CHECK(kernel.leftovers().empty());
+}
+
+TEST_CASE("the CLI without a backstore exits 1 naming the handler and the backstore", "[tcmu]") {
+    FakeKernel kernel;
+    kernel.handler_running = false;
+    auto opts = fake_options();
+    opts.attempts = 5;
+    std::ostringstream out, err;
+    CHECK(tcmu::run_cli({"attach", "--id", "4242", "--config", "/x/base.qcow2", "--handler", "qcow",
+                         "--size", "33554432"},
+                        out, err, kernel, opts) == 1);
+    CHECK_THAT(err.str(), Catch::Contains("start tcmu-runner, the backstore of the qcow handler"));
+    CHECK(kernel.slept <= opts.handler_wait + opts.handler_poll);
+    CHECK(kernel.leftovers().empty());
+}
+
+// ---- The device's serial: the agent's mark. -----------------------------------------------------
+
+TEST_CASE("a serial is written first, before anything else configures the device", "[tcmu]") {
+    FakeKernel kernel;
+    auto req = request();
+    req.serial = tcmu::owner_serial("0123456789abcdef", "123");
+    REQUIRE(tcmu::attach(kernel, req, fake_options()).ok());
+    REQUIRE(kernel.log.size() == kAttachSequence.size() + 1);
+    CHECK(kernel.log[2] ==
+          "write " + kCore + "/wwn/vpd_unit_serial WRENN-TCMU-0123456789abcdef-123");
+    CHECK(*tcmu::attached_serial(kernel, "123", fake_options()) ==
+          "WRENN-TCMU-0123456789abcdef-123");
+    CHECK(tcmu::attached_serial(kernel, "7", fake_options()).error().code() == ENOENT);
+
+    auto bad = request();
+    bad.serial = "has space";
+    CHECK(tcmu::attach(kernel, bad, fake_options()).error().code() == EINVAL);
+    bad.serial = std::string(254, 'a');
+    CHECK(tcmu::attach(kernel, bad, fake_options()).error().code() == EINVAL);
+}
+
+// ---- A device left half-made by a killed attach. --------------------------------------------
+
+TEST_CASE("judge_existing: another's values are foreign, a finished device complete", "[tcmu]") {
+    using Kind = tcmu::ExistingVerdict::Kind;
+    auto req = request();  // overlaybd//cfgs/a/config.v1.json, dev_size 4096
+    req.serial = "WRENN-TCMU-aa-123";
+    const std::string config = "overlaybd//cfgs/a/config.v1.json";
+    auto judge = [&](tcmu::ExistingDevice d) { return tcmu::judge_existing(d, req); };
+
+    CHECK(judge({}).kind == Kind::HalfMade);  // a bare folder: killed right after mkdir
+    CHECK(judge({}).why == "not enabled");
+    CHECK(judge({"", 0, req.serial}).kind == Kind::HalfMade);
+    CHECK(judge({config, 0, req.serial}).kind == Kind::HalfMade);  // killed before dev_size
+    CHECK(judge({config, 4096, "", true}).kind == Kind::HalfMade);
+    CHECK(judge({config, 4096, req.serial, true}).why == "enabled but not exported");
+    CHECK(judge({config, 4096, req.serial, true, true}).why == "exported but without its disk");
+    CHECK(judge({config, 4096, req.serial, true, true, true}).kind == Kind::Complete);
+
+    auto foreign = judge({"qcow//x.qcow2", 0, ""});
+    CHECK(foreign.kind == Kind::Foreign);
+    CHECK_THAT(foreign.why, Catch::Contains("its dev_config is \"qcow//x.qcow2\""));
+    CHECK(judge({config, 8192, req.serial}).kind == Kind::Foreign);
+    CHECK_THAT(judge({config, 8192, req.serial}).why, Catch::Contains("its dev_size is 8192"));
+    // dev_size is fixed at enable: an enabled device without this request's size is another's.
+    CHECK(judge({config, 0, req.serial, true}).kind == Kind::Foreign);
+    CHECK(judge({"", 4096, req.serial, true}).kind == Kind::Foreign);  // enabled, no dev_config
+    auto other_dir = judge({config, 4096, "WRENN-TCMU-bb-123", true});
+    CHECK(other_dir.kind == Kind::Foreign);
+    CHECK_THAT(other_dir.why, Catch::Contains("its serial is \"WRENN-TCMU-bb-123\""));
+    // The operator's CLI writes no serial: an agent's device is never its half-made one.
+    auto cli = request();
+    CHECK(tcmu::judge_existing({config, 0, "WRENN-TCMU-aa-123"}, cli).kind == Kind::Foreign);
+    CHECK(tcmu::judge_existing({config, 4096, "", false}, cli).kind == Kind::HalfMade);
+}
+
+TEST_CASE("an attach killed at any step never blocks the next attach of the same id", "[tcmu]") {
+    for (const bool with_serial : {false, true}) {
+        auto req = request();
+        if (with_serial) {
+            req.serial = tcmu::owner_serial("0123456789abcdef", "123");
+        }
+        const std::size_t steps = kAttachSequence.size() + (with_serial ? 1 : 0);
+        for (int k = 0; k < static_cast<int>(steps); ++k) {
+            DYNAMIC_SECTION((with_serial ? "with" : "without")
+                            << " a serial, killed at step " << k) {
+                FakeKernel kernel;
+                kernel.kill_at = k;
+                CHECK_THROWS_AS(tcmu::attach(kernel, req, fake_options()), Killed);
+                kernel.kill_at = -1;
+                const bool left_core = kernel.nodes.count(kCore) != 0;
+                if (tcmu::find_attached(kernel, "123", fake_options())->has_value()) {
+                    // Killed after the kernel had finished the device (reading the address):
+                    // attached, and the next attach says so instead of taking it over.
+                    auto again = tcmu::attach(kernel, req, fake_options());
+                    REQUIRE_FALSE(again.ok());
+                    CHECK_THAT(again.error().message(),
+                               Catch::Contains("in use by a device for this same origin; "
+                                               "detach it first"));
+                    REQUIRE(tcmu::detach(kernel, "123", fake_options()).ok());
+                }
+                kernel.log.clear();
+                auto disk = tcmu::attach(kernel, req, fake_options());
+                INFO((disk.ok() ? *disk : disk.error().message()));
+                REQUIRE(disk.ok());
+                CHECK(*tcmu::find_attached(kernel, "123", fake_options()) == *disk);
+                if (left_core && k < static_cast<int>(steps) - 1) {
+                    CHECK(kernel.count("rmdir " + kCore) == 1);  // the half-made one went first
+                }
+                REQUIRE(tcmu::detach(kernel, "123", fake_options()).ok());
+                CHECK(kernel.leftovers().empty());
+            }
+        }
+    }
+}
+
+TEST_CASE("an attach killed after marking the device leaves what detach_unused clears", "[tcmu]") {
+    auto req = request();
+    req.serial = tcmu::owner_serial("0123456789abcdef", "123");
+    // From the serial write (step 2) on, the device says whose it is.
+    for (int k = 3; k < static_cast<int>(kAttachSequence.size()) + 1; ++k) {
+        DYNAMIC_SECTION("killed at step " << k) {
+            FakeKernel kernel;
+            kernel.kill_at = k;
+            CHECK_THROWS_AS(tcmu::attach(kernel, req, fake_options()), Killed);
+            kernel.kill_at = -1;
+            auto swept = tcmu::detach_unused(kernel, "0123456789abcdef", {}, fake_options());
+            REQUIRE(swept.ok());
+            CHECK(swept->detached == std::vector<std::string>{"123"});
+            CHECK(swept->left.empty());
+            CHECK(kernel.leftovers().empty());
+        }
+    }
+}
+
+TEST_CASE("a half-made device is removed with a log line, then attached again", "[tcmu]") {
+    FakeKernel kernel;
+    kernel.kill_at = 10;  // after enable and cmd_time_out: enabled, taken, never exported
+    REQUIRE(kAttachSequence[10] == "mkdir " + kCfg + "/target/loopback");
+    CHECK_THROWS_AS(tcmu::attach(kernel, request(), fake_options()), Killed);
+    kernel.kill_at = -1;
+    std::string tmpl = (std::filesystem::temp_directory_path() / "wrenn-tcmu-XXXXXX").string();
+    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+    std::filesystem::path dir = tmpl;
+    std::ofstream(dir / "config.v1.json") << R"({"lowers": [], "resultFile": "result"})";
+    auto req = request();
+    req.config_path = (dir / "config.v1.json").string();
+    // The id is taken by the killed attach's device of another config: refused, untouched.
+    auto other = tcmu::attach(kernel, req, fake_options());
+    REQUIRE_FALSE(other.ok());
+    CHECK(other.error().code() == EEXIST);
+    CHECK(kernel.nodes.count(kCore) != 0);
+    // The same request finds it half-made: removes it, says so, attaches.
+    REQUIRE(tcmu::attach(kernel, request(), fake_options()).ok());
+    CHECK(kernel.count("rmdir " + kCore) == 1);
+    REQUIRE(tcmu::detach(kernel, "123", fake_options()).ok());
+    // The log line goes to the attach log as well.
+    kernel.kill_at = static_cast<int>(kernel.log.size()) + 3;  // after the first control write
+    CHECK_THROWS_AS(tcmu::attach(kernel, req, fake_options()), Killed);
+    kernel.kill_at = -1;
+    REQUIRE(tcmu::attach(kernel, req, fake_options()).ok());
+    std::stringstream text;
+    text << std::ifstream(dir / "result").rdbuf();
+    std::filesystem::remove_all(dir);
+    CHECK_THAT(text.str(), Catch::Contains("dev_123 exists half-made (not enabled), left by an "
+                                           "attach that did not finish; removing it and "
+                                           "attaching again"));
+}
+
+// ---- Recovery's sweep of unused devices of ours. ----------------------------------------------
+
+TEST_CASE("detach_unused detaches only our unused devices, never one in use or another's",
+          "[tcmu]") {
+    const std::string tag = "0123456789abcdef";
+    FakeKernel kernel;
+    auto attach = [&](const std::string& id, const std::string& serial) {
+        auto req = request();
+        req.id = id;
+        req.serial = serial;
+        auto disk = tcmu::attach(kernel, req, fake_options());
+        REQUIRE(disk.ok());
+        return *disk;
+    };
+    attach("1", tcmu::owner_serial(tag, "1"));                 // ours, unused: detached
+    attach("2", tcmu::owner_serial(tag, "2"));                 // ours, held by a sandbox
+    attach("3", tcmu::owner_serial("fedcba9876543210", "3"));  // another state dir's
+    attach("4", "");                                           // the operator's, or overlaybd's
+    const std::string held = attach("5", tcmu::owner_serial(tag, "5"));  // ours, dm holds it
+    attach("6", tcmu::owner_serial(tag, "7"));  // our tag but another id's serial: not ours
+    kernel.nodes[kSys + "/class/block/" + held.substr(held.rfind('/') + 1) + "/holders/dm-0"] = {
+        FakeKernel::Type::link, "", true};
+
+    auto swept = tcmu::detach_unused(kernel, tag, {"2"}, fake_options());
+    REQUIRE(swept.ok());
+    CHECK(swept->detached == std::vector<std::string>{"1"});
+    REQUIRE(swept->left.size() == 1);
+    CHECK(swept->left[0].code() == EBUSY);
+    CHECK_THAT(swept->left[0].message(), Catch::Contains("is held by dm-0"));
+    CHECK(*tcmu::list_attached(kernel, fake_options()) ==
+          std::vector<std::string>{"2", "3", "4", "5", "6"});
+
+    // Without a tag nothing is known to be ours.
+    CHECK(tcmu::detach_unused(kernel, "", {}, fake_options())->detached.empty());
+    CHECK(tcmu::list_attached(kernel, fake_options())->size() == 5);
+}
+
+TEST_CASE("the try that redoes a half-made device is an ordinary try, retried on failure",
+          "[tcmu]") {
+    FakeKernel kernel;
+    kernel.kill_at = 4;  // after the first control write: a half-made device
+    CHECK_THROWS_AS(tcmu::attach(kernel, request(), fake_options()), Killed);
+    kernel.kill_at = -1;
+    kernel.disk_appears = false;
+    auto opts = fake_options();
+    opts.attempts = 2;
+    auto disk = tcmu::attach(kernel, request(), opts);
+    REQUIRE_FALSE(disk.ok());
+    CHECK(disk.error().code() == ETIMEDOUT);
+    CHECK_THAT(disk.error().message(), Catch::StartsWith("attach tcmu device 123 (try 2 of 2)"));
+    CHECK(kernel.count("mkdir " + kCore) == 4);  // killed, found taken, redone, retried
+    CHECK(kernel.leftovers().empty());
+}
+
+TEST_CASE("attach returns the disk only once it can be opened", "[tcmu]") {
+    FakeKernel kernel;
+    kernel.disk_opens_after_polls = 3;  // the node is there, the disk not live yet: ENXIO
+    auto disk = tcmu::attach(kernel, request(), fake_options());
+    REQUIRE(disk.ok());
+    CHECK(kernel.disk_opens_after_polls == 0);
+    CHECK(kernel.slept == 3 * std::chrono::milliseconds(50));
 }

@@ -149,3 +149,29 @@ TEST_CASE("the pre-SHA-256 id of a config is still found, for devices attached b
     CHECK(tcmu::legacy_id_for_config("/x") == "598283480754");
     CHECK(tcmu::legacy_id_for_config("/x") != tcmu::id_for_origin("overlaybd", "/x", std::nullopt));
 }
+
+TEST_CASE("an agent's device serial names its state dir's tag and the id", "[tcmu]") {
+    CHECK(tcmu::owner_serial("0123456789abcdef", "42") == "WRENN-TCMU-0123456789abcdef-42");
+    CHECK(tcmu::is_valid_serial(tcmu::owner_serial("0123456789abcdef", "9999999999999")));
+    CHECK(tcmu::is_valid_serial(std::string(253, 'a')));
+    CHECK_FALSE(tcmu::is_valid_serial(std::string(254, 'a')));  // INQUIRY_VPD_SERIAL_LEN 254
+    CHECK_FALSE(tcmu::is_valid_serial(""));
+    CHECK_FALSE(tcmu::is_valid_serial("a b"));
+    CHECK_FALSE(tcmu::is_valid_serial("a,b"));
+    CHECK_FALSE(tcmu::is_valid_serial("a\n"));
+}
+
+TEST_CASE("wwn/vpd_unit_serial reads back as its value", "[tcmu]") {
+    // target_wwn_vpd_unit_serial_show, as seen in the VM (6.1).
+    CHECK(tcmu::parse_unit_serial("T10 VPD Unit Serial Number: WRENN-TCMU-ab-1\n") ==
+          "WRENN-TCMU-ab-1");
+    CHECK(tcmu::parse_unit_serial("T10 VPD Unit Serial Number: \n").empty());
+    CHECK(tcmu::parse_unit_serial("") == "");
+    CHECK(tcmu::parse_unit_serial("bare\n") == "bare");
+}
+
+TEST_CASE("each handler's backstore is named for the message that says to start it", "[tcmu]") {
+    CHECK(tcmu::backstore_for_handler("overlaybd") == "overlaybd-tcmu");
+    CHECK(tcmu::backstore_for_handler("qcow") == "tcmu-runner");
+    CHECK(tcmu::backstore_for_handler("rbd") == "tcmu-runner");
+}
