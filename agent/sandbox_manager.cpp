@@ -165,7 +165,7 @@ void SandboxManager::run_on_strand(const EntryPtr& entry, std::string op,
         ++in_flight_;
     }
     const std::string id = entry->record.id;
-    asio::post(entry->strand, [this, entry, id, op = std::move(op), fn = std::move(fn),
+    asio::post(entry->strand, [this, entry = entry, id, op = std::move(op), fn = std::move(fn),
                                done = std::move(done)]() mutable {
         const auto start = std::chrono::steady_clock::now();
         Outcome<T> outcome = [&]() -> Outcome<T> {
@@ -188,6 +188,11 @@ void SandboxManager::run_on_strand(const EntryPtr& entry, std::string op,
                          took.count() * 1000, code, outcome.failure().error.message());
         }
         done(std::move(outcome));
+        // Let go of what the operation holds (its entry and its strand among them) before it
+        // counts as done: once wait_idle() returns, the manager and the worker pool may go.
+        done = nullptr;
+        fn = nullptr;
+        entry.reset();
         std::lock_guard lock(idle_mu_);
         if (--in_flight_ == 0) {
             idle_cv_.notify_all();
