@@ -182,7 +182,8 @@ TEST_CASE("a kill during a fork leaves nothing a restart does not clear", "[agen
     CHECK(f.platform.suspended.empty());
 }
 
-TEST_CASE("the fork stall bound (--fork-max-stall) takes seconds or milliseconds", "[agent][fork][cli]") {
+TEST_CASE("the fork stall bound (--fork-max-stall) takes seconds or milliseconds",
+          "[agent][fork][cli]") {
     auto stall_of = [](std::vector<std::string> args) {
         Command c = parse_command_line(args);
         REQUIRE(std::holds_alternative<ServeOptions>(c));
