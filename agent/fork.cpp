@@ -29,15 +29,10 @@ void SandboxManager::fork(const std::string& id, std::string new_id, Callback<Sa
         done(failure(FailureKind::NotFound, what, 0, "no such sandbox"));
         return;
     }
-    auto child = std::make_shared<Entry>(workers_);
-    child->record.id = new_id;
-    {
-        std::lock_guard lock(mu_);
-        if (entries_.count(new_id) != 0) {
-            done(failure(FailureKind::AlreadyExists, what, 0, "a sandbox with this id exists"));
-            return;
-        }
-        entries_.emplace(new_id, child);
+    auto child = reserve(new_id);
+    if (!child) {
+        done(failure(FailureKind::AlreadyExists, what, 0, "a sandbox with this id exists"));
+        return;
     }
     // On the source's strand: its pause, resume or destroy waits for the fork, and the child is
     // invisible to reads until it is complete.
@@ -45,13 +40,7 @@ void SandboxManager::fork(const std::string& id, std::string new_id, Callback<Sa
         source, "fork",
         [this, source, child] {
             auto outcome = do_fork(source, child);
-            std::lock_guard lock(mu_);
-            if (outcome) {
-                child->ready = true;
-            } else {
-                child->gone = true;
-                entries_.erase(child->record.id);
-            }
+            settle(child, outcome.ok());
             return outcome;
         },
         std::move(done));

@@ -202,6 +202,26 @@ void SandboxManager::run_on_strand(const EntryPtr& entry, std::string op,
 
 // ---- create -------------------------------------------------------------------------------
 
+SandboxManager::EntryPtr SandboxManager::reserve(const std::string& id) {
+    auto entry = std::make_shared<Entry>(workers_);
+    entry->record.id = id;
+    std::lock_guard lock(mu_);
+    if (!entries_.emplace(id, entry).second) {
+        return nullptr;
+    }
+    return entry;
+}
+
+void SandboxManager::settle(const EntryPtr& entry, bool made) {
+    std::lock_guard lock(mu_);
+    if (made) {
+        entry->ready = true;
+    } else {
+        entry->gone = true;
+        entries_.erase(entry->record.id);
+    }
+}
+
 void SandboxManager::create(CreateRequest request, Callback<Sandbox> done) {
     if (request.id.empty()) {
         request.id = make_id();
@@ -211,28 +231,17 @@ void SandboxManager::create(CreateRequest request, Callback<Sandbox> done) {
                      "id must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}"));
         return;
     }
-    auto entry = std::make_shared<Entry>(workers_);
-    entry->record.id = request.id;
-    {
-        std::lock_guard lock(mu_);
-        if (entries_.count(request.id) != 0) {
-            done(failure(FailureKind::AlreadyExists, "create " + request.id, 0,
-                         "a sandbox with this id exists"));
-            return;
-        }
-        entries_.emplace(request.id, entry);
+    auto entry = reserve(request.id);
+    if (!entry) {
+        done(failure(FailureKind::AlreadyExists, "create " + request.id, 0,
+                     "a sandbox with this id exists"));
+        return;
     }
     run_on_strand<Sandbox>(
         entry, "create",
         [this, entry, request = std::move(request)] {
             auto outcome = do_create(entry, request);
-            std::lock_guard lock(mu_);
-            if (outcome) {
-                entry->ready = true;
-            } else {
-                entry->gone = true;
-                entries_.erase(entry->record.id);
-            }
+            settle(entry, outcome.ok());
             return outcome;
         },
         std::move(done));
