@@ -129,15 +129,8 @@ Outcome<Sandbox> SandboxManager::do_fork(const EntryPtr& source, const EntryPtr&
                            "forked");
         }
     } else {
-        auto info = platform_.snapshot_info(from.id);
-        if (!info) {
-            return internal(std::move(info).error().within(what));
-        }
-        if (info->has_value()) {
-            return failure(FailureKind::InvalidState, what, 0,
-                           "a device " + dm::device_name(from.id) +
-                               " is live for this paused sandbox, so its CoW may still change; "
-                               "resume and pause it, or remove the device, then fork");
+        if (auto live = check_no_live_device(from.id, what, "fork")) {
+            return *live;
         }
         auto valid = platform_.cow_store_valid(from.cow_path, from.origin_size_bytes);
         if (!valid) {

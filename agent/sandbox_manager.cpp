@@ -133,6 +133,25 @@ Result<void> SandboxManager::commit(const EntryPtr& entry, const Sandbox& next) 
     return written;
 }
 
+// Paused, yet a device of this name is live (a record write that failed, or someone's
+// dmsetup): its CoW may still be changing under a copy of it.
+std::optional<Failure> SandboxManager::check_no_live_device(const std::string& id,
+                                                            const std::string& what,
+                                                            std::string_view then) const {
+    auto info = platform_.snapshot_info(id);
+    if (!info) {
+        return internal(std::move(info).error().within(what));
+    }
+    if (info->has_value()) {
+        return failure(FailureKind::InvalidState, what, 0,
+                       "a device " + dm::device_name(id) +
+                           " is live for this sandbox, so its CoW may still change; resume and "
+                           "pause it, or remove the device, then " +
+                           std::string(then));
+    }
+    return std::nullopt;
+}
+
 std::optional<Failure> SandboxManager::check_kernel() const {
     const KernelSupport support = platform_.support();
     if (!support.device_mapper) {
@@ -618,17 +637,8 @@ Outcome<TemplateInfo> SandboxManager::do_flatten(const EntryPtr& entry, const st
             return *full;
         }
     }
-    // Paused, yet a device of this name is live (a record write that failed, or someone's
-    // dmsetup): its CoW may still be changing under the copy.
-    auto info = platform_.snapshot_info(sb.id);
-    if (!info) {
-        return internal(std::move(info).error().within(what));
-    }
-    if (info->has_value()) {
-        return failure(FailureKind::InvalidState, what, 0,
-                       "a device " + dm::device_name(sb.id) +
-                           " is live for this sandbox, so its CoW may still change; resume and "
-                           "pause it, or remove the device, then flatten");
+    if (auto live = check_no_live_device(sb.id, what, "flatten")) {
+        return *live;
     }
     auto same_template = verify_template(sb, what);
     if (!same_template) {

@@ -166,6 +166,10 @@ class SandboxManager : public SpaceActions {
     void release_origin_of(const EntryPtr& entry, const OriginSpec& origin);
     Result<void> commit(const EntryPtr& entry, const Sandbox& next);
     std::optional<Failure> check_kernel() const;
+    // 409 invalid_state when a paused sandbox's device is live, so its CoW may still change;
+    // `then` is the operation the message tells the client to retry.
+    std::optional<Failure> check_no_live_device(const std::string& id, const std::string& what,
+                                                std::string_view then) const;
     std::optional<Failure> check_tcmu(const OriginSpec& origin, const std::string& what) const;
     std::size_t sweep_flatten_temps(std::vector<std::string>& problems);
     std::string make_id() const;
