@@ -257,7 +257,7 @@ Result<std::string> LinuxPlatform::create_snapshot(const std::string& id,
     }
     // Autoclear: once the snapshot holds the CoW loop and our descriptor closes (at the end of
     // this scope, on success or failure), the loop lives exactly as long as the snapshot.
-    auto cow = loop::LoopDevice::attach(cow_path, loop::AttachOptions{false, true, true});
+    auto cow = loop::LoopDevice::attach(cow_path, loop::kCowLoop);
     if (!cow) {
         return std::move(cow).error();
     }

@@ -32,13 +32,23 @@ class KernelImageAttacher final : public ImageAttacher {
             return std::move(existing).error();
         }
         if (existing->has_value()) {
-            spdlog::info("attach {}: reusing {}", image.path, (*existing)->path());
+            LoopDevice& loop = **existing;
+            spdlog::info("attach {}: reusing {}", image.path, loop.path());
+            // A loop bound by an older agent may do direct I/O; a template's loop must not
+            // (see kTemplateLoop). Not worth failing for: the loop works either way.
+            if (loop.direct_io() != kTemplateLoop.direct_io) {
+                if (auto set = loop.set_direct_io(kTemplateLoop.direct_io); set) {
+                    spdlog::info("attach {}: {} switched to buffered I/O, so that every sandbox "
+                                 "over it shares the template's page cache",
+                                 image.path, loop.path());
+                } else {
+                    spdlog::warn("attach {}: {}", image.path, set.error().message());
+                }
+            }
             return std::unique_ptr<AttachedImage>(
                 std::make_unique<KernelAttachedImage>(std::move(**existing)));
         }
-        auto loop = LoopDevice::attach(
-            image.fd, image.path,
-            AttachOptions{.read_only = true, .direct_io = true, .autoclear = true});
+        auto loop = LoopDevice::attach(image.fd, image.path, kTemplateLoop);
         if (!loop) {
             return std::move(loop).error();
         }

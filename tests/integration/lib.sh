@@ -121,6 +121,19 @@ loops_backed_by() {  # loops whose backing file is $1 (exact) or under $1/
     done
     echo $n
 }
+loops_dio() {  # the distinct /sys/block/loopN/loop/dio values of loops_backed_by $1 ("0", "1", "0 1")
+    local f
+    for f in /sys/block/loop*/loop/backing_file; do
+        [ -e "$f" ] || continue
+        case "$(cat "$f")" in "$1" | "$1"/*) cat "$(dirname "$f")/dio" ;; esac
+    done | sort -u | paste -sd ' ' -
+}
+loop_of() {  # the one loop device backed by exactly $1
+    local f
+    for f in /sys/block/loop*/loop/backing_file; do
+        [ -e "$f" ] && [ "$(cat "$f")" == "$1" ] && echo "/dev/$(basename "$(dirname "$(dirname "$f")")")"
+    done | head -n 1
+}
 # write_marker DEV OFFSET_MIB TEXT / read_marker DEV OFFSET_MIB LEN
 write_marker() {
     printf '%s' "$3" | dd of="$1" bs=1M seek="$2" conv=notrunc,fsync status=none

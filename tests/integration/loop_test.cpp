@@ -206,13 +206,26 @@ TEST_CASE("loop: direct I/O is used where the file allows and never fails an att
     REQUIRE(loop.ok());
     CHECK(loop->direct_io());  // XFS on a 512-byte-sector disk can do O_DIRECT
 
-    // tmpfs on 6.1 has no O_DIRECT: the kernel drops (or refuses) it; the attach must succeed.
+    // Switched off and on while bound, as the agent does with an older agent's template loop.
+    REQUIRE(loop->set_direct_io(false).ok());
+    CHECK_FALSE(loop->direct_io());
+    REQUIRE(loop->set_direct_io(true).ok());
+    CHECK(loop->direct_io());
+
+    // The VM's /tmp is overlayfs over tmpfs: 6.1 takes the flag for it and then fails every
+    // direct read. attach proves direct I/O with a read and falls back to buffered I/O.
     ScratchImage on_tmpfs("dio-tmpfs", "/tmp");
+    {
+        std::ofstream out(on_tmpfs.path(), std::ios::binary | std::ios::in | std::ios::out);
+        out << "bytes at the start of an overlay file";
+    }
     auto buffered =
         LoopDevice::attach(on_tmpfs.path(), AttachOptions{.read_only = true, .direct_io = true});
     INFO((buffered.ok() ? std::string() : buffered.error().message()));
     REQUIRE(buffered.ok());
     CHECK(buffered->size_bytes() == kImageBytes);
+    CHECK_FALSE(buffered->direct_io());
+    CHECK(read_line(buffered->path()).rfind("bytes at the start of an overlay file", 0) == 0);
     loop->close();
     buffered->close();
     CHECK(no_loop_on(on_xfs.path()));
