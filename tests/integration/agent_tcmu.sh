@@ -6,10 +6,11 @@
 # the API refuses TCMU origins (403); with it, hostile configs (a resultFile outside the
 # config's folder, through a symlink, with "..", commas and newlines, symlinked or loose
 # configs, a handler not allowed) are refused or logged only inside the config's folder, and
-# nothing outside it changes. Then an allowed config: create, write, pause, resume (data
-# intact), flatten, destroy; the TCMU device is shared by two sandboxes, detached with the last
-# one. A device of ours left by a destroy cut short is detached at the next start, while a
-# device in use and one the operator attached stay. Configfs is empty at the end.
+# nothing outside it changes. Then an allowed config: create, write, fork (running and paused
+# sources), pause, resume (data intact), flatten, destroy; the TCMU device is shared by two
+# sandboxes, detached with the last one. A device of ours left by a destroy cut short is
+# detached at the next start, while a device in use and one the operator attached stay.
+# Configfs is empty at the end.
 here=$(dirname "$0")
 source "$here/lib.sh"
 
@@ -194,12 +195,37 @@ expect_eq "it shares the disk" "$(json origin.device)" "$disk"
 expect_eq "one TCMU device for two sandboxes" "$(ls "$hba" | grep -c '^dev_')" 1
 
 write_marker /dev/mapper/wrenn-t1 3 "tcmu-sandbox-t1"
+
+step "fork over a TCMU origin"
+api POST /sandboxes/t1/fork '{"id": "tf"}'
+expect_eq "fork a running TCMU-origin sandbox" "$STATUS" 201
+expect_eq "the fork's origin type" "$(json origin.type)" tcmu
+expect_eq "it shares the disk" "$(json origin.device)" "$disk"
+expect_eq "its lineage" "$(json forked_from)" t1
+expect_eq "still one TCMU device" "$(ls "$hba" | grep -c '^dev_')" 1
+expect_eq "the fork reads t1's write" "$(read_marker /dev/mapper/wrenn-tf 3 15)" "tcmu-sandbox-t1"
+expect_eq "and the qcow image's bytes elsewhere" \
+    "$(dd if=/dev/mapper/wrenn-tf bs=1M skip=11 count=1 iflag=direct status=none | sha256sum)" \
+    "$(dd if="$WORK/origin.raw" bs=1M skip=11 count=1 status=none | sha256sum)"
+write_marker /dev/mapper/wrenn-tf 3 "tcmu-fork-tf-xx"
+expect_eq "the fork's write is not in t1" "$(read_marker /dev/mapper/wrenn-t1 3 15)" "tcmu-sandbox-t1"
+api DELETE /sandboxes/tf
+expect_eq "destroy the fork" "$STATUS" 204
+expect_eq "the origin stays for t1 and t2" "$(ls "$hba" | grep -c '^dev_')" 1
+
 api POST /sandboxes/t1/pause
 expect_eq "pause t1" "$STATUS" 200
 expect_eq "the origin stays for t2" "$(ls "$hba" | grep -c '^dev_')" 1
 api POST /sandboxes/t2/pause
 expect_eq "pause t2" "$STATUS" 200
 expect_eq "the last pause detaches the TCMU device" "$(ls "$hba" 2>/dev/null | grep -c '^dev_')" 0
+api POST /sandboxes/t1/fork '{"id": "tp"}'
+expect_eq "fork a paused TCMU-origin sandbox (attaches the origin)" "$STATUS" 201
+expect_eq "one TCMU device for the fork" "$(ls "$hba" | grep -c '^dev_')" 1
+expect_eq "the paused source's write is in the fork" "$(read_marker /dev/mapper/wrenn-tp 3 15)" "tcmu-sandbox-t1"
+api DELETE /sandboxes/tp
+expect_eq "destroy the paused source's fork" "$STATUS" 204
+expect_eq "its destroy detaches the TCMU device" "$(ls "$hba" 2>/dev/null | grep -c '^dev_')" 0
 api POST /sandboxes/t1/resume
 expect_eq "resume t1 (attaches the origin again)" "$STATUS" 200
 expect_eq "t1 data after resume" "$(read_marker /dev/mapper/wrenn-t1 3 15)" "tcmu-sandbox-t1"
