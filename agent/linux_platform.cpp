@@ -376,19 +376,14 @@ Result<bool> LinuxPlatform::snapshot_over_cow(const std::string& id, const std::
         }
         return errno_error("stat " + cow_path).within(what);
     }
-    auto bound = loop::LoopDevice::list_bound();
-    if (!bound) {
-        return std::move(bound).error().within(what);
+    auto loop = loop::LoopDevice::status_of_device(makedev(major, minor));
+    if (!loop) {
+        return std::move(loop).error().within(what);
     }
-    for (const auto& loop : *bound) {
-        struct stat node {};
-        if (::stat(loop.device.c_str(), &node) != 0 || !S_ISBLK(node.st_mode) ||
-            node.st_rdev != makedev(major, minor)) {
-            continue;
-        }
-        return loop.backing_dev == cow.st_dev && loop.backing_ino == cow.st_ino;
+    if (!*loop) {
+        return false;  // the CoW device is not a loop: not one of ours
     }
-    return false;  // the CoW device is not a loop: not one of ours
+    return (*loop)->backing_dev == cow.st_dev && (*loop)->backing_ino == cow.st_ino;
 }
 
 Result<bool> LinuxPlatform::cow_store_valid(const std::string& cow_path,

@@ -38,9 +38,10 @@ class KernelImageAttacher final : public ImageAttacher {
             // (see kTemplateLoop). Not worth failing for: the loop works either way.
             if (loop.direct_io() != kTemplateLoop.direct_io) {
                 if (auto set = loop.set_direct_io(kTemplateLoop.direct_io); set) {
-                    spdlog::info("attach {}: {} switched to buffered I/O, so that every sandbox "
-                                 "over it shares the template's page cache",
-                                 image.path, loop.path());
+                    spdlog::info(
+                        "attach {}: {} switched to buffered I/O, so that every sandbox "
+                        "over it shares the template's page cache",
+                        image.path, loop.path());
                 } else {
                     spdlog::warn("attach {}: {}", image.path, set.error().message());
                 }

@@ -9,11 +9,13 @@
 #include <spdlog/spdlog.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
@@ -308,6 +310,45 @@ Result<std::optional<LoopDevice>> LoopDevice::open_existing(dev_t backing_dev, i
     return std::optional<LoopDevice>();
 }
 
+namespace {
+
+// The status of loop N, or nullopt when it is not bound (or unbinds while we look).
+Result<std::optional<LoopStatus>> status_of(int number, const std::string& action) {
+    // /sys/block/loopN/loop exists only while the loop is bound.
+    auto backing_file = read_attribute(sysfs_dir(number) + "/loop/backing_file");
+    if (!backing_file) {
+        return std::optional<LoopStatus>();
+    }
+    const std::string path = node_path(number);
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) {
+        if (errno == ENOENT || errno == ENXIO) {
+            return std::optional<LoopStatus>();
+        }
+        return Error(action + ": open " + path, errno);
+    }
+    auto info = get_status(fd.get(), path);
+    if (!info) {
+        if (info.error().code() == ENXIO) {
+            return std::optional<LoopStatus>();  // cleared since we read sysfs
+        }
+        return std::move(info).error().within(action);
+    }
+    LoopStatus status;
+    status.number = number;
+    status.device = path;
+    // Re-read: the loop may have been rebound between the first read and our open.
+    status.backing_file =
+        read_attribute(sysfs_dir(number) + "/loop/backing_file").value_or(*backing_file);
+    status.backing_dev = static_cast<dev_t>(info->lo_device);
+    status.backing_ino = static_cast<ino_t>(info->lo_inode);
+    status.read_only = (info->lo_flags & LO_FLAGS_READ_ONLY) != 0;
+    status.autoclear = (info->lo_flags & LO_FLAGS_AUTOCLEAR) != 0;
+    return std::optional<LoopStatus>(std::move(status));
+}
+
+}  // namespace
+
 Result<std::vector<LoopStatus>> LoopDevice::list_bound() {
     const std::string action = "list bound loops";
     DIR* dir = ::opendir("/sys/block");
@@ -325,39 +366,36 @@ Result<std::vector<LoopStatus>> LoopDevice::list_bound() {
 
     std::vector<LoopStatus> out;
     for (const int number : numbers) {
-        // /sys/block/loopN/loop exists only while the loop is bound.
-        auto backing_file = read_attribute(sysfs_dir(number) + "/loop/backing_file");
-        if (!backing_file) {
-            continue;
+        auto status = status_of(number, action);
+        if (!status) {
+            return std::move(status).error();
         }
-        const std::string path = node_path(number);
-        UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-        if (!fd) {
-            if (errno == ENOENT || errno == ENXIO) {
-                continue;
-            }
-            return Error(action + ": open " + path, errno);
+        if (*status) {
+            out.push_back(std::move(**status));
         }
-        auto info = get_status(fd.get(), path);
-        if (!info) {
-            if (info.error().code() == ENXIO) {
-                continue;  // cleared since we read sysfs
-            }
-            return std::move(info).error().within(action);
-        }
-        LoopStatus status;
-        status.number = number;
-        status.device = path;
-        // Re-read: the loop may have been rebound between the first read and our open.
-        status.backing_file =
-            read_attribute(sysfs_dir(number) + "/loop/backing_file").value_or(*backing_file);
-        status.backing_dev = static_cast<dev_t>(info->lo_device);
-        status.backing_ino = static_cast<ino_t>(info->lo_inode);
-        status.read_only = (info->lo_flags & LO_FLAGS_READ_ONLY) != 0;
-        status.autoclear = (info->lo_flags & LO_FLAGS_AUTOCLEAR) != 0;
-        out.push_back(std::move(status));
     }
     return out;
+}
+
+Result<std::optional<LoopStatus>> LoopDevice::status_of_device(dev_t device) {
+    // /sys/dev/block/MAJ:MIN links to the block device's sysfs folder, named loopN for a loop.
+    const std::string link =
+        "/sys/dev/block/" + std::to_string(major(device)) + ":" + std::to_string(minor(device));
+    char target[PATH_MAX];
+    const ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
+    if (n < 0) {
+        if (errno == ENOENT) {
+            return std::optional<LoopStatus>();  // no such block device (any more)
+        }
+        return Error("find the loop of " + link, errno);
+    }
+    target[n] = '\0';
+    const char* name = std::strrchr(target, '/');
+    auto number = parse_loop_name(name == nullptr ? target : name + 1);
+    if (!number) {
+        return std::optional<LoopStatus>();  // a block device, not a loop
+    }
+    return status_of(*number, "status of " + node_path(*number));
 }
 
 std::uint64_t LoopDevice::size_bytes() const {
@@ -423,10 +461,11 @@ Result<void> LoopDevice::prove_direct_io(const std::string& file) {
     if (err == 0) {
         return {};
     }
-    spdlog::warn("attach {}: a direct-I/O read through {} failed ({}): the filesystem under "
-                 "{} does not do direct I/O through a loop (overlayfs over tmpfs is one); "
-                 "using buffered I/O for this loop",
-                 file, path_, describe_errno(err), file);
+    spdlog::warn(
+        "attach {}: a direct-I/O read through {} failed ({}): the filesystem under "
+        "{} does not do direct I/O through a loop (overlayfs over tmpfs is one); "
+        "using buffered I/O for this loop",
+        file, path_, describe_errno(err), file);
     if (auto off = set_direct_io(false); !off) {
         return off;
     }

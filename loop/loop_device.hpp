@@ -67,6 +67,9 @@ class LoopDevice {
 
     // Every bound loop. Loops that unbind while we look are left out.
     static Result<std::vector<LoopStatus>> list_bound();
+    // The bound loop whose block device number is `device`; nullopt when that device is not a
+    // bound loop. Reads one loop, not all of them: recovery asks this once per sandbox.
+    static Result<std::optional<LoopStatus>> status_of_device(dev_t device);
 
     LoopDevice(LoopDevice&& other) noexcept;
     LoopDevice& operator=(LoopDevice&& other) noexcept;
