@@ -22,10 +22,10 @@ struct AttachOptions {
 
 // Which loops do direct I/O, decided here and nowhere else.
 // - A template's loop is shared by every sandbox made over it: buffered, so one page cache of
-//   the template file serves them all. Measured in the VM: 8 sandboxes over one template, each
-//   read whole with O_DIRECT after dropping caches, read 8.00 times the template's size from
-//   the disk with direct I/O on its loop, and 8.00 times again on a warm second round;
-//   buffered, 1.03 times (scripts/bench-density prints the figures of the build at hand).
+//   the template file serves them all. Measured in the VM (scripts/bench-density): 8 and 32
+//   sandboxes over one template, each read whole with O_DIRECT after dropping caches, read
+//   8.00 and 32.00 times the template's size from the disk with direct I/O on its loop, and
+//   as much again on a warm second round; buffered, 1.00 times cold and 0.00 warm.
 // - A CoW loop carries one sandbox's private data, which nothing else reads: direct, so it is
 //   not cached a second time under the sandbox's own device.
 inline constexpr AttachOptions kTemplateLoop{.read_only = true, .direct_io = false};
