@@ -1,7 +1,5 @@
 #include "flatten/exception_store.hpp"
 
-#include <fcntl.h>
-
 #include <algorithm>
 #include <bit>
 #include <cerrno>
@@ -205,9 +203,6 @@ Result<ExceptionStore> read_exception_store_file(const std::string& cow_path,
     if (!file) {
         return std::move(file).error();
     }
-    // Only the metadata chunks are read, one per area (every 1 MiB at 4 KiB chunks): readahead
-    // would pull in the data chunks between them, about 32 times the bytes wanted. Advice only.
-    (void)::posix_fadvise(file->fd.get(), 0, 0, POSIX_FADV_RANDOM);
     return read_exception_store(pread_reader(file->fd.get(), cow_path), file->size, origin_bytes,
                                 cow_path);
 }
