@@ -481,6 +481,77 @@ Result<void> wait_for_handler(ConfigfsOps& ops, const AttachRequest& req,
     return Error(action, ETIMEDOUT, detail);
 }
 
+// Removes, in this order and each only if it is there, the LUN link, lun_0, tpgt_1, the loopback
+// target and (with_core) the core device: detach's steps, and the loopback half of them for an
+// attach that takes over a device it finds enabled.
+Result<void> remove_parts(ConfigfsOps& ops, const DevicePaths& paths, bool with_core,
+                          const std::string& action) {
+    struct Step {
+        bool link;
+        const std::string& path;
+    };
+    const Step steps[] = {{true, paths.link},
+                          {false, paths.lun},
+                          {false, paths.tpg},
+                          {false, paths.target},
+                          {false, paths.core}};
+    for (const Step& step : steps) {
+        if (!with_core && &step.path == &paths.core) {
+            break;
+        }
+        Result<void> r = step.link ? ops.remove_link(step.path) : ops.remove_dir(step.path);
+        // ENOENT: that part is already gone (or was never made).
+        if (!r && r.error().code() != ENOENT) {
+            return std::move(r).error().within(action);
+        }
+        spdlog::debug("tcmu: {}: {} {}", action, r ? "removed" : "already gone:", step.path);
+    }
+    return success();
+}
+
+// The core device's serial, control values and enable, in attach's order; the error says which
+// step failed.
+Result<void> configure_core(ConfigfsOps& ops, const AttachRequest& req, const DevicePaths& paths,
+                            const std::string& dev_name, const AttachOptions& opts,
+                            Transcript& log) {
+    if (!req.serial.empty()) {
+        // First, so that a device of ours says so from the start; the kernel takes it only
+        // before the device is exported (target_wwn_vpd_unit_serial_store: EINVAL after).
+        if (Result<void> r = ops.write_file(paths.serial, req.serial); !r) {
+            return std::move(r).error().within("mark tcmu device " + dev_name);
+        }
+        log.add("write " + paths.serial + ": " + req.serial);
+    }
+
+    // These control values are fixed once the device is enabled.
+    std::vector<std::string> controls = {
+        "dev_config=" + dev_config_for(req.handler, req.config_path),
+        "max_data_area_mb=" + std::to_string(req.max_data_area_mb)};
+    if (req.size_bytes) {
+        controls.push_back("dev_size=" + std::to_string(*req.size_bytes));
+    }
+    for (const std::string& value : controls) {
+        if (Result<void> r = ops.write_file(paths.control, value); !r) {
+            return std::move(r).error().within("configure tcmu device " + dev_name);
+        }
+        log.add("write " + paths.control + ": " + value);
+    }
+    if (opts.skip_netlink_reply) {
+        // See AttachOptions::skip_netlink_reply. Kernels before 4.16 lack the attribute and
+        // never wait, so ENOENT is fine.
+        Result<void> r = ops.write_file(paths.nl_reply_supported, "-1");
+        if (!r && r.error().code() != ENOENT) {
+            return std::move(r).error().within("configure tcmu device " + dev_name);
+        }
+        log.add(r ? "write " + paths.nl_reply_supported + ": -1"
+                  : "no " + paths.nl_reply_supported);
+    }
+    if (Result<void> r = enable_device(ops, paths, opts, log); !r) {
+        return std::move(r).error().within("enable tcmu device " + dev_name);
+    }
+    return success();
+}
+
 // One try. On failure removes what it created; `retryable` says whether another try may help.
 Result<std::string> attach_once(ConfigfsOps& ops, const AttachRequest& req,
                                 const AttachOptions& opts, Transcript& log, bool& retryable) {
@@ -511,6 +582,7 @@ Result<std::string> attach_once(ConfigfsOps& ops, const AttachRequest& req,
         return fail(std::move(r).error(), "create tcmu hba user_" + std::to_string(kDefaultHba));
     }
     Result<void> made = ops.make_dir(paths.core);
+    bool taken_over = false;  // an enabled half-made device of this request, continued
     if (!made && made.error().code() == EEXIST) {
         // Another try cannot succeed while the id is taken: a refusal here is final.
         retryable = false;
@@ -528,57 +600,51 @@ Result<std::string> attach_once(ConfigfsOps& ops, const AttachRequest& req,
             return Error(action, EEXIST,
                          "the id is in use by a device for this same origin; detach it first");
         }
-        // Left by an attach of this same request that was killed half-way: undo and redo.
-        const std::string line = dev_name + " exists half-made (" + verdict.why +
-                                 "), left by an attach that did not finish; removing it and "
-                                 "attaching again";
-        spdlog::warn("tcmu: {}", line);
-        log.add(line);
-        if (Result<void> undone = detach(ops, req.id, opts); !undone) {
-            return std::move(undone).error().within("remove half-made tcmu device " + dev_name);
+        if (found->enabled && !found->exported) {
+            // Enabled, so the kernel has announced it to the handler, which may still be acting
+            // on that announcement. Removed and made again at once, the device comes back under
+            // the same name and UIO minor while the handler is still busy with the old one
+            // (seen in the VM with tcmu-runner: it then served neither, and the redo timed out
+            // waiting for it). Its values are this request's: take it over where it stopped.
+            const std::string line = dev_name +
+                                     " exists enabled but not exported, left by an "
+                                     "attach that did not finish; taking it over "
+                                     "from there";
+            spdlog::warn("tcmu: {}", line);
+            log.add(line);
+            // What the killed attach made of its loopback target (never linked) goes.
+            if (Result<void> r =
+                    remove_parts(ops, paths, false, "remove the loopback target of " + dev_name);
+                !r) {
+                return std::move(r).error().within("take over half-made tcmu device " + dev_name);
+            }
+            retryable = true;  // from here on, an ordinary try...
+            created.push(CreatedObjects::Kind::dir, paths.core);  // ...which undoes it on failure
+            taken_over = true;
+        } else {
+            // Not enabled (no handler has heard of it), or exported without its disk (the
+            // handler took it long ago): undo and redo.
+            const std::string line = dev_name + " exists half-made (" + verdict.why +
+                                     "), left by an attach that did not finish; removing it and "
+                                     "attaching again";
+            spdlog::warn("tcmu: {}", line);
+            log.add(line);
+            if (Result<void> undone = detach(ops, req.id, opts); !undone) {
+                return std::move(undone).error().within("remove half-made tcmu device " + dev_name);
+            }
+            retryable = true;  // from here on, an ordinary try
+            made = ops.make_dir(paths.core);
         }
-        retryable = true;  // from here on, an ordinary try
-        made = ops.make_dir(paths.core);
     }
-    if (!made) {
-        return fail(std::move(made).error(), "create tcmu device " + dev_name);
-    }
-    created.push(CreatedObjects::Kind::dir, paths.core);
-    log.add("mkdir " + paths.core);
-    if (!req.serial.empty()) {
-        // First, so that a device of ours says so from the start; the kernel takes it only
-        // before the device is exported (target_wwn_vpd_unit_serial_store: EINVAL after).
-        if (Result<void> r = ops.write_file(paths.serial, req.serial); !r) {
-            return fail(std::move(r).error(), "mark tcmu device " + dev_name);
+    if (!taken_over) {
+        if (!made) {
+            return fail(std::move(made).error(), "create tcmu device " + dev_name);
         }
-        log.add("write " + paths.serial + ": " + req.serial);
-    }
-
-    // These control values are fixed once the device is enabled.
-    std::vector<std::string> controls = {
-        "dev_config=" + dev_config_for(req.handler, req.config_path),
-        "max_data_area_mb=" + std::to_string(req.max_data_area_mb)};
-    if (req.size_bytes) {
-        controls.push_back("dev_size=" + std::to_string(*req.size_bytes));
-    }
-    for (const std::string& value : controls) {
-        if (Result<void> r = ops.write_file(paths.control, value); !r) {
-            return fail(std::move(r).error(), "configure tcmu device " + dev_name);
+        created.push(CreatedObjects::Kind::dir, paths.core);
+        log.add("mkdir " + paths.core);
+        if (Result<void> r = configure_core(ops, req, paths, dev_name, opts, log); !r) {
+            return fail_with(std::move(r).error());
         }
-        log.add("write " + paths.control + ": " + value);
-    }
-    if (opts.skip_netlink_reply) {
-        // See AttachOptions::skip_netlink_reply. Kernels before 4.16 lack the attribute and
-        // never wait, so ENOENT is fine.
-        Result<void> r = ops.write_file(paths.nl_reply_supported, "-1");
-        if (!r && r.error().code() != ENOENT) {
-            return fail(std::move(r).error(), "configure tcmu device " + dev_name);
-        }
-        log.add(r ? "write " + paths.nl_reply_supported + ": -1"
-                  : "no " + paths.nl_reply_supported);
-    }
-    if (Result<void> r = enable_device(ops, paths, opts, log); !r) {
-        return fail(std::move(r).error(), "enable tcmu device " + dev_name);
     }
     if (req.cmd_time_out_s > 0) {
         std::string value = std::to_string(req.cmd_time_out_s);
@@ -591,7 +657,9 @@ Result<std::string> attach_once(ConfigfsOps& ops, const AttachRequest& req,
     // Before the LUN exists, so that no SCSI scan can wait on a device nobody serves.
     if (Result<void> r = wait_for_handler(ops, req, dev_name, opts, log); !r) {
         if (r.error().code() == ETIMEDOUT) {
-            retryable = false;  // the backstore will not start by itself
+            // The backstore will not start by itself. But a taken-over device may be one its
+            // handler gave up on: the cleanup removes it, and one fresh try tells the handler anew.
+            retryable = taken_over;
         }
         return fail_with(std::move(r).error());
     }
@@ -1099,22 +1167,9 @@ Result<void> detach(ConfigfsOps& ops, std::string_view id, const AttachOptions& 
             }
         }
     }
-    // The reverse of attach; ENOENT means that part is already gone (or was never made).
-    struct Step {
-        bool link;
-        const std::string& path;
-    };
-    const Step steps[] = {{true, paths.link},
-                          {false, paths.lun},
-                          {false, paths.tpg},
-                          {false, paths.target},
-                          {false, paths.core}};
-    for (const Step& step : steps) {
-        Result<void> r = step.link ? ops.remove_link(step.path) : ops.remove_dir(step.path);
-        if (!r && r.error().code() != ENOENT) {
-            return std::move(r).error().within(action);
-        }
-        spdlog::debug("tcmu: {}: {} {}", action, r ? "removed" : "already gone:", step.path);
+    // The reverse of attach.
+    if (Result<void> r = remove_parts(ops, paths, true, action); !r) {
+        return r;
     }
     spdlog::info("tcmu: detached {}", id);
     return success();

@@ -117,7 +117,9 @@ ConfigfsOps& real_configfs_ops();
 // without the disk. A failed try removes what it created; the whole attach is tried
 // opts.attempts times, except when no handler took the device (ETIMEDOUT, naming the handler and
 // the backstore to start) or the id is taken. An id taken by a half-made device of this same
-// request (judge_existing: HalfMade), left by an attach that was killed, is detached, logged and
+// request (judge_existing: HalfMade), left by an attach that was killed, is logged and then taken
+// over where it stopped when it is enabled but not exported (its handler may still be acting on
+// its announcement: removing and remaking it at once confuses tcmu-runner), else detached and
 // made again. Appends a log of what it did (and why it failed) to result_file_for_config(
 // config_path) when that config names one.
 Result<std::string> attach(const AttachRequest& req, const AttachOptions& opts = {});

@@ -1076,6 +1076,9 @@ TEST_CASE("an attach killed at any step never blocks the next attach of the same
                 CHECK_THROWS_AS(tcmu::attach(kernel, req, fake_options()), Killed);
                 kernel.kill_at = -1;
                 const bool left_core = kernel.nodes.count(kCore) != 0;
+                auto found = tcmu::inspect_existing(kernel, "123", fake_options());
+                // Enabled and never exported: taken over where it stopped, not made again.
+                const bool taken_over = found.ok() && found->enabled && !found->exported;
                 if (tcmu::find_attached(kernel, "123", fake_options())->has_value()) {
                     // Killed after the kernel had finished the device (reading the address):
                     // attached, and the next attach says so instead of taking it over.
@@ -1091,7 +1094,10 @@ TEST_CASE("an attach killed at any step never blocks the next attach of the same
                 INFO((disk.ok() ? *disk : disk.error().message()));
                 REQUIRE(disk.ok());
                 CHECK(*tcmu::find_attached(kernel, "123", fake_options()) == *disk);
-                if (left_core && k < static_cast<int>(steps) - 1) {
+                if (taken_over) {
+                    CHECK(kernel.count("rmdir " + kCore) == 0);
+                    CHECK(kernel.count("write " + kCore + "/enable 1") == 0);
+                } else if (left_core && k < static_cast<int>(steps) - 1) {
                     CHECK(kernel.count("rmdir " + kCore) == 1);  // the half-made one went first
                 }
                 REQUIRE(tcmu::detach(kernel, "123", fake_options()).ok());
@@ -1122,8 +1128,8 @@ TEST_CASE("an attach killed after marking the device leaves what detach_unused c
 
 TEST_CASE("a half-made device is removed with a log line, then attached again", "[tcmu]") {
     FakeKernel kernel;
-    kernel.kill_at = 10;  // after enable and cmd_time_out: enabled, taken, never exported
-    REQUIRE(kAttachSequence[10] == "mkdir " + kCfg + "/target/loopback");
+    kernel.kill_at = 5;  // after the control writes: configured, never enabled
+    REQUIRE(kAttachSequence[5] == "write " + kCore + "/attrib/nl_reply_supported -1");
     CHECK_THROWS_AS(tcmu::attach(kernel, request(), fake_options()), Killed);
     kernel.kill_at = -1;
     std::string tmpl = (std::filesystem::temp_directory_path() / "wrenn-tcmu-XXXXXX").string();
@@ -1152,6 +1158,77 @@ TEST_CASE("a half-made device is removed with a log line, then attached again", 
     CHECK_THAT(text.str(), Catch::Contains("dev_123 exists half-made (not enabled), left by an "
                                            "attach that did not finish; removing it and "
                                            "attaching again"));
+}
+
+TEST_CASE("an enabled half-made device is taken over where it stopped, never made again",
+          "[tcmu]") {
+    // Killed after enable (7), after cmd_time_out (10), with the loopback target made (12), with
+    // lun_0 made (14), with the nexus written (15): enabled, never exported.
+    for (const int k : {7, 10, 12, 14, 15}) {
+        DYNAMIC_SECTION("killed at step " << k) {
+            FakeKernel kernel;
+            kernel.kill_at = k;
+            CHECK_THROWS_AS(tcmu::attach(kernel, request(), fake_options()), Killed);
+            kernel.kill_at = -1;
+            kernel.log.clear();
+            auto disk = tcmu::attach(kernel, request(), fake_options());
+            INFO((disk.ok() ? *disk : disk.error().message()));
+            REQUIRE(disk.ok());
+            CHECK(*tcmu::find_attached(kernel, "123", fake_options()) == *disk);
+            // The handler was told of this device once; it never sees it go and come back.
+            CHECK(kernel.count("rmdir " + kCore) == 0);
+            CHECK(kernel.count("write " + kCore + "/enable 1") == 0);
+            CHECK(kernel.count("write " + kCore + "/control dev_size=4096") == 0);
+            CHECK(kernel.count("write " + kCore + "/attrib/cmd_time_out 7") == 1);
+            CHECK(kernel.count("symlink " + kTarget + "/tpgt_1/lun/lun_0/dev_123 -> " + kCore) ==
+                  1);
+            REQUIRE(tcmu::detach(kernel, "123", fake_options()).ok());
+            CHECK(kernel.leftovers().empty());
+        }
+    }
+}
+
+TEST_CASE("a taken-over device that no handler takes is removed, and says why", "[tcmu]") {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "wrenn-tcmu-XXXXXX").string();
+    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+    std::filesystem::path dir = tmpl;
+    std::ofstream(dir / "config.v1.json") << R"({"lowers": [], "resultFile": "result"})";
+    auto req = request();
+    req.config_path = (dir / "config.v1.json").string();
+    FakeKernel kernel;
+    kernel.kill_at = 12;  // enabled, the loopback target made, never exported
+    CHECK_THROWS_AS(tcmu::attach(kernel, req, fake_options()), Killed);
+    kernel.kill_at = -1;
+    kernel.handler_running = false;
+    auto disk = tcmu::attach(kernel, req, fake_options());
+    std::stringstream text;
+    text << std::ifstream(dir / "result").rdbuf();
+    std::filesystem::remove_all(dir);
+    REQUIRE_FALSE(disk.ok());
+    CHECK(disk.error().code() == ETIMEDOUT);
+    CHECK_THAT(disk.error().message(), Catch::Contains("no process opened"));
+    CHECK(kernel.leftovers().empty());  // the killed attach's device went with the failed try
+    CHECK_THAT(text.str(), Catch::Contains("dev_123 exists enabled but not exported, left by an "
+                                           "attach that did not finish; taking it over from "
+                                           "there"));
+
+    // With tries to spare, one fresh try follows (the handler may have given up on the device it
+    // took over), and no more: it fails as an attach with no handler does.
+    kernel.log.clear();
+    kernel.handler_running = true;
+    kernel.kill_at = 12;
+    CHECK_THROWS_AS(tcmu::attach(kernel, request(), fake_options()), Killed);
+    kernel.kill_at = -1;
+    kernel.handler_running = false;
+    kernel.log.clear();
+    auto opts = fake_options();
+    opts.attempts = 5;
+    auto again = tcmu::attach(kernel, request(), opts);
+    REQUIRE_FALSE(again.ok());
+    CHECK(again.error().code() == ETIMEDOUT);
+    CHECK_THAT(again.error().message(), Catch::StartsWith("attach tcmu device 123 (try 2 of 5)"));
+    CHECK(kernel.count("mkdir " + kCore) == 2);  // found taken, then made afresh
+    CHECK(kernel.leftovers().empty());
 }
 
 // ---- Recovery's sweep of unused devices of ours. ----------------------------------------------
