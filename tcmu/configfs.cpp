@@ -14,6 +14,8 @@
 #include <charconv>
 #include <cstdint>
 #include <cstdio>
+#include <iterator>
+#include <span>
 #include <thread>
 
 #include "common/file.hpp"
@@ -495,10 +497,8 @@ Result<void> remove_parts(ConfigfsOps& ops, const DevicePaths& paths, bool with_
                           {false, paths.tpg},
                           {false, paths.target},
                           {false, paths.core}};
-    for (const Step& step : steps) {
-        if (!with_core && &step.path == &paths.core) {
-            break;
-        }
+    const std::size_t count = with_core ? std::size(steps) : std::size(steps) - 1;
+    for (const Step& step : std::span(steps, count)) {
         Result<void> r = step.link ? ops.remove_link(step.path) : ops.remove_dir(step.path);
         // ENOENT: that part is already gone (or was never made).
         if (!r && r.error().code() != ENOENT) {
