@@ -40,6 +40,7 @@ workload() {
 }
 
 for i in $(seq 1 "$ITERATIONS"); do
+    step "iteration $i of $ITERATIONS: $(grep -c . "$promised") paused with data on record"
     require "agent starts (iteration $i)" start_agent
     pid=$AGENT_PID
     delay=$(awk -v r="$RANDOM" 'BEGIN { printf "%.3f", (r % 1500) / 1000 }')

@@ -3,9 +3,11 @@
 # survive pause/resume; a held-open device makes pause fail and the sandbox stays running;
 # kill -9 and restart adopts running sandboxes and removes stale devices; --cleanup-stale at
 # boot; the listeners (unix socket, TCP with a token, --insecure-tcp) and what they refuse;
-# destroy leaves nothing behind.
+# destroy leaves nothing behind. ctest runs it twice: with systemd-udevd (where udev's rules make
+# the nodes and the by-id links, and libdm's cookies must not leak semaphores) and without.
 here=$(dirname "$0")
 source "$here/lib.sh"
+sems_before=$(semaphores)
 
 require "no wrenn- devices before the test (the agent would remove them as stale)" \
     test -z "$(wrenn_devices)"
@@ -26,9 +28,17 @@ done
 expect_eq "one loop for the template" "$(loops_backed_by "$TEMPLATES/base.img")" 1
 api GET /templates
 expect_eq "template users" "$(json templates.0.sandboxes)" 8
+[ "$UDEV" == 1 ] && udevadm settle --timeout=60
 for i in $(seq 1 8); do
     expect_true "sb$i device node exists" test -b "/dev/mapper/wrenn-sb$i"
+    if [ "$UDEV" == 1 ]; then
+        expect_true "sb$i has udev's by-id link" test -b "/dev/disk/by-id/dm-name-wrenn-sb$i"
+    fi
 done
+if [ "$UDEV" == 1 ]; then
+    # libdm's own debug lines: with udev it hands each node change to udev and waits on a cookie.
+    expect_true "the agent synchronises with udev (libdm udev cookies)" grep -q "Udev cookie" "$AGENT_LOG"
+fi
 # The template's loop is buffered, so the sandboxes share its page cache; CoW loops (private
 # data) do direct I/O on XFS.
 expect_eq "the template's loop is buffered" "$(loops_dio "$TEMPLATES/base.img")" 0
@@ -270,6 +280,12 @@ expect_eq "no loop left over the state dir" "$(loops_backed_by "$STATE/sandboxes
 expect_eq "no CoW left" "$(find "$STATE/sandboxes" -name '*.cow' | wc -l)" 0
 expect_eq "no sandbox folder left" "$(find "$STATE/sandboxes" -mindepth 1 | wc -l)" 0
 expect_true "SIGTERM at the end exits 0" stop_agent
+expect_eq "no /dev/mapper node left" "$(ls /dev/mapper | grep -c '^wrenn-')" 0
+if [ "$UDEV" == 1 ]; then
+    udevadm settle --timeout=60
+    expect_eq "no by-id link left" "$(ls /dev/disk/by-id 2>/dev/null | grep -c 'dm-name-wrenn-')" 0
+    expect_eq "no SysV semaphore leaked (libdm's udev cookies)" "$(semaphores)" "$sems_before"
+fi
 
 # --- a state dir where direct I/O through a loop fails: overlayfs over tmpfs, as in containers --
 # 6.1 takes the direct-I/O flag for a loop over such a file and then fails every read; the

@@ -3,15 +3,11 @@
 # XFS of its own; four sandboxes write more than it holds. The agent must suspend their devices
 # before the filesystem is full (writes stall, /healthz says degraded, creates answer 507), keep
 # them suspended across a kill -9 and restart, and resume them by itself once a file is deleted;
-# then every byte written reads back and no snapshot is invalid. With systemd-udevd running, as
-# on a production host: the resume then waits on udev (libdm cookies) like a create's does.
+# then every byte written reads back and no snapshot is invalid. With systemd-udevd running (lib.sh),
+# as on a production host: the resume then waits on udev (libdm cookies) like a create's does.
 source "$(dirname "$0")/lib.sh"
 
-step "start systemd-udevd"
-mkdir -p /run/udev
-require "systemd-udevd starts" /lib/systemd/systemd-udevd --daemon
-udevadm settle --timeout=60
-require "udev's control socket exists (the agent's sign that udev runs)" test -S /run/udev/control
+require "this group runs with systemd-udevd (WRENN_TEST_UDEV=1)" test "$UDEV" == 1
 
 SMALL=$WORK/small
 TEMPLATES=$WORK/templates
@@ -29,7 +25,6 @@ release_all() {
 }
 end() {
     release_all
-    udevadm control --exit >/dev/null 2>&1
     finish
 }
 

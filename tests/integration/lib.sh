@@ -2,6 +2,10 @@
 # (tests/in-kernel puts them there), drive the real wrenn-agent binary with curl, and check
 # what a user would: status codes, devices, loops, bytes read back.
 # Usage: source this, then call start_agent, api, expect_*; finish with `finish`.
+#
+# systemd-udevd runs while the test does, as on a production host: udev's dm rules then make and
+# remove the /dev/mapper nodes and libdm waits for them (SysV semaphore cookies). With
+# WRENN_TEST_UDEV=0 (ctest's "(no udev)" runs) udev must not run, and libdm makes the nodes itself.
 
 set -uo pipefail
 
@@ -22,6 +26,8 @@ AGENT_PID=""
 AGENT_LOG=$WORK/agent.log
 PASSED=0
 FAILED=0
+UDEV=${WRENN_TEST_UDEV:-1}
+UDEV_STARTED=0
 
 mkdir -p "$TEMPLATES"
 
@@ -155,6 +161,7 @@ finish() {
         [ -e "$f" ] || continue
         case "$(cat "$f")" in "$WORK"/*) losetup -d "/dev/$(basename "$(dirname "$(dirname "$f")")")" 2>/dev/null ;; esac
     done
+    [ "$UDEV_STARTED" -eq 1 ] && udevadm control --exit >/dev/null 2>&1
     if [ "$FAILED" -ne 0 ]; then
         echo "--- agent log (last 60 lines) ---" >&2
         tail -n 60 "$AGENT_LOG" >&2
@@ -164,3 +171,20 @@ finish() {
     [ "$FAILED" -eq 0 ] && [ "$PASSED" -gt 0 ]
     exit $?
 }
+
+semaphores() { ipcs -s | grep -c '^0x'; }  # SysV semaphore sets: libdm's udev cookies use them
+
+# The udev mode of this run (see the header). Natively, a host's own udev is used, never stopped.
+if [ "$UDEV" == 1 ]; then
+    if [ ! -S /run/udev/control ]; then
+        step "start systemd-udevd"
+        mkdir -p /run/udev
+        require "systemd-udevd starts" /lib/systemd/systemd-udevd --daemon
+        UDEV_STARTED=1
+        udevadm trigger --action=add >/dev/null 2>&1
+        udevadm settle --timeout=60
+    fi
+    require "udev's control socket exists (the agent's sign that udev runs)" test -S /run/udev/control
+else
+    require "systemd-udevd is not running (this is the no-udev run)" test ! -S /run/udev/control
+fi
