@@ -377,7 +377,7 @@ Result<std::vector<LoopStatus>> LoopDevice::list_bound() {
     return out;
 }
 
-Result<std::optional<LoopStatus>> LoopDevice::status_of_device(dev_t device) {
+Result<std::optional<BackingFile>> LoopDevice::backing_of_device(dev_t device) {
     // /sys/dev/block/MAJ:MIN links to the block device's sysfs folder, named loopN for a loop.
     const std::string link =
         "/sys/dev/block/" + std::to_string(major(device)) + ":" + std::to_string(minor(device));
@@ -385,7 +385,7 @@ Result<std::optional<LoopStatus>> LoopDevice::status_of_device(dev_t device) {
     const ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
     if (n < 0) {
         if (errno == ENOENT) {
-            return std::optional<LoopStatus>();  // no such block device (any more)
+            return std::optional<BackingFile>();  // no such block device (any more)
         }
         return Error("find the loop of " + link, errno);
     }
@@ -393,9 +393,27 @@ Result<std::optional<LoopStatus>> LoopDevice::status_of_device(dev_t device) {
     const char* name = std::strrchr(target, '/');
     auto number = parse_loop_name(name == nullptr ? target : name + 1);
     if (!number) {
-        return std::optional<LoopStatus>();  // a block device, not a loop
+        return std::optional<BackingFile>();  // a block device, not a loop
     }
-    return status_of(*number, "status of " + node_path(*number));
+    // The status alone, without status_of's sysfs reads: the kernel answers an unbound loop
+    // with ENXIO, and the device and inode are all the caller compares.
+    const std::string path = node_path(*number);
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) {
+        if (errno == ENOENT || errno == ENXIO) {
+            return std::optional<BackingFile>();
+        }
+        return Error("status of " + path + ": open " + path, errno);
+    }
+    auto info = get_status(fd.get(), path);
+    if (!info) {
+        if (info.error().code() == ENXIO) {
+            return std::optional<BackingFile>();  // not bound
+        }
+        return std::move(info).error();
+    }
+    return std::optional<BackingFile>(
+        BackingFile{static_cast<dev_t>(info->lo_device), static_cast<ino_t>(info->lo_inode)});
 }
 
 std::uint64_t LoopDevice::size_bytes() const {
