@@ -63,9 +63,9 @@ class LoopDevice {
     static Result<LoopDevice> attach(int backing_fd, const std::string& file,
                                      const AttachOptions& opts);
 
-    // A loop already bound to this file (same st_dev + st_ino, same read-only-ness, no offset or
-    // size limit), opened and re-verified after open (it may have been cleared or rebound in
-    // between). nullopt if none.
+    // The lowest-numbered loop bound to this file (same st_dev + st_ino, same read-only-ness, no
+    // offset or size limit), checked on the descriptor returned (so it cannot have been cleared
+    // or rebound in between). Stops at the first match. nullopt if none.
     static Result<std::optional<LoopDevice>> open_existing(const std::string& file, bool read_only);
     // The same for a file known by its device and inode (`file` is for messages).
     static Result<std::optional<LoopDevice>> open_existing(dev_t backing_dev, ino_t backing_ino,
