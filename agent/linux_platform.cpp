@@ -346,28 +346,20 @@ Result<std::vector<ListedDevice>> LinuxPlatform::list_snapshots() {
     for (const auto& device : *listed) {
         std::string id = device.name.substr(dm::kNamePrefix.size());
         const dm::DeviceOwner owner = dm::classify_device_uuid(device.uuid, options_.owner_tag, id);
-        out.push_back(ListedDevice{std::move(id), owner});
+        out.push_back(ListedDevice{std::move(id), owner, device.cow_dev, device.suspended});
     }
     return out;
 }
 
-Result<bool> LinuxPlatform::snapshot_over_cow(const std::string& id, const std::string& cow_path) {
-    auto dm = mapper();
-    if (!dm) {
-        return std::move(dm).error();
-    }
-    const std::string what = "check the CoW of " + dm::device_name(id);
-    auto devices = (*dm)->snapshot_devices(dm::device_name(id));
-    if (!devices) {
-        // Gone meanwhile, or no live table (a create cut short): not over any CoW.
-        if (devices.error().code() == ENXIO || devices.error().code() == EINVAL) {
-            return false;
-        }
-        return std::move(devices).error();
+Result<bool> LinuxPlatform::snapshot_over_cow(const ListedDevice& device,
+                                              const std::string& cow_path) {
+    const std::string what = "check the CoW of " + dm::device_name(device.id);
+    if (device.cow_device.empty()) {
+        return false;  // no live snapshot table (a create cut short): not over any CoW
     }
     unsigned major = 0, minor = 0;
-    if (std::sscanf(devices->second.c_str(), "%u:%u", &major, &minor) != 2) {
-        return Error(what, EINVAL, "unexpected CoW device \"" + devices->second + "\"");
+    if (std::sscanf(device.cow_device.c_str(), "%u:%u", &major, &minor) != 2) {
+        return Error(what, EINVAL, "unexpected CoW device \"" + device.cow_device + "\"");
     }
     struct stat cow {};
     if (::stat(cow_path.c_str(), &cow) != 0) {
@@ -376,14 +368,14 @@ Result<bool> LinuxPlatform::snapshot_over_cow(const std::string& id, const std::
         }
         return errno_error("stat " + cow_path).within(what);
     }
-    auto loop = loop::LoopDevice::status_of_device(makedev(major, minor));
+    auto loop = loop::LoopDevice::backing_of_device(makedev(major, minor));
     if (!loop) {
         return std::move(loop).error().within(what);
     }
     if (!*loop) {
-        return false;  // the CoW device is not a loop: not one of ours
+        return false;  // the CoW device is gone, or not a loop: not one of ours
     }
-    return (*loop)->backing_dev == cow.st_dev && (*loop)->backing_ino == cow.st_ino;
+    return (*loop)->dev == cow.st_dev && (*loop)->ino == cow.st_ino;
 }
 
 Result<bool> LinuxPlatform::cow_store_valid(const std::string& cow_path,

@@ -52,7 +52,8 @@ class LinuxPlatform final : public Platform {
     Result<FreeSpace> free_space(const std::string& dir) override;
     Result<SnapshotUsage> snapshot_usage(const std::string& id) override;
     Result<std::vector<ListedDevice>> list_snapshots() override;
-    Result<bool> snapshot_over_cow(const std::string& id, const std::string& cow_path) override;
+    Result<bool> snapshot_over_cow(const ListedDevice& device,
+                                   const std::string& cow_path) override;
     Result<bool> cow_store_valid(const std::string& cow_path, std::uint64_t origin_bytes) override;
     Result<std::unique_ptr<PendingCopy>> copy_cow(
         const std::string& from, const std::string& to,

@@ -43,10 +43,15 @@ struct FreeSpace {
     std::uint64_t size_bytes = 0;
 };
 
-// A wrenn snapshot device in the kernel and whose it is, by its dm UUID and our state dir's tag.
+// A wrenn snapshot device in the kernel and whose it is, by its dm UUID and our state dir's tag,
+// with what the same query told of it: the CoW device of its live table (empty: no live
+// snapshot table) and whether its I/O is suspended. Recovery decides from this one listing and
+// asks the kernel nothing more per device.
 struct ListedDevice {
     std::string id;
     dm::DeviceOwner owner = dm::DeviceOwner::Ours;
+    std::string cow_device;  // "major:minor" on Linux
+    bool suspended = false;
 };
 
 struct SnapshotUsage {
@@ -129,9 +134,11 @@ class Platform {
     virtual Result<SnapshotUsage> snapshot_usage(const std::string& id) = 0;
     // Every wrenn- snapshot device in the kernel, ours or not.
     virtual Result<std::vector<ListedDevice>> list_snapshots() = 0;
-    // Whether wrenn-<id>'s live table has as its CoW a loop backed by exactly this file (same
-    // device and inode). false when there is no such device or no live table.
-    virtual Result<bool> snapshot_over_cow(const std::string& id, const std::string& cow_path) = 0;
+    // Whether the listed device's live table has as its CoW a loop backed by exactly this file
+    // (same device and inode). false when it had no live table, or the CoW device is gone or
+    // is not a loop.
+    virtual Result<bool> snapshot_over_cow(const ListedDevice& device,
+                                           const std::string& cow_path) = 0;
 
     // Checks that a paused CoW can be used again: errno 0 with SnapshotInvalid semantics is
     // reported through `invalid` (the kernel marked the store invalid); other problems as Error.

@@ -130,9 +130,9 @@ Result<RecoveryReport> SandboxManager::recover() {
         // Kept as they are: a record we cannot read is not a licence to delete its CoW.
         report.problems.push_back("sandbox folder " + name + " left alone: " + error.message());
     }
-    std::map<std::string, dm::DeviceOwner> live;
+    std::map<std::string, const ListedDevice*> live;
     for (const auto& device : devices) {
-        live.emplace(device.id, device.owner);
+        live.emplace(device.id, &device);
     }
     std::set<std::string> keep;  // devices not to remove: adopted, or undecided
 
@@ -141,9 +141,10 @@ Result<RecoveryReport> SandboxManager::recover() {
         const auto device = live.find(sb.id);
         bool over_cow = false;
         bool undecided = false;
-        if (device != live.end() && (device->second == dm::DeviceOwner::Ours ||
-                                     device->second == dm::DeviceOwner::Legacy)) {
-            auto checked = platform_.snapshot_over_cow(sb.id, sb.cow_path);
+        if (device != live.end() && (device->second->owner == dm::DeviceOwner::Ours ||
+                                     device->second->owner == dm::DeviceOwner::Legacy)) {
+            // From the listing's own query of the table: the kernel is asked once per device.
+            auto checked = platform_.snapshot_over_cow(*device->second, sb.cow_path);
             if (checked) {
                 over_cow = *checked;
             } else {
@@ -157,7 +158,7 @@ Result<RecoveryReport> SandboxManager::recover() {
         if (over_cow) {
             // Adopt: the device is up over this CoW, so whatever the record says, the sandbox
             // runs. Its origin is up too; take our reference on it again.
-            if (device->second == dm::DeviceOwner::Legacy) {
+            if (device->second->owner == dm::DeviceOwner::Legacy) {
                 spdlog::info(
                     "sandbox={} op=recover device has the pre-tag UUID form; taken as ours", sb.id);
             }
@@ -201,8 +202,9 @@ Result<RecoveryReport> SandboxManager::recover() {
                 }
             }
             // A device an agent suspended for space (then was killed or restarted) must not
-            // stay suspended: the space watcher resumes it once space allows.
-            if (auto info = platform_.snapshot_info(sb.id); info && *info && (*info)->suspended) {
+            // stay suspended: the space watcher resumes it once space allows. The listing's
+            // query said whether it is.
+            if (device->second->suspended) {
                 entry->io_suspended = true;
                 ++report.suspended_found;
                 spdlog::warn(

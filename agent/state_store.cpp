@@ -210,13 +210,16 @@ Result<StateStore::Loaded> StateStore::load() const {
     ::closedir(dir);
     for (const auto& name : names) {
         const std::string record = record_path(name);
-        if (::access(record.c_str(), F_OK) != 0) {
-            loaded.unfinished.push_back(name);
-            continue;
-        }
         auto text = read_file(record, 1U << 20);  // a record is a few hundred bytes
         if (!text) {
-            loaded.unreadable.emplace_back(name, std::move(text).error());
+            // No record (the open says so; no separate look first: a startup reads a thousand):
+            // a create that never finished. Any other failure is no proof of that.
+            const int code = text.error().code();
+            if (code == ENOENT || code == ENOTDIR) {
+                loaded.unfinished.push_back(name);
+            } else {
+                loaded.unreadable.emplace_back(name, std::move(text).error());
+            }
             continue;
         }
         boost::system::error_code ec;

@@ -153,19 +153,24 @@ struct Target {
     std::string type;  // empty: no live table (a create that never reached its resume)
     std::string params;
     std::string uuid;
+    bool suspended = false;  // the device's I/O waits in the kernel (DM_SUSPEND_FLAG)
 };
 
-// DM_TABLE_STATUS straight on the control device, without libdm and its lock: the kernel
-// serialises its own state. table: the loaded table (DM_STATUS_TABLE_FLAG), else the status.
-// nullopt when the device does not exist.
-Result<std::optional<Target>> query_target_direct(bool table, const std::string& name,
-                                                  const std::string& action) {
-    if (name.size() >= DM_NAME_LEN) {
-        return Error(action, EINVAL, "bad device name");
-    }
+Result<UniqueFd> open_control(const std::string& action) {
     UniqueFd control(::open("/dev/mapper/control", O_RDWR | O_CLOEXEC));
     if (!control) {
         return errno_error("open /dev/mapper/control").within(action);
+    }
+    return control;
+}
+
+// DM_TABLE_STATUS straight on the control device `control`, without libdm and its lock: the
+// kernel serialises its own state. table: the loaded table (DM_STATUS_TABLE_FLAG), else the
+// status. nullopt when the device does not exist.
+Result<std::optional<Target>> query_target_direct(int control, bool table, const std::string& name,
+                                                  const std::string& action) {
+    if (name.size() >= DM_NAME_LEN) {
+        return Error(action, EINVAL, "bad device name");
     }
     // A snapshot's status line is under 100 bytes; the buffer grows if the kernel says so.
     std::vector<std::uint64_t> storage((sizeof(dm_ioctl) + 1024) / sizeof(std::uint64_t));
@@ -177,7 +182,7 @@ Result<std::optional<Target>> query_target_direct(bool table, const std::string&
         io->data_start = sizeof(dm_ioctl);
         io->flags = table ? DM_STATUS_TABLE_FLAG : 0;
         std::memcpy(io->name, name.data(), name.size());
-        if (::ioctl(control.get(), DM_TABLE_STATUS, io) != 0) {
+        if (::ioctl(control, DM_TABLE_STATUS, io) != 0) {
             if (errno == ENXIO) {
                 return std::optional<Target>();
             }
@@ -192,6 +197,7 @@ Result<std::optional<Target>> query_target_direct(bool table, const std::string&
         }
         Target out;
         out.uuid.assign(io->uuid, strnlen(io->uuid, DM_UUID_LEN));
+        out.suspended = (io->flags & DM_SUSPEND_FLAG) != 0;
         if (io->target_count == 0) {
             return std::optional<Target>(std::move(out));  // a device with no table loaded
         }
@@ -457,9 +463,18 @@ Result<std::vector<ListedSnapshot>> DeviceMapper::list_snapshots() {
         }
     }
     std::vector<ListedSnapshot> out;
+    if (candidates.empty()) {
+        return out;
+    }
+    // One control descriptor for the whole listing: a host with a thousand sandboxes asks a
+    // thousand times, and each open and close of the control device costs as much as a query.
+    auto control = open_control(action);
+    if (!control) {
+        return std::move(control).error();
+    }
     for (auto& name : candidates) {
         // The device may be removed between LIST and TABLE: that is not an error.
-        auto target = query_target_direct(true, name, "query table of " + name);
+        auto target = query_target_direct(control->get(), true, name, "query table of " + name);
         if (!target) {
             return std::move(target).error().within(action);
         }
@@ -470,16 +485,31 @@ Result<std::vector<ListedSnapshot>> DeviceMapper::list_snapshots() {
         // create was cut short before its table went live: killed between the two ioctls.
         const std::string& uuid = (*target)->uuid;
         const bool wrenn_uuid = uuid.compare(0, kUuidPrefix.size(), kUuidPrefix) == 0;
-        if ((*target)->type == "snapshot" || wrenn_uuid) {
-            out.push_back(ListedSnapshot{std::move(name), uuid});
+        const bool snapshot = (*target)->type == "snapshot";
+        if (!snapshot && !wrenn_uuid) {
+            continue;
         }
+        ListedSnapshot listed;
+        listed.name = std::move(name);
+        listed.uuid = uuid;
+        listed.suspended = (*target)->suspended;
+        // A table the kernel printed in another form is no snapshot of ours: no devices.
+        if (auto devices = parse_snapshot_table((*target)->params); snapshot && devices) {
+            listed.origin_dev = std::move(devices->origin);
+            listed.cow_dev = std::move(devices->cow);
+        }
+        out.push_back(std::move(listed));
     }
     return out;
 }
 
 Result<SnapshotStatus> DeviceMapper::snapshot_status(const std::string& name) {
     const std::string action = "query status of " + name;
-    auto target = query_target_direct(false, name, action);
+    auto control = open_control(action);
+    if (!control) {
+        return std::move(control).error();
+    }
+    auto target = query_target_direct(control->get(), false, name, action);
     if (!target) {
         return std::move(target).error();
     }
@@ -499,7 +529,11 @@ Result<SnapshotStatus> DeviceMapper::snapshot_status(const std::string& name) {
 Result<std::pair<std::string, std::string>> DeviceMapper::snapshot_devices(
     const std::string& name) {
     const std::string action = "query table of " + name;
-    auto target = query_target_direct(true, name, action);
+    auto control = open_control(action);
+    if (!control) {
+        return std::move(control).error();
+    }
+    auto target = query_target_direct(control->get(), true, name, action);
     if (!target) {
         return std::move(target).error();
     }
@@ -509,15 +543,11 @@ Result<std::pair<std::string, std::string>> DeviceMapper::snapshot_devices(
     if ((*target)->type != "snapshot") {
         return Error(action, EINVAL, "not a snapshot (target \"" + (*target)->type + "\")");
     }
-    // The kernel prints the table as "<origin major:minor> <cow major:minor> P <chunk>".
-    const std::string& params = (*target)->params;
-    const auto first = params.find(' ');
-    const auto second = first == std::string::npos ? first : params.find(' ', first + 1);
-    if (first == std::string::npos || second == std::string::npos || first == 0 ||
-        second == first + 1) {
-        return Error(action, EINVAL, "unexpected table \"" + params + "\"");
+    auto devices = parse_snapshot_table((*target)->params);
+    if (!devices) {
+        return std::move(devices).error().within(action);
     }
-    return std::make_pair(params.substr(0, first), params.substr(first + 1, second - first - 1));
+    return std::make_pair(std::move(devices->origin), std::move(devices->cow));
 }
 
 }  // namespace wrenn::dm

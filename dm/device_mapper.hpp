@@ -23,10 +23,15 @@ struct DeviceInfo {
     bool suspended = false;
 };
 
-// A device list_snapshots() found: its name and dm UUID (empty when it has none).
+// A device list_snapshots() found: its name and dm UUID (empty when it has none), and what the
+// same query said of it: its live snapshot table's devices ("major:minor"; both empty when no
+// snapshot table is live) and whether its I/O is suspended.
 struct ListedSnapshot {
     std::string name;
     std::string uuid;
+    std::string origin_dev;
+    std::string cow_dev;
+    bool suspended = false;
 };
 
 // A checked connection to the kernel's device-mapper through libdm; works with and without udev.

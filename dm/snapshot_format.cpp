@@ -77,6 +77,18 @@ std::string snapshot_table_params(std::string_view origin_dev, std::string_view 
     return out;
 }
 
+Result<SnapshotTableDevices> parse_snapshot_table(std::string_view params) {
+    const auto first = params.find(' ');
+    const auto second = first == std::string_view::npos ? first : params.find(' ', first + 1);
+    if (first == std::string_view::npos || second == std::string_view::npos || first == 0 ||
+        second == first + 1) {
+        return Error("parse snapshot table", EINVAL,
+                     "unexpected table \"" + std::string(params) + "\"");
+    }
+    return SnapshotTableDevices{std::string(params.substr(0, first)),
+                                std::string(params.substr(first + 1, second - first - 1))};
+}
+
 Result<SnapshotStatus> parse_snapshot_status(std::string_view params) {
     // The kernel prints exactly one of these forms; tolerate surrounding blanks only.
     while (!params.empty() && (params.front() == ' ' || params.front() == '\n')) {

@@ -45,6 +45,14 @@ DeviceOwner classify_device_uuid(std::string_view uuid, std::string_view tag, st
 // The snapshot target's parameters: "<origin> <cow> P 8" (persistent store, 4 KiB chunks).
 std::string snapshot_table_params(std::string_view origin_dev, std::string_view cow_dev);
 
+// The origin and CoW devices ("major:minor") of a live snapshot table's parameters, as the kernel
+// prints them: "<origin> <cow> P <chunk>". Anything else is an EINVAL error.
+struct SnapshotTableDevices {
+    std::string origin;
+    std::string cow;
+};
+Result<SnapshotTableDevices> parse_snapshot_table(std::string_view params);
+
 // What the snapshot target reports for STATUS.
 struct SnapshotStatus {
     enum class State { Active, Invalid, Overflow, MergeFailed, Unknown };

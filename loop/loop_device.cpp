@@ -255,6 +255,27 @@ Result<LoopDevice> LoopDevice::attach(int backing_fd, const std::string& file,
                      std::to_string(kMaxAttachAttempts) + " tries");
 }
 
+namespace {
+
+// The numbers of the loops the kernel has (bound or not), from /sys/block, lowest first.
+Result<std::vector<int>> loop_numbers(const std::string& action) {
+    DIR* dir = ::opendir("/sys/block");
+    if (dir == nullptr) {
+        return Error(action + ": open /sys/block", errno);
+    }
+    std::vector<int> numbers;
+    while (const dirent* entry = ::readdir(dir)) {
+        if (auto n = parse_loop_name(entry->d_name)) {
+            numbers.push_back(*n);
+        }
+    }
+    ::closedir(dir);
+    std::sort(numbers.begin(), numbers.end());
+    return numbers;
+}
+
+}  // namespace
+
 Result<std::optional<LoopDevice>> LoopDevice::open_existing(const std::string& file,
                                                             bool read_only) {
     struct stat st {};
@@ -268,44 +289,66 @@ Result<std::optional<LoopDevice>> LoopDevice::open_existing(dev_t backing_dev, i
                                                             const std::string& file,
                                                             bool read_only) {
     const std::string action = "find a loop bound to " + file;
-    auto bound = list_bound();
-    if (!bound) {
-        return std::move(bound).error().within(action);
+    auto numbers = loop_numbers(action);
+    if (!numbers) {
+        return std::move(numbers).error();
     }
-    for (const LoopStatus& candidate : *bound) {
-        if (candidate.backing_dev != backing_dev || candidate.backing_ino != backing_ino ||
-            candidate.read_only != read_only) {
-            continue;
-        }
-        UniqueFd fd(::open(candidate.device.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC));
+    // Each loop is asked on a descriptor of ours (LOOP_GET_STATUS64), and the first that is bound
+    // to exactly this file is the answer: with a thousand sandboxes a thousand CoW loops are
+    // bound too, and a listing of each one's status (sysfs reads included) cost seconds.
+    // Opened read-only, so that closing a loop that is not the one never makes udev re-probe it.
+    auto matches = [&](const loop_info64& info) {
+        return info.lo_device == static_cast<std::uint64_t>(backing_dev) &&
+               info.lo_inode == static_cast<std::uint64_t>(backing_ino) &&
+               ((info.lo_flags & LO_FLAGS_READ_ONLY) != 0) == read_only && info.lo_offset == 0 &&
+               info.lo_sizelimit == 0;
+    };
+    for (const int number : *numbers) {
+        const std::string path = node_path(number);
+        UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
         if (!fd) {
             if (errno == ENOENT || errno == ENXIO) {
                 continue;  // removed since we listed it
             }
-            return Error(action + ": open " + candidate.device, errno);
+            return Error(action + ": open " + path, errno);
         }
-        // Re-verify on our own fd: between listing and opening the loop may have been cleared,
-        // or cleared and bound to something else. From now on our fd keeps it bound.
-        auto info = get_status(fd.get(), candidate.device);
+        auto info = get_status(fd.get(), path);
         if (!info) {
             if (info.error().code() == ENXIO) {
-                continue;
+                continue;  // not bound
             }
             return std::move(info).error().within(action);
         }
-        const bool same = info->lo_device == static_cast<std::uint64_t>(backing_dev) &&
-                          info->lo_inode == static_cast<std::uint64_t>(backing_ino) &&
-                          ((info->lo_flags & LO_FLAGS_READ_ONLY) != 0) == read_only &&
-                          info->lo_offset == 0 && info->lo_sizelimit == 0;
-        if (!same) {
+        if (!matches(*info)) {
             continue;
+        }
+        if (!read_only) {
+            // The caller writes through it: its own read-write descriptor, checked again (the
+            // loop may have been cleared and rebound in between). From now on it keeps it bound.
+            fd.reset(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+            if (!fd) {
+                if (errno == ENOENT || errno == ENXIO) {
+                    continue;
+                }
+                return Error(action + ": open " + path, errno);
+            }
+            info = get_status(fd.get(), path);
+            if (!info) {
+                if (info.error().code() == ENXIO) {
+                    continue;
+                }
+                return std::move(info).error().within(action);
+            }
+            if (!matches(*info)) {
+                continue;
+            }
         }
         struct stat node {};
         if (::fstat(fd.get(), &node) != 0) {
-            return Error(action + ": stat " + candidate.device, errno);
+            return Error(action + ": stat " + path, errno);
         }
-        spdlog::debug("{}: reusing {}", action, candidate.device);
-        return std::optional<LoopDevice>(LoopDevice(std::move(fd), candidate.number, node.st_rdev));
+        spdlog::debug("{}: reusing {}", action, path);
+        return std::optional<LoopDevice>(LoopDevice(std::move(fd), number, node.st_rdev));
     }
     return std::optional<LoopDevice>();
 }
@@ -351,21 +394,12 @@ Result<std::optional<LoopStatus>> status_of(int number, const std::string& actio
 
 Result<std::vector<LoopStatus>> LoopDevice::list_bound() {
     const std::string action = "list bound loops";
-    DIR* dir = ::opendir("/sys/block");
-    if (dir == nullptr) {
-        return Error(action + ": open /sys/block", errno);
+    auto numbers = loop_numbers(action);
+    if (!numbers) {
+        return std::move(numbers).error();
     }
-    std::vector<int> numbers;
-    while (const dirent* entry = ::readdir(dir)) {
-        if (auto n = parse_loop_name(entry->d_name)) {
-            numbers.push_back(*n);
-        }
-    }
-    ::closedir(dir);
-    std::sort(numbers.begin(), numbers.end());
-
     std::vector<LoopStatus> out;
-    for (const int number : numbers) {
+    for (const int number : *numbers) {
         auto status = status_of(number, action);
         if (!status) {
             return std::move(status).error();
@@ -377,7 +411,7 @@ Result<std::vector<LoopStatus>> LoopDevice::list_bound() {
     return out;
 }
 
-Result<std::optional<LoopStatus>> LoopDevice::status_of_device(dev_t device) {
+Result<std::optional<BackingFile>> LoopDevice::backing_of_device(dev_t device) {
     // /sys/dev/block/MAJ:MIN links to the block device's sysfs folder, named loopN for a loop.
     const std::string link =
         "/sys/dev/block/" + std::to_string(major(device)) + ":" + std::to_string(minor(device));
@@ -385,7 +419,7 @@ Result<std::optional<LoopStatus>> LoopDevice::status_of_device(dev_t device) {
     const ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
     if (n < 0) {
         if (errno == ENOENT) {
-            return std::optional<LoopStatus>();  // no such block device (any more)
+            return std::optional<BackingFile>();  // no such block device (any more)
         }
         return Error("find the loop of " + link, errno);
     }
@@ -393,9 +427,27 @@ Result<std::optional<LoopStatus>> LoopDevice::status_of_device(dev_t device) {
     const char* name = std::strrchr(target, '/');
     auto number = parse_loop_name(name == nullptr ? target : name + 1);
     if (!number) {
-        return std::optional<LoopStatus>();  // a block device, not a loop
+        return std::optional<BackingFile>();  // a block device, not a loop
     }
-    return status_of(*number, "status of " + node_path(*number));
+    // The status alone, without status_of's sysfs reads: the kernel answers an unbound loop
+    // with ENXIO, and the device and inode are all the caller compares.
+    const std::string path = node_path(*number);
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) {
+        if (errno == ENOENT || errno == ENXIO) {
+            return std::optional<BackingFile>();
+        }
+        return Error("status of " + path + ": open " + path, errno);
+    }
+    auto info = get_status(fd.get(), path);
+    if (!info) {
+        if (info.error().code() == ENXIO) {
+            return std::optional<BackingFile>();  // not bound
+        }
+        return std::move(info).error();
+    }
+    return std::optional<BackingFile>(
+        BackingFile{static_cast<dev_t>(info->lo_device), static_cast<ino_t>(info->lo_inode)});
 }
 
 std::uint64_t LoopDevice::size_bytes() const {

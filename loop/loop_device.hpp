@@ -42,6 +42,12 @@ struct LoopStatus {
     bool autoclear = false;
 };
 
+// The file a bound loop reads and writes, by its device and inode.
+struct BackingFile {
+    dev_t dev = 0;
+    ino_t ino = 0;
+};
+
 // An open descriptor (O_CLOEXEC) on a bound /dev/loopN. Move-only. Destroying or close()ing
 // drops only our descriptor: an autoclear loop then goes when its last opener closes; detach()
 // unbinds explicitly. This is the only file of loop/ that talks to the kernel (loop_device.cpp).
@@ -57,9 +63,9 @@ class LoopDevice {
     static Result<LoopDevice> attach(int backing_fd, const std::string& file,
                                      const AttachOptions& opts);
 
-    // A loop already bound to this file (same st_dev + st_ino, same read-only-ness, no offset or
-    // size limit), opened and re-verified after open (it may have been cleared or rebound in
-    // between). nullopt if none.
+    // The lowest-numbered loop bound to this file (same st_dev + st_ino, same read-only-ness, no
+    // offset or size limit), checked on the descriptor returned (so it cannot have been cleared
+    // or rebound in between). Stops at the first match. nullopt if none.
     static Result<std::optional<LoopDevice>> open_existing(const std::string& file, bool read_only);
     // The same for a file known by its device and inode (`file` is for messages).
     static Result<std::optional<LoopDevice>> open_existing(dev_t backing_dev, ino_t backing_ino,
@@ -67,9 +73,10 @@ class LoopDevice {
 
     // Every bound loop. Loops that unbind while we look are left out.
     static Result<std::vector<LoopStatus>> list_bound();
-    // The bound loop whose block device number is `device`; nullopt when that device is not a
-    // bound loop. Reads one loop, not all of them: recovery asks this once per sandbox.
-    static Result<std::optional<LoopStatus>> status_of_device(dev_t device);
+    // The file that the loop whose block device number is `device` is bound to; nullopt when
+    // that device is not a bound loop. One readlink and one LOOP_GET_STATUS64: recovery asks
+    // this once per sandbox.
+    static Result<std::optional<BackingFile>> backing_of_device(dev_t device);
 
     LoopDevice(LoopDevice&& other) noexcept;
     LoopDevice& operator=(LoopDevice&& other) noexcept;

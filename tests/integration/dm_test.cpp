@@ -269,6 +269,23 @@ TEST_CASE("dm: list_snapshots lists our snapshots only; status, devices, info, r
     CHECK((*info)->open_count == 0);
     CHECK_FALSE((*info)->suspended);
 
+    // The listing's own query carries the same facts (recovery asks nothing more per device).
+    auto listed_as = [&](const std::string& n) {
+        auto list = dm.list_snapshots();
+        REQUIRE(list.ok());
+        auto it = std::find_if(list->begin(), list->end(),
+                               [&](const wrenn::dm::ListedSnapshot& l) { return l.name == n; });
+        REQUIRE(it != list->end());
+        return *it;
+    };
+    CHECK(listed_as(ours).origin_dev == b.origin_dev());
+    CHECK(listed_as(ours).cow_dev == b.cow_dev());
+    CHECK_FALSE(listed_as(ours).suspended);
+    REQUIRE(dm.suspend(ours).ok());
+    CHECK(listed_as(ours).suspended);
+    REQUIRE(dm.resume(ours).ok());
+    CHECK_FALSE(listed_as(ours).suspended);
+
     // Not a snapshot: status and devices say so instead of misparsing.
     auto linear_status = dm.snapshot_status(linear);
     REQUIRE_FALSE(linear_status.ok());

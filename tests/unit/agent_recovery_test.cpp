@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
@@ -114,6 +115,40 @@ TEST_CASE("recover: a live device over a paused record's CoW is adopted as runni
     REQUIRE(f.pause("sb1").ok());
     CHECK(f.platform.devices.empty());
     CHECK(f.platform.origin_refs.empty());
+}
+
+TEST_CASE("recover: the one device listing decides, with no kernel query per device",
+          "[agent][recovery]") {
+    AgentFixture f;
+    for (const char* id : {"a", "b", "c"}) {
+        REQUIRE(f.create(id).ok());
+    }
+    // Suspended for space by the agent that was killed: the listing says so.
+    f.platform.suspended.insert("b");
+    f.platform.calls.clear();
+    f.platform.info_queries = 0;
+    auto report = f.restart();
+    CHECK(report.adopted == 3);
+    CHECK(report.suspended_found == 1);
+    CHECK(report.problems.empty());
+    CHECK(std::count(f.platform.calls.begin(), f.platform.calls.end(), "list") == 1);
+    CHECK(f.platform.info_queries == 0);
+    for (const char* id : {"a", "b", "c"}) {
+        CHECK(f.manager->get(id)->state == SandboxState::Running);
+    }
+}
+
+TEST_CASE("recover: a device listed without a live table is not adopted", "[agent][recovery]") {
+    AgentFixture f;
+    REQUIRE(f.create("sb1").ok());
+    // A create cut short between its ioctls: the device has our UUID and no snapshot table.
+    f.platform.cows.erase("sb1");
+    auto report = f.restart();
+    CHECK(report.adopted == 0);
+    CHECK(report.paused == 1);
+    CHECK(report.stale_removed == 1);
+    CHECK(f.manager->get("sb1")->state == SandboxState::Paused);
+    CHECK(f.platform.devices.empty());
 }
 
 TEST_CASE("recover: a device of ours over another CoW is not adopted", "[agent][recovery]") {

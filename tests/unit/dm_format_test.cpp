@@ -116,3 +116,14 @@ TEST_CASE("dm: CoW always holds a full rewrite of the origin", "[dm-format]") {
         }
     }
 }
+
+TEST_CASE("snapshot table: the origin and CoW devices as the kernel prints them", "[dm]") {
+    auto t = wrenn::dm::parse_snapshot_table("7:0 7:1 P 8");
+    REQUIRE(t.ok());
+    CHECK(t->origin == "7:0");
+    CHECK(t->cow == "7:1");
+    CHECK(wrenn::dm::parse_snapshot_table("").error().code() == EINVAL);
+    CHECK(wrenn::dm::parse_snapshot_table("7:0").error().code() == EINVAL);
+    CHECK(wrenn::dm::parse_snapshot_table("7:0  P 8").error().code() == EINVAL);
+    CHECK(wrenn::dm::parse_snapshot_table(" 7:1 P 8").error().code() == EINVAL);
+}

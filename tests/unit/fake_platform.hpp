@@ -50,6 +50,7 @@ class FakePlatform : public Platform {
     int fail_suspend_errno = 0;  // the next suspend_snapshot fails with this errno
     int fail_resume_errno = 0;   // the next resume_snapshot fails with this errno
     std::size_t tcmu_detached = 0;
+    std::size_t info_queries = 0;  // snapshot_info calls
     mutable std::mutex mu;
 
     KernelSupport support() override { return kernel; }
@@ -156,6 +157,7 @@ class FakePlatform : public Platform {
 
     Result<std::optional<SnapshotInfo>> snapshot_info(const std::string& id) override {
         std::lock_guard lock(mu);
+        ++info_queries;
         if (devices.count(id) == 0) {
             return std::optional<SnapshotInfo>{};
         }
@@ -220,16 +222,19 @@ class FakePlatform : public Platform {
         std::vector<ListedDevice> out;
         for (const auto& [id, dev] : devices) {
             auto owner = owners.find(id);
-            out.push_back(
-                ListedDevice{id, owner == owners.end() ? dm::DeviceOwner::Ours : owner->second});
+            // The fake's "CoW device" is the CoW file's path itself.
+            auto cow = cows.find(id);
+            out.push_back(ListedDevice{
+                id, owner == owners.end() ? dm::DeviceOwner::Ours : owner->second,
+                cow == cows.end() ? std::string() : cow->second, suspended.count(id) != 0});
         }
         return out;
     }
 
-    Result<bool> snapshot_over_cow(const std::string& id, const std::string& cow_path) override {
+    Result<bool> snapshot_over_cow(const ListedDevice& device,
+                                   const std::string& cow_path) override {
         std::lock_guard lock(mu);
-        auto cow = cows.find(id);
-        return devices.count(id) != 0 && cow != cows.end() && cow->second == cow_path;
+        return !device.cow_device.empty() && device.cow_device == cow_path;
     }
 
     Result<bool> cow_store_valid(const std::string& cow, std::uint64_t) override {
