@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Crash anywhere: a create/write/pause/resume/destroy workload with the agent killed (-9) at a
-# random moment, many times. After each restart: every wrenn- device belongs to a running
-# sandbox, every CoW loop to a device, at most one template loop; and every byte written before
-# a pause the client saw succeed reads back after resume.
+# Crash anywhere: a create/write/pause/resume/destroy workload with the agent killed (-9) at
+# moments spread over one round of it, many times. After each restart: every wrenn- device
+# belongs to a running sandbox, every CoW loop to a device, at most one template loop; and every
+# byte written before a pause the client saw succeed reads back after resume.
 here=$(dirname "$0")
 source "$here/lib.sh"
 
-# The kill moments are stratified over the first 1.5 s of a workload (one at a random moment inside
-# each 1/ITERATIONS of it), so that every part of create, write, pause, resume and destroy is hit
-# as evenly as the rounds allow: 30 stratified moments never leave a gap wider than 0.1 s, while
-# the widest gap between 50 uniformly random ones is about 0.13 s on average.
+# The kill moments are stratified over the window (one at a random moment inside each
+# 1/ITERATIONS of it), so that every part of create, write, pause, resume and destroy is hit as
+# evenly as the rounds allow: 30 stratified moments never leave a gap wider than 1/15 of the
+# window, while the widest gap between 50 uniformly random ones is about 1/11 of it on average.
 ITERATIONS=${WRENN_CRASH_ITERATIONS:-30}
 require "no wrenn- devices before the test" test -z "$(wrenn_devices)"
 make_template base 16
@@ -21,31 +21,44 @@ running_ids() {
     python3 -c 'import json,sys
 print("\n".join(sorted(s["id"] for s in json.loads(sys.argv[1])["sandboxes"] if s["state"] == "running")))' "$BODY"
 }
-# One client's workload; stops at the first request that does not get the expected answer
-# (the agent was killed under it).
+# One round: create, write, pause (its data then on record), resume, and destroy if $3 is 1.
+# Returns 1 at the first answer that is not the expected one (the agent was killed under it).
+round() {  # id marker destroy
+    local id=$1 marker=$2
+    api POST /sandboxes "{\"id\": \"$id\", \"template\": \"base\"}"
+    [ "$STATUS" == 201 ] || return 1
+    write_marker "/dev/mapper/wrenn-$id" 2 "$marker" 2>/dev/null || return 1
+    api POST "/sandboxes/$id/pause"
+    [ "$STATUS" == 200 ] || return 1
+    echo "$id $marker" >>"$promised"
+    api POST "/sandboxes/$id/resume"
+    [ "$STATUS" == 200 ] || return 1
+    if [ "$3" == 1 ]; then
+        api DELETE "/sandboxes/$id"
+        [ "$STATUS" == 204 ] || return 1
+        sed -i "/^$id /d" "$promised"
+    fi
+}
+# One client's workload: three rounds, each sandbox kept or destroyed at random.
 workload() {
-    local i=$1 id
-    for round in 1 2 3; do
-        id="k$i-$round"
-        api POST /sandboxes "{\"id\": \"$id\", \"template\": \"base\"}"
-        [ "$STATUS" == 201 ] || return 0
-        write_marker "/dev/mapper/wrenn-$id" 2 "crash-$i-$round" 2>/dev/null || return 0
-        api POST "/sandboxes/$id/pause"
-        [ "$STATUS" == 200 ] || return 0
-        echo "$id crash-$i-$round" >>"$promised"
-        api POST "/sandboxes/$id/resume"
-        [ "$STATUS" == 200 ] || return 0
-        if [ $((RANDOM % 2)) -eq 0 ]; then
-            api DELETE "/sandboxes/$id"
-            [ "$STATUS" == 204 ] || return 0
-            sed -i "/^$id /d" "$promised"
-        fi
+    for r in 1 2 3; do
+        round "k$1-$r" "crash-$1-$r" $((RANDOM % 2)) || return 0
     done
 }
 
+# The kill window is measured, not guessed: one uninterrupted round, timed, and 1.2 times that.
+# On a loaded machine a fixed window would end before the first pause and test only creates.
+require "agent starts (the timed round)" start_agent
+begin=$(date +%s.%N)
+require "an uninterrupted round: create, write, pause, resume, destroy" round timed timed-round 1
+window=$(awk -v a="$begin" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", (b - a) * 1.2 }')
+kill_agent
+
 for i in $(seq 1 "$ITERATIONS"); do
-    delay=$(awk -v i="$i" -v n="$ITERATIONS" -v r="$RANDOM" 'BEGIN { printf "%.3f", (i - 1 + r / 32768) * 1.5 / n }')
-    step "iteration $i of $ITERATIONS: kill at ${delay} s; $(grep -c . "$promised") paused with data on record"
+    delay=$(awk -v i="$i" -v n="$ITERATIONS" -v w="$window" -v r="$RANDOM" \
+        'BEGIN { printf "%.3f", (i - 1 + r / 32768) * w / n }')
+    step "iteration $i of $ITERATIONS: kill at $delay s of $window s;" \
+        "$(grep -c . "$promised") paused with data on record"
     require "agent starts (iteration $i)" start_agent
     pid=$AGENT_PID
     (sleep "$delay"; kill -KILL "$pid" 2>/dev/null) &
