@@ -118,7 +118,7 @@ std::string message_of(const ReadOutcome& o) {
 
 TEST_CASE("archive round trip, compressed and not, read in pieces of any size", "[archive]") {
     const bool compressed = GENERATE(false, true);
-    // 4 KiB chunks, more than one writer frame (64 records) when compressed.
+    // 4 KiB chunks, more than two writer frames (63 records each) when compressed.
     std::vector<std::uint64_t> indexes;
     for (std::uint64_t i = 0; i < 150; ++i) {
         indexes.push_back(i * 3 + (i % 2));
