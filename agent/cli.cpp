@@ -24,6 +24,10 @@ Usage:
                                         sandboxes paused
   wrenn-agent flatten --origin FILE --cow FILE --out FILE
                                         merge a template and a paused sandbox's CoW offline
+  wrenn-agent export --cow FILE --origin FILE --out FILE|- [--no-compress]
+                                        write a paused sandbox's changes as an archive
+  wrenn-agent import --in FILE|- --origin FILE --cow FILE [--cow-size BYTES]
+                                        make a CoW from an archive (same template digest)
   wrenn-agent tcmu attach --id ID --config FILE [--handler NAME] [--size BYTES] [-v]
   wrenn-agent tcmu detach --id ID [-v]  attach or detach a TCMU block device (as overlaybd-attacher)
 
@@ -117,7 +121,8 @@ std::optional<std::chrono::milliseconds> parse_duration(std::string_view text) {
 
 Command parse_command_line(const std::vector<std::string>& args_in) {
     std::vector<std::string> args = args_in;
-    if (!args.empty() && (args[0] == "flatten" || args[0] == "tcmu")) {
+    if (!args.empty() &&
+        (args[0] == "flatten" || args[0] == "tcmu" || args[0] == "export" || args[0] == "import")) {
         return Subcommand{args[0], std::vector<std::string>(args.begin() + 1, args.end())};
     }
     if (!args.empty() && args[0] == "serve") {

@@ -8,6 +8,7 @@
 #include "agent/cli.hpp"
 #include "agent/logging.hpp"
 #include "agent/serve.hpp"
+#include "agent/transfer.hpp"
 #include "flatten/cli.hpp"
 #include "tcmu/cli.hpp"
 
@@ -26,6 +27,11 @@ int main(int argc, char** argv) {
             (void)setup_logging("info", "text");
             if (sub->name == "flatten") {
                 return wrenn::flatten::run_cli(sub->args, std::cout, std::cerr);
+            }
+            if (sub->name == "export" || sub->name == "import") {
+                std::vector<std::string> transfer_args{sub->name};
+                transfer_args.insert(transfer_args.end(), sub->args.begin(), sub->args.end());
+                return run_transfer_cli(transfer_args, std::cout, std::cerr);
             }
             return wrenn::tcmu::run_cli(sub->args, std::cout, std::cerr);
         }

@@ -42,6 +42,8 @@ struct ExceptionStore {
 
 // read(offset, buf) -> bytes read (short read = end of file), or Error.
 using ReadAt = std::function<Result<std::size_t>(std::uint64_t offset, std::span<std::byte> buf)>;
+// write(offset, bytes) -> all of bytes written at offset, or Error.
+using WriteAt = std::function<Result<void>(std::uint64_t offset, std::span<const std::byte> bytes)>;
 
 // Chunk index of metadata area `area` for a chunk size of chunk_bytes: the header is chunk 0,
 // then each area is one metadata chunk followed by the chunk_bytes/16 data chunks it indexes.

@@ -216,6 +216,32 @@ ReadAt pread_reader(int fd, std::string path) {
     };
 }
 
+WriteAt pwrite_writer(int fd, std::string path) {
+    return [fd, path = std::move(path)](std::uint64_t offset,
+                                        std::span<const std::byte> bytes) -> Result<void> {
+        std::size_t done = 0;
+        while (done < bytes.size()) {
+            ssize_t n = ::pwrite(fd, bytes.data() + done, bytes.size() - done,
+                                 static_cast<off_t>(offset + done));
+            if (n < 0) {
+                if (errno == EINTR) {
+                    continue;
+                }
+                return at("write", path, offset + done);
+            }
+            done += static_cast<std::size_t>(n);
+        }
+        return success();
+    };
+}
+
+Result<void> set_file_size(int fd, std::uint64_t bytes, const std::string& path) {
+    if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+        return errno_error("size " + path + " to " + std::to_string(bytes) + " bytes");
+    }
+    return success();
+}
+
 PendingOutput::PendingOutput(UniqueFd fd, std::string temp, std::string out)
     : fd_(std::move(fd)), temp_(std::move(temp)), out_(std::move(out)) {}
 
@@ -232,7 +258,7 @@ PendingOutput::~PendingOutput() {
     }
 }
 
-Result<PendingOutput> PendingOutput::create(const std::string& out) {
+Result<PendingOutput> PendingOutput::create(const std::string& out, unsigned mode) {
     struct stat st {};
     if (::lstat(out.c_str(), &st) == 0) {
         return Error("create " + out, EEXIST);
@@ -248,7 +274,7 @@ Result<PendingOutput> PendingOutput::create(const std::string& out) {
     PendingOutput pending(std::move(fd), std::move(temp), out);
     // mkostemp makes 0600. A finished image is a template: readable by all and writable by
     // none, so that nothing rewrites it in place under the sandboxes made over it.
-    if (::fchmod(pending.fd(), 0444) != 0) {
+    if (mode != 0600 && ::fchmod(pending.fd(), static_cast<mode_t>(mode)) != 0) {
         return errno_error("chmod " + pending.temp_);
     }
     return pending;

@@ -31,13 +31,18 @@ Result<OpenedImage> open_read_only(const std::string& path);
 
 // A ReadAt over pread(fd); errors name path. fd must outlive the reader.
 ReadAt pread_reader(int fd, std::string path);
+// A WriteAt over pwrite(fd) (whole pieces, EINTR retried); errors name path. fd must outlive it.
+WriteAt pwrite_writer(int fd, std::string path);
+// ftruncate: sets the size of the file open as fd (a new file: all of it a hole).
+Result<void> set_file_size(int fd, std::uint64_t bytes, const std::string& path);
 
 // A new, empty output file <out>.tmp-XXXXXX beside out. Owns the temp file: the destructor
-// removes it unless commit() succeeded, so a failed flatten leaves no file behind.
+// removes it unless commit() succeeded, so a failed flatten (or import) leaves no file behind.
 class PendingOutput {
   public:
-    // EEXIST when out already exists (checked again, atomically, at commit).
-    static Result<PendingOutput> create(const std::string& out);
+    // EEXIST when out already exists (checked again, atomically, at commit). mode: the
+    // finished file's; 0444 for an image (a template), 0600 for a CoW.
+    static Result<PendingOutput> create(const std::string& out, unsigned mode = 0444);
 
     PendingOutput(PendingOutput&&) noexcept;
     PendingOutput& operator=(PendingOutput&&) = delete;

@@ -2,7 +2,8 @@
 
 // Test-only: builds dm-snapshot persistent CoW images in memory, laid out as
 // drivers/md/dm-snap-persistent.c writes them, so that the reader is tested against the
-// format and not against itself.
+// format and not against itself. Unlike the production ExceptionStoreWriter (which it uses for
+// the layout), it can place exceptions anywhere and write any header, broken ones included.
 
 #include <cstddef>
 #include <cstdint>
@@ -10,15 +11,11 @@
 #include <vector>
 
 #include "flatten/exception_store.hpp"
+#include "flatten/exception_store_writer.hpp"
 
 namespace wrenn::flatten::testing {
 
-struct CowHeader {
-    std::uint32_t magic = kSnapMagic;
-    std::uint32_t valid = 1;
-    std::uint32_t version = kSnapDiskVersion;
-    std::uint32_t chunk_sectors = 8;
-};
+using CowHeader = StoreHeader;
 
 inline void put_le(std::byte* p, std::uint64_t v, int bytes) {
     for (int i = 0; i < bytes; ++i) {
@@ -30,12 +27,8 @@ inline void put_le(std::byte* p, std::uint64_t v, int bytes) {
 inline std::vector<Exception> allocate_like_kernel(const std::vector<std::uint64_t>& old_chunks,
                                                    std::uint64_t chunk_bytes = 4096) {
     std::vector<Exception> out;
-    std::uint64_t next = 2;
     for (auto old : old_chunks) {
-        while (is_metadata_chunk(chunk_bytes, next)) {
-            ++next;
-        }
-        out.push_back({old, next++});
+        out.push_back({old, data_chunk_location(chunk_bytes, out.size())});
     }
     return out;
 }
@@ -46,10 +39,8 @@ inline std::vector<std::byte> make_cow(const std::vector<Exception>& exceptions,
                                        std::uint64_t cow_chunks, CowHeader h = {}) {
     const std::uint64_t chunk = std::uint64_t{h.chunk_sectors ? h.chunk_sectors : 8} * 512;
     std::vector<std::byte> cow(cow_chunks * chunk);
-    put_le(cow.data(), h.magic, 4);
-    put_le(cow.data() + 4, h.valid, 4);
-    put_le(cow.data() + 8, h.version, 4);
-    put_le(cow.data() + 12, h.chunk_sectors, 4);
+    const auto header = encode_store_header(h);
+    std::copy(header.begin(), header.end(), cow.begin());
     const std::uint64_t per_area = chunk / 16;
     for (std::size_t i = 0; i < exceptions.size(); ++i) {
         const std::uint64_t at = area_location(chunk, i / per_area) * chunk + (i % per_area) * 16;

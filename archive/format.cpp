@@ -1,0 +1,68 @@
+#include "archive/format.hpp"
+
+#include <cerrno>
+#include <string_view>
+
+#include "common/digest.hpp"
+
+namespace wrenn::archive {
+
+std::string Header::template_sha256_hex() const {
+    return to_hex(template_sha256.data(), template_sha256.size());
+}
+
+Result<void> check_header(const Header& h) {
+    auto bad = [](std::string detail) { return Error("check archive header", EINVAL, detail); };
+    if (h.chunk_bytes < kMinChunkBytes || h.chunk_bytes > kMaxChunkBytes ||
+        (h.chunk_bytes & (h.chunk_bytes - 1)) != 0) {
+        return bad("chunk size " + std::to_string(h.chunk_bytes) +
+                   " is not a power of two from 512 to 1048576");
+    }
+    if (h.origin_bytes == 0 || h.origin_bytes % 512 != 0) {
+        return bad("origin size " + std::to_string(h.origin_bytes) +
+                   " is not a non-zero multiple of 512");
+    }
+    if (h.chunk_count > h.origin_chunks()) {
+        return bad(std::to_string(h.chunk_count) + " chunks, more than the origin's " +
+                   std::to_string(h.origin_chunks()));
+    }
+    if (h.template_name.empty() || h.template_name.size() > kMaxNameBytes ||
+        h.template_name.find('/') != std::string::npos ||
+        h.template_name.find('\0') != std::string::npos) {
+        return bad("template name must be 1 to 255 bytes without '/' or NUL");
+    }
+    return success();
+}
+
+Result<std::array<std::uint8_t, kDigestBytes>> parse_sha256_hex(std::string_view hex) {
+    std::array<std::uint8_t, kDigestBytes> out{};
+    auto nibble = [](char c) -> int {
+        if (c >= '0' && c <= '9') {
+            return c - '0';
+        }
+        if (c >= 'a' && c <= 'f') {
+            return c - 'a' + 10;
+        }
+        if (c >= 'A' && c <= 'F') {
+            return c - 'A' + 10;
+        }
+        return -1;
+    };
+    if (hex.size() != 2 * kDigestBytes) {
+        return Error("parse SHA-256", EINVAL,
+                     "expected 64 hex digits, got " + std::to_string(hex.size()) + " characters");
+    }
+    for (std::size_t i = 0; i < kDigestBytes; ++i) {
+        const int hi = nibble(hex[2 * i]);
+        const int lo = nibble(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0) {
+            return Error(
+                "parse SHA-256", EINVAL,
+                "not a hex digit at character " + std::to_string(hi < 0 ? 2 * i : 2 * i + 1));
+        }
+        out[i] = static_cast<std::uint8_t>(hi * 16 + lo);
+    }
+    return out;
+}
+
+}  // namespace wrenn::archive

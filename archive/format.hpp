@@ -1,0 +1,65 @@
+#pragma once
+
+// The sandbox archive's constants and header (docs/archive.md is the specification; every
+// number here is in it).
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+
+#include "common/result.hpp"
+
+namespace wrenn::archive {
+
+inline constexpr std::array<std::uint8_t, 8> kMagic{0x89, 'W', 'R', 'E', 'N', 'N', '\r', '\n'};
+inline constexpr std::array<std::uint8_t, 8> kEndMagic{'W', 'R', 'E', 'N', 'N', 'E', 'N', 'D'};
+inline constexpr std::uint32_t kVersion = 1;
+inline constexpr std::uint32_t kFlagCompressed = 1;
+inline constexpr std::size_t kFixedHeaderBytes = 72;  // the header before the template name
+inline constexpr std::size_t kMaxNameBytes = 255;
+inline constexpr std::uint32_t kMinChunkBytes = 512;
+inline constexpr std::uint32_t kMaxChunkBytes = 1 << 20;
+inline constexpr std::size_t kIndexBytes = 8;              // a record's u64 index
+inline constexpr std::size_t kFrameHeadBytes = 8;          // u32 raw_bytes, u32 zstd_bytes
+inline constexpr std::size_t kMaxFrameRawBytes = 4 << 20;  // a reader's limit
+inline constexpr std::size_t kTrailerBytes = 40;           // end magic + SHA-256
+inline constexpr std::size_t kDigestBytes = 32;
+// MIME type of the stream (the API's export and import routes).
+inline constexpr const char* kContentType = "application/vnd.wrenn.sandbox";
+
+// What an archive's header says. The writer takes one (version is ignored: it writes
+// kVersion); the reader yields one.
+struct Header {
+    std::uint32_t version = kVersion;
+    bool compressed = true;
+    std::uint32_t chunk_bytes = 4096;
+    std::uint64_t origin_bytes = 0;
+    std::uint64_t chunk_count = 0;
+    std::array<std::uint8_t, kDigestBytes> template_sha256{};
+    std::string template_name;
+
+    [[nodiscard]] std::uint64_t origin_chunks() const {
+        return (origin_bytes + chunk_bytes - 1) / chunk_bytes;
+    }
+    [[nodiscard]] std::size_t record_bytes() const { return kIndexBytes + chunk_bytes; }
+    [[nodiscard]] std::size_t header_bytes() const {
+        return kFixedHeaderBytes + template_name.size();
+    }
+    // The template digest as 64 lowercase hex digits (as GET /templates shows it).
+    [[nodiscard]] std::string template_sha256_hex() const;
+};
+
+// The rules of docs/archive.md's header table, for a header about to be written: an error
+// (EINVAL) naming the first field that breaks one.
+Result<void> check_header(const Header& header);
+
+// Parses 64 hex digits (either case) into a digest; EINVAL otherwise.
+Result<std::array<std::uint8_t, kDigestBytes>> parse_sha256_hex(std::string_view hex);
+
+// Where the writer puts its bytes: called with each piece in order; an error stops the writer.
+using ByteSink = std::function<Result<void>(std::span<const std::byte>)>;
+
+}  // namespace wrenn::archive
