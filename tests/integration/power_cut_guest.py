@@ -37,7 +37,7 @@ import time
 
 BLOCK = 4096
 NBLK = 64  # records go to the first 64 chunks of each sandbox, so blocks are written again
-TEMPLATE_MIB = 16
+TEMPLATE_MIB = 8
 CLIENTS = 3
 PREFIX = os.environ.get("WRENN_TEST_PREFIX", "powercut")
 WORK = f"/scratch/{PREFIX}"
@@ -63,10 +63,14 @@ def say(line):
         termios.tcdrain(console)
 
 
-def pc(*words):
+def pc_line(*words):
     """A line the next check reads back: "PC <words> END" (a line cut short or garbled by the
     cut has no END and is ignored)."""
-    say(" ".join(["PC", *map(str, words), "END"]))
+    return " ".join(["PC", *map(str, words), "END"])
+
+
+def pc(*words):
+    say(pc_line(*words))
 
 
 def fail(what):
@@ -177,14 +181,8 @@ def record(sid, blk, seq):
     return (head * (BLOCK // len(head) + 1))[:BLOCK]
 
 
-def template_bytes():
-    return random.Random(SEED).randbytes(TEMPLATE_MIB * 1024 * 1024)
-
-
 def template_block(blk):
-    with open(TEMPLATE, "rb") as f:
-        f.seek(blk * BLOCK)
-        return f.read(BLOCK)
+    return TEMPLATE_DATA[blk * BLOCK:(blk + 1) * BLOCK]
 
 
 def classify(sid, blk, data):
@@ -198,8 +196,9 @@ def classify(sid, blk, data):
     return None
 
 
-def read_block(dev, blk):
-    buf = mmap.mmap(-1, BLOCK)  # page-aligned, as O_DIRECT needs
+def read_blocks(dev, blk, count):
+    """count blocks from blk on, read as a VMM reads its disk (O_DIRECT)."""
+    buf = mmap.mmap(-1, count * BLOCK)  # page-aligned, as O_DIRECT needs
     fd = os.open(dev, os.O_RDONLY | os.O_DIRECT)
     try:
         n = os.preadv(fd, [buf], blk * BLOCK)
@@ -279,16 +278,19 @@ class Expected:
 
 
 def check(logs, cleanup_stale):
+    started = time.monotonic()
     exp = Expected()
     for log in logs:
         exp.read_log(log)
     say(f"PC INFO checking {len(exp.states)} sandboxes, {exp.acked} acknowledged operations, "
         f"{sum(len(b) for b in exp.blocks.values())} written blocks")
     expect("the logs acknowledged operations before the cut (else the test tested nothing)", exp.acked > 0)
-    expect("the template is byte for byte as it was made", template_bytes() == open(TEMPLATE, "rb").read())
+    with open(TEMPLATE, "rb") as f:
+        expect("the template is byte for byte as it was made", f.read() == TEMPLATE_DATA)
     proc = start_agent(cleanup_stale)
     if proc is None:
         return None, exp
+    say(f"PC INFO t={time.monotonic():.1f} s: the agent recovered and serves")
     expect("after the power cut no wrenn- device exists before any resume", wrenn_devices() == [])
     status, body = api("GET", "/sandboxes")
     if not expect(f"GET /sandboxes answers 200 (got {status})", status == 200):
@@ -310,19 +312,21 @@ def check(logs, cleanup_stale):
         if not expect(f"resume {sid} after the power cut answers 200 (got {status}: {body})", status == 200):
             continue
         dev = f"/dev/mapper/wrenn-{sid}"
-        pc("SEEN", sid, "running")
+        seen = [pc_line("SEEN", sid, "running")]
+        data = read_blocks(dev, 0, NBLK)
         for blk in range(NBLK):
             allowed = exp.blocks[sid].get(blk, {0})
-            got = classify(sid, blk, read_block(dev, blk))
+            got = classify(sid, blk, data[blk * BLOCK:(blk + 1) * BLOCK])
             what = "torn or foreign bytes" if got is None else ("the template" if got == 0 else f"record {got}")
             if expect(f"{sid} block {blk} holds {what}; acknowledged: "
                       f"{'the template' if allowed == {0} else sorted(allowed)}", got in allowed):
                 if got != 0:
-                    pc("SEEN-BLK", sid, blk, got)
-        tail_off = TEMPLATE_MIB * 1024 * 1024 - BLOCK
+                    seen.append(pc_line("SEEN-BLK", sid, blk, got))
+        say("\n".join(seen))
         expect(f"{sid} reads the template past its records",
-               read_block(dev, tail_off // BLOCK) == template_block(tail_off // BLOCK))
+               read_blocks(dev, NBLK, NBLK) == TEMPLATE_DATA[NBLK * BLOCK:2 * NBLK * BLOCK])
     check_devices_healthy("after the check")
+    say(f"PC INFO t={time.monotonic():.1f} s: the check took {time.monotonic() - started:.1f} s")
     expect("the devices are exactly the resumed sandboxes",
            wrenn_devices() == sorted(f"wrenn-{s}" for s in listed if s in exp.states))
     return proc, exp
@@ -346,7 +350,7 @@ def run_client(n, owned, stop):
         running = [s for s, st in owned.items() if st == "running"]
         paused = [s for s, st in owned.items() if st == "paused"]
         choices = []
-        if len(owned) < 4:
+        if len(owned) < 3:
             choices += ["create"] * (3 if len(owned) < 2 else 1)
         choices += ["write"] * 6 * bool(running) + ["pause"] * 2 * bool(running)
         choices += ["resume"] * 2 * bool(paused) + ["destroy"] * (len(owned) > 1)
@@ -392,6 +396,7 @@ def work(survivors):
         owned[i % CLIENTS][sid] = "running"
     stop = threading.Event()
     threads = [threading.Thread(target=client, args=(n, owned[n], stop)) for n in range(CLIENTS)]
+    say(f"PC INFO t={time.monotonic():.1f} s: workload starts")
     pc("WORKLOAD-START")
     for t in threads:
         t.start()
@@ -401,12 +406,14 @@ def work(survivors):
 
 
 def main():
-    global BUILD, SEED, BOOT
+    global BUILD, SEED, BOOT, TEMPLATE_DATA
     BUILD, SEED, BOOT, mode, logs = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:]
+    TEMPLATE_DATA = random.Random(SEED).randbytes(TEMPLATE_MIB * 1024 * 1024)
+    say(f"PC INFO t={time.monotonic():.1f} s: {mode} starts")
     if mode == "work":
         os.makedirs(TEMPLATES, exist_ok=True)
         with open(TEMPLATE, "wb") as f:
-            f.write(template_bytes())
+            f.write(TEMPLATE_DATA)
             os.fsync(f.fileno())
         os.sync()
         if start_agent() is not None:
@@ -429,6 +436,7 @@ def main():
             expect(f"no CoW or record is left ({cows})", cows == [])
             expect("no sandbox folder is left", os.listdir(f"{STATE}/sandboxes") == [])
             stop_agent(proc)
+            say(f"PC INFO t={time.monotonic():.1f} s: all destroyed")
     if failures:
         with open(AGENT_LOG, errors="replace") as f:
             tail = f.readlines()[-60:]
