@@ -301,10 +301,10 @@ def check(logs, cleanup_stale):
     pc("SNAPSHOT")
     for sid, states in sorted(exp.states.items()):
         if sid not in listed:
-            expect(f"{sid} is gone, which only its destroy or an unacknowledged create allows "
-                   f"(may be {sorted(states)})", "gone" in states)
+            expect(f"{sid} is gone; its acknowledged operations allow only {sorted(states)}",
+                   "gone" in states)
             continue
-        expect(f"{sid} exists, which its acknowledged operations allow (may be {sorted(states)})",
+        expect(f"{sid} exists; its acknowledged operations allow only {sorted(states)}",
                states & {"running", "paused"})
         expect(f"{sid} is paused after the power cut (its device went with the machine), "
                f"not {listed[sid]}", listed[sid] == "paused")
