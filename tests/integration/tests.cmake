@@ -2,6 +2,7 @@
 # The longest first: with no timings on record (a fresh CI machine) ctest starts them in this
 # order, and the groups that run beside it fill the time.
 wrenn_kernel_test(NAME "agent crash" SCRIPT integration/agent_crash.sh TIMEOUT 2400)
+wrenn_kernel_test(NAME "power cut" HOST_SCRIPT integration/power_cut.sh TIMEOUT 1800)
 wrenn_kernel_test(NAME "harness" TAGS "[harness]")
 wrenn_kernel_test(NAME "loop" TAGS "[loop]")
 wrenn_kernel_test(NAME "dm" TAGS "[dm]")
