@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <fstream>
 #include <sstream>
+#include <string_view>
+#include <vector>
 
 #include "common/file.hpp"
 #include "common/unique_fd.hpp"
@@ -179,6 +181,25 @@ Result<void> StateStore::remove_sandbox(std::string_view id) const {
     const std::string cow = cow_path(id);
     if (::unlink(cow.c_str()) != 0 && errno != ENOENT) {
         return errno_error("remove " + cow);
+    }
+    // A fork or import killed mid-copy leaves its CoW under a temporary name (rootfs.cow.tmp-
+    // and six letters, flatten's PendingOutput): part of this sandbox, so it goes with it.
+    if (DIR* listing = ::opendir(dir.c_str()); listing != nullptr) {
+        const std::string prefix = std::string(kCowName) + ".tmp-";
+        std::vector<std::string> temps;
+        while (const dirent* entry = ::readdir(listing)) {
+            const std::string_view name = entry->d_name;
+            if (name.size() == prefix.size() + 6 && name.starts_with(prefix)) {
+                temps.emplace_back(name);
+            }
+        }
+        ::closedir(listing);
+        for (const auto& name : temps) {
+            const std::string path = dir + "/" + name;
+            if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+                return errno_error("remove " + path);
+            }
+        }
     }
     if (::rmdir(dir.c_str()) != 0 && errno != ENOENT) {
         return errno_error("remove folder " + dir);

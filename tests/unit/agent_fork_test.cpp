@@ -158,6 +158,29 @@ TEST_CASE("a fork that fails at any step leaves nothing and the source running",
     check_clean("create");
 }
 
+TEST_CASE("a kill during a fork's copy: the restart removes the half-made CoW with the folder",
+          "[agent][fork]") {
+    ForkFixture f;
+    REQUIRE(f.create("src").ok());
+    // Killed while copying: the child's folder holds only the copy under its temporary name.
+    REQUIRE(f.store->create_sandbox_dir("kid").ok());
+    const std::string temp = f.store->cow_path("kid") + ".tmp-Ab3xYz";
+    std::ofstream(temp) << "half a copy";
+    auto report = f.restart();
+    CHECK(report.unfinished_removed == 1);
+    CHECK(report.problems.empty());
+    CHECK_FALSE(exists(f.store->sandbox_dir("kid")));
+
+    // A file of any other name is not ours to delete: the folder stays, and the report says so.
+    REQUIRE(f.store->create_sandbox_dir("odd").ok());
+    const std::string foreign = f.store->sandbox_dir("odd") + "/notes.txt";
+    std::ofstream(foreign) << "someone's";
+    report = f.restart();
+    CHECK(report.unfinished_removed == 0);
+    CHECK(report.problems.size() == 1);
+    CHECK(exists(foreign));
+}
+
 TEST_CASE("a kill during a fork leaves nothing a restart does not clear", "[agent][fork]") {
     ForkFixture f;
     REQUIRE(f.create("src").ok());
