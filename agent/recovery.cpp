@@ -15,6 +15,7 @@
 
 #include "agent/sandbox_manager.hpp"
 #include "common/unique_fd.hpp"
+#include "flatten/image_copy.hpp"
 
 namespace wrenn::agent {
 
@@ -34,10 +35,6 @@ std::string_view describe(dm::DeviceOwner owner) {
     return "unknown";
 }
 
-bool is_alnum(char c) {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
-}
-
 }  // namespace
 
 // flatten/image_copy.cpp writes <templates-dir>/<name>.img.tmp-XXXXXX (mkstemp: six letters
@@ -46,19 +43,8 @@ bool is_alnum(char c) {
 bool is_flatten_temp_name(std::string_view file) {
     constexpr std::string_view kMarker = ".img.tmp-";
     const auto at = file.rfind(kMarker);
-    if (at == std::string_view::npos || !is_valid_name(file.substr(0, at))) {
-        return false;
-    }
-    const std::string_view suffix = file.substr(at + kMarker.size());
-    if (suffix.size() != 6) {
-        return false;
-    }
-    for (const char c : suffix) {
-        if (!is_alnum(c)) {
-            return false;
-        }
-    }
-    return true;
+    return at != std::string_view::npos && is_valid_name(file.substr(0, at)) &&
+           flatten::is_pending_output_name(file, file.substr(0, at + 4));  // "<name>.img"
 }
 
 std::size_t SandboxManager::sweep_flatten_temps(std::vector<std::string>& problems) {

@@ -15,6 +15,7 @@
 
 #include "common/file.hpp"
 #include "common/unique_fd.hpp"
+#include "flatten/image_copy.hpp"
 
 namespace wrenn::agent {
 
@@ -185,12 +186,10 @@ Result<void> StateStore::remove_sandbox(std::string_view id) const {
     // A fork or import killed mid-copy leaves its CoW under a temporary name (rootfs.cow.tmp-
     // and six letters, flatten's PendingOutput): part of this sandbox, so it goes with it.
     if (DIR* listing = ::opendir(dir.c_str()); listing != nullptr) {
-        const std::string prefix = std::string(kCowName) + ".tmp-";
         std::vector<std::string> temps;
         while (const dirent* entry = ::readdir(listing)) {
-            const std::string_view name = entry->d_name;
-            if (name.size() == prefix.size() + 6 && name.starts_with(prefix)) {
-                temps.emplace_back(name);
+            if (flatten::is_pending_output_name(entry->d_name, kCowName)) {
+                temps.emplace_back(entry->d_name);
             }
         }
         ::closedir(listing);

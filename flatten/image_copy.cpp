@@ -258,6 +258,20 @@ PendingOutput::~PendingOutput() {
     }
 }
 
+bool is_pending_output_name(std::string_view file, std::string_view final_name) {
+    constexpr std::string_view kTemp = ".tmp-";
+    if (file.size() != final_name.size() + kTemp.size() + 6 || !file.starts_with(final_name) ||
+        file.substr(final_name.size(), kTemp.size()) != kTemp) {
+        return false;
+    }
+    for (const char c : file.substr(final_name.size() + kTemp.size())) {
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))) {
+            return false;
+        }
+    }
+    return true;
+}
+
 Result<PendingOutput> PendingOutput::create(const std::string& out, unsigned mode) {
     struct stat st {};
     if (::lstat(out.c_str(), &st) == 0) {

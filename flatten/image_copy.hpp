@@ -36,6 +36,11 @@ WriteAt pwrite_writer(int fd, std::string path);
 // ftruncate: sets the size of the file open as fd (a new file: all of it a hole).
 Result<void> set_file_size(int fd, std::uint64_t bytes, const std::string& path);
 
+// True when file (a name, no folder) is a PendingOutput's temporary name for the final name
+// `final_name`: final_name + ".tmp-" + the six letters or digits mkostemp chose. Left behind
+// only by a process killed before commit(), so whoever owns final_name may remove it.
+bool is_pending_output_name(std::string_view file, std::string_view final_name);
+
 // A new, empty output file <out>.tmp-XXXXXX beside out. Owns the temp file: the destructor
 // removes it unless commit() succeeded, so a failed flatten (or import) leaves no file behind.
 class PendingOutput {
