@@ -1,13 +1,11 @@
 """The guest side of scripts/bench-io (see there)."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from agentclient import Agent, median  # noqa: E402
+from agentclient import AgentProcess, median  # noqa: E402
 
 build, runs, seconds, prefix = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 binary = os.path.join(build, "wrenn-agent")
@@ -42,37 +40,6 @@ def fio(dev, rw, bs, size_mib=None, timed=True):
     result = json.loads(sh(*args, out=True))["jobs"][0]
     side = result["read"] if rw.endswith("read") else result["write"]
     return side["iops"], side["bw_bytes"]
-
-
-class AgentProcess:
-    def __init__(self):
-        sock = f"{work}/agent.sock"
-        self.log = open(f"{work}/agent.log", "a")
-        self.proc = subprocess.Popen([binary, "serve", "--listen", f"unix:{sock}",
-                                      "--state-dir", state, "--min-free", "0"],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        self.api = Agent(sock)
-        for _ in range(500):
-            try:
-                if self.api.call("GET", "/healthz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            if self.proc.poll() is not None:
-                sys.exit(f"bench-io: the agent exited at start; see {work}/agent.log")
-            time.sleep(0.02)
-        sys.exit("bench-io: the agent did not answer within 10 s")
-
-    def sandbox(self, sid):
-        self.api.must("POST", "/sandboxes", {"id": sid, "template": "base"}, want=201)
-        return f"/dev/mapper/wrenn-{sid}"
-
-    def destroy(self, sid):
-        self.api.must("DELETE", f"/sandboxes/{sid}", want=204)
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait()
 
 
 class HandMadeSnapshot:
@@ -110,7 +77,7 @@ def main():
     write_file = f"{work}/floor-rw.img"
     sh("fallocate", "-l", f"{TEMPLATE_MIB}M", write_file)
     write_floor = sh("losetup", "--find", "--show", "--direct-io=on", write_file, out=True)
-    agent = AgentProcess()
+    agent = AgentProcess(binary, work, state, "bench-io")
 
     jobs = [("4 KiB random read", "randread", "4k", "IOPS"),
             ("1 MiB sequential read", "read", "1M", "MiB/s"),

@@ -7,9 +7,6 @@
 # kill -9 during a loop of forks: nothing leaks and no device stays suspended.
 source "$(dirname "$0")/lib.sh"
 
-ACKS=$WORK/acks
-REC=4096  # one record per 4 KiB block: "record N" at block N
-
 suspended_devices() {
     local n=0 d
     for d in $(wrenn_devices); do
@@ -17,27 +14,6 @@ suspended_devices() {
     done
     echo $n
 }
-record_at() {  # DEV N: the record in block N, or nothing
-    dd if="$1" bs=$REC skip="$2" count=1 iflag=direct status=none | tr -d '\0' | head -c 32
-}
-# writer DEV FIRST: writes "record N" with O_DIRECT|O_DSYNC from block FIRST on, and appends N
-# to $ACKS once the write returned (acknowledged), until $WORK/stop exists.
-writer() {
-    local dev=$1 n=$2
-    : >"$ACKS"
-    while [ ! -e "$WORK/stop" ]; do
-        printf 'record %d' "$n" | dd of="$dev" bs=$REC seek="$n" oflag=direct,dsync conv=sync,notrunc \
-            status=none || return 1
-        echo "$n" >>"$ACKS"
-        n=$((n + 1))
-    done
-}
-last_ack() {
-    local n
-    n=$(tail -n 1 "$ACKS" 2>/dev/null)
-    echo "${n:--1}"
-}
-
 fork_under_writes() {  # the core check, on the filesystem the state dir is on now
     local fs=$1
     step "$fs: fork a running sandbox under a writer"
@@ -89,7 +65,6 @@ fork_under_writes xfs
 expect_true "xfs: the copy was a reflink" grep -q "op=fork source I/O stalled .* (reflink)" "$AGENT_LOG"
 require "agent stops" stop_agent
 
-EXT4_WORK=/scratch-ext4/$PREFIX
 mkdir -p "$EXT4_WORK"
 STATE_XFS=$STATE
 STATE=$EXT4_WORK/state

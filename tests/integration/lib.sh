@@ -16,6 +16,8 @@ WORK=/scratch/$PREFIX
 STATE=$WORK/state
 TEMPLATES=$STATE/templates
 PORT=${WRENN_TEST_PORT:-7070}
+# A test that also puts a state dir on ext4 (scripts/vm mounts one at /scratch-ext4) uses this.
+EXT4_WORK=/scratch-ext4/$PREFIX
 # The agent listens where it does by default, on a unix socket (per test, under $WORK); api and
 # start_agent call it through CURL and URL, which a test may point at a TCP listener instead.
 SOCK=$WORK/agent.sock
@@ -148,25 +150,53 @@ read_marker() {
     dd if="$1" bs=1M skip="$2" count=1 iflag=direct status=none | head -c "$3"
 }
 
+# A writer whose acknowledged records can be checked later (fork, export of a running sandbox).
+ACKS=$WORK/acks
+REC=4096  # one record per 4 KiB block: "record N" at block N
+
+record_at() {  # DEV N: the record in block N, or nothing
+    dd if="$1" bs=$REC skip="$2" count=1 iflag=direct status=none | tr -d '\0' | head -c 32
+}
+# writer DEV FIRST: writes "record N" with O_DIRECT|O_DSYNC from block FIRST on, and appends N
+# to $ACKS once the write returned (acknowledged), until $WORK/stop exists.
+writer() {
+    local dev=$1 n=$2
+    : >"$ACKS"
+    while [ ! -e "$WORK/stop" ]; do
+        printf 'record %d' "$n" | dd of="$dev" bs=$REC seek="$n" oflag=direct,dsync conv=sync,notrunc \
+            status=none || return 1
+        echo "$n" >>"$ACKS"
+        n=$((n + 1))
+    done
+}
+last_ack() {
+    local n
+    n=$(tail -n 1 "$ACKS" 2>/dev/null)
+    echo "${n:--1}"
+}
+
 make_template() {  # name size_mib: random bytes, so every read is checked against the image
     head -c "$(($2 * 1024 * 1024))" /dev/urandom >"$TEMPLATES/$1.img"
 }
 
 finish() {
     kill_agent
-    for m in $(awk -v w="$WORK" '$2 ~ "^"w {print $2}' /proc/mounts | sort -r); do umount -l "$m"; done
+    local w f
+    for w in "$WORK" "$EXT4_WORK"; do
+        for m in $(awk -v w="$w" '$2 ~ "^"w {print $2}' /proc/mounts | sort -r); do umount -l "$m"; done
+    done
     # Our strays: every wrenn- device and every loop over our files goes, whatever happened.
     for d in $(wrenn_devices); do dmsetup remove --retry "$d" >/dev/null 2>&1; done
     for f in /sys/block/loop*/loop/backing_file; do
         [ -e "$f" ] || continue
-        case "$(cat "$f")" in "$WORK"/*) losetup -d "/dev/$(basename "$(dirname "$(dirname "$f")")")" 2>/dev/null ;; esac
+        case "$(cat "$f")" in "$WORK"/* | "$EXT4_WORK"/*) losetup -d "/dev/$(basename "$(dirname "$(dirname "$f")")")" 2>/dev/null ;; esac
     done
     [ "$UDEV_STARTED" -eq 1 ] && udevadm control --exit >/dev/null 2>&1
     if [ "$FAILED" -ne 0 ]; then
         echo "--- agent log (last 60 lines) ---" >&2
         tail -n 60 "$AGENT_LOG" >&2
     fi
-    rm -rf "$WORK"
+    rm -rf "$WORK" "$EXT4_WORK"
     echo "$PASSED passed, $FAILED failed"
     [ "$FAILED" -eq 0 ] && [ "$PASSED" -gt 0 ]
     exit $?
