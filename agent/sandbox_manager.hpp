@@ -19,6 +19,7 @@
 #include "agent/space.hpp"
 #include "agent/state_store.hpp"
 #include "agent/template_digests.hpp"
+#include "agent/transfer.hpp"
 
 namespace wrenn::agent {
 
@@ -91,6 +92,25 @@ class SandboxManager : public SpaceActions {
     // a point-in-time copy of the source's CoW (fork.cpp). A running source's I/O is suspended
     // only while its CoW is copied, at most Options::fork_max_stall.
     void fork(const std::string& id, std::string new_id, Callback<Sandbox> done);
+    // Export (sandbox_transfer.cpp): streams the sandbox's archive (docs/archive.md), holding
+    // its strand throughout; a running one is exported from a point-in-time copy of its CoW.
+    // `begin` is called once every check passed, before the first byte, and returns where the
+    // bytes go; `done` then reports how the stream ended. A failure before `begin` means
+    // nothing was sent.
+    using ExportBegin = std::function<archive::ByteSink()>;
+    void export_sandbox(const std::string& id, bool compress, ExportBegin begin,
+                        Callback<TransferStats> done);
+    // Import: a new paused sandbox `id` from an archive read through `read_body` (blocking
+    // reads on the worker pool; 0 at the end of the input, an error when it was cut short),
+    // over the local template with the archive's digest. A refused or broken archive leaves
+    // nothing; the record is written last.
+    using ReadBody = std::function<Result<std::size_t>(std::span<std::byte>)>;
+    struct ImportOptions {
+        // Bytes an archive may have at most; also at most its template's size plus 1%.
+        std::uint64_t max_bytes = UINT64_MAX;
+    };
+    void import_sandbox(const std::string& id, ImportOptions options, ReadBody read_body,
+                        Callback<Sandbox> done);
     // The sandbox with live CoW usage from the kernel (runs on the query pool, not the strand).
     void get_live(const std::string& id, Callback<Sandbox> done);
 
@@ -143,6 +163,18 @@ class SandboxManager : public SpaceActions {
     Outcome<Done> do_destroy(const EntryPtr& entry);
     Outcome<TemplateInfo> do_flatten(const EntryPtr& entry, const std::string& template_name);
     Outcome<Sandbox> do_fork(const EntryPtr& source, const EntryPtr& child);
+    Outcome<TransferStats> do_export(const EntryPtr& entry, bool compress,
+                                     const ExportBegin& begin);
+    Outcome<Sandbox> do_import(const EntryPtr& entry, const ImportOptions& options,
+                               const ReadBody& read_body);
+    struct TemplateMatch {
+        std::string name;
+        TemplateIdentity identity;  // with its sha256
+    };
+    // The template in templates_dir whose content has the archive's digest, or 409
+    // template_mismatch naming the digest.
+    Outcome<TemplateMatch> find_template_by_digest(const archive::Header& header,
+                                                   const std::string& what);
     // fork.cpp: copies the source's CoW for `to`; a running source is suspended meanwhile.
     Outcome<std::unique_ptr<PendingCopy>> copy_source_cow(const EntryPtr& source,
                                                           const Sandbox& from,

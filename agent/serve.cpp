@@ -224,7 +224,16 @@ int serve_locked(const ServeOptions& options, Platform& platform) {
                    ? ConnectionCounts{}
                    : ConnectionCounts{serving->connections(), serving->connections_refused()};
     };
+    api_options.max_import_bytes = options.max_import_bytes;
     Api api(manager, platform, metrics, std::move(api_options));
+    // POST /sandboxes/import streams its body (an archive) to the worker pool.
+    server_options.streamed_body = [&api](const http::RequestHeader& header) {
+        return api.streamed_body(header);
+    };
+    server_options.stream_handler = [&api](http::Request&& request, http::BodyReader body,
+                                           http::Respond respond) {
+        api.handle_import(std::move(request), std::move(body), std::move(respond));
+    };
     asio::io_context ioc;
     auto server = http::Server::create(ioc, server_options,
                                        [&api](http::Request&& request, http::Respond respond) {

@@ -23,6 +23,8 @@ class StateStore {
     [[nodiscard]] std::string sandbox_dir(std::string_view id) const;
     [[nodiscard]] std::string record_path(std::string_view id) const;
     [[nodiscard]] std::string cow_path(std::string_view id) const;
+    // Where a running sandbox's export copies its CoW (only ever under a temporary name).
+    [[nodiscard]] std::string export_copy_path(std::string_view id) const;
 
     // Makes the sandbox's folder (EEXIST if it is there) and its sparse CoW file of `size` bytes.
     Result<void> create_sandbox_files(std::string_view id, std::uint64_t cow_size) const;
