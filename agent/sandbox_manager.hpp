@@ -44,7 +44,7 @@ struct RecoveryReport {
     std::size_t stale_removed = 0;  // wrenn- devices of ours no sandbox runs on
     std::size_t unfinished_removed = 0;
     std::size_t foreign_left = 0;        // devices of another state dir, left alone
-    std::size_t temp_files_removed = 0;  // flatten temp files left by a killed flatten
+    std::size_t temp_files_removed = 0;  // temp files left by a killed flatten or export
     std::size_t suspended_found = 0;     // adopted devices found suspended (for space)
     std::size_t tcmu_detached = 0;       // TCMU devices of ours no sandbox used
     std::vector<std::string> problems;   // what could not be repaired, in words
@@ -74,8 +74,9 @@ class SandboxManager : public SpaceActions {
 
     // Startup: reads every record, adopts as running every sandbox whose device (ours) is live
     // over its CoW, pauses running ones whose device is gone, removes every other device of
-    // ours, unfinished creates and flatten temp files. Devices of other state dirs are left
-    // alone. Fails, changing nothing, when the records or the device list cannot be read.
+    // ours, unfinished creates, flatten temp files and copies left by a killed export.
+    // Devices of other state dirs are left alone. Fails, changing nothing, when the records or
+    // the device list cannot be read.
     // Blocking; call before serving.
     Result<RecoveryReport> recover();
     // Boot: removes every wrenn- device of ours, lets go of our loops and TCMU devices, marks

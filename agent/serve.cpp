@@ -55,7 +55,8 @@ Result<std::string> read_token(const std::string& path) {
 void log_report(const RecoveryReport& report) {
     spdlog::info(
         "recovered state: {} adopted, {} paused (device gone), {} stale devices removed, "
-        "{} unfinished creates removed, {} flatten temp files removed, {} unused TCMU devices "
+        "{} unfinished creates removed, {} flatten/export temp files removed, {} unused TCMU "
+        "devices "
         "detached, {} devices of other state dirs left alone, {} found suspended for space",
         report.adopted, report.paused, report.stale_removed, report.unfinished_removed,
         report.temp_files_removed, report.tcmu_detached, report.foreign_left,

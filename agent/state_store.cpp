@@ -214,6 +214,29 @@ Result<void> StateStore::remove_sandbox(std::string_view id) const {
     return fsync_dir(sandboxes_dir());
 }
 
+Result<std::size_t> StateStore::remove_export_copies(std::string_view id) const {
+    const std::string dir = sandbox_dir(id);
+    DIR* listing = ::opendir(dir.c_str());
+    if (listing == nullptr) {
+        return errno == ENOENT ? Result<std::size_t>(std::size_t{0})
+                               : Result<std::size_t>(errno_error("list " + dir));
+    }
+    std::vector<std::string> temps;
+    while (const dirent* entry = ::readdir(listing)) {
+        if (flatten::is_pending_output_name(entry->d_name, kExportCopyName)) {
+            temps.emplace_back(entry->d_name);
+        }
+    }
+    ::closedir(listing);
+    for (const auto& name : temps) {
+        const std::string path = dir + "/" + name;
+        if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+            return errno_error("remove " + path);
+        }
+    }
+    return temps.size();
+}
+
 std::uint64_t StateStore::allocated_bytes(const std::string& path) const {
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0) {

@@ -33,6 +33,9 @@ class StateStore {
     // Record first (so a crash in between leaves an unfinished folder, not a record without
     // a CoW), then the CoW, then the folder. Missing pieces are not an error.
     Result<void> remove_sandbox(std::string_view id) const;
+    // Removes the point-in-time copies an export killed mid-way left in a sandbox's folder
+    // (export.cow.tmp-XXXXXX): nothing reads them once the agent is gone. Returns how many.
+    Result<std::size_t> remove_export_copies(std::string_view id) const;
     // fsync of a file of ours (a CoW after its device went): its data is on disk on return.
     Result<void> sync_file(const std::string& path) const;
     // An empty sandbox folder (0700) for a fork, whose CoW is copied in; EEXIST when taken.

@@ -376,3 +376,23 @@ TEST_CASE("import refusals leave no record, CoW or folder", "[api][transfer]") {
     CHECK(f.platform.devices.empty());
     CHECK(f.platform.origin_refs.empty());
 }
+
+TEST_CASE("a copy left by a killed export goes at the next start, and with its sandbox",
+          "[api][transfer]") {
+    TransferFixture f;
+    REQUIRE(f.create("sb1").ok());
+    REQUIRE(f.create("sb2").ok());
+    const std::string left = f.store->sandbox_dir("sb1") + "/export.cow.tmp-Ab12Cd";
+    const std::string kept = f.store->sandbox_dir("sb1") + "/export.cow.tmp-toolong1";
+    std::ofstream(left) << "copy";
+    std::ofstream(kept) << "not ours";
+    auto report = f.restart();
+    CHECK(report.temp_files_removed == 1);
+    CHECK_FALSE(std::filesystem::exists(left));
+    CHECK(std::filesystem::exists(kept));  // not a name an export makes
+    std::filesystem::remove(kept);
+    const std::string again = f.store->sandbox_dir("sb2") + "/export.cow.tmp-Zz9Yy8";
+    std::ofstream(again) << "copy";
+    REQUIRE(f.destroy("sb2").ok());
+    CHECK_FALSE(f.folder_exists("sb2"));
+}
