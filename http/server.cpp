@@ -557,6 +557,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
             return;
         }
         body_status_ = pipe->writer.status();
+        body_buffer_.resize(kPieceBytes);
         body_pipe_.emplace(strand_);
         UniqueFd fd = pipe->writer.release();
         boost::system::error_code ec;
@@ -820,6 +821,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
             return;
         }
         fd.release();
+        body_buffer_.resize(kPieceBytes);
         stream_chunked_ = request_version_ >= 11;
         stream_keep_alive_ = keep_alive && stream_chunked_;
         stream_bytes_ = 0;
@@ -1002,6 +1004,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     }
 
     static constexpr std::size_t kLingerLimit = 1024 * 1024;
+    static constexpr std::size_t kPieceBytes = 64 * 1024;  // of a streamed body
 
     std::shared_ptr<ServerState> state_;
     std::shared_ptr<ListenerInfo> listener_;
@@ -1018,7 +1021,9 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     std::optional<bhttp::request_parser<bhttp::buffer_body>> body_parser_;
     std::optional<unix_socket::socket> body_pipe_;
     std::shared_ptr<BodyStatus> body_status_;
-    std::array<char, 64 * 1024> body_buffer_{};  // one piece, either way
+    // One piece, either way; allocated by the first streamed body only, so that idle
+    // connections (up to --max-connections per listener) do not each hold 64 KiB.
+    std::vector<char> body_buffer_;
     std::uint64_t body_limit_ = 0;
     std::uint64_t body_bytes_ = 0;
     BodyState body_state_ = BodyState::None;
