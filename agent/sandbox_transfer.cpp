@@ -42,6 +42,11 @@ Outcome<TransferStats> SandboxManager::do_export(const EntryPtr& entry, bool com
                                                  const ExportBegin& begin) {
     const Sandbox sb = snapshot_of(entry);
     const std::string what = "export " + sb.id;
+    if (auto missing = check_kernel()) {
+        // Even a paused sandbox's: whether its device is live is the kernel's to say.
+        missing->error = std::move(missing->error).within(what);
+        return *missing;
+    }
     if (sb.origin.type != OriginSpec::Type::Loop) {
         return failure(FailureKind::InvalidState, what, 0,
                        "only a sandbox made over a template can be exported (an archive names "

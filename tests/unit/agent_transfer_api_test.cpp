@@ -256,6 +256,12 @@ TEST_CASE("export refusals are JSON errors before any byte", "[api][transfer]") 
     auto refused = f.export_of("t1");
     CHECK(refused.status == 409);
     CHECK(refused.error_code == "invalid_state");
+    f.platform.kernel.device_mapper = false;
+    f.platform.kernel.device_mapper_reason = "the kernel has no device-mapper";
+    auto no_dm = f.export_of("sb1");
+    CHECK(no_dm.status == 503);
+    CHECK(no_dm.error_code == "unavailable");
+    f.platform.kernel.device_mapper = true;
     auto wrong_method = f.call(http::verb::post, "/sandboxes/sb1/export");
     REQUIRE_FALSE(wrong_method.streamed());
     CHECK(wrong_method.response().result_int() == 405);
