@@ -78,7 +78,8 @@ struct ServerOptions {
     // else 401 JSON. Without it, a TCP listener takes only a Host header naming a loopback
     // address or the listener's own (else 403), so that a DNS-rebinding web page cannot reach
     // it. On every listener: a request with an Origin header is refused (403), and a request
-    // with a body, or any Content-Type, must be "application/json" (else 415).
+    // with a body, or any Content-Type, must be "application/json" (else 415), except that a
+    // request streamed_body picks must have its own media type instead.
     std::optional<std::string> bearer_token;
     std::size_t body_limit = 64 * 1024;     // larger -> 413 JSON
     std::size_t header_limit = 8 * 1024;    // larger -> 431 JSON
