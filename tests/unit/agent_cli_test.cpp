@@ -85,7 +85,8 @@ TEST_CASE("JSON log lines escape what they carry", "[cli]") {
     CHECK(json_quote(std::string("\x01", 1)) == R"("\u0001")");
 }
 
-TEST_CASE("--max-import-bytes: no fixed cap by default, a byte count when given", "[cli]") {
+TEST_CASE("the flag --max-import-bytes: no fixed cap by default, a byte count when given",
+          "[cli]") {
     CHECK(std::get<ServeOptions>(parse_command_line({})).max_import_bytes == 0);
     auto cmd = parse_command_line({"--max-import-bytes", "1073741824"});
     REQUIRE(std::holds_alternative<ServeOptions>(cmd));
