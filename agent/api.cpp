@@ -7,6 +7,8 @@
 #include <memory>
 #include <string_view>
 
+#include "archive/format.hpp"
+
 namespace wrenn::agent {
 
 namespace http = boost::beast::http;
@@ -133,6 +135,29 @@ std::vector<std::string_view> split_path(std::string_view path) {
         pos = end;
     }
     return parts;
+}
+
+// The value of `key` in the target's query ("?id=sb1&x=y"); nullopt when absent. Values are
+// taken as they are: the ones the API reads (ids, true/false) need no percent-decoding.
+std::optional<std::string_view> query_param(std::string_view target, std::string_view key) {
+    const auto mark = target.find('?');
+    if (mark == std::string_view::npos) {
+        return std::nullopt;
+    }
+    std::string_view query = target.substr(mark + 1);
+    while (!query.empty()) {
+        const auto amp = query.find('&');
+        const std::string_view pair = query.substr(0, amp);
+        const auto eq = pair.find('=');
+        if (pair.substr(0, eq) == key) {
+            return eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
+        }
+        if (amp == std::string_view::npos) {
+            break;
+        }
+        query.remove_prefix(amp + 1);
+    }
+    return std::nullopt;
 }
 
 json::object health_json(const KernelSupport& k) {
@@ -286,6 +311,13 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
                        "no route " + printable_path(req.target()) + " (see docs/api.md)"));
     }
 
+    if (parts.size() == 2 && parts[1] == "import" && verb == http::verb::post) {
+        // Only a transport that streams this route's body reaches here without one.
+        return respond(json_error(req, 415, "unsupported_media_type",
+                                  std::string("POST /sandboxes/import takes the archive as its "
+                                              "body, sent with \"Content-Type: ") +
+                                      archive::kContentType + "\""));
+    }
     if (parts.size() == 1) {
         if (verb == http::verb::get) {
             json::array list;
@@ -406,10 +438,16 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
     }
 
     const std::string_view action = parts[2];
+    if (action == "export") {
+        if (verb != http::verb::get) {
+            return method_not_allowed("GET");
+        }
+        return export_sandbox(request, id, respond);
+    }
     if (action != "pause" && action != "resume" && action != "flatten" && action != "fork") {
         return respond(json_error(req, 404, "not_found",
                                   "no route " + printable_path(req.target()) +
-                                      " (actions: pause, resume, flatten, fork)"));
+                                      " (actions: pause, resume, flatten, fork, export)"));
     }
     if (verb != http::verb::post) {
         return method_not_allowed("POST");
@@ -466,6 +504,106 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
                          {"sha256",
                           out->sha256.empty() ? json::value(nullptr) : json::value(out->sha256)}}));
     });
+}
+
+}  // namespace wrenn::agent
+
+namespace wrenn::agent {
+
+namespace {
+
+// One export's pipe: the worker writes the archive into its writer while the server sends
+// what the reader gets. `started` once the 200 went out (only the strand's thread touches it).
+struct ExportPipe {
+    explicit ExportPipe(wrenn::http::BodyPipe p) : pipe(std::move(p)) {}
+    wrenn::http::BodyPipe pipe;
+    bool started = false;
+};
+
+}  // namespace
+
+void Api::export_sandbox(const std::shared_ptr<HttpRequest>& request, const std::string& id,
+                         const Respond& respond) {
+    const auto& req = *request;
+    bool compress = true;
+    if (const auto value = query_param(req.target(), "compress")) {
+        if (*value == "false" || *value == "0") {
+            compress = false;
+        } else if (*value != "true" && *value != "1") {
+            return respond(json_error(req, 400, "invalid_request",
+                                      "query parameter 'compress' must be true or false"));
+        }
+    }
+    auto pipe = wrenn::http::make_body_pipe();
+    if (!pipe) {
+        return respond(json_error(req, 500, "internal", pipe.error().message()));
+    }
+    auto shared = std::make_shared<ExportPipe>(std::move(pipe).value());
+    manager_.export_sandbox(
+        id, compress,
+        [shared, request, respond, id]() -> archive::ByteSink {
+            shared->started = true;
+            wrenn::http::StreamedResponse res{{}, std::move(shared->pipe.reader)};
+            res.header.result(http::status::ok);
+            res.header.set(http::field::server, "wrenn-agent");
+            res.header.set(http::field::content_type, archive::kContentType);
+            res.header.set(http::field::content_disposition,
+                           "attachment; filename=\"" + id + ".wrenn\"");
+            respond(std::move(res));
+            return [shared](std::span<const std::byte> bytes) {
+                return shared->pipe.writer.write(bytes);
+            };
+        },
+        [shared, request, respond](Outcome<TransferStats> out) {
+            if (!shared->started) {
+                if (!out) {
+                    return respond(failure_response(*request, out.failure()));
+                }
+                return respond(json_error(*request, 500, "internal", "the export sent nothing"));
+            }
+            if (!out) {
+                // The client has a 200 already: the server aborts the transfer (no last chunk).
+                shared->pipe.writer.fail(out.failure().error);
+            } else {
+                shared->pipe.writer.finish();
+            }
+        });
+}
+
+std::optional<wrenn::http::StreamedBody> Api::streamed_body(
+    const wrenn::http::RequestHeader& header) const {
+    const auto parts = split_path(strip_query(header.target()));
+    if (header.method() == http::verb::post && parts.size() == 2 && parts[0] == "sandboxes" &&
+        parts[1] == "import") {
+        return wrenn::http::StreamedBody{archive::kContentType, options_.max_import_bytes == 0
+                                                                    ? UINT64_MAX
+                                                                    : options_.max_import_bytes};
+    }
+    return std::nullopt;
+}
+
+void Api::handle_import(HttpRequest&& request_in, wrenn::http::BodyReader body, Respond respond) {
+    auto request = std::make_shared<HttpRequest>(std::move(request_in));
+    const auto id = query_param(request->target(), "id");
+    if (!id || id->empty() || !is_valid_name(*id)) {
+        // The body reader goes with this call: the server stops reading the body.
+        return respond(json_error(*request, 400, "invalid_request",
+                                  "POST /sandboxes/import needs ?id=ID, an id matching "
+                                  "[A-Za-z0-9][A-Za-z0-9_-]{0,63}"));
+    }
+    auto reader = std::make_shared<wrenn::http::BodyReader>(std::move(body));
+    SandboxManager::ImportOptions options;
+    options.max_bytes = options_.max_import_bytes == 0 ? UINT64_MAX : options_.max_import_bytes;
+    manager_.import_sandbox(
+        std::string(*id), options,
+        [reader](std::span<std::byte> buffer) { return reader->read(buffer); },
+        [request, respond, reader](Outcome<Sandbox> out) {
+            reader->close();  // a refusal before the end: the server stops reading the body
+            if (!out) {
+                return respond(failure_response(*request, out.failure()));
+            }
+            respond(json_response(*request, 201, api_view(out.value())));
+        });
 }
 
 }  // namespace wrenn::agent

@@ -43,7 +43,8 @@ directory the agent creates 0750; the socket is 0660 with group "wrenn" when tha
 (add callers to it), else 0600 (root only). A TCP listener, loopback included, needs
 --token-file (curl -H "Authorization: Bearer $(cat FILE)"), unless --insecure-tcp is given.
 Every listener refuses requests carrying an Origin header (403: browsers) and bodies that are
-not Content-Type: application/json (415).
+not Content-Type: application/json (415), except POST /sandboxes/import, whose body is a
+sandbox archive sent as Content-Type: application/vnd.wrenn.sandbox.
 
 Options)usage";
 
@@ -88,7 +89,11 @@ po::options_description serve_options(ServeOptions& o) {
     desc.add_options()("fork-max-stall", po::value<std::string>()->value_name("TIME"),
                        "the longest a fork may hold a running source's I/O suspended while it "
                        "copies the CoW, e.g. 2s or 500ms; a fork that would take longer "
-                       "resumes the source and fails (default 2s)");
+                       "resumes the source and fails (default 2s)")(
+        "max-import-bytes", po::value(&o.max_import_bytes)->value_name("N"),
+        "the largest archive POST /sandboxes/import takes, in bytes; a larger one is refused "
+        "with 413 (default 0: no fixed cap, but an archive is always refused once it passes "
+        "its template's size plus 1% and 1 MiB)");
     // TCMU origins from the API: an allowlist (docs/api.md, "TCMU origins").
     desc.add_options()("tcmu-config-dir",
                        po::value(&o.tcmu_config_dirs)->composing()->value_name("DIR"),

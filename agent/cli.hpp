@@ -33,6 +33,9 @@ struct ServeOptions {
     SpacePolicy space;
     // --fork-max-stall: the longest a fork may hold a running source's I/O for its copy.
     std::chrono::milliseconds fork_max_stall{2000};
+    // --max-import-bytes: the largest archive POST /sandboxes/import takes (0: no fixed cap;
+    // each archive is bounded by its template's size plus 1% anyway).
+    std::uint64_t max_import_bytes = 0;
 };
 
 // What the command line asks for: serve (or --cleanup-stale), a subcommand that takes the rest

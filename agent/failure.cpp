@@ -26,6 +26,12 @@ std::string_view failure_code(FailureKind kind) {
             return "snapshot_invalid";
         case FailureKind::TemplateChanged:
             return "template_changed";
+        case FailureKind::TemplateMismatch:
+            return "template_mismatch";
+        case FailureKind::InvalidArchive:
+            return "invalid_archive";
+        case FailureKind::PayloadTooLarge:
+            return "payload_too_large";
         case FailureKind::InsufficientStorage:
             return "insufficient_storage";
         case FailureKind::Unavailable:
@@ -49,6 +55,7 @@ Failure origin_failure(const OriginSpec& origin, Error error) {
 unsigned failure_http_status(FailureKind kind) {
     switch (kind) {
         case FailureKind::InvalidRequest:
+        case FailureKind::InvalidArchive:
             return 400;
         case FailureKind::TcmuNotAllowed:
             return 403;
@@ -61,7 +68,10 @@ unsigned failure_http_status(FailureKind kind) {
         case FailureKind::DeviceBusy:
         case FailureKind::SnapshotInvalid:
         case FailureKind::TemplateChanged:
+        case FailureKind::TemplateMismatch:
             return 409;
+        case FailureKind::PayloadTooLarge:
+            return 413;
         case FailureKind::InsufficientStorage:
             return 507;
         case FailureKind::Unavailable:

@@ -23,6 +23,9 @@ enum class FailureKind {
     TcmuNotAllowed,        // 403 tcmu_not_allowed: a TCMU origin outside --tcmu-config-dir/-handler
     SnapshotInvalid,       // 409 snapshot_invalid
     TemplateChanged,       // 409 template_changed
+    TemplateMismatch,      // 409 template_mismatch: no local template has an archive's digest
+    InvalidArchive,        // 400 invalid_archive: a truncated, corrupt or oversized archive
+    PayloadTooLarge,       // 413 payload_too_large: an archive over its import limit
     InsufficientStorage,   // 507 insufficient_storage: the state filesystem is below --min-free
     Unavailable,           // 503 unavailable
     BackstoreUnavailable,  // 503 backstore_unavailable: no userspace handler took a TCMU device

@@ -399,6 +399,7 @@ class FlattenCopy : public PendingCopy {
     [[nodiscard]] std::string method() const override {
         return std::string(flatten::to_string(copied_.method));
     }
+    [[nodiscard]] std::string path() const override { return copied_.output.temp_path(); }
 
   private:
     flatten::CopiedFile copied_;

@@ -67,7 +67,9 @@ class PendingCopy {
   public:
     virtual ~PendingCopy() = default;
     virtual Result<void> commit() = 0;
-    [[nodiscard]] virtual std::string method() const = 0;  // "reflink", "copy_file_range", ...
+    [[nodiscard]] virtual std::string method() const = 0;
+    // The file that holds the copy until commit() (an export reads it there and never commits).
+    [[nodiscard]] virtual std::string path() const = 0;  // "reflink", "copy_file_range", ...
 };
 
 struct FlattenResult {

@@ -123,6 +123,14 @@ Result<RecoveryReport> SandboxManager::recover() {
     std::set<std::string> keep;  // devices not to remove: adopted, or undecided
 
     for (Sandbox& sb : loaded->sandboxes) {
+        // An export killed mid-way left its point-in-time copy: nobody reads it now.
+        if (auto removed = store_.remove_export_copies(sb.id); !removed) {
+            report.problems.push_back(removed.error().message());
+        } else if (*removed > 0) {
+            report.temp_files_removed += *removed;
+            spdlog::info("sandbox={} op=recover removed {} copy(ies) left by a killed export",
+                         sb.id, *removed);
+        }
         auto entry = std::make_shared<Entry>(workers_);
         const auto device = live.find(sb.id);
         bool over_cow = false;
@@ -251,7 +259,7 @@ Result<RecoveryReport> SandboxManager::recover() {
     } else {
         report.problems.push_back(swept.error().message());
     }
-    report.temp_files_removed = sweep_flatten_temps(report.problems);
+    report.temp_files_removed += sweep_flatten_temps(report.problems);
     return report;
 }
 

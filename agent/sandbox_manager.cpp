@@ -219,6 +219,11 @@ void SandboxManager::run_on_strand(const EntryPtr& entry, std::string op,
     });
 }
 
+// sandbox_transfer.cpp's export runs here too.
+template void SandboxManager::run_on_strand<TransferStats>(const EntryPtr&, std::string,
+                                                           std::function<Outcome<TransferStats>()>,
+                                                           Callback<TransferStats>);
+
 // ---- create -------------------------------------------------------------------------------
 
 SandboxManager::EntryPtr SandboxManager::reserve(const std::string& id) {

@@ -19,6 +19,7 @@
 #include "agent/space.hpp"
 #include "agent/state_store.hpp"
 #include "agent/template_digests.hpp"
+#include "agent/transfer.hpp"
 
 namespace wrenn::agent {
 
@@ -43,7 +44,7 @@ struct RecoveryReport {
     std::size_t stale_removed = 0;  // wrenn- devices of ours no sandbox runs on
     std::size_t unfinished_removed = 0;
     std::size_t foreign_left = 0;        // devices of another state dir, left alone
-    std::size_t temp_files_removed = 0;  // flatten temp files left by a killed flatten
+    std::size_t temp_files_removed = 0;  // temp files left by a killed flatten or export
     std::size_t suspended_found = 0;     // adopted devices found suspended (for space)
     std::size_t tcmu_detached = 0;       // TCMU devices of ours no sandbox used
     std::vector<std::string> problems;   // what could not be repaired, in words
@@ -73,8 +74,9 @@ class SandboxManager : public SpaceActions {
 
     // Startup: reads every record, adopts as running every sandbox whose device (ours) is live
     // over its CoW, pauses running ones whose device is gone, removes every other device of
-    // ours, unfinished creates and flatten temp files. Devices of other state dirs are left
-    // alone. Fails, changing nothing, when the records or the device list cannot be read.
+    // ours, unfinished creates, flatten temp files and copies left by a killed export.
+    // Devices of other state dirs are left alone. Fails, changing nothing, when the records or
+    // the device list cannot be read.
     // Blocking; call before serving.
     Result<RecoveryReport> recover();
     // Boot: removes every wrenn- device of ours, lets go of our loops and TCMU devices, marks
@@ -91,6 +93,25 @@ class SandboxManager : public SpaceActions {
     // a point-in-time copy of the source's CoW (fork.cpp). A running source's I/O is suspended
     // only while its CoW is copied, at most Options::fork_max_stall.
     void fork(const std::string& id, std::string new_id, Callback<Sandbox> done);
+    // Export (sandbox_transfer.cpp): streams the sandbox's archive (docs/archive.md), holding
+    // its strand throughout; a running one is exported from a point-in-time copy of its CoW.
+    // `begin` is called once every check passed, before the first byte, and returns where the
+    // bytes go; `done` then reports how the stream ended. A failure before `begin` means
+    // nothing was sent.
+    using ExportBegin = std::function<archive::ByteSink()>;
+    void export_sandbox(const std::string& id, bool compress, ExportBegin begin,
+                        Callback<TransferStats> done);
+    // Import: a new paused sandbox `id` from an archive read through `read_body` (blocking
+    // reads on the worker pool; 0 at the end of the input, an error when it was cut short),
+    // over the local template with the archive's digest. A refused or broken archive leaves
+    // nothing; the record is written last.
+    using ReadBody = std::function<Result<std::size_t>(std::span<std::byte>)>;
+    struct ImportOptions {
+        // Bytes an archive may have at most; also at most its template's size plus 1%.
+        std::uint64_t max_bytes = UINT64_MAX;
+    };
+    void import_sandbox(const std::string& id, ImportOptions options, ReadBody read_body,
+                        Callback<Sandbox> done);
     // The sandbox with live CoW usage from the kernel (runs on the query pool, not the strand).
     void get_live(const std::string& id, Callback<Sandbox> done);
 
@@ -143,6 +164,18 @@ class SandboxManager : public SpaceActions {
     Outcome<Done> do_destroy(const EntryPtr& entry);
     Outcome<TemplateInfo> do_flatten(const EntryPtr& entry, const std::string& template_name);
     Outcome<Sandbox> do_fork(const EntryPtr& source, const EntryPtr& child);
+    Outcome<TransferStats> do_export(const EntryPtr& entry, bool compress,
+                                     const ExportBegin& begin);
+    Outcome<Sandbox> do_import(const EntryPtr& entry, const ImportOptions& options,
+                               const ReadBody& read_body);
+    struct TemplateMatch {
+        std::string name;
+        TemplateIdentity identity;  // with its sha256
+    };
+    // The template in templates_dir whose content has the archive's digest, or 409
+    // template_mismatch naming the digest.
+    Outcome<TemplateMatch> find_template_by_digest(const archive::Header& header,
+                                                   const std::string& what);
     // fork.cpp: copies the source's CoW for `to`; a running source is suspended meanwhile.
     Outcome<std::unique_ptr<PendingCopy>> copy_source_cow(const EntryPtr& source,
                                                           const Sandbox& from,

@@ -55,7 +55,8 @@ Result<std::string> read_token(const std::string& path) {
 void log_report(const RecoveryReport& report) {
     spdlog::info(
         "recovered state: {} adopted, {} paused (device gone), {} stale devices removed, "
-        "{} unfinished creates removed, {} flatten temp files removed, {} unused TCMU devices "
+        "{} unfinished creates removed, {} flatten/export temp files removed, {} unused TCMU "
+        "devices "
         "detached, {} devices of other state dirs left alone, {} found suspended for space",
         report.adopted, report.paused, report.stale_removed, report.unfinished_removed,
         report.temp_files_removed, report.tcmu_detached, report.foreign_left,
@@ -224,7 +225,16 @@ int serve_locked(const ServeOptions& options, Platform& platform) {
                    ? ConnectionCounts{}
                    : ConnectionCounts{serving->connections(), serving->connections_refused()};
     };
+    api_options.max_import_bytes = options.max_import_bytes;
     Api api(manager, platform, metrics, std::move(api_options));
+    // POST /sandboxes/import streams its body (an archive) to the worker pool.
+    server_options.streamed_body = [&api](const http::RequestHeader& header) {
+        return api.streamed_body(header);
+    };
+    server_options.stream_handler = [&api](http::Request&& request, http::BodyReader body,
+                                           http::Respond respond) {
+        api.handle_import(std::move(request), std::move(body), std::move(respond));
+    };
     asio::io_context ioc;
     auto server = http::Server::create(ioc, server_options,
                                        [&api](http::Request&& request, http::Respond respond) {

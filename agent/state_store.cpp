@@ -23,6 +23,9 @@ namespace {
 
 constexpr const char* kRecordName = "sandbox.json";
 constexpr const char* kCowName = "rootfs.cow";
+// A running sandbox's export reads a point-in-time copy of its CoW, made under this name's
+// temporary name (PendingOutput) and never committed.
+constexpr const char* kExportCopyName = "export.cow";
 
 Result<void> mkdir_p(const std::string& path, mode_t mode) {
     std::string partial;
@@ -133,6 +136,9 @@ std::string StateStore::record_path(std::string_view id) const {
 std::string StateStore::cow_path(std::string_view id) const {
     return sandbox_dir(id) + "/" + kCowName;
 }
+std::string StateStore::export_copy_path(std::string_view id) const {
+    return sandbox_dir(id) + "/" + kExportCopyName;
+}
 
 Result<void> StateStore::create_sandbox_files(std::string_view id, std::uint64_t cow_size) const {
     const std::string dir = sandbox_dir(id);
@@ -183,12 +189,14 @@ Result<void> StateStore::remove_sandbox(std::string_view id) const {
     if (::unlink(cow.c_str()) != 0 && errno != ENOENT) {
         return errno_error("remove " + cow);
     }
-    // A fork or import killed mid-copy leaves its CoW under a temporary name (rootfs.cow.tmp-
-    // and six letters, flatten's PendingOutput): part of this sandbox, so it goes with it.
+    // A fork, import or export killed mid-copy leaves its CoW under a temporary name
+    // (rootfs.cow.tmp- and six letters, flatten's PendingOutput): part of this sandbox, so it goes
+    // with it.
     if (DIR* listing = ::opendir(dir.c_str()); listing != nullptr) {
         std::vector<std::string> temps;
         while (const dirent* entry = ::readdir(listing)) {
-            if (flatten::is_pending_output_name(entry->d_name, kCowName)) {
+            if (flatten::is_pending_output_name(entry->d_name, kCowName) ||
+                flatten::is_pending_output_name(entry->d_name, kExportCopyName)) {
                 temps.emplace_back(entry->d_name);
             }
         }
@@ -204,6 +212,29 @@ Result<void> StateStore::remove_sandbox(std::string_view id) const {
         return errno_error("remove folder " + dir);
     }
     return fsync_dir(sandboxes_dir());
+}
+
+Result<std::size_t> StateStore::remove_export_copies(std::string_view id) const {
+    const std::string dir = sandbox_dir(id);
+    DIR* listing = ::opendir(dir.c_str());
+    if (listing == nullptr) {
+        return errno == ENOENT ? Result<std::size_t>(std::size_t{0})
+                               : Result<std::size_t>(errno_error("list " + dir));
+    }
+    std::vector<std::string> temps;
+    while (const dirent* entry = ::readdir(listing)) {
+        if (flatten::is_pending_output_name(entry->d_name, kExportCopyName)) {
+            temps.emplace_back(entry->d_name);
+        }
+    }
+    ::closedir(listing);
+    for (const auto& name : temps) {
+        const std::string path = dir + "/" + name;
+        if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+            return errno_error("remove " + path);
+        }
+    }
+    return temps.size();
 }
 
 std::uint64_t StateStore::allocated_bytes(const std::string& path) const {

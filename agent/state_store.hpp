@@ -23,6 +23,8 @@ class StateStore {
     [[nodiscard]] std::string sandbox_dir(std::string_view id) const;
     [[nodiscard]] std::string record_path(std::string_view id) const;
     [[nodiscard]] std::string cow_path(std::string_view id) const;
+    // Where a running sandbox's export copies its CoW (only ever under a temporary name).
+    [[nodiscard]] std::string export_copy_path(std::string_view id) const;
 
     // Makes the sandbox's folder (EEXIST if it is there) and its sparse CoW file of `size` bytes.
     Result<void> create_sandbox_files(std::string_view id, std::uint64_t cow_size) const;
@@ -31,6 +33,9 @@ class StateStore {
     // Record first (so a crash in between leaves an unfinished folder, not a record without
     // a CoW), then the CoW, then the folder. Missing pieces are not an error.
     Result<void> remove_sandbox(std::string_view id) const;
+    // Removes the point-in-time copies an export killed mid-way left in a sandbox's folder
+    // (export.cow.tmp-XXXXXX): nothing reads them once the agent is gone. Returns how many.
+    Result<std::size_t> remove_export_copies(std::string_view id) const;
     // fsync of a file of ours (a CoW after its device went): its data is on disk on return.
     Result<void> sync_file(const std::string& path) const;
     // An empty sandbox folder (0700) for a fork, whose CoW is copied in; EEXIST when taken.

@@ -20,6 +20,9 @@
 #include <boost/beast/core/basic_stream.hpp>
 #include <boost/beast/core/bind_handler.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/chunk_encode.hpp>
+#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/write.hpp>
@@ -99,7 +102,7 @@ bool authorized(const std::optional<std::string>& token, const bhttp::request_he
 
 // RFC 9110 section 8.3.1: type and subtype are case-insensitive; parameters (charset=utf-8)
 // follow a ';'.
-bool is_json_media_type(std::string_view value) {
+bool is_media_type(std::string_view value, std::string_view wanted) {
     std::string_view type = value.substr(0, value.find(';'));
     while (!type.empty() && (type.front() == ' ' || type.front() == '\t')) {
         type.remove_prefix(1);
@@ -107,7 +110,11 @@ bool is_json_media_type(std::string_view value) {
     while (!type.empty() && (type.back() == ' ' || type.back() == '\t')) {
         type.remove_suffix(1);
     }
-    return iequals_ascii(type, "application/json");
+    return iequals_ascii(type, wanted);
+}
+
+bool is_json_media_type(std::string_view value) {
+    return is_media_type(value, "application/json");
 }
 
 // A header value to quote in a message: header values may carry bytes 0x80-0xFF (obs-text),
@@ -210,8 +217,10 @@ struct Refusal {
 // may drive the server), an allowed Host on a TCP listener without a token (DNS rebinding),
 // the bearer token, and JSON for a body or any Content-Type (a browser's cross-origin "simple"
 // POST can only be text/plain, form-urlencoded or multipart, so it cannot pass).
+// A streamed request's body must be of its own media type instead.
 std::optional<Refusal> refusal(const ServerOptions& opts, const ListenerInfo& listener,
-                               const bhttp::request_header<>& req, bool has_body) {
+                               const bhttp::request_header<>& req, bool has_body,
+                               const StreamedBody* streamed = nullptr) {
     if (req.find(bhttp::field::origin) != req.end()) {
         return Refusal{bhttp::status::forbidden, "origin_refused",
                        "requests with an Origin header are refused: browsers send one, and no "
@@ -240,6 +249,16 @@ std::optional<Refusal> refusal(const ServerOptions& opts, const ListenerInfo& li
                        "missing or wrong bearer token"};
     }
     const auto type = req.find(bhttp::field::content_type);
+    if (streamed != nullptr) {
+        if (type == req.end() || !is_media_type(type->value(), streamed->media_type)) {
+            return Refusal{bhttp::status::unsupported_media_type, "unsupported_media_type",
+                           "this route takes a body sent with \"Content-Type: " +
+                               streamed->media_type + "\"; got " +
+                               (type == req.end() ? std::string("no Content-Type")
+                                                  : "\"" + printable(type->value()) + "\"")};
+        }
+        return std::nullopt;
+    }
     if ((type != req.end() && !is_json_media_type(type->value())) ||
         (type == req.end() && has_body)) {
         return Refusal{bhttp::status::unsupported_media_type, "unsupported_media_type",
@@ -336,7 +355,16 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
             return;
         }
         parser_.emplace();
-        parser_->body_limit(opts().body_limit);
+        // With streamed routes, the limit depends on the request: it is set once its header
+        // is read (on_header), before any body byte is parsed.
+        if (opts().streamed_body) {
+            parser_->body_limit(boost::none);
+        } else {
+            parser_->body_limit(opts().body_limit);
+        }
+        header_checked_ = false;
+        streamed_request_ = false;
+        body_state_ = BodyState::None;
         parser_->header_limit(static_cast<std::uint32_t>(
             std::min<std::size_t>(opts().header_limit, std::numeric_limits<std::uint32_t>::max())));
         // A fresh connection gets read_timeout for its first request: connecting and then
@@ -368,6 +396,12 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
         if (ec) {
             on_read_error(ec);
             return;
+        }
+        if (!header_checked_ && parser_->is_header_done()) {
+            header_checked_ = true;
+            if (on_header()) {
+                return;
+            }
         }
         if (parser_->is_done()) {
             handle_request();
@@ -451,6 +485,251 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
         close();
     }
 
+    // The header is whole and no body byte is parsed yet (beast's put stops after the header):
+    // a streamed route takes the request over; any other gets the JSON body limit. True when
+    // the request was taken over.
+    bool on_header() {
+        if (opts().streamed_body) {
+            if (auto streamed = opts().streamed_body(parser_->get())) {
+                start_streamed(std::move(*streamed));
+                return true;
+            }
+            if (parser_->content_length().value_or(0) > opts().body_limit) {
+                on_read_error(bhttp::error::body_limit);
+                return true;
+            }
+            parser_->body_limit(opts().body_limit);
+        }
+        return false;
+    }
+
+    Respond make_respond(std::uint64_t seq) {
+        return [weak = this->weak_from_this(), strand = strand_, seq](Reply reply) {
+            net::post(strand, [weak, seq, reply = std::move(reply)]() mutable {
+                if (auto self = weak.lock()) {
+                    self->on_response(seq, std::move(reply));
+                }
+            });
+        };
+    }
+
+    void arm_handler_timer(std::uint64_t seq) {
+        handler_timer_.expires_after(opts().handler_timeout);
+        handler_timer_.async_wait([self = this->shared_from_this(), seq](beast::error_code ec) {
+            if (!ec && self->phase_ == Phase::Handling && self->seq_ == seq) {
+                spdlog::warn("http: connection {} from {}: no response within {} s, closing",
+                             self->id_, self->peer_, self->opts().handler_timeout.count());
+                self->close();
+            }
+        });
+    }
+
+    // A streamed request: the transport checks, then the handler gets the header and the
+    // reading end of a body pipe, while this session reads the body in pieces into the pipe's
+    // other end, one piece at a time (the kernel's socket buffers are the backpressure).
+    void start_streamed(StreamedBody streamed) {
+        phase_ = Phase::Handling;
+        const auto& header = parser_->get();
+        request_version_ = header.version();
+        request_keep_alive_ = header.keep_alive();
+        request_is_head_ = false;
+        streamed_request_ = true;
+        const std::uint64_t seq = ++seq_;
+        const bool has_body = parser_->chunked() || parser_->content_length().value_or(0) > 0;
+        if (auto refused = refusal(opts(), *listener_, header, has_body, &streamed)) {
+            write(refused_response(header, *refused, false), false);
+            return;
+        }
+        if (parser_->content_length().value_or(0) > streamed.limit) {
+            spdlog::warn("http: connection {} from {}: {} {}: body of {} bytes, over {}", id_,
+                         peer_, printable(header.method_string()), printable(header.target()),
+                         *parser_->content_length(), streamed.limit);
+            write_error(bhttp::status::payload_too_large, "payload_too_large",
+                        "request body is larger than " + std::to_string(streamed.limit) + " bytes");
+            return;
+        }
+        auto pipe = make_body_pipe();
+        if (!pipe) {
+            spdlog::error("http: connection {} from {}: {}", id_, peer_, pipe.error().message());
+            write(error_response(request_version_, bhttp::status::internal_server_error,
+                                 "internal_error", pipe.error().message(), false),
+                  false);
+            return;
+        }
+        body_status_ = pipe->writer.status();
+        body_buffer_.resize(kPieceBytes);
+        body_pipe_.emplace(strand_);
+        UniqueFd fd = pipe->writer.release();
+        boost::system::error_code ec;
+        body_pipe_->assign(unix_socket(), fd.get(), ec);
+        if (!ec) {
+            fd.release();
+        }
+        body_limit_ = streamed.limit;
+        body_bytes_ = 0;
+        body_state_ = BodyState::Reading;
+        const bool wants_continue = !continue_handled_ && expects_continue(header);
+        Request req(header);
+        body_parser_.emplace(std::move(*parser_));
+        parser_.reset();
+        body_parser_->body_limit(streamed.limit);
+        try {
+            opts().stream_handler(std::move(req), std::move(pipe->reader), make_respond(seq));
+        } catch (const std::exception& e) {
+            spdlog::warn("http: connection {} from {}: handler threw: {}", id_, peer_, e.what());
+            abort_body(Error("read body", ECANCELED, "the handler failed"));
+            write(error_response(request_version_, bhttp::status::internal_server_error,
+                                 "internal_error", "internal error", false),
+                  false);
+            return;
+        }
+        if (phase_ != Phase::Handling || body_state_ != BodyState::Reading) {
+            return;  // answered at once
+        }
+        if (wants_continue) {
+            continue_handled_ = true;
+            static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+            body_op_pending_ = true;
+            stream_.expires_after(opts().read_timeout);
+            net::async_write(stream_, net::buffer(kContinue.data(), kContinue.size()),
+                             [self = this->shared_from_this()](beast::error_code wec, std::size_t) {
+                                 self->body_op_pending_ = false;
+                                 if (self->body_state_ != BodyState::Reading) {
+                                     self->after_body_op();
+                                 } else if (wec) {
+                                     self->on_body_read(wec, 0);
+                                 } else {
+                                     self->pump_body();
+                                 }
+                             });
+            return;
+        }
+        pump_body();
+    }
+
+    void pump_body() {
+        if (body_parser_->is_done()) {
+            body_status_->complete();
+            close_body_pipe();
+            body_state_ = BodyState::Complete;
+            // The handler now has handler_timeout to answer.
+            arm_handler_timer(seq_);
+            return;
+        }
+        auto& body = body_parser_->get().body();
+        body.data = body_buffer_.data();
+        body.size = body_buffer_.size();
+        body.more = true;
+        body_op_pending_ = true;
+        stream_.expires_after(opts().read_timeout);
+        bhttp::async_read_some(
+            stream_, buffer_, *body_parser_,
+            beast::bind_front_handler(&Session::on_body_read, this->shared_from_this()));
+    }
+
+    void on_body_read(beast::error_code ec, std::size_t) {
+        body_op_pending_ = false;
+        if (body_state_ != BodyState::Reading) {
+            after_body_op();
+            return;
+        }
+        if (ec == bhttp::error::need_buffer) {
+            ec = {};
+        }
+        const std::size_t got = body_buffer_.size() - body_parser_->get().body().size;
+        if (ec) {
+            const std::string after = " after " + std::to_string(body_bytes_ + got) + " bytes";
+            if (ec == bhttp::error::body_limit) {
+                spdlog::warn("http: connection {} from {}: body larger than {} bytes", id_, peer_,
+                             body_limit_);
+                abort_body(
+                    Error("read body", EFBIG,
+                          "larger than the limit of " + std::to_string(body_limit_) + " bytes"));
+                write_error(
+                    bhttp::status::payload_too_large, "payload_too_large",
+                    "request body is larger than " + std::to_string(body_limit_) + " bytes");
+            } else if (ec == beast::error::timeout) {
+                spdlog::warn("http: connection {} from {}: body timed out{}", id_, peer_, after);
+                abort_body(Error("read body", ETIMEDOUT,
+                                 "the client sent nothing for " +
+                                     std::to_string(opts().read_timeout.count()) + " s" + after));
+                close();
+            } else if (ec.category() ==
+                           bhttp::make_error_code(bhttp::error::bad_method).category() &&
+                       ec != bhttp::error::partial_message) {
+                spdlog::warn("http: connection {} from {}: bad body: {}", id_, peer_, ec.message());
+                abort_body(Error("read body", EBADMSG, "malformed body: " + ec.message() + after));
+                write_error(bhttp::status::bad_request, "bad_request",
+                            "malformed HTTP request: " + ec.message());
+            } else {
+                spdlog::warn("http: connection {} from {}: the client went away{}: {}", id_, peer_,
+                             after, ec.message());
+                abort_body(
+                    Error("read body", ECONNRESET, "the client closed the connection" + after));
+                close();
+            }
+            return;
+        }
+        body_bytes_ += got;
+        if (got == 0) {
+            pump_body();
+            return;
+        }
+        body_op_pending_ = true;
+        net::async_write(*body_pipe_, net::buffer(body_buffer_.data(), got),
+                         [self = this->shared_from_this()](beast::error_code wec, std::size_t) {
+                             self->on_pipe_write(wec);
+                         });
+    }
+
+    void on_pipe_write(beast::error_code ec) {
+        body_op_pending_ = false;
+        if (body_state_ != BodyState::Reading) {
+            after_body_op();
+            return;
+        }
+        if (ec) {
+            // The handler closed its end: it has read enough and answers (or already has).
+            spdlog::debug("http: connection {} from {}: the handler stopped reading the body: {}",
+                          id_, peer_, ec.message());
+            body_state_ = BodyState::Abandoned;
+            close_body_pipe();
+            arm_handler_timer(seq_);
+            after_body_op();
+            return;
+        }
+        pump_body();
+    }
+
+    // The body is given up (an early response, or the handler stopped reading): once the
+    // read or pipe write in flight has finished, the response that waited for it goes out.
+    void after_body_op() {
+        if (phase_ == Phase::Closing || body_op_pending_ || !pending_reply_) {
+            return;
+        }
+        Reply reply = std::move(*pending_reply_);
+        pending_reply_.reset();
+        deliver(std::move(reply));
+    }
+
+    void abort_body(Error why) {
+        if (body_state_ != BodyState::Reading) {
+            return;
+        }
+        body_state_ = BodyState::Broken;
+        if (body_status_) {
+            body_status_->broken(std::move(why));
+        }
+        close_body_pipe();
+    }
+
+    void close_body_pipe() {
+        if (body_pipe_) {
+            boost::system::error_code ignored;
+            body_pipe_->close(ignored);
+        }
+    }
+
     void handle_request() {
         phase_ = Phase::Handling;
         Request req = parser_->release();
@@ -467,22 +746,8 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
 
         // The handler may keep respond forever and never call it; then this timer is what ends
         // the session. respond holds only a weak reference, so it keeps nothing alive.
-        handler_timer_.expires_after(opts().handler_timeout);
-        handler_timer_.async_wait([self = this->shared_from_this(), seq](beast::error_code ec) {
-            if (!ec && self->phase_ == Phase::Handling && self->seq_ == seq) {
-                spdlog::warn("http: connection {} from {}: no response within {} s, closing",
-                             self->id_, self->peer_, self->opts().handler_timeout.count());
-                self->close();
-            }
-        });
-
-        Respond respond = [weak = this->weak_from_this(), strand = strand_, seq](Response res) {
-            net::post(strand, [weak, seq, res = std::move(res)]() mutable {
-                if (auto self = weak.lock()) {
-                    self->on_response(seq, std::move(res));
-                }
-            });
-        };
+        arm_handler_timer(seq);
+        Respond respond = make_respond(seq);
         try {
             state_->handler(std::move(req), std::move(respond));
         } catch (const std::exception& e) {
@@ -504,16 +769,135 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
         return res;
     }
 
-    void on_response(std::uint64_t seq, Response res) {
-        if (phase_ != Phase::Handling || seq != seq_) {
+    void on_response(std::uint64_t seq, Reply reply) {
+        if (phase_ != Phase::Handling || seq != seq_ || pending_reply_) {
             spdlog::debug("http: connection {} from {}: dropping a late or repeated response", id_,
                           peer_);
             return;
         }
         handler_timer_.cancel();
+        if (body_state_ == BodyState::Reading) {
+            // Answered before the end of the body: stop reading it; the connection closes
+            // after the response (an unread body cannot be skipped to the next request).
+            spdlog::debug("http: connection {} from {}: answered before the end of the body", id_,
+                          peer_);
+            abort_body(Error("read body", ECANCELED, "answered before the end of the body"));
+            body_state_ = BodyState::Abandoned;
+        }
+        if (body_op_pending_) {
+            pending_reply_.emplace(std::move(reply));
+            boost::system::error_code ignored;
+            stream_.socket().cancel(ignored);
+            return;
+        }
+        deliver(std::move(reply));
+    }
+
+    void deliver(Reply reply) {
+        const bool whole_body = !streamed_request_ || body_state_ == BodyState::Complete;
         const bool keep =
-            request_keep_alive_ && res.keep_alive() && !draining_ && !state_->draining.load();
-        write(std::move(res), keep);
+            request_keep_alive_ && whole_body && !draining_ && !state_->draining.load();
+        if (reply.streamed()) {
+            send_stream(std::move(reply.stream()), keep);
+            return;
+        }
+        Response& res = reply.response();
+        write(std::move(res), keep && res.keep_alive());
+    }
+
+    // A streamed response: the header, then each piece the worker writes into the pipe as a
+    // chunk, then the last chunk once the worker said the body is complete.
+    void send_stream(StreamedResponse streamed, bool keep_alive) {
+        phase_ = Phase::Writing;
+        stream_status_ = streamed.body.status();
+        UniqueFd fd = streamed.body.release();
+        stream_pipe_.emplace(strand_);
+        boost::system::error_code ec;
+        stream_pipe_->assign(unix_socket(), fd.get(), ec);
+        if (ec) {
+            spdlog::error("http: connection {} from {}: streamed response: {}", id_, peer_,
+                          ec.message());
+            close();
+            return;
+        }
+        fd.release();
+        body_buffer_.resize(kPieceBytes);
+        stream_chunked_ = request_version_ >= 11;
+        stream_keep_alive_ = keep_alive && stream_chunked_;
+        stream_bytes_ = 0;
+        stream_header_.emplace(std::move(streamed.header));
+        stream_header_->version(request_version_);
+        stream_header_->keep_alive(stream_keep_alive_);
+        stream_header_->erase(bhttp::field::content_length);
+        if (stream_chunked_) {
+            stream_header_->chunked(true);
+        }
+        stream_serializer_.emplace(*stream_header_);
+        stream_.expires_after(opts().read_timeout);
+        bhttp::async_write_header(
+            stream_, *stream_serializer_,
+            [self = this->shared_from_this()](beast::error_code wec, std::size_t) {
+                self->on_stream_written(wec);
+            });
+    }
+
+    void on_stream_written(beast::error_code ec) {
+        if (ec) {
+            if (ec != net::error::operation_aborted) {
+                spdlog::warn(
+                    "http: connection {} from {}: streamed response cut after {} bytes: "
+                    "write: {}",
+                    id_, peer_, stream_bytes_, ec.message());
+            }
+            close();
+            return;
+        }
+        stream_pipe_->async_read_some(
+            net::buffer(body_buffer_),
+            [self = this->shared_from_this()](beast::error_code rec, std::size_t n) {
+                self->on_stream_piece(rec, n);
+            });
+    }
+
+    void on_stream_piece(beast::error_code ec, std::size_t n) {
+        if (phase_ == Phase::Closing) {
+            return;
+        }
+        if (n > 0) {
+            stream_bytes_ += n;
+            stream_.expires_after(opts().read_timeout);
+            auto done = [self = this->shared_from_this()](beast::error_code wec, std::size_t) {
+                self->on_stream_written(wec);
+            };
+            if (stream_chunked_) {
+                net::async_write(stream_, bhttp::make_chunk(net::buffer(body_buffer_.data(), n)),
+                                 std::move(done));
+            } else {
+                net::async_write(stream_, net::buffer(body_buffer_.data(), n), std::move(done));
+            }
+            return;
+        }
+        auto ended = ec == net::error::eof
+                         ? stream_status_->outcome()
+                         : Result<void>(Error("read body", ec.value(), ec.message()));
+        if (!ended) {
+            // No last chunk: the client sees a broken transfer, not a short body.
+            spdlog::error(
+                "http: connection {} from {}: streamed response aborted after {} "
+                "bytes: {}",
+                id_, peer_, stream_bytes_, ended.error().message());
+            close();
+            return;
+        }
+        stream_pipe_.reset();
+        if (!stream_chunked_) {
+            on_write({}, false);
+            return;
+        }
+        net::async_write(stream_, bhttp::make_chunk_last(),
+                         [self = this->shared_from_this()](beast::error_code wec, std::size_t) {
+                             self->on_write(wec, self->stream_keep_alive_);
+                         });
     }
 
     void write_error(bhttp::status status, std::string_view code, const std::string& message) {
@@ -547,6 +931,13 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
 
     void on_write(beast::error_code ec, bool keep_alive) {
         response_.reset();
+        stream_serializer_.reset();
+        stream_header_.reset();
+        stream_pipe_.reset();
+        stream_status_.reset();
+        body_parser_.reset();
+        body_pipe_.reset();
+        body_status_.reset();
         request_is_head_ = false;
         if (ec) {
             if (ec != net::error::operation_aborted) {
@@ -602,10 +993,18 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     void close() {
         phase_ = Phase::Closing;
         handler_timer_.cancel();
+        abort_body(Error("read body", ECONNRESET, "the connection closed"));
+        close_body_pipe();
+        if (stream_pipe_) {
+            // The worker writing a streamed response gets EPIPE and stops.
+            boost::system::error_code ignored;
+            stream_pipe_->close(ignored);
+        }
         stream_.close();
     }
 
     static constexpr std::size_t kLingerLimit = 1024 * 1024;
+    static constexpr std::size_t kPieceBytes = 64 * 1024;  // of a streamed body
 
     std::shared_ptr<ServerState> state_;
     std::shared_ptr<ListenerInfo> listener_;
@@ -617,6 +1016,28 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     beast::flat_buffer buffer_;
     std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
     std::optional<Response> response_;
+    // A streamed request body (start_streamed) and a streamed response (send_stream).
+    enum class BodyState { None, Reading, Complete, Abandoned, Broken };
+    std::optional<bhttp::request_parser<bhttp::buffer_body>> body_parser_;
+    std::optional<unix_socket::socket> body_pipe_;
+    std::shared_ptr<BodyStatus> body_status_;
+    // One piece, either way; allocated by the first streamed body only, so that idle
+    // connections (up to --max-connections per listener) do not each hold 64 KiB.
+    std::vector<char> body_buffer_;
+    std::uint64_t body_limit_ = 0;
+    std::uint64_t body_bytes_ = 0;
+    BodyState body_state_ = BodyState::None;
+    bool streamed_request_ = false;
+    bool header_checked_ = false;
+    bool body_op_pending_ = false;  // a body read, pipe write or 100 Continue in flight
+    std::optional<Reply> pending_reply_;
+    std::optional<bhttp::response<bhttp::empty_body>> stream_header_;
+    std::optional<bhttp::response_serializer<bhttp::empty_body>> stream_serializer_;
+    std::optional<unix_socket::socket> stream_pipe_;
+    std::shared_ptr<BodyStatus> stream_status_;
+    std::uint64_t stream_bytes_ = 0;
+    bool stream_chunked_ = true;
+    bool stream_keep_alive_ = false;
     std::array<char, 16 * 1024> linger_buffer_{};
     std::size_t lingered_ = 0;
     Phase phase_ = Phase::Reading;

@@ -21,8 +21,9 @@ struct ApiFixture : AgentFixture {
         req.prepare_payload();
         auto promise = std::make_shared<std::promise<HttpResponse>>();
         auto future = promise->get_future();
-        api.handle(std::move(req),
-                   [promise](HttpResponse res) { promise->set_value(std::move(res)); });
+        api.handle(std::move(req), [promise](wrenn::http::Reply res) {
+            promise->set_value(std::move(res.response()));
+        });
         return future.get();
     }
     static json::value body_of(const HttpResponse& res) { return json::parse(res.body()); }
@@ -245,8 +246,9 @@ TEST_CASE("healthz and metrics show how the API is served", "[api]") {
         HttpRequest req{http::verb::get, target, 11};
         std::promise<HttpResponse> promise;
         auto future = promise.get_future();
-        api.handle(std::move(req),
-                   [&promise](HttpResponse res) { promise.set_value(std::move(res)); });
+        api.handle(std::move(req), [&promise](wrenn::http::Reply res) {
+            promise.set_value(std::move(res.response()));
+        });
         return future.get();
     };
     auto health = json::parse(call("/healthz").body());

@@ -84,3 +84,16 @@ TEST_CASE("JSON log lines escape what they carry", "[cli]") {
     CHECK(json_quote("a \"b\"\n\\") == R"("a \"b\"\n\\")");
     CHECK(json_quote(std::string("\x01", 1)) == R"("\u0001")");
 }
+
+TEST_CASE("the flag --max-import-bytes: no fixed cap by default, a byte count when given",
+          "[cli]") {
+    CHECK(std::get<ServeOptions>(parse_command_line({})).max_import_bytes == 0);
+    auto cmd = parse_command_line({"--max-import-bytes", "1073741824"});
+    REQUIRE(std::holds_alternative<ServeOptions>(cmd));
+    CHECK(std::get<ServeOptions>(cmd).max_import_bytes == 1073741824);
+    auto bad = parse_command_line({"--max-import-bytes", "lots"});
+    REQUIRE(std::holds_alternative<PrintAndExit>(bad));
+    CHECK(std::get<PrintAndExit>(bad).status == 2);
+    CHECK_THAT(std::get<PrintAndExit>(parse_command_line({"--help"})).text,
+               Catch::Contains("--max-import-bytes N"));
+}

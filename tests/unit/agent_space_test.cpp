@@ -305,8 +305,9 @@ TEST_CASE("/healthz says degraded and /metrics shows the space", "[space][api]")
         HttpRequest req{http::verb::get, target, 11};
         auto answer = std::make_shared<std::promise<HttpResponse>>();
         auto future = answer->get_future();
-        api.handle(std::move(req),
-                   [answer](HttpResponse res) { answer->set_value(std::move(res)); });
+        api.handle(std::move(req), [answer](wrenn::http::Reply res) {
+            answer->set_value(std::move(res.response()));
+        });
         return future.get();
     };
     REQUIRE(f.create("sb1").ok());

@@ -259,6 +259,7 @@ class FakePlatform : public Platform {
             return success();
         }
         [[nodiscard]] std::string method() const override { return "fake"; }
+        [[nodiscard]] std::string path() const override { return path_; }
 
       private:
         std::string path_;

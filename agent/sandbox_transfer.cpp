@@ -1,0 +1,267 @@
+// Export and import of a sandbox over the API (docs/api.md): the sandbox archive's transfer.cpp
+// applied to the manager's sandboxes, with the strand and crash rules of fork and create.
+//
+// What an export holds: the sandbox's strand, for the whole export. A paused sandbox is read
+// straight from its CoW, which a resume (the kernel writes it again), a destroy (unlinks it)
+// or a flatten (reads it under another rule) must not touch meanwhile; holding the strand makes
+// them wait until the archive is sent. A running sandbox is suspended only while its CoW is
+// copied (fork's copy_source_cow: FICLONE where the filesystem can) into a temporary file in
+// its own folder, which the export then reads; the strand is still held so that a destroy
+// cannot remove that folder under the reader, and the copy is removed when the export ends,
+// whatever the outcome. A client that stops reading is cut after read_timeout by the server,
+// which makes the export's next write fail, so the strand is never held for a stalled client
+// longer than that.
+#include <dirent.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <vector>
+
+#include "agent/sandbox_manager.hpp"
+#include "dm/snapshot_format.hpp"
+
+namespace wrenn::agent {
+
+void SandboxManager::export_sandbox(const std::string& id, bool compress, ExportBegin begin,
+                                    Callback<TransferStats> done) {
+    auto entry = find(id);
+    if (!entry) {
+        done(failure(FailureKind::NotFound, "export " + id, 0, "no such sandbox"));
+        return;
+    }
+    run_on_strand<TransferStats>(
+        entry, "export",
+        [this, entry, compress, begin = std::move(begin)] {
+            return do_export(entry, compress, begin);
+        },
+        std::move(done));
+}
+
+Outcome<TransferStats> SandboxManager::do_export(const EntryPtr& entry, bool compress,
+                                                 const ExportBegin& begin) {
+    const Sandbox sb = snapshot_of(entry);
+    const std::string what = "export " + sb.id;
+    if (auto missing = check_kernel()) {
+        // Even a paused sandbox's: whether its device is live is the kernel's to say.
+        missing->error = std::move(missing->error).within(what);
+        return *missing;
+    }
+    if (sb.origin.type != OriginSpec::Type::Loop) {
+        return failure(FailureKind::InvalidState, what, 0,
+                       "only a sandbox made over a template can be exported (an archive names "
+                       "its template by content digest); this one has a TCMU origin");
+    }
+    auto same_template = verify_template(sb, what);
+    if (!same_template) {
+        return same_template.failure();
+    }
+    ExportSource source{sb.cow_path, sb.origin_size_bytes,
+                        same_template.value() ? same_template.value()->sha256 : std::string(),
+                        sb.template_name + ".img"};
+    std::unique_ptr<PendingCopy> copy;
+    if (sb.state == SandboxState::Paused) {
+        if (auto live = check_no_live_device(sb.id, what, "export")) {
+            return *live;
+        }
+        auto valid = platform_.cow_store_valid(sb.cow_path, sb.origin_size_bytes);
+        if (!valid || !*valid) {
+            return failure(FailureKind::SnapshotInvalid, what, 0,
+                           valid ? "the kernel marked its CoW invalid; it cannot be exported"
+                                 : valid.error().message());
+        }
+    } else {
+        auto usage = platform_.snapshot_usage(sb.id);
+        if (usage && usage->state != SnapshotUsage::State::Active) {
+            return failure(FailureKind::SnapshotInvalid, what, 0,
+                           "the kernel marked its CoW invalid or full; it cannot be exported");
+        }
+        if (auto full = check_space(what)) {
+            return *full;  // the copy takes space (none with reflinks, but not everywhere)
+        }
+        auto copied = copy_source_cow(entry, sb, store_.export_copy_path(sb.id), what);
+        if (!copied) {
+            return copied.failure();
+        }
+        copy = std::move(copied.value());
+        source.cow_path = copy->path();
+    }
+    // From here on the client has a 200 and a byte stream: an error aborts that stream.
+    const archive::ByteSink sink = begin();
+    auto stats = export_archive(source, compress, sink);
+    copy.reset();  // the point-in-time copy goes, whatever happened
+    if (!stats) {
+        return internal(std::move(stats).error().within(what));
+    }
+    spdlog::info("sandbox={} op=export {} changed chunks, {} bytes{}", sb.id, stats->chunks,
+                 stats->archive_bytes, compress ? " (zstd)" : "");
+    return *stats;
+}
+
+Outcome<SandboxManager::TemplateMatch> SandboxManager::find_template_by_digest(
+    const archive::Header& header, const std::string& what) {
+    const std::string needed = header.template_sha256_hex();
+    std::vector<std::string> names;
+    if (DIR* dir = ::opendir(options_.templates_dir.c_str()); dir != nullptr) {
+        while (const dirent* e = ::readdir(dir)) {
+            const std::string file = e->d_name;
+            if (file.size() > 4 && file.compare(file.size() - 4, 4, ".img") == 0 &&
+                is_valid_name(file.substr(0, file.size() - 4))) {
+                names.push_back(file.substr(0, file.size() - 4));
+            }
+        }
+        ::closedir(dir);
+    }
+    std::sort(names.begin(), names.end());
+    // The archive's own name first: the usual case, and the only digest computed when the
+    // digests are cached already.
+    const std::string own = header.template_name.ends_with(".img")
+                                ? header.template_name.substr(0, header.template_name.size() - 4)
+                                : header.template_name;
+    std::stable_partition(names.begin(), names.end(), [&](const auto& n) { return n == own; });
+    for (const auto& name : names) {
+        const std::string path = template_path(name);
+        auto identity = platform_.inspect_template(path);
+        if (!identity) {
+            continue;  // not usable as a template (see GET /templates)
+        }
+        auto digested = digests_.digest(path, *identity);
+        if (digested && digested->sha256 == needed) {
+            return TemplateMatch{name, *digested};
+        }
+    }
+    return failure(FailureKind::TemplateMismatch, what, 0,
+                   "the archive needs template \"" + header.template_name + "\" with SHA-256 " +
+                       needed + "; no template in " + options_.templates_dir +
+                       " has that content: copy the exporting host's image there (any name) "
+                       "and retry");
+}
+
+void SandboxManager::import_sandbox(const std::string& id, ImportOptions options,
+                                    ReadBody read_body, Callback<Sandbox> done) {
+    const std::string what = "import " + id;
+    if (!is_valid_name(id)) {
+        done(failure(FailureKind::InvalidRequest, what, 0,
+                     "id must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}"));
+        return;
+    }
+    auto entry = reserve(id);
+    if (!entry) {
+        done(failure(FailureKind::AlreadyExists, what, 0, "a sandbox with this id exists"));
+        return;
+    }
+    run_on_strand<Sandbox>(
+        entry, "import",
+        [this, entry, options, read_body = std::move(read_body)] {
+            auto outcome = do_import(entry, options, read_body);
+            settle(entry, outcome.ok());
+            return outcome;
+        },
+        std::move(done));
+}
+
+Outcome<Sandbox> SandboxManager::do_import(const EntryPtr& entry, const ImportOptions& options,
+                                           const ReadBody& read_body) {
+    const std::string id = entry->record.id;
+    const std::string what = "import " + id;
+    if (auto full = check_space(what)) {
+        return *full;
+    }
+    if (auto dir = store_.create_sandbox_dir(id); !dir) {
+        const FailureKind kind =
+            dir.error().code() == EEXIST ? FailureKind::AlreadyExists : FailureKind::Internal;
+        return Failure{kind, std::move(dir).error().within(what)};
+    }
+    // Until the record is written (last), the folder is an unfinished sandbox: a crash leaves
+    // it for the next start to remove, and every refusal below removes it now.
+    auto remove_files = [&] {
+        if (auto removed = store_.remove_sandbox(id); !removed) {
+            spdlog::error("sandbox={} op=import cleanup failed: {}", id, removed.error().message());
+        }
+    };
+    std::optional<TemplateMatch> match;
+    std::optional<Failure> refused;  // a refusal of ours from inside the archive's callbacks
+    std::uint64_t limit = options.max_bytes;
+    ArchiveImport import([&](const archive::Header& h) -> Result<ImportTarget> {
+        auto found = find_template_by_digest(h, what);
+        if (!found) {
+            refused = found.failure();
+            return found.failure().error;
+        }
+        match = found.value();
+        // The largest honest archive of this template: every chunk changed, stored raw,
+        // plus 1% for framing (8 bytes of index per chunk, frame heads, header, trailer).
+        const std::uint64_t origin_bound = h.origin_bytes + h.origin_bytes / 100 + (1 << 20);
+        limit = std::min(limit, origin_bound);
+        const std::uint64_t origin_bytes = match->identity.size_bytes / 512 * 512;
+        return ImportTarget{origin_bytes, store_.cow_path(id),
+                            dm::cow_size_for_origin(origin_bytes)};
+    });
+    std::vector<std::byte> buffer(1 << 20);
+    std::uint64_t received = 0;
+    auto fail = [&](Failure f) {
+        remove_files();
+        return f;
+    };
+    for (;;) {
+        auto n = read_body(buffer);
+        if (!n) {
+            // The client went away, sent more than the server's limit, or stalled.
+            const int code = n.error().code();
+            const FailureKind kind =
+                code == EFBIG ? FailureKind::PayloadTooLarge : FailureKind::InvalidArchive;
+            return fail(Failure{kind, Error(what, code,
+                                            "the upload broke after " + std::to_string(received) +
+                                                " bytes: " + n.error().message())});
+        }
+        if (*n == 0) {
+            break;
+        }
+        received += *n;
+        if (received > limit) {
+            return fail(failure(FailureKind::PayloadTooLarge, what, EFBIG,
+                                "the archive is larger than " + std::to_string(limit) +
+                                    " bytes (its template's size plus 1%, or "
+                                    "--max-import-bytes): it is not an archive this agent "
+                                    "writes"));
+        }
+        if (auto fed = import.feed(std::span(buffer.data(), *n)); !fed) {
+            if (refused) {
+                return fail(*refused);
+            }
+            const FailureKind kind =
+                fed.error().code() == EBADMSG ? FailureKind::InvalidArchive : FailureKind::Internal;
+            return fail(Failure{kind, std::move(fed).error().within(what)});
+        }
+    }
+    auto stats = import.finish();
+    if (!stats) {
+        if (refused) {
+            return fail(*refused);
+        }
+        const FailureKind kind =
+            stats.error().code() == EBADMSG ? FailureKind::InvalidArchive : FailureKind::Internal;
+        return fail(Failure{kind, std::move(stats).error().within(what)});
+    }
+    if (!match) {
+        return fail(internal(Error(what, EINVAL, "the archive had no header")));
+    }
+    Sandbox sb;
+    sb.id = id;
+    sb.state = SandboxState::Paused;
+    sb.template_name = match->name;
+    sb.origin = OriginSpec{
+        OriginSpec::Type::Loop, template_path(match->name), {}, std::nullopt, match->identity};
+    sb.cow_path = store_.cow_path(id);
+    sb.origin_size_bytes = match->identity.size_bytes / 512 * 512;
+    sb.cow_size_bytes = dm::cow_size_for_origin(sb.origin_size_bytes);
+    sb.created_at = sb.updated_at = utc_now();
+    if (auto written = commit(entry, sb); !written) {
+        return fail(internal(std::move(written).error().within(what)));
+    }
+    spdlog::info("sandbox={} op=import {} changed chunks over template '{}' (sha256 {}), {} bytes",
+                 id, stats->chunks, match->name, match->identity.sha256, received);
+    return sb;
+}
+
+}  // namespace wrenn::agent
