@@ -29,11 +29,12 @@ void SandboxManager::fork(const std::string& id, std::string new_id, Callback<Sa
         done(failure(FailureKind::NotFound, what, 0, "no such sandbox"));
         return;
     }
-    auto child = reserve(new_id);
-    if (!child) {
-        done(failure(FailureKind::AlreadyExists, what, 0, "a sandbox with this id exists"));
+    auto reserved = reserve(new_id, what);
+    if (!reserved) {
+        done(reserved.failure());
         return;
     }
+    EntryPtr child = reserved.value();
     // On the source's strand: its pause, resume or destroy waits for the fork, and the child is
     // invisible to reads until it is complete.
     run_on_strand<Sandbox>(

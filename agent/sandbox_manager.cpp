@@ -226,12 +226,17 @@ template void SandboxManager::run_on_strand<TransferStats>(const EntryPtr&, std:
 
 // ---- create -------------------------------------------------------------------------------
 
-SandboxManager::EntryPtr SandboxManager::reserve(const std::string& id) {
+Outcome<SandboxManager::EntryPtr> SandboxManager::reserve(const std::string& id,
+                                                          const std::string& what) {
+    if (!is_valid_name(id)) {
+        return failure(FailureKind::InvalidRequest, what, 0,
+                       "id must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
+    }
     auto entry = std::make_shared<Entry>(workers_);
     entry->record.id = id;
     std::lock_guard lock(mu_);
     if (!entries_.emplace(id, entry).second) {
-        return nullptr;
+        return failure(FailureKind::AlreadyExists, what, 0, "a sandbox with this id exists");
     }
     return entry;
 }
@@ -251,19 +256,19 @@ void SandboxManager::create(CreateRequest request, Callback<Sandbox> done) {
         request.id = make_id();
     }
     if (!is_valid_name(request.id)) {
+        // Not echoed: an invalid id may hold anything, a newline for the log among it.
         done(failure(FailureKind::InvalidRequest, "create sandbox", 0,
                      "id must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}"));
         return;
     }
-    auto entry = reserve(request.id);
-    if (!entry) {
-        done(failure(FailureKind::AlreadyExists, "create " + request.id, 0,
-                     "a sandbox with this id exists"));
+    auto reserved = reserve(request.id, "create " + request.id);
+    if (!reserved) {
+        done(reserved.failure());
         return;
     }
     run_on_strand<Sandbox>(
-        entry, "create",
-        [this, entry, request = std::move(request)] {
+        reserved.value(), "create",
+        [this, entry = reserved.value(), request = std::move(request)] {
             auto outcome = do_create(entry, request);
             settle(entry, outcome.ok());
             return outcome;

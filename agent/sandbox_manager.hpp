@@ -183,9 +183,10 @@ class SandboxManager : public SpaceActions {
                                                           const std::string& what);
 
     EntryPtr find(const std::string& id) const;
-    // A new sandbox's entry, not ready (invisible to reads) until settle(): nullptr when the id
-    // is taken. settle() makes it visible, or removes it when its create or fork failed.
-    EntryPtr reserve(const std::string& id);
+    // A new sandbox's entry, not ready (invisible to reads) until settle(); refused (400) when
+    // the id is not a valid name and (409) when it is taken. settle() makes it visible, or
+    // removes it when its create, fork or import failed.
+    Outcome<EntryPtr> reserve(const std::string& id, const std::string& what);
     void settle(const EntryPtr& entry, bool made);
     // Runs fn on the entry's strand, counts it in flight, logs one line and records metrics.
     template <class T>

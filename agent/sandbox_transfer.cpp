@@ -139,20 +139,14 @@ Outcome<SandboxManager::TemplateMatch> SandboxManager::find_template_by_digest(
 
 void SandboxManager::import_sandbox(const std::string& id, ImportOptions options,
                                     ReadBody read_body, Callback<Sandbox> done) {
-    const std::string what = "import " + id;
-    if (!is_valid_name(id)) {
-        done(failure(FailureKind::InvalidRequest, what, 0,
-                     "id must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}"));
-        return;
-    }
-    auto entry = reserve(id);
-    if (!entry) {
-        done(failure(FailureKind::AlreadyExists, what, 0, "a sandbox with this id exists"));
+    auto reserved = reserve(id, "import " + id);
+    if (!reserved) {
+        done(reserved.failure());
         return;
     }
     run_on_strand<Sandbox>(
-        entry, "import",
-        [this, entry, options, read_body = std::move(read_body)] {
+        reserved.value(), "import",
+        [this, entry = reserved.value(), options, read_body = std::move(read_body)] {
             auto outcome = do_import(entry, options, read_body);
             settle(entry, outcome.ok());
             return outcome;

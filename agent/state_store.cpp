@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <fstream>
+#include <initializer_list>
 #include <sstream>
 #include <string_view>
 #include <vector>
@@ -69,6 +70,34 @@ Result<void> fsync_dir(const std::string& dir) {
 std::string parent_of(const std::string& path) {
     auto slash = path.rfind('/');
     return slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+}
+
+// Removes the files in dir named as a PendingOutput of one of `finals` names them while it is
+// unfinished (what a copy killed half-way leaves); how many. A folder that is gone has none.
+Result<std::size_t> remove_pending_copies(const std::string& dir,
+                                          std::initializer_list<std::string_view> finals) {
+    DIR* listing = ::opendir(dir.c_str());
+    if (listing == nullptr) {
+        return errno == ENOENT ? Result<std::size_t>(std::size_t{0})
+                               : Result<std::size_t>(errno_error("list " + dir));
+    }
+    std::vector<std::string> temps;
+    while (const dirent* entry = ::readdir(listing)) {
+        for (const std::string_view final_name : finals) {
+            if (flatten::is_pending_output_name(entry->d_name, final_name)) {
+                temps.emplace_back(entry->d_name);
+                break;
+            }
+        }
+    }
+    ::closedir(listing);
+    for (const auto& name : temps) {
+        const std::string path = dir + "/" + name;
+        if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+            return errno_error("remove " + path);
+        }
+    }
+    return temps.size();
 }
 
 }  // namespace
@@ -190,23 +219,10 @@ Result<void> StateStore::remove_sandbox(std::string_view id) const {
         return errno_error("remove " + cow);
     }
     // A fork, import or export killed mid-copy leaves its CoW under a temporary name
-    // (rootfs.cow.tmp- and six letters, flatten's PendingOutput): part of this sandbox, so it goes
-    // with it.
-    if (DIR* listing = ::opendir(dir.c_str()); listing != nullptr) {
-        std::vector<std::string> temps;
-        while (const dirent* entry = ::readdir(listing)) {
-            if (flatten::is_pending_output_name(entry->d_name, kCowName) ||
-                flatten::is_pending_output_name(entry->d_name, kExportCopyName)) {
-                temps.emplace_back(entry->d_name);
-            }
-        }
-        ::closedir(listing);
-        for (const auto& name : temps) {
-            const std::string path = dir + "/" + name;
-            if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-                return errno_error("remove " + path);
-            }
-        }
+    // (rootfs.cow.tmp- or export.cow.tmp- and six letters, flatten's PendingOutput): part of
+    // this sandbox, so it goes with it.
+    if (auto removed = remove_pending_copies(dir, {kCowName, kExportCopyName}); !removed) {
+        return std::move(removed).error();
     }
     if (::rmdir(dir.c_str()) != 0 && errno != ENOENT) {
         return errno_error("remove folder " + dir);
@@ -215,26 +231,7 @@ Result<void> StateStore::remove_sandbox(std::string_view id) const {
 }
 
 Result<std::size_t> StateStore::remove_export_copies(std::string_view id) const {
-    const std::string dir = sandbox_dir(id);
-    DIR* listing = ::opendir(dir.c_str());
-    if (listing == nullptr) {
-        return errno == ENOENT ? Result<std::size_t>(std::size_t{0})
-                               : Result<std::size_t>(errno_error("list " + dir));
-    }
-    std::vector<std::string> temps;
-    while (const dirent* entry = ::readdir(listing)) {
-        if (flatten::is_pending_output_name(entry->d_name, kExportCopyName)) {
-            temps.emplace_back(entry->d_name);
-        }
-    }
-    ::closedir(listing);
-    for (const auto& name : temps) {
-        const std::string path = dir + "/" + name;
-        if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-            return errno_error("remove " + path);
-        }
-    }
-    return temps.size();
+    return remove_pending_copies(sandbox_dir(id), {kExportCopyName});
 }
 
 std::uint64_t StateStore::allocated_bytes(const std::string& path) const {
