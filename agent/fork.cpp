@@ -164,10 +164,8 @@ Outcome<Sandbox> SandboxManager::do_fork(const EntryPtr& source, const EntryPtr&
     sb.origin_size_bytes = from.origin_size_bytes;
     sb.forked_from = from.id;
 
-    if (auto dir = store_.create_sandbox_dir(id); !dir) {
-        const FailureKind kind =
-            dir.error().code() == EEXIST ? FailureKind::AlreadyExists : FailureKind::Internal;
-        return Failure{kind, std::move(dir).error().within(what)};
+    if (auto made = make_sandbox_dir(id, what); !made) {
+        return made.failure();
     }
     auto remove_files = [&] {
         if (auto removed = store_.remove_sandbox(id); !removed) {

@@ -241,6 +241,16 @@ Outcome<SandboxManager::EntryPtr> SandboxManager::reserve(const std::string& id,
     return entry;
 }
 
+Outcome<Done> SandboxManager::make_sandbox_dir(const std::string& id, const std::string& what) {
+    if (auto dir = store_.create_sandbox_dir(id); !dir) {
+        // A folder with no entry (a leftover) is refused as an id in use, never written into.
+        const FailureKind kind =
+            dir.error().code() == EEXIST ? FailureKind::AlreadyExists : FailureKind::Internal;
+        return Failure{kind, std::move(dir).error().within(what)};
+    }
+    return Done{};
+}
+
 void SandboxManager::settle(const EntryPtr& entry, bool made) {
     std::lock_guard lock(mu_);
     if (made) {

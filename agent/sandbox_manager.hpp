@@ -188,6 +188,8 @@ class SandboxManager : public SpaceActions {
     // removes it when its create, fork or import failed.
     Outcome<EntryPtr> reserve(const std::string& id, const std::string& what);
     void settle(const EntryPtr& entry, bool made);
+    // The new sandbox's folder, for fork and import: 409 already_exists when it is there.
+    Outcome<Done> make_sandbox_dir(const std::string& id, const std::string& what);
     // Runs fn on the entry's strand, counts it in flight, logs one line and records metrics.
     template <class T>
     void run_on_strand(const EntryPtr& entry, std::string op, std::function<Outcome<T>()> fn,

@@ -161,10 +161,8 @@ Outcome<Sandbox> SandboxManager::do_import(const EntryPtr& entry, const ImportOp
     if (auto full = check_space(what)) {
         return *full;
     }
-    if (auto dir = store_.create_sandbox_dir(id); !dir) {
-        const FailureKind kind =
-            dir.error().code() == EEXIST ? FailureKind::AlreadyExists : FailureKind::Internal;
-        return Failure{kind, std::move(dir).error().within(what)};
+    if (auto made = make_sandbox_dir(id, what); !made) {
+        return made.failure();
     }
     // Until the record is written (last), the folder is an unfinished sandbox: a crash leaves
     // it for the next start to remove, and every refusal below removes it now.
