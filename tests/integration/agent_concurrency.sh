@@ -32,10 +32,11 @@ call() {
     fi
 }
 count_status() {  # prefix status
-    local n=0 f
+    local n=0 f s
     for f in "$out/$1"*; do
         case "$f" in *.body) continue ;; esac
-        [ "$(cat "$f")" == "$2" ] && n=$((n + 1))
+        read -r s <"$f"  # curl's -w wrote no newline: read says so, and s has the status
+        [ "$s" == "$2" ] && n=$((n + 1))
     done
     echo $n
 }
@@ -102,10 +103,10 @@ done
 step "destroy all"
 # --- destroy everything in parallel --------------------------------------------------------------
 api GET /sandboxes
-ids=$(python3 -c 'import json,sys; print(" ".join(s["id"] for s in json.loads(sys.argv[1])["sandboxes"]))' "$BODY")
-for id in $ids; do call "destroy-$id" DELETE "/sandboxes/$id"; done
+all=$(ids)
+for id in $all; do call "destroy-$id" DELETE "/sandboxes/$id"; done
 wait_calls
-expect_eq "every destroy answered 204" "$(count_status destroy- 204)" "$(echo $ids | wc -w)"
+expect_eq "every destroy answered 204" "$(count_status destroy- 204)" "$(echo $all | wc -w)"
 api GET /sandboxes
 expect_eq "no sandbox left" "$BODY" '{"sandboxes":[]}'
 expect_eq "no wrenn- device left" "$(wrenn_devices | wc -l)" 0

@@ -26,8 +26,7 @@ destroying=$WORK/destroying
 
 running_ids() {
     api GET /sandboxes
-    python3 -c 'import json,sys
-print("\n".join(sorted(s["id"] for s in json.loads(sys.argv[1])["sandboxes"] if s["state"] == "running")))' "$BODY"
+    ids running
 }
 # One round: create, write, pause (its data then on record), resume, and destroy if $3 is 1.
 # Returns 1 at the first answer that is not the expected one (the agent was killed under it).
@@ -120,7 +119,7 @@ done
 # Clean end: destroy everything; nothing may be left.
 require "agent starts for the final cleanup" start_agent
 api GET /sandboxes
-for id in $(python3 -c 'import json,sys; print(" ".join(s["id"] for s in json.loads(sys.argv[1])["sandboxes"]))' "$BODY"); do
+for id in $(ids); do
     api DELETE "/sandboxes/$id"
     expect_eq "destroy $id" "$STATUS" 204
 done

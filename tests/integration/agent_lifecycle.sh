@@ -16,7 +16,7 @@ require "agent starts" start_agent
 
 api GET /healthz
 expect_eq "healthz status" "$STATUS" 200
-expect_eq "healthz device-mapper usable" "$(json device_mapper.usable)" True
+expect_eq "healthz device-mapper usable" "$(json device_mapper.usable)" true
 
 # --- create 8 on one template: one shared read-only loop -------------------------------------
 for i in $(seq 1 8); do
@@ -145,8 +145,7 @@ expect_eq "no loops over our files after cleanup-stale" "$(loops_backed_by "$STA
 require "agent starts after cleanup" start_agent
 api GET /sandboxes
 expect_eq "every sandbox paused after cleanup" \
-    "$(python3 -c 'import json,sys; print(sorted({s["state"] for s in json.loads(sys.argv[1])["sandboxes"]}))' "$BODY")" \
-    "['paused']"
+    "$(jq -r '[.sandboxes[].state] | unique | join(" ")' <<<"$BODY")" paused
 api POST /sandboxes/sb3/resume
 expect_eq "resume after boot cleanup" "$STATUS" 200
 expect_eq "sb3 data after boot cleanup" "$(read_marker /dev/mapper/wrenn-sb3 3 14)" "written-by-sb3"
@@ -205,7 +204,7 @@ URL=http://127.0.0.1:$PORT
 require "agent starts with a TCP listener and a token" start_agent
 api GET /healthz
 expect_eq "TCP with a token: healthz" "$STATUS" 200
-expect_eq "not insecure" "$(json insecure_tcp)" False
+expect_eq "not insecure" "$(json insecure_tcp)" false
 api GET /sandboxes
 expect_eq "TCP with a token: list" "$STATUS" 200
 api POST /sandboxes '{"id": "tcp1", "template": "base"}'
@@ -254,7 +253,7 @@ CURL=(curl)
 URL=http://127.0.0.1:$PORT
 require "agent starts with --insecure-tcp" start_agent
 api GET /healthz
-expect_eq "--insecure-tcp shows in healthz" "$(json insecure_tcp)" True
+expect_eq "--insecure-tcp shows in healthz" "$(json insecure_tcp)" true
 expect_true "with a warning" test -n "$(json warning)"
 expect_true "and in the log" grep -q "without a token (--insecure-tcp)" "$AGENT_LOG"
 api GET /sandboxes
