@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Concurrency: 64 creates in parallel on one template, then parallel pause/resume/destroy mixes
-# on the same and on different sandboxes. No deadlock (every request answers within curl's
-# limit), no leak (nothing left at the end), every response one of the expected ones.
+# on the same and on different sandboxes. No deadlock (every request answers within 120 s),
+# no leak (nothing left at the end), every response one of the expected ones.
 here=$(dirname "$0")
 source "$here/lib.sh"
 
@@ -12,24 +12,17 @@ require "agent starts" start_agent
 
 out=$WORK/responses
 mkdir -p "$out"
-# call NAME METHOD PATH [BODY]: runs in the background, leaves the status in $out/NAME.
-# wait_calls waits for those requests only (a bare `wait` would wait for the agent too).
-CALLS=()
-wait_calls() {
-    local pid
-    for pid in "${CALLS[@]}"; do wait "$pid"; done
-    CALLS=()
-}
+# call NAME METHOD PATH [BODY]: queues a request; wait_calls sends every queued one at once (one
+# thread each in the test's client.py, all let go at once) and waits for all the
+# answers, leaving each status in $out/NAME and each body in $out/NAME.body.
+CALLS=""
 call() {
-    local name=$1 method=$2 path=$3 data=${4:-}
-    if [ -n "$data" ]; then
-        "${CURL[@]}" -s -o "$out/$name.body" -w '%{http_code}' --max-time 120 -X "$method" \
-            -H 'Content-Type: application/json' -d "$data" "$URL$path" >"$out/$name" &
-        CALLS+=($!)
-    else
-        "${CURL[@]}" -s -o "$out/$name.body" -w '%{http_code}' --max-time 120 -X "$method" "$URL$path" >"$out/$name" &
-        CALLS+=($!)
-    fi
+    CALLS+="$*"$'\n'
+}
+wait_calls() {
+    client batch "$SOCK" "$out" "$CALLS"
+    [ "$CODE" == 000 ] || fail "batch of requests: $OUT"
+    CALLS=""
 }
 count_status() {  # prefix status
     local n=0 f s

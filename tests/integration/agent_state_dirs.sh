@@ -32,14 +32,10 @@ start_at() {  # a|b: serve on its own state dir and address
     "$AGENT" serve --listen "unix:$sock" --state-dir "$state" --log-level debug \
         >>"$WORK/agent-$name.log" 2>&1 &
     PIDS[$name]=$!
-    for _ in $(seq 1 100); do
-        curl --unix-socket "$sock" -s -o /dev/null --max-time 1 http://localhost/healthz && return 0
-        if ! kill -0 "${PIDS[$name]}" 2>/dev/null; then
-            cat "$WORK/agent-$name.log" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
+    client health "$sock" "${PIDS[$name]}" ""
+    [ "$CODE" == 000 ] && return 0
+    echo "$OUT; its log:" >&2
+    cat "$WORK/agent-$name.log" >&2
     return 1
 }
 stop_at() {  # a|b TERM|KILL; TERM must exit 0

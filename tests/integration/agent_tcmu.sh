@@ -62,7 +62,9 @@ expect_eq "its error code" "$(json error.code)" backstore_unavailable
 expect_true "within 15 s ($took ms)" test "$took" -lt 15000
 expect_true "the message says to start tcmu-runner" grep -q "start tcmu-runner, the backstore of the qcow handler" <<<"$BODY"
 no_tcmu_left "after a create without a backstore"
-expect_eq "no sandbox was made" "$("${CURL[@]}" -s "$URL/sandboxes" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["sandboxes"]))')" 0
+api GET /sandboxes
+expect_eq "the list answers" "$STATUS" 200
+expect_eq "no sandbox was made" "$(ids)" ""
 expect_true "SIGTERM exits 0" stop_agent
 
 mkdir -p "$WORK/runner"
@@ -133,11 +135,12 @@ expect_eq "and so is its mtime" "$(stat -c %Y "$WORK/outside/sentinel.log")" "$(
 expect_true "the absolute case logged beside its config" grep -q "wrenn tcmu attach" "$OBD/abs/init-debug.log"
 expect_true "the .. case logged beside its config" grep -q "wrenn tcmu attach" "$OBD/dotdot/init-debug.log"
 expect_eq "the log is 0600" "$(stat -c %a "$OBD/abs/init-debug.log")" 600
-# The agent's own socket lives in $WORK (lib.sh), which changes the folder's mtime too.
+# The agent's own socket and the test's client.py pipes live in $WORK (lib.sh), which changes
+# the folder's mtime too.
 expect_eq "no other file outside the config folder changed" \
     "$(find "$WORK" /etc -xdev -newer "$WORK/before" 2>/dev/null \
         | grep -v -e "^$OBD/" -e "^$WORK/agent.log$" -e "^$WORK/runner" -e "^$STATE" \
-            -e "^$SOCK$" -e "^$WORK$" | sort -u)" ""
+            -e "^$SOCK$" -e "^$WORK/client\.in$" -e "^$WORK/client\.out$" -e "^$WORK$" | sort -u)" ""
 
 step "refusals: paths, symlinks, owners, modes, handlers, values"
 # Refused before anything is attached: the status, and no device.
@@ -176,7 +179,9 @@ long=$OBD/$(head -c 300 /dev/zero | tr '\0' a)
 refused "a config over the kernel's 255 bytes" 400 \
     "{\"origin\": {\"type\": \"tcmu\", \"config\": \"$long\", \"handler\": \"qcow\"}}"
 expect_eq "no TCMU device after the refusals" "$(ls "$hba" 2>/dev/null | grep -c '^dev_')" 0
-expect_eq "no sandbox after the refusals" "$("${CURL[@]}" -s "$URL/sandboxes" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["sandboxes"]))')" 0
+api GET /sandboxes
+expect_eq "the list answers after the refusals" "$STATUS" 200
+expect_eq "no sandbox after the refusals" "$(ids)" ""
 expect_true "SIGTERM exits 0" stop_agent
 
 step "an allowed config"

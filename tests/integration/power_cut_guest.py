@@ -22,18 +22,18 @@ written there (or the unknown one in flight), never torn, and unwritten blocks r
 template; no wrenn- device is suspended or invalid. It then prints what it saw ("PC SEEN ..."),
 which the next check starts from.
 """
-import http.client
 import json
 import mmap
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import termios
 import threading
 import time
+
+from client import UnixConnection
 
 BLOCK = 4096
 NBLK = 64  # records go to the first 64 chunks of each sandbox, so blocks are written again
@@ -85,20 +85,9 @@ def expect(what, ok):
 
 
 # --- the agent -----------------------------------------------------------------------------------
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self):
-        super().__init__("localhost", timeout=120)
-
-    def connect(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(120)
-        s.connect(SOCK)
-        self.sock = s
-
-
 def api(method, path, body=None):
-    """(status, parsed JSON body or None)."""
-    conn = UnixConnection()
+    """(status, parsed JSON body or None); raises when no answer came."""
+    conn = UnixConnection(SOCK, 120)
     try:
         headers = {"Content-Type": "application/json"} if body is not None else {}
         conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
