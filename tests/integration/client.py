@@ -12,8 +12,9 @@ answer is a line "CODE LEN", then LEN bytes. Every argument is one word (no spac
   health SOCK PID 0             waits up to 10 s for /healthz to answer (any status); CODE 1
                                 if PID exited first
   batch SOCK DIR LEN + lines    sends every request at once, one thread each; a line is
-                                "NAME METHOD PATH [BODY]"; writes DIR/NAME (the status, as
-                                curl -w '%{http_code}' would) and DIR/NAME.body when all answered
+                                "NAME METHOD PATH [BODY]"; each answer goes to DIR/NAME (the
+                                status, as curl -w '%{http_code}' writes it) and DIR/NAME.body;
+                                CODE comes once all have answered
 """
 
 import http.client
@@ -31,12 +32,12 @@ REC = 4096  # lib.sh's record size: "record N" in block N
 class UnixConnection(http.client.HTTPConnection):  # power_cut_guest.py uses it too
     def __init__(self, path, timeout):
         super().__init__("localhost", timeout=timeout)
-        self.path = path
+        self.socket_path = path
 
     def connect(self):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
+        self.sock.connect(self.socket_path)
 
 
 def request(sock_path, method, path, body, timeout=60):
