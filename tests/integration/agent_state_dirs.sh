@@ -32,11 +32,7 @@ start_at() {  # a|b: serve on its own state dir and address
     "$AGENT" serve --listen "unix:$sock" --state-dir "$state" --log-level debug \
         >>"$WORK/agent-$name.log" 2>&1 &
     PIDS[$name]=$!
-    client health "$sock" "${PIDS[$name]}" ""
-    [ "$CODE" == 000 ] && return 0
-    echo "$OUT; its log:" >&2
-    cat "$WORK/agent-$name.log" >&2
-    return 1
+    await_agent "$sock" "${PIDS[$name]}" "$WORK/agent-$name.log"
 }
 stop_at() {  # a|b TERM|KILL; TERM must exit 0
     local name=$1 rc

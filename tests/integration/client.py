@@ -1,7 +1,7 @@
 """The shell tests' one long-lived helper (lib.sh starts it once per test): HTTP requests to the
 agent's unix socket, JSON fields, and record checks, each answered in milliseconds. Under TCG a
-program costs 0.15 to 1 s to start (curl about 0.3 s, jq as much, python3 more), and a suite
-makes hundreds of calls.
+program costs 0.04 to 0.3 s to start (curl about 0.3 s, jq as much), and a suite makes hundreds
+of calls.
 
 Protocol, on stdin and stdout: a command line "NAME ARG... LEN", then LEN bytes of payload; the
 answer is a line "CODE LEN", then LEN bytes. Every argument is one word (no spaces).

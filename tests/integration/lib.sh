@@ -65,8 +65,8 @@ require() {
 }
 
 # The test's one client process (client.py): requests to the agent's unix socket, JSON fields
-# and record checks, without a program per call. Under TCG each program started costs 0.15 s
-# (curl and jq about 0.3 s, python3 1 s), and the suites make hundreds of calls.
+# and record checks, without a program per call. Under TCG each program started costs 0.04 to
+# 0.3 s (curl and jq about 0.3 s), and the suites make hundreds of calls.
 # It starts when lib.sh is sourced, and ends when the test does (its stdin closes).
 start_client() {
     mkfifo "$WORK/client.in" "$WORK/client.out"
@@ -124,11 +124,8 @@ start_agent() {
         >>"$AGENT_LOG" 2>&1 &
     AGENT_PID=$!
     if plain_curl; then
-        client health "${CURL[2]}" "$AGENT_PID" ""
-        [ "$CODE" == 000 ] && return 0
-        echo "$OUT; its log:" >&2
-        cat "$AGENT_LOG" >&2
-        return 1
+        await_agent "${CURL[2]}" "$AGENT_PID" "$AGENT_LOG"
+        return
     fi
     for _ in $(seq 1 100); do
         if "${CURL[@]}" -s -o /dev/null --max-time 1 "$URL/healthz"; then
@@ -142,6 +139,15 @@ start_agent() {
         sleep 0.1
     done
     echo "agent did not answer within 10 s" >&2
+    return 1
+}
+# await_agent SOCK PID LOG: waits (client.py, up to 10 s) until the agent PID answers on SOCK;
+# if it does not, says why and prints its LOG.
+await_agent() {
+    client health "$1" "$2" ""
+    [ "$CODE" == 000 ] && return 0
+    echo "$OUT; its log:" >&2
+    cat "$3" >&2
     return 1
 }
 stop_agent() {  # SIGTERM, and check it exits 0
@@ -209,7 +215,7 @@ record_at() {  # DEV N: the record in block N, or nothing
     dd if="$1" bs=$REC skip="$2" count=1 iflag=direct status=none | tr -d '\0' | head -c 32
 }
 # records_in DEV FIRST LAST: how many blocks N from FIRST to LAST hold exactly "record N" (one
-# program for the whole range, read with O_DIRECT as record_at reads one block).
+# client.py call for the whole range, read with O_DIRECT as record_at reads one block).
 records_in() {
     client records "$1" "$2" "$3" ""
     [ "$CODE" == 000 ] || { echo "records_in $*: $OUT" >&2; return 1; }
