@@ -197,11 +197,27 @@ json::object space_json(const SpaceStatus& s) {
     return out;
 }
 
+// "digest": the template's digest, "pending" while the agent reads it in the background, null
+// for an image it refuses; "sha256": the whole image's SHA-256 hex, null unless computed (only
+// for an archive or record of an earlier agent).
+json::value digest_json(const TemplateInfo& t) {
+    if (!t.problem.empty()) {
+        return nullptr;
+    }
+    return t.digest.empty() ? json::value("pending") : json::value(t.digest);
+}
+json::value whole_sha256_json(const TemplateInfo& t) {
+    const auto colon = t.sha256.find(':');
+    return colon == std::string::npos ? json::value(nullptr)
+                                      : json::value(t.sha256.substr(colon + 1));
+}
+
 json::object template_json(const TemplateInfo& t) {
     json::object out{{"name", t.name},
                      {"path", t.path},
                      {"size_bytes", t.size_bytes},
-                     {"sha256", t.sha256.empty() ? json::value(nullptr) : json::value(t.sha256)},
+                     {"digest", digest_json(t)},
+                     {"sha256", whole_sha256_json(t)},
                      {"sandboxes", t.sandboxes}};
     if (!t.problem.empty()) {
         out["problem"] = t.problem;
@@ -501,8 +517,7 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
             json::object{{"template", out->name},
                          {"path", out->path},
                          {"size_bytes", out->size_bytes},
-                         {"sha256",
-                          out->sha256.empty() ? json::value(nullptr) : json::value(out->sha256)}}));
+                         {"digest", digest_json(out.value())}}));
     });
 }
 

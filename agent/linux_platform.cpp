@@ -99,17 +99,9 @@ Result<TemplateIdentity> LinuxPlatform::inspect_template(const std::string& path
     return image->identity;
 }
 
-Result<std::string> LinuxPlatform::hash_template(const std::string& path,
-                                                 const TemplateIdentity& expected) {
-    auto image = open_template(path, options_.template_owner);
-    if (!image) {
-        return std::move(image).error();
-    }
-    if (image->identity.device != expected.device || image->identity.inode != expected.inode) {
-        return Error("compute sha256 of template " + path, ESTALE,
-                     "the path names another file than the one checked");
-    }
-    return agent::hash_template(path, *image);
+Result<TemplateImage> LinuxPlatform::open_template_version(const std::string& path,
+                                                          const TemplateIdentity& expected) {
+    return agent::open_template_version(path, options_.template_owner, expected);
 }
 
 Result<AttachedOrigin> LinuxPlatform::acquire_origin(const OriginSpec& origin) {
@@ -427,7 +419,8 @@ Result<FlattenResult> LinuxPlatform::flatten(const std::string& origin, const st
                  stats->chunks_applied, flatten::to_string(stats->method),
                  flatten::describe_phases(*stats));
     return FlattenResult{stats->size_bytes, stats->chunks_applied,
-                         std::string(flatten::to_string(stats->method))};
+                         std::string(flatten::to_string(stats->method)),
+                         std::move(stats->changed_chunks), stats->chunk_bytes};
 }
 
 Result<std::size_t> LinuxPlatform::release_loops_under(const std::string& dir) {

@@ -37,8 +37,8 @@ class LinuxPlatform final : public Platform {
     KernelSupport support() override;
     OriginCounts attached_origins() override;
     Result<TemplateIdentity> inspect_template(const std::string& path) override;
-    Result<std::string> hash_template(const std::string& path,
-                                      const TemplateIdentity& expected) override;
+    Result<TemplateImage> open_template_version(const std::string& path,
+                                                const TemplateIdentity& expected) override;
     Result<AttachedOrigin> acquire_origin(const OriginSpec& origin) override;
     Result<void> check_tcmu_origin(const OriginSpec& origin) override;
     void release_origin(const OriginSpec& origin) override;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "agent/sandbox.hpp"
+#include "agent/template_image.hpp"
 #include "common/result.hpp"
 #include "dm/snapshot_format.hpp"
 
@@ -76,6 +77,10 @@ struct FlattenResult {
     std::uint64_t size_bytes = 0;
     std::size_t chunks_applied = 0;
     std::string method;
+    // The origin chunks the output took from the CoW, and their size: what differs from the
+    // origin, so that the new image's digest is the origin's with only those blocks reread.
+    std::vector<std::uint64_t> changed_chunks;
+    std::uint64_t chunk_bytes = 0;
 };
 
 // The kernel as the sandbox lifecycle sees it. LinuxPlatform composes loop/, dm/, tcmu/ and
@@ -98,10 +103,10 @@ class Platform {
     // is a regular file owned by root and not writable by others (EPERM, with the reason; ELOOP
     // for a symlink; ENOENT). The identity comes back without its digest.
     virtual Result<TemplateIdentity> inspect_template(const std::string& path) = 0;
-    // SHA-256 of the image's bytes, read through a descriptor checked to be `expected` (device
-    // and inode); ESTALE when it is another file or changes while being read.
-    virtual Result<std::string> hash_template(const std::string& path,
-                                              const TemplateIdentity& expected) = 0;
+    // The image at `path` opened as inspect_template opens it, and only if it is `expected` in
+    // exactly that state (ESTALE otherwise): what a digest is read from (template_blocks.hpp).
+    virtual Result<TemplateImage> open_template_version(const std::string& path,
+                                                        const TemplateIdentity& expected) = 0;
 
     // Shared origins, reference-counted by OriginSpec::key(): the first acquire attaches (or
     // finds again, after a restart), the last release lets go.

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <map>
 #include <set>
@@ -260,7 +261,34 @@ Result<RecoveryReport> SandboxManager::recover() {
         report.problems.push_back(swept.error().message());
     }
     report.temp_files_removed += sweep_flatten_temps(report.problems);
+    resume_pending_digests();
     return report;
+}
+
+// Sandboxes made while their template's digest was pending when the agent stopped: the digest
+// is recorded now if it was read meanwhile, else read again while the image is that version.
+void SandboxManager::resume_pending_digests() {
+    std::vector<std::pair<std::string, TemplateIdentity>> versions;
+    for (const auto& sb : list()) {
+        const auto& id = sb.origin.identity;
+        if (sb.origin.type != OriginSpec::Type::Loop || !id || is_blocks_digest(id->digest)) {
+            continue;
+        }
+        const bool seen = std::any_of(versions.begin(), versions.end(), [&](const auto& v) {
+            return v.first == sb.origin.path && v.second.same_file_state(*id);
+        });
+        if (!seen) {
+            versions.emplace_back(sb.origin.path, *id);
+        }
+    }
+    for (auto& [path, version] : versions) {
+        if (auto digest = digests_.known(path, version)) {
+            version.digest = *digest;
+            record_digest(path, version);
+        } else if (auto now = platform_.inspect_template(path); now && now->same_file_state(version)) {
+            digests_.request(path, version);
+        }
+    }
 }
 
 Result<RecoveryReport> SandboxManager::cleanup_stale() {

@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <ctime>
 
+#include "agent/template_blocks.hpp"
+
 namespace wrenn::agent {
 
 namespace json = boost::json;
@@ -36,10 +38,9 @@ std::string TemplateIdentity::describe_change_from(const TemplateIdentity& was) 
         out += out.empty() ? "" : ", ";
         out += "modified since";
     }
-    if (!sha256.empty() && !was.sha256.empty() && sha256 != was.sha256) {
+    if (!digest.empty() && !was.digest.empty() && digest != was.digest) {
         out += out.empty() ? "" : ", ";
-        out +=
-            "content sha256 " + was.sha256.substr(0, 12) + "... -> " + sha256.substr(0, 12) + "...";
+        out += "content " + was.digest + " -> " + digest;
     }
     return out.empty() ? "nothing" : out;
 }
@@ -69,7 +70,9 @@ json::object origin_to_json(const OriginSpec& origin, const std::string& device)
             const TemplateIdentity& t = *origin.identity;
             out["identity"] = json::object{{"device", t.device},         {"inode", t.inode},
                                            {"size_bytes", t.size_bytes}, {"mtime_ns", t.mtime_ns},
-                                           {"ctime_ns", t.ctime_ns},     {"sha256", t.sha256}};
+                                           {"ctime_ns", t.ctime_ns},
+                                           {"digest", t.digest.empty() ? json::value(nullptr)
+                                                                       : json::value(t.digest)}};
         }
     }
     out["device"] = device.empty() ? json::value(nullptr) : json::value(device);
@@ -136,9 +139,14 @@ json::object record_to_json(const Sandbox& s) {
 json::object api_view(const Sandbox& s) {
     json::object out = record_to_json(s);
     out.erase("version");
-    // The digest of the image the sandbox was made over, where a client looks first.
-    out["template_sha256"] =
-        s.origin.identity ? json::value(s.origin.identity->sha256) : json::value(nullptr);
+    // The digest of the image the sandbox was made over, where a client looks first: "pending"
+    // while the agent reads it in the background, null for a TCMU origin.
+    if (s.origin.identity) {
+        out["template_digest"] =
+            s.origin.identity->digest.empty() ? "pending" : s.origin.identity->digest;
+    } else {
+        out["template_digest"] = nullptr;
+    }
     out.erase("origin_size_bytes");
     if (s.state == SandboxState::Running) {
         out["io"] = s.io_suspended_for_space ? "suspended_no_space" : "active";
@@ -196,12 +204,27 @@ Result<Sandbox> record_from_json(const json::value& value) {
             auto size = get_u64(io, "size_bytes");
             auto mtime = get_i64(io, "mtime_ns");
             auto ctime = get_i64(io, "ctime_ns");
-            auto sha = get_string(io, "sha256");
-            if (!device || !inode || !size || !mtime || !ctime || !sha) {
+            if (!device || !inode || !size || !mtime || !ctime) {
                 return bad_record(
-                    "origin.identity needs device, inode, size_bytes, mtime_ns, ctime_ns, sha256");
+                    "origin.identity needs device, inode, size_bytes, mtime_ns, ctime_ns");
             }
-            s.origin.identity = TemplateIdentity{*device, *inode, *size, *mtime, *ctime, *sha};
+            // "digest" names its algorithm (null while pending); agents before it wrote the
+            // SHA-256 of the whole image as "sha256".
+            std::string digest;
+            const auto* named = io.if_contains("digest");
+            const auto* whole = io.if_contains("sha256");
+            const json::value* given = named != nullptr ? named : whole;
+            if (given != nullptr && given->is_string() && !given->as_string().empty()) {
+                auto parsed = parse_digest(std::string_view(given->as_string()));
+                if (!parsed) {
+                    return bad_record("origin.identity has a digest this agent does not know: " +
+                                      std::string(given->as_string()).substr(0, 80));
+                }
+                digest = parsed->algorithm + ":" + parsed->hex;
+            } else if (given != nullptr && !given->is_null() && !given->is_string()) {
+                return bad_record("origin.identity.digest must be a string or null");
+            }
+            s.origin.identity = TemplateIdentity{*device, *inode, *size, *mtime, *ctime, digest};
         }
     } else if (*type == "tcmu") {
         auto config = get_string(o, "config");

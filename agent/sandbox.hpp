@@ -21,7 +21,10 @@ struct TemplateIdentity {
     std::uint64_t size_bytes = 0;
     std::int64_t mtime_ns = 0;
     std::int64_t ctime_ns = 0;
-    std::string sha256;  // of the whole image; empty until computed
+    // "blocks-sha256-64k:<hex>" (agent/template_blocks.hpp), or "sha256:<hex>" in records of
+    // earlier agents; empty while pending: a create never waits for it, and the agent writes it
+    // into the record once the background read of exactly this version has finished.
+    std::string digest;
 
     // The same file, untouched since: device, inode, size, mtime and ctime all equal. Anything
     // else (a rewrite in place, a rename over it, a touch) needs the digest to decide.

@@ -79,18 +79,73 @@ SandboxManager::SandboxManager(Platform& platform, StateStore& store, Options op
       options_(std::move(options)),
       workers_(workers),
       metrics_(metrics),
-      digests_(store.state_dir() + "/template-digests.json",
-               [&platform](const std::string& path, const TemplateIdentity& identity) {
-                   return platform.hash_template(path, identity);
-               }) {}
+      digests_(store.state_dir(), platform) {
+    digests_.start([this](const std::string& path, const TemplateIdentity& version) {
+        record_digest(path, version);
+    });
+}
 
 SandboxManager::~SandboxManager() {
     shutdown();
 }
 
 void SandboxManager::shutdown() {
+    digests_.stop();  // no digest is recorded from here on: the next start asks again
     wait_idle();
     queries_.join();
+}
+
+// A template version's digest is known: each sandbox made over exactly that version without it
+// gets it in its record, on its strand, so that it never races the sandbox's operations.
+void SandboxManager::record_digest(const std::string& path, const TemplateIdentity& version) {
+    auto lacks = [path, version](const Sandbox& sb) {
+        const auto& id = sb.origin.identity;
+        return sb.origin.type == OriginSpec::Type::Loop && sb.origin.path == path && id &&
+               id->same_file_state(version) && !is_blocks_digest(id->digest);
+    };
+    // A create, fork or import in flight may be about to record this version without its
+    // digest: its entry is not ready yet, and the job below runs on its strand after it.
+    std::vector<EntryPtr> targets;
+    {
+        std::lock_guard lock(mu_);
+        for (const auto& [id, entry] : entries_) {
+            if (!entry->gone && (!entry->ready || lacks(entry->record))) {
+                targets.push_back(entry);
+            }
+        }
+    }
+    for (auto& entry : targets) {
+        {
+            std::lock_guard lock(idle_mu_);
+            ++in_flight_;
+        }
+        auto& strand = entry->strand;  // before the entry moves into the job
+        asio::post(strand, [this, entry = std::move(entry), lacks, version]() mutable {
+            Sandbox next;
+            bool gone = false;
+            {
+                std::lock_guard lock(mu_);
+                gone = entry->gone;
+                next = entry->record;
+            }
+            if (!gone && lacks(next)) {
+                next.origin.identity->digest = version.digest;
+                if (auto written = commit(entry, next); !written) {
+                    // Memory has it; the next start finds it in the digest cache again.
+                    spdlog::warn("sandbox={} record template digest: {}", next.id,
+                                 written.error().message());
+                } else {
+                    spdlog::debug("sandbox={} template digest recorded: {}", next.id,
+                                  version.digest);
+                }
+            }
+            entry.reset();
+            std::lock_guard lock(idle_mu_);
+            if (--in_flight_ == 0) {
+                idle_cv_.notify_all();
+            }
+        });
+    }
 }
 
 SandboxManager::EntryPtr SandboxManager::find(const std::string& id) const {
@@ -700,10 +755,26 @@ Outcome<TemplateInfo> SandboxManager::do_flatten(const EntryPtr& entry, const st
                                                                  : FailureKind::Internal;
         return Failure{kind, std::move(result).error().within(what)};
     }
-    TemplateInfo made{name, out, result->size_bytes, 0, {}, {}};
+    TemplateInfo made{name, out, result->size_bytes, 0, {}, {}, {}};
+    // The new image's digest is the origin's block list with only the blocks the changed chunks
+    // touch read again: O(changed). Without the origin's list (its digest still pending, or a
+    // TCMU origin) the new image is read in the background and shows as pending.
     if (auto identity = platform_.inspect_template(out)) {
-        if (auto digested = digests_.digest(out, *identity)) {
-            made.sha256 = digested->sha256;
+        auto derived = Result<std::string>(Error("derive digest", ENOENT));
+        if (same_template.value()) {
+            const auto blocks = blocks_of_chunks(result->changed_chunks, result->chunk_bytes,
+                                                 identity->size_bytes);
+            derived = digests_.derive(sb.origin.path, *same_template.value(), out, *identity,
+                                      blocks);
+            if (!derived && derived.error().code() != ENOENT) {
+                spdlog::warn("sandbox={} op=flatten {}; reading it in the background", sb.id,
+                             derived.error().message());
+            }
+        }
+        if (derived) {
+            made.digest = *derived;
+        } else {
+            digests_.request(out, *identity);
         }
     }
     return made;

@@ -34,8 +34,11 @@ struct TemplateInfo {
     std::string path;
     std::uint64_t size_bytes = 0;
     std::size_t sandboxes = 0;
-    std::string sha256;   // empty when the image cannot be used (see problem)
+    // "blocks-sha256-64k:<hex>"; empty while the agent reads it in the background, or when the
+    // image cannot be used (see problem).
+    std::string digest;
     std::string problem;  // why the agent refuses this image, e.g. a symlink or a foreign owner
+    std::string sha256;   // the whole image's "sha256:<hex>", known only once something needed it
 };
 
 struct RecoveryReport {
@@ -202,6 +205,10 @@ class SandboxManager : public SpaceActions {
     void release_origin_of(const EntryPtr& entry, const OriginSpec& origin);
     Result<void> commit(const EntryPtr& entry, const Sandbox& next);
     std::optional<Failure> check_kernel() const;
+    // TemplateDigests' callback: writes a version's new-found digest into its sandboxes' records.
+    void record_digest(const std::string& path, const TemplateIdentity& version);
+    // recovery.cpp: records whose digest was pending at the last stop get it, or a read.
+    void resume_pending_digests();
     // 409 invalid_state when a paused sandbox's device is live, so its CoW may still change;
     // `then` is the operation the message tells the client to retry.
     std::optional<Failure> check_no_live_device(const std::string& id, const std::string& what,

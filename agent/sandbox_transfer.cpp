@@ -56,9 +56,20 @@ Outcome<TransferStats> SandboxManager::do_export(const EntryPtr& entry, bool com
     if (!same_template) {
         return same_template.failure();
     }
-    ExportSource source{sb.cow_path, sb.origin_size_bytes,
-                        same_template.value() ? same_template.value()->sha256 : std::string(),
-                        sb.template_name + ".img"};
+    // The archive names the template by its blocks digest: known, or read now (an export is
+    // about the bytes; a background read of it in progress is joined, not repeated).
+    const TemplateIdentity version = same_template.value().value_or(TemplateIdentity{});
+    std::string digest = version.digest;
+    if (!is_blocks_digest(digest)) {
+        auto read = digests_.wait(sb.origin.path, version);
+        if (!read) {
+            const FailureKind kind =
+                read.error().code() == ESTALE ? FailureKind::TemplateChanged : FailureKind::Internal;
+            return Failure{kind, std::move(read).error().within(what)};
+        }
+        digest = *read;
+    }
+    ExportSource source{sb.cow_path, sb.origin_size_bytes, digest, sb.template_name + ".img"};
     std::unique_ptr<PendingCopy> copy;
     if (sb.state == SandboxState::Paused) {
         if (auto live = check_no_live_device(sb.id, what, "export")) {
@@ -100,7 +111,8 @@ Outcome<TransferStats> SandboxManager::do_export(const EntryPtr& entry, bool com
 
 Outcome<SandboxManager::TemplateMatch> SandboxManager::find_template_by_digest(
     const archive::Header& header, const std::string& what) {
-    const std::string needed = header.template_sha256_hex();
+    const std::string needed = header.template_digest_name();
+    const bool whole = header.version == archive::kWholeSha256Version;
     std::vector<std::string> names;
     if (DIR* dir = ::opendir(options_.templates_dir.c_str()); dir != nullptr) {
         while (const dirent* e = ::readdir(dir)) {
@@ -122,16 +134,23 @@ Outcome<SandboxManager::TemplateMatch> SandboxManager::find_template_by_digest(
     for (const auto& name : names) {
         const std::string path = template_path(name);
         auto identity = platform_.inspect_template(path);
-        if (!identity) {
-            continue;  // not usable as a template (see GET /templates)
+        if (!identity || identity->size_bytes / 512 * 512 != header.origin_bytes) {
+            continue;  // not usable as a template (see GET /templates), or another size
         }
-        auto digested = digests_.digest(path, *identity);
-        if (digested && digested->sha256 == needed) {
-            return TemplateMatch{name, *digested};
+        // A version 1 archive names the whole image's SHA-256, computed here on demand (once
+        // per template version, then cached).
+        auto digest = whole ? digests_.whole_sha256(path, *identity) : digests_.wait(path, *identity);
+        if (digest && *digest == needed) {
+            TemplateIdentity matched = *identity;
+            matched.digest = whole ? digests_.known(path, *identity).value_or("") : *digest;
+            if (matched.digest.empty()) {
+                digests_.request(path, *identity);
+            }
+            return TemplateMatch{name, matched};
         }
     }
     return failure(FailureKind::TemplateMismatch, what, 0,
-                   "the archive needs template \"" + header.template_name + "\" with SHA-256 " +
+                   "the archive needs template \"" + header.template_name + "\" with digest " +
                        needed + "; no template in " + options_.templates_dir +
                        " has that content: copy the exporting host's image there (any name) "
                        "and retry");
@@ -251,8 +270,8 @@ Outcome<Sandbox> SandboxManager::do_import(const EntryPtr& entry, const ImportOp
     if (auto written = commit(entry, sb); !written) {
         return fail(internal(std::move(written).error().within(what)));
     }
-    spdlog::info("sandbox={} op=import {} changed chunks over template '{}' (sha256 {}), {} bytes",
-                 id, stats->chunks, match->name, match->identity.sha256, received);
+    spdlog::info("sandbox={} op=import {} changed chunks over template '{}' ({}), {} bytes", id,
+                 stats->chunks, match->name, match->identity.digest.empty() ? std::string("digest pending") : match->identity.digest, received);
     return sb;
 }
 

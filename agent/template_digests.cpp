@@ -1,9 +1,17 @@
 #include "agent/template_digests.hpp"
 
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <boost/json.hpp>
 #include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <set>
 
 #include "agent/state_store.hpp"
 #include "common/file.hpp"
@@ -14,50 +22,103 @@ namespace json = boost::json;
 
 namespace {
 
-json::object to_json(const std::string& path, const TemplateIdentity& t) {
-    return json::object{{"path", path},           {"device", t.device},
-                        {"inode", t.inode},       {"size_bytes", t.size_bytes},
-                        {"mtime_ns", t.mtime_ns}, {"ctime_ns", t.ctime_ns},
-                        {"sha256", t.sha256}};
+// Versions kept per path: the image now and a few it replaced, which paused sandboxes may still
+// record (their digests decide a resume after a rename over the image).
+constexpr std::size_t kVersionsPerPath = 4;
+// A block list is 1/2048 of its image; 1 GiB covers a 2 TiB template.
+constexpr std::size_t kMaxListBytes = std::size_t{1} << 30;
+
+// The lowest best-effort I/O priority for the calling thread (ioprio_set(2); glibc has no
+// wrapper). A failure costs only speed, so it is logged and ignored.
+void lower_io_priority() {
+    constexpr int kWhoProcess = 1;  // IOPRIO_WHO_PROCESS: with 0, the calling thread
+    constexpr int kClassBestEffort = 2;
+    constexpr int kClassShift = 13;
+    constexpr int kLowest = 7;
+    if (::syscall(SYS_ioprio_set, kWhoProcess, 0, (kClassBestEffort << kClassShift) | kLowest) !=
+        0) {
+        spdlog::warn("template digests: cannot lower the reader's I/O priority: {}",
+                     std::strerror(errno));
+    }
 }
 
-std::optional<std::pair<std::string, TemplateIdentity>> from_json(const json::value& v) {
+json::object to_json(const std::string& path, const TemplateIdentity& t, const std::string& whole) {
+    json::object o{{"path", path},           {"device", t.device},
+                   {"inode", t.inode},       {"size_bytes", t.size_bytes},
+                   {"mtime_ns", t.mtime_ns}, {"ctime_ns", t.ctime_ns}};
+    if (!t.digest.empty()) {
+        o["digest"] = t.digest;
+    }
+    if (!whole.empty()) {
+        o["sha256"] = whole;
+    }
+    return o;
+}
+
+// One entry of either version of the file: version 1 had a bare 64-hex "sha256" of the whole
+// image; version 2 has "digest" (blocks) and "sha256" ("sha256:<hex>"), each optional.
+struct Loaded {
+    std::string path;
+    TemplateIdentity identity;
+    std::string whole;
+};
+std::optional<Loaded> from_json(const json::value& v) {
     if (!v.is_object()) {
         return std::nullopt;
     }
     const auto& o = v.as_object();
     const auto* path = o.if_contains("path");
-    const auto* sha = o.if_contains("sha256");
     const auto* mtime = o.if_contains("mtime_ns");
     const auto* ctime = o.if_contains("ctime_ns");
     const auto* device = o.if_contains("device");
     const auto* inode = o.if_contains("inode");
     const auto* size = o.if_contains("size_bytes");
-    if (path == nullptr || !path->is_string() || sha == nullptr || !sha->is_string() ||
-        sha->as_string().size() != 64 || mtime == nullptr || !mtime->is_int64() ||
+    if (path == nullptr || !path->is_string() || mtime == nullptr || !mtime->is_int64() ||
         ctime == nullptr || !ctime->is_int64() || device == nullptr || !device->is_number() ||
         inode == nullptr || !inode->is_number() || size == nullptr || !size->is_number()) {
         return std::nullopt;
     }
     boost::system::error_code ec;
-    TemplateIdentity t;
-    t.device = device->to_number<std::uint64_t>(ec);
-    t.inode = inode->to_number<std::uint64_t>(ec);
-    t.size_bytes = size->to_number<std::uint64_t>(ec);
+    Loaded out;
+    out.path = std::string(path->as_string());
+    out.identity.device = device->to_number<std::uint64_t>(ec);
+    out.identity.inode = inode->to_number<std::uint64_t>(ec);
+    out.identity.size_bytes = size->to_number<std::uint64_t>(ec);
     if (ec) {
         return std::nullopt;
     }
-    t.mtime_ns = mtime->as_int64();
-    t.ctime_ns = ctime->as_int64();
-    t.sha256 = std::string(sha->as_string());
-    return std::make_pair(std::string(path->as_string()), t);
+    out.identity.mtime_ns = mtime->as_int64();
+    out.identity.ctime_ns = ctime->as_int64();
+    for (const char* key : {"digest", "sha256"}) {
+        const auto* d = o.if_contains(key);
+        if (d == nullptr || !d->is_string()) {
+            continue;
+        }
+        auto parsed = parse_digest(std::string_view(d->as_string()));
+        if (!parsed) {
+            continue;
+        }
+        std::string full = parsed->algorithm + ":" + parsed->hex;
+        (parsed->algorithm == kBlocksAlgorithm ? out.identity.digest : out.whole) = std::move(full);
+    }
+    if (out.identity.digest.empty() && out.whole.empty()) {
+        return std::nullopt;
+    }
+    return out;
+}
+
+bool same(const std::string& path_a, const TemplateIdentity& a, const std::string& path_b,
+          const TemplateIdentity& b) {
+    return path_a == path_b && a.same_file_state(b);
 }
 
 }  // namespace
 
-TemplateDigests::TemplateDigests(std::string file, Hasher hasher)
-    : file_(std::move(file)), hasher_(std::move(hasher)) {
-    auto text = read_file(file_, 16U << 20);
+TemplateDigests::TemplateDigests(std::string state_dir, Platform& platform)
+    : index_file_(state_dir + "/template-digests.json"),
+      blocks_dir_(state_dir + "/template-blocks"),
+      platform_(platform) {
+    auto text = read_file(index_file_, 16U << 20);
     if (!text) {
         if (text.error().code() != ENOENT) {
             spdlog::warn("template digests: {}; every template is read again when next used",
@@ -70,86 +131,330 @@ TemplateDigests::TemplateDigests(std::string file, Hasher hasher)
     const json::value* list =
         (!ec && doc.is_object()) ? doc.as_object().if_contains("templates") : nullptr;
     if (list == nullptr || !list->is_array()) {
-        spdlog::warn("template digests: {} is not what this agent writes; starting empty", file_);
+        spdlog::warn("template digests: {} is not what this agent writes; starting empty",
+                     index_file_);
         return;
     }
     for (const auto& item : list->as_array()) {
         if (auto entry = from_json(item)) {
-            known_[entry->first] = entry->second;
+            versions_.push_back(Version{entry->path, entry->identity, entry->whole});
         }
     }
 }
 
-std::optional<std::string> TemplateDigests::cached(const std::string& path,
-                                                   const TemplateIdentity& identity) const {
+TemplateDigests::~TemplateDigests() {
+    stop();
+}
+
+void TemplateDigests::start(OnKnown on_known) {
     std::lock_guard lock(mu_);
-    auto it = known_.find(path);
-    if (it != known_.end() && it->second.same_file_state(identity)) {
-        return it->second.sha256;
+    on_known_ = std::move(on_known);
+    if (!reader_.joinable()) {
+        stopping_ = false;
+        reader_ = std::thread([this] { run(); });
     }
-    return std::nullopt;
 }
 
-Result<TemplateIdentity> TemplateDigests::digest(const std::string& path,
-                                                 TemplateIdentity identity) {
-    std::shared_future<Result<std::string>> pending;
-    std::promise<Result<std::string>> mine;
-    bool reader = false;
+void TemplateDigests::stop() {
     {
         std::lock_guard lock(mu_);
-        auto it = known_.find(path);
-        if (it != known_.end() && it->second.same_file_state(identity)) {
-            identity.sha256 = it->second.sha256;
-            return identity;
+        stopping_ = true;
+        queue_.clear();
+    }
+    changed_.notify_all();
+    if (reader_.joinable()) {
+        reader_.join();
+    }
+}
+
+TemplateDigests::Version* TemplateDigests::find_locked(const std::string& path,
+                                                       const TemplateIdentity& version) {
+    for (auto& v : versions_) {
+        if (same(v.path, v.identity, path, version)) {
+            return &v;
         }
-        auto in_flight = reading_.find(path);
-        if (in_flight != reading_.end()) {
-            pending = in_flight->second;
+    }
+    return nullptr;
+}
+
+const TemplateDigests::Version* TemplateDigests::find_locked(
+    const std::string& path, const TemplateIdentity& version) const {
+    return const_cast<TemplateDigests*>(this)->find_locked(path, version);
+}
+
+bool TemplateDigests::reading_locked(const std::string& path,
+                                     const TemplateIdentity& version) const {
+    return std::any_of(reading_.begin(), reading_.end(), [&](const Version& v) {
+        return same(v.path, v.identity, path, version);
+    });
+}
+
+std::optional<std::string> TemplateDigests::known(const std::string& path,
+                                                  const TemplateIdentity& version) const {
+    std::lock_guard lock(mu_);
+    const Version* v = find_locked(path, version);
+    if (v == nullptr || v->identity.digest.empty()) {
+        return std::nullopt;
+    }
+    return v->identity.digest;
+}
+
+bool TemplateDigests::pending(const std::string& path, const TemplateIdentity& version) const {
+    std::lock_guard lock(mu_);
+    return reading_locked(path, version) ||
+           std::any_of(queue_.begin(), queue_.end(), [&](const Version& v) {
+               return same(v.path, v.identity, path, version);
+           });
+}
+
+std::size_t TemplateDigests::pending_count() const {
+    std::lock_guard lock(mu_);
+    return queue_.size() + reading_.size();
+}
+
+void TemplateDigests::request(const std::string& path, const TemplateIdentity& version) {
+    {
+        std::lock_guard lock(mu_);
+        const Version* v = find_locked(path, version);
+        if ((v != nullptr && !v->identity.digest.empty()) || reading_locked(path, version) ||
+            std::any_of(queue_.begin(), queue_.end(), [&](const Version& q) {
+                return same(q.path, q.identity, path, version);
+            })) {
+            return;
+        }
+        TemplateIdentity bare = version;
+        bare.digest.clear();
+        queue_.push_back(Version{path, bare, {}});
+    }
+    spdlog::info("template {}: digest pending, read in the background ({} bytes)", path,
+                 version.size_bytes);
+    changed_.notify_all();
+}
+
+Result<std::string> TemplateDigests::wait(const std::string& path,
+                                          const TemplateIdentity& version) {
+    {
+        std::unique_lock lock(mu_);
+        for (;;) {
+            const Version* v = find_locked(path, version);
+            if (v != nullptr && !v->identity.digest.empty()) {
+                return v->identity.digest;
+            }
+            if (!reading_locked(path, version)) {
+                break;
+            }
+            // Read by someone else: theirs counts if it succeeds; if it fails, read it here.
+            changed_.wait(lock);
+        }
+        std::erase_if(queue_, [&](const Version& q) { return same(q.path, q.identity, path, version); });
+        TemplateIdentity bare = version;
+        bare.digest.clear();
+        reading_.push_back(Version{path, bare, {}});
+    }
+    return read_blocks(path, version);
+}
+
+Result<std::string> TemplateDigests::read_blocks(const std::string& path,
+                                                 const TemplateIdentity& version) {
+    const auto start = std::chrono::steady_clock::now();
+    auto list = [&]() -> Result<BlockList> {
+        auto image = platform_.open_template_version(path, version);
+        if (!image) {
+            return std::move(image).error();
+        }
+        return hash_blocks(path, *image, &stopping_);
+    }();
+    if (!list) {
+        {
+            std::lock_guard lock(mu_);
+            std::erase_if(reading_,
+                          [&](const Version& v) { return same(v.path, v.identity, path, version); });
+        }
+        changed_.notify_all();
+        return std::move(list).error();
+    }
+    remember(path, version, *list);
+    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+    spdlog::info("template {}: digest {} ({} bytes in {:.2f} s)", path, list->digest(),
+                 version.size_bytes, took.count());
+    return list->digest();
+}
+
+void TemplateDigests::remember(const std::string& path, const TemplateIdentity& version,
+                               const BlockList& list) {
+    const std::string digest = list.digest();
+    const std::string hex = digest.substr(digest.find(':') + 1);
+    if (::mkdir(blocks_dir_.c_str(), 0700) != 0 && errno != EEXIST) {
+        spdlog::warn("template digests: create {}: {}", blocks_dir_, std::strerror(errno));
+    }
+    // The list first: an index entry must never name a list that is not on disk.
+    const bool listed = [&] {
+        if (auto written = write_file_atomically(blocks_dir_ + "/" + hex, list.encode()); !written) {
+            spdlog::warn("template digests: {} (a flatten over this template reads the whole "
+                         "image for its digest)",
+                         written.error().message());
+            return false;
+        }
+        return true;
+    }();
+    (void)listed;
+    {
+        std::lock_guard lock(mu_);
+        std::erase_if(reading_,
+                      [&](const Version& v) { return same(v.path, v.identity, path, version); });
+        if (Version* v = find_locked(path, version)) {
+            v->identity.digest = digest;
         } else {
-            pending = mine.get_future().share();
-            reading_.emplace(path, pending);
-            reader = true;
+            TemplateIdentity known = version;
+            known.digest = digest;
+            versions_.push_back(Version{path, known, {}});
         }
+        save_locked();
     }
-    if (!reader) {
-        // Another caller is reading this image: its answer counts only if it read the same state.
-        pending.wait();
-        if (auto known = cached(path, identity)) {
-            identity.sha256 = *known;
-            return identity;
-        }
-        return digest(path, std::move(identity));
-    }
-    spdlog::info("template {}: computing sha256 of {} bytes (once per version of the image)", path,
-                 identity.size_bytes);
-    auto sha = hasher_(path, identity);
+    changed_.notify_all();
+    OnKnown notify;
     {
         std::lock_guard lock(mu_);
-        reading_.erase(path);
-        if (sha) {
-            identity.sha256 = *sha;
-            known_[path] = identity;
-            save_locked();
-        }
+        notify = on_known_;
     }
-    mine.set_value(sha ? Result<std::string>(*sha) : Result<std::string>(sha.error()));
-    if (!sha) {
-        return std::move(sha).error();
+    if (notify) {
+        TemplateIdentity known = version;
+        known.digest = digest;
+        notify(path, known);
     }
-    spdlog::info("template {}: sha256 {}", path, identity.sha256);
-    return identity;
 }
 
-void TemplateDigests::save_locked() const {
+Result<std::string> TemplateDigests::whole_sha256(const std::string& path,
+                                                  const TemplateIdentity& version) {
+    {
+        std::lock_guard lock(mu_);
+        if (const Version* v = find_locked(path, version); v != nullptr && !v->whole.empty()) {
+            return v->whole;
+        }
+    }
+    spdlog::info("template {}: computing the sha256 of all {} bytes (an archive or record of an "
+                 "earlier agent names the template by it)",
+                 path, version.size_bytes);
+    auto image = platform_.open_template_version(path, version);
+    if (!image) {
+        return std::move(image).error();
+    }
+    auto whole = hash_whole(path, *image);
+    if (!whole) {
+        return whole;
+    }
+    std::lock_guard lock(mu_);
+    if (Version* v = find_locked(path, version)) {
+        v->whole = *whole;
+    } else {
+        TemplateIdentity bare = version;
+        bare.digest.clear();
+        versions_.push_back(Version{path, bare, *whole});
+    }
+    save_locked();
+    return whole;
+}
+
+Result<std::string> TemplateDigests::derive(const std::string& origin_path,
+                                            const TemplateIdentity& origin,
+                                            const std::string& out_path,
+                                            const TemplateIdentity& out,
+                                            std::span<const std::uint64_t> changed_blocks) {
+    const std::string action = "derive the digest of " + out_path + " from " + origin_path;
+    auto origin_digest = known(origin_path, origin);
+    if (!origin_digest) {
+        return Error(action, ENOENT, "the origin's digest is not known yet");
+    }
+    const std::string hex = origin_digest->substr(origin_digest->find(':') + 1);
+    auto bytes = read_file(blocks_dir_ + "/" + hex, kMaxListBytes);
+    if (!bytes) {
+        return std::move(bytes).error().within(action);
+    }
+    auto list = BlockList::decode(*bytes);
+    if (!list) {
+        return std::move(list).error().within(action);
+    }
+    if (list->digest() != *origin_digest) {
+        return Error(action, EINVAL, "the stored block list does not hash to " + *origin_digest);
+    }
+    auto image = platform_.open_template_version(out_path, out);
+    if (!image) {
+        return std::move(image).error().within(action);
+    }
+    auto updated = rehash_blocks(out_path, *image, std::move(*list), changed_blocks);
+    if (!updated) {
+        return std::move(updated).error();
+    }
+    remember(out_path, out, *updated);
+    return updated->digest();
+}
+
+void TemplateDigests::save_locked() {
+    // Keep the newest kVersionsPerPath versions of each path.
+    std::map<std::string, std::size_t> seen;
+    std::vector<Version> kept;
+    for (auto it = versions_.rbegin(); it != versions_.rend(); ++it) {
+        if (++seen[it->path] <= kVersionsPerPath) {
+            kept.push_back(*it);
+        }
+    }
+    std::reverse(kept.begin(), kept.end());
+    std::set<std::string> lists;
+    for (const auto& v : kept) {
+        if (!v.identity.digest.empty()) {
+            lists.insert(v.identity.digest.substr(v.identity.digest.find(':') + 1));
+        }
+    }
+    for (const auto& v : versions_) {
+        if (v.identity.digest.empty()) {
+            continue;
+        }
+        const std::string hex = v.identity.digest.substr(v.identity.digest.find(':') + 1);
+        if (lists.count(hex) == 0) {
+            ::unlink((blocks_dir_ + "/" + hex).c_str());
+            lists.insert(hex);  // once
+        }
+    }
+    versions_ = std::move(kept);
     json::array list;
-    for (const auto& [path, identity] : known_) {
-        list.push_back(to_json(path, identity));
+    for (const auto& v : versions_) {
+        list.push_back(to_json(v.path, v.identity, v.whole));
     }
     const std::string text =
-        json::serialize(json::object{{"version", 1}, {"templates", std::move(list)}}) + "\n";
-    if (auto written = write_file_atomically(file_, text); !written) {
+        json::serialize(json::object{{"version", 2}, {"templates", std::move(list)}}) + "\n";
+    if (auto written = write_file_atomically(index_file_, text); !written) {
         // Only a cache: the next use reads the image again.
         spdlog::warn("template digests: {}", written.error().message());
+    }
+}
+
+void TemplateDigests::run() {
+    lower_io_priority();
+    for (;;) {
+        Version next;
+        {
+            std::unique_lock lock(mu_);
+            changed_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+            if (stopping_) {
+                return;
+            }
+            next = std::move(queue_.front());
+            queue_.pop_front();
+            const Version* v = find_locked(next.path, next.identity);
+            if ((v != nullptr && !v->identity.digest.empty()) ||
+                reading_locked(next.path, next.identity)) {
+                continue;
+            }
+            reading_.push_back(next);
+        }
+        auto digest = read_blocks(next.path, next.identity);
+        if (!digest) {
+            if (digest.error().code() == ECANCELED) {
+                return;
+            }
+            spdlog::warn("template {}: digest not recorded: {}", next.path,
+                         digest.error().message());
+        }
     }
 }
 

@@ -1,43 +1,99 @@
 #pragma once
 
+#include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <functional>
-#include <future>
-#include <map>
 #include <mutex>
+#include <optional>
+#include <span>
 #include <string>
+#include <thread>
+#include <vector>
 
+#include "agent/platform.hpp"
 #include "agent/sandbox.hpp"
+#include "agent/template_blocks.hpp"
 #include "common/result.hpp"
 
 namespace wrenn::agent {
 
-// The SHA-256 of each template image, computed once per identity (device, inode, size, mtime,
-// ctime) and kept in one JSON file in the state dir, so that neither a create nor a restart
-// rereads an unchanged image. Thread-safe; concurrent asks for the same image read it once.
+// The digest of each template version (device, inode, size, mtime, ctime), computed once and
+// kept in the state dir: `template-digests.json` names each version's digest, and
+// `template-blocks/<hex>` holds its block list (template_blocks.hpp), which a flatten updates
+// in O(changed) instead of reading the new image. Requests never wait on a read here: a version
+// never seen is queued and read in the background, one image at a time, at the lowest
+// best-effort I/O priority; whoever needs the bytes themselves (export, import) waits, or reads
+// it at once. A digest is only ever attributed to the version it was read from: the read
+// fails with ESTALE, and is dropped, when the image changed meanwhile. Thread-safe.
 class TemplateDigests {
   public:
-    // Reads the image and returns its digest; the check that it is still `identity` is its job.
-    using Hasher =
-        std::function<Result<std::string>(const std::string& path, const TemplateIdentity&)>;
+    // Called on the thread that read it, once a version's digest is known.
+    using OnKnown = std::function<void(const std::string& path, const TemplateIdentity& version)>;
 
-    // `file` need not exist; one that cannot be read is logged and starts the cache empty.
-    TemplateDigests(std::string file, Hasher hasher);
+    // Reads `<state_dir>/template-digests.json` (a missing or unreadable one starts empty, and
+    // one written by an earlier agent keeps its whole-image digests); nothing is read in the
+    // background until start().
+    TemplateDigests(std::string state_dir, Platform& platform);
+    ~TemplateDigests();
+    TemplateDigests(const TemplateDigests&) = delete;
+    TemplateDigests& operator=(const TemplateDigests&) = delete;
 
-    // `identity` with its sha256 filled in: from the cache when the image is known in exactly
-    // this state, else read now and remembered (the file is rewritten atomically).
-    Result<TemplateIdentity> digest(const std::string& path, TemplateIdentity identity);
-    // The digest known for the image in exactly this state, without reading it.
-    std::optional<std::string> cached(const std::string& path,
-                                      const TemplateIdentity& identity) const;
+    // Starts the background reader; on_known is called for each version it finishes.
+    void start(OnKnown on_known);
+    // Stops it: a read in progress is abandoned, the queue dropped. Idempotent.
+    void stop();
+
+    // The version's "blocks-sha256-64k:" digest if known, without reading anything.
+    [[nodiscard]] std::optional<std::string> known(const std::string& path,
+                                                   const TemplateIdentity& version) const;
+    // Queued or being read.
+    [[nodiscard]] bool pending(const std::string& path, const TemplateIdentity& version) const;
+    // Queues the version for the background reader unless it is known or queued.
+    void request(const std::string& path, const TemplateIdentity& version);
+    // The digest, read now if nobody has (a background read of it in progress is waited for).
+    Result<std::string> wait(const std::string& path, const TemplateIdentity& version);
+    // "sha256:<hex>" of the whole image (version 1 archives, records of earlier agents): from
+    // the cache, or read now.
+    Result<std::string> whole_sha256(const std::string& path, const TemplateIdentity& version);
+    // A flatten's output: `out`'s digest from the origin's stored block list, with only
+    // `changed_blocks` read again from `out`. ENOENT when the origin's list is not known (the
+    // caller then request()s `out`).
+    Result<std::string> derive(const std::string& origin_path, const TemplateIdentity& origin,
+                               const std::string& out_path, const TemplateIdentity& out,
+                               std::span<const std::uint64_t> changed_blocks);
+
+    // Versions queued or being read, for /metrics and logs.
+    [[nodiscard]] std::size_t pending_count() const;
 
   private:
-    void save_locked() const;
+    struct Version {
+        std::string path;
+        TemplateIdentity identity;  // digest: the blocks digest, empty while unknown
+        std::string whole;          // "sha256:<hex>", empty while unknown
+    };
+    Version* find_locked(const std::string& path, const TemplateIdentity& version);
+    const Version* find_locked(const std::string& path, const TemplateIdentity& version) const;
+    bool reading_locked(const std::string& path, const TemplateIdentity& version) const;
+    // Reads the block list of the version (the caller marked it as being read).
+    Result<std::string> read_blocks(const std::string& path, const TemplateIdentity& version);
+    // Remembers a version's list (file first, then the index) and wakes its waiters.
+    void remember(const std::string& path, const TemplateIdentity& version, const BlockList& list);
+    void save_locked();
+    void run();
 
-    std::string file_;
-    Hasher hasher_;
+    std::string index_file_;
+    std::string blocks_dir_;
+    Platform& platform_;
+    OnKnown on_known_;
+
     mutable std::mutex mu_;
-    std::map<std::string, TemplateIdentity> known_;  // by path: the latest state hashed
-    std::map<std::string, std::shared_future<Result<std::string>>> reading_;  // by path
+    std::condition_variable changed_;
+    std::vector<Version> versions_;  // oldest first
+    std::deque<Version> queue_;
+    std::vector<Version> reading_;
+    std::atomic<bool> stopping_{false};
+    std::thread reader_;
 };
 
 }  // namespace wrenn::agent

@@ -5,9 +5,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <vector>
-
-#include "common/digest.hpp"
 
 namespace wrenn::agent {
 
@@ -62,34 +59,26 @@ Result<TemplateImage> open_template(const std::string& path, uid_t owner) {
     return TemplateImage{std::move(fd), identity_of(st)};
 }
 
-Result<std::string> hash_template(const std::string& path, const TemplateImage& image) {
-    const std::string action = "compute sha256 of template " + path;
-    Sha256 hash;
-    std::vector<char> buffer(1 << 20);
-    off_t offset = 0;
-    for (;;) {
-        const ssize_t n = ::pread(image.fd.get(), buffer.data(), buffer.size(), offset);
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            return Error(action, errno);
-        }
-        if (n == 0) {
-            break;
-        }
-        hash.update(buffer.data(), static_cast<std::size_t>(n));
-        offset += n;
-    }
+Result<TemplateIdentity> inspect_open_template(int fd, const std::string& path) {
     struct stat st {};
-    if (::fstat(image.fd.get(), &st) != 0) {
-        return Error(action + ": stat", errno);
+    if (::fstat(fd, &st) != 0) {
+        return Error("stat template " + path, errno);
     }
-    if (!identity_of(st).same_file_state(image.identity) ||
-        static_cast<std::uint64_t>(offset) != image.identity.size_bytes) {
-        return Error(action, ESTALE, "the image changed while it was read; is it being written?");
+    return identity_of(st);
+}
+
+Result<TemplateImage> open_template_version(const std::string& path, uid_t owner,
+                                            const TemplateIdentity& expected) {
+    auto image = open_template(path, owner);
+    if (!image) {
+        return image;
     }
-    return hash.hex_digest();
+    if (!image->identity.same_file_state(expected)) {
+        return Error("open template " + path, ESTALE,
+                     "it is not the version asked for any more (" +
+                         image->identity.describe_change_from(expected) + ")");
+    }
+    return image;
 }
 
 }  // namespace wrenn::agent

@@ -25,8 +25,12 @@ struct TemplateImage {
 // Every error names the path and says what to change.
 Result<TemplateImage> open_template(const std::string& path, uid_t owner);
 
-// SHA-256 of the whole image, read from `image.fd`; ESTALE if its size, mtime or ctime move
-// while it is read (someone is writing it).
-Result<std::string> hash_template(const std::string& path, const TemplateImage& image);
+// What the file open as fd is now (fstat); `path` names it in errors.
+Result<TemplateIdentity> inspect_open_template(int fd, const std::string& path);
+
+// open_template, then ESTALE unless the file is `expected` in exactly that state (device, inode,
+// size, mtime, ctime): what a digest is computed from, so that it is attributed to one version.
+Result<TemplateImage> open_template_version(const std::string& path, uid_t owner,
+                                            const TemplateIdentity& expected);
 
 }  // namespace wrenn::agent

@@ -41,11 +41,14 @@ Outcome<TemplateIdentity> SandboxManager::identify_template(const std::string& n
     if (!identity) {
         return template_refused(name, path, std::move(identity).error().within(what));
     }
-    auto digested = digests_.digest(path, *identity);
-    if (!digested) {
-        return Failure{FailureKind::Internal, std::move(digested).error().within(what)};
+    // Never waits for a digest: a version never seen is read in the background, and its digest
+    // written into the records made over it once known (record_digest).
+    if (auto digest = digests_.known(path, *identity)) {
+        identity->digest = *digest;
+    } else {
+        digests_.request(path, *identity);
     }
-    return *digested;
+    return *identity;
 }
 
 Outcome<std::optional<TemplateIdentity>> SandboxManager::verify_template(const Sandbox& sb,
@@ -64,31 +67,66 @@ Outcome<std::optional<TemplateIdentity>> SandboxManager::verify_template(const S
         }
         return template_refused(sb.template_name, path, std::move(now).error().within(what));
     }
-    const auto& recorded = sb.origin.identity;
-    if (recorded && now->same_file_state(*recorded)) {
-        return std::optional<TemplateIdentity>{*recorded};
+    std::optional<TemplateIdentity> recorded = sb.origin.identity;
+    if (recorded && recorded->digest.empty()) {
+        // Made while its digest was pending: known by now if the background read finished.
+        if (auto digest = digests_.known(path, *recorded)) {
+            recorded->digest = *digest;
+        }
     }
-    auto digested = digests_.digest(path, *now);
-    if (!digested) {
-        return Failure{FailureKind::Internal, std::move(digested).error().within(what)};
+    if (recorded && now->same_file_state(*recorded)) {
+        if (recorded->digest.empty()) {
+            digests_.request(path, *recorded);
+        }
+        return recorded;
     }
     if (!recorded) {
         // A record from before template identities: the image as it is now becomes the one the
         // sandbox is taken to be made over. Nothing better is known.
-        spdlog::warn("sandbox={} {} had no recorded identity; recording sha256 {} now", sb.id,
-                     label, digested->sha256);
-        return std::optional<TemplateIdentity>{*digested};
+        if (auto digest = digests_.known(path, *now)) {
+            now->digest = *digest;
+        } else {
+            digests_.request(path, *now);
+        }
+        spdlog::warn("sandbox={} {} had no recorded identity; recording its present state now",
+                     sb.id, label);
+        return std::optional<TemplateIdentity>{*now};
     }
-    if (digested->size_bytes != recorded->size_bytes || digested->sha256 != recorded->sha256) {
+    if (recorded->digest.empty()) {
+        return failure(FailureKind::TemplateChanged, what, 0,
+                       label + " changed (" + now->describe_change_from(*recorded) +
+                           ") before the agent had read the version this sandbox was made over, "
+                           "so nothing shows it holds the same bytes; using its CoW over other "
+                           "bytes would corrupt the filesystem" +
+                           restore);
+    }
+    // Same content in a new file state (a touch, a copy renamed over it) keeps the sandbox
+    // usable: decided by the digest of the image now, in the algorithm the record names.
+    const bool whole = !is_blocks_digest(recorded->digest);
+    auto digest = whole ? digests_.whole_sha256(path, *now) : digests_.wait(path, *now);
+    if (!digest) {
+        return Failure{FailureKind::Internal, std::move(digest).error().within(what)};
+    }
+    TemplateIdentity current = *now;
+    current.digest = *digest;
+    if (current.size_bytes != recorded->size_bytes || current.digest != recorded->digest) {
         return failure(FailureKind::TemplateChanged, what, 0,
                        label + " is not the image this sandbox was made over (" +
-                           digested->describe_change_from(*recorded) +
+                           current.describe_change_from(*recorded) +
                            "); using its CoW over other bytes would corrupt the filesystem" +
-                           restore + " (sha256 " + recorded->sha256 + ")");
+                           restore + " (" + recorded->digest + ")");
     }
-    spdlog::info("sandbox={} {}: same content (sha256 {}), new file state ({}); identity updated",
-                 sb.id, label, digested->sha256, digested->describe_change_from(*recorded));
-    return std::optional<TemplateIdentity>{*digested};
+    if (whole) {
+        // The record moves on to the blocks digest once it is known (record_digest).
+        if (auto blocks = digests_.known(path, *now)) {
+            current.digest = *blocks;
+        } else {
+            digests_.request(path, *now);
+        }
+    }
+    spdlog::info("sandbox={} {}: same content ({}), new file state ({}); identity updated", sb.id,
+                 label, *digest, now->describe_change_from(*recorded));
+    return std::optional<TemplateIdentity>{current};
 }
 
 void SandboxManager::list_templates(Callback<std::vector<TemplateInfo>> done) {
@@ -124,7 +162,7 @@ void SandboxManager::list_templates(Callback<std::vector<TemplateInfo>> done) {
         ::closedir(dir);
         std::sort(names.begin(), names.end());
         for (const auto& name : names) {
-            TemplateInfo info{name, template_path(name), 0, users[name], {}, {}};
+            TemplateInfo info{name, template_path(name), 0, users[name], {}, {}, {}};
             auto identity = platform_.inspect_template(info.path);
             if (!identity) {
                 if (identity.error().code() == ENOENT) {
@@ -133,11 +171,11 @@ void SandboxManager::list_templates(Callback<std::vector<TemplateInfo>> done) {
                 info.problem = identity.error().message();
             } else {
                 info.size_bytes = identity->size_bytes;
-                auto digested = digests_.digest(info.path, *identity);
-                if (digested) {
-                    info.sha256 = digested->sha256;
+                // Never read here: a version not yet known shows as pending.
+                if (auto digest = digests_.known(info.path, *identity)) {
+                    info.digest = *digest;
                 } else {
-                    info.problem = digested.error().message();
+                    digests_.request(info.path, *identity);
                 }
             }
             out.push_back(std::move(info));

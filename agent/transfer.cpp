@@ -16,9 +16,9 @@ namespace wrenn::agent {
 Result<TransferStats> export_archive(const ExportSource& source, bool compress,
                                      const archive::ByteSink& sink) {
     const std::string action = "export " + source.cow_path;
-    auto digest = archive::parse_sha256_hex(source.template_sha256);
-    if (!digest) {
-        return std::move(digest).error().within(action + ": template digest");
+    archive::Header header;
+    if (auto named = archive::set_template_digest(header, source.template_digest); !named) {
+        return std::move(named).error().within(action);
     }
     auto cow = flatten::open_read_only(source.cow_path);
     if (!cow) {
@@ -30,14 +30,12 @@ Result<TransferStats> export_archive(const ExportSource& source, bool compress,
     if (!store) {
         return std::move(store).error().within(action);
     }
-    archive::Header header;
     header.compressed = compress;
     // A store the snapshot never used has no chunk size of its own: the agent's.
     header.chunk_bytes =
         static_cast<std::uint32_t>(store->empty ? dm::kChunkBytes : store->chunk_bytes());
     header.origin_bytes = source.origin_bytes;
     header.chunk_count = store->exceptions.size();
-    header.template_sha256 = *digest;
     header.template_name = source.template_name;
     auto writer = archive::Writer::create(header, sink);
     if (!writer) {

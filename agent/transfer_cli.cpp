@@ -9,6 +9,7 @@
 #include <ostream>
 #include <vector>
 
+#include "agent/template_blocks.hpp"
 #include "agent/template_image.hpp"
 #include "agent/transfer.hpp"
 #include "common/unique_fd.hpp"
@@ -26,18 +27,25 @@ std::string base_name(const std::string& path) {
 }
 
 // The template at `path` (the agent's rules: a regular file, no symlink, owned by this user,
-// not writable by others), with its size and SHA-256.
-Result<TemplateIdentity> identify_template(const std::string& path) {
+// not writable by others), with its size and digest: the blocks digest, or with `whole` the
+// SHA-256 of all of it (what a version 1 archive names).
+Result<TemplateIdentity> identify_template(const std::string& path, bool whole = false) {
     auto image = open_template(path, ::geteuid());
     if (!image) {
         return std::move(image).error();
     }
-    auto digest = hash_template(path, *image);
+    Result<std::string> digest = whole ? hash_whole(path, *image) : [&]() -> Result<std::string> {
+        auto list = hash_blocks(path, *image);
+        if (!list) {
+            return std::move(list).error();
+        }
+        return list->digest();
+    }();
     if (!digest) {
         return std::move(digest).error();
     }
     TemplateIdentity identity = image->identity;
-    identity.sha256 = std::move(digest).value();
+    identity.digest = std::move(digest).value();
     return identity;
 }
 
@@ -102,7 +110,7 @@ int run_export(const std::vector<std::string>& args, std::ostream& out, std::ost
         err << "export: " << identity.error().message() << "\n";
         return 1;
     }
-    ExportSource source{cow, identity->size_bytes, identity->sha256, base_name(origin)};
+    ExportSource source{cow, identity->size_bytes, identity->digest, base_name(origin)};
     std::optional<flatten::PendingOutput> pending;
     int fd = stdout_fd;
     std::string name = "stdout";
@@ -166,15 +174,14 @@ int run_import(const std::vector<std::string>& args, std::ostream& out, std::ost
     }
     std::optional<TemplateIdentity> identity;
     ArchiveImport import([&](const archive::Header& h) -> Result<ImportTarget> {
-        auto id = identify_template(origin);
+        auto id = identify_template(origin, h.version == archive::kWholeSha256Version);
         if (!id) {
             return std::move(id).error();
         }
-        if (id->sha256 != h.template_sha256_hex()) {
+        if (id->digest != h.template_digest_name()) {
             return Error("import " + input, EEXIST,
-                         "the archive needs template \"" + h.template_name + "\" with SHA-256 " +
-                             h.template_sha256_hex() + "; " + origin + " has SHA-256 " +
-                             id->sha256);
+                         "the archive needs template \"" + h.template_name + "\" with digest " +
+                             h.template_digest_name() + "; " + origin + " has " + id->digest);
         }
         identity = *id;
         return ImportTarget{id->size_bytes, cow,
@@ -204,7 +211,7 @@ int run_import(const std::vector<std::string>& args, std::ostream& out, std::ost
         return 1;
     }
     out << "imported " << input << " into " << cow << ": " << stats->chunks
-        << " changed chunks over " << origin << " (sha256 " << identity->sha256 << ")\n";
+        << " changed chunks over " << origin << " (" << identity->digest << ")\n";
     return 0;
 }
 

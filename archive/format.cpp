@@ -7,12 +7,41 @@
 
 namespace wrenn::archive {
 
-std::string Header::template_sha256_hex() const {
-    return to_hex(template_sha256.data(), template_sha256.size());
+namespace {
+constexpr std::string_view kBlocksName = "blocks-sha256-64k:";
+constexpr std::string_view kWholeName = "sha256:";
+}  // namespace
+
+std::string Header::template_digest_name() const {
+    return std::string(version == kWholeSha256Version ? kWholeName : kBlocksName) +
+           to_hex(template_digest.data(), template_digest.size());
+}
+
+Result<void> set_template_digest(Header& header, std::string_view named) {
+    std::string_view hex;
+    if (named.starts_with(kBlocksName)) {
+        header.version = kVersion;
+        hex = named.substr(kBlocksName.size());
+    } else if (named.starts_with(kWholeName)) {
+        header.version = kWholeSha256Version;
+        hex = named.substr(kWholeName.size());
+    } else {
+        return Error("archive template digest", EINVAL,
+                     "'" + std::string(named.substr(0, 80)) + "' names no known algorithm");
+    }
+    auto digest = parse_sha256_hex(hex);
+    if (!digest) {
+        return std::move(digest).error();
+    }
+    header.template_digest = *digest;
+    return success();
 }
 
 Result<void> check_header(const Header& h) {
     auto bad = [](std::string detail) { return Error("check archive header", EINVAL, detail); };
+    if (h.version != kVersion && h.version != kWholeSha256Version) {
+        return bad("version " + std::to_string(h.version) + " is not 1 or 2");
+    }
     if (h.chunk_bytes < kMinChunkBytes || h.chunk_bytes > kMaxChunkBytes ||
         (h.chunk_bytes & (h.chunk_bytes - 1)) != 0) {
         return bad("chunk size " + std::to_string(h.chunk_bytes) +

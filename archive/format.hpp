@@ -16,7 +16,10 @@ namespace wrenn::archive {
 
 inline constexpr std::array<std::uint8_t, 8> kMagic{0x89, 'W', 'R', 'E', 'N', 'N', '\r', '\n'};
 inline constexpr std::array<std::uint8_t, 8> kEndMagic{'W', 'R', 'E', 'N', 'N', 'E', 'N', 'D'};
-inline constexpr std::uint32_t kVersion = 1;
+// Version 2 names the template by its blocks-sha256-64k digest; version 1 (still read) by the
+// SHA-256 of its whole content. The two differ only in what template_digest is.
+inline constexpr std::uint32_t kVersion = 2;
+inline constexpr std::uint32_t kWholeSha256Version = 1;
 inline constexpr std::uint32_t kFlagCompressed = 1;
 inline constexpr std::size_t kFixedHeaderBytes = 72;  // the header before the template name
 inline constexpr std::size_t kMaxNameBytes = 255;
@@ -30,15 +33,15 @@ inline constexpr std::size_t kDigestBytes = 32;
 // MIME type of the stream (the API's export and import routes).
 inline constexpr const char* kContentType = "application/vnd.wrenn.sandbox";
 
-// What an archive's header says. The writer takes one (version is ignored: it writes
-// kVersion); the reader yields one.
+// What an archive's header says. The writer takes one (version 2, or 1 to name the template by
+// its whole SHA-256); the reader yields one.
 struct Header {
     std::uint32_t version = kVersion;
     bool compressed = true;
     std::uint32_t chunk_bytes = 4096;
     std::uint64_t origin_bytes = 0;
     std::uint64_t chunk_count = 0;
-    std::array<std::uint8_t, kDigestBytes> template_sha256{};
+    std::array<std::uint8_t, kDigestBytes> template_digest{};
     std::string template_name;
 
     [[nodiscard]] std::uint64_t origin_chunks() const {
@@ -48,8 +51,9 @@ struct Header {
     [[nodiscard]] std::size_t header_bytes() const {
         return kFixedHeaderBytes + template_name.size();
     }
-    // The template digest as 64 lowercase hex digits (as GET /templates shows it).
-    [[nodiscard]] std::string template_sha256_hex() const;
+    // The template digest named by its algorithm, as GET /templates shows it:
+    // "blocks-sha256-64k:<hex>" (version 2) or "sha256:<hex>" (version 1).
+    [[nodiscard]] std::string template_digest_name() const;
 };
 
 // The rules of docs/archive.md's header table, for a header about to be written: an error
@@ -58,6 +62,9 @@ Result<void> check_header(const Header& header);
 
 // Parses 64 hex digits (either case) into a digest; EINVAL otherwise.
 Result<std::array<std::uint8_t, kDigestBytes>> parse_sha256_hex(std::string_view hex);
+// The header's version and digest for a digest named by its algorithm ("blocks-sha256-64k:<hex>"
+// or "sha256:<hex>"); EINVAL for any other.
+Result<void> set_template_digest(Header& header, std::string_view named);
 
 // Where the writer puts its bytes: called with each piece in order; an error stops the writer.
 using ByteSink = std::function<Result<void>(std::span<const std::byte>)>;

@@ -153,9 +153,10 @@ Result<void> Reader::complete_part() {
             }
             Header h;
             h.version = static_cast<std::uint32_t>(get_le(b + 8, 4));
-            if (h.version != kVersion) {
+            if (h.version != kVersion && h.version != kWholeSha256Version) {
                 return fail(8, "format version " + std::to_string(h.version) +
-                                   ", this reader knows only version " + std::to_string(kVersion));
+                                   ", this reader knows versions 1 and 2 (a newer agent wrote "
+                                   "it: upgrade this one)");
             }
             const auto flags = static_cast<std::uint32_t>(get_le(b + 12, 4));
             if ((flags & ~kFlagCompressed) != 0) {
@@ -185,7 +186,7 @@ Result<void> Reader::complete_part() {
                                     ", more than the origin's " +
                                     std::to_string(h.origin_chunks()) + " chunks");
             }
-            std::memcpy(h.template_sha256.data(), b + 40, kDigestBytes);
+            std::memcpy(h.template_digest.data(), b + 40, kDigestBytes);
             header_ = std::move(h);
             expect(Part::kName, name_bytes);
             return success();

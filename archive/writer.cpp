@@ -16,9 +16,7 @@ void Writer::FreeContext::operator()(ZSTD_CCtx_s* ctx) const noexcept {
     ZSTD_freeCCtx(ctx);
 }
 
-Writer::Writer(Header header, ByteSink sink) : header_(std::move(header)), sink_(std::move(sink)) {
-    header_.version = kVersion;
-}
+Writer::Writer(Header header, ByteSink sink) : header_(std::move(header)), sink_(std::move(sink)) {}
 
 Writer::~Writer() = default;
 Writer::Writer(Writer&&) noexcept = default;
@@ -45,13 +43,13 @@ Result<Writer> Writer::create(Header header, ByteSink sink) {
     }
     std::vector<std::byte> bytes(h.header_bytes());
     std::copy(kMagic.begin(), kMagic.end(), reinterpret_cast<std::uint8_t*>(bytes.data()));
-    put_le(&bytes[8], kVersion, 4);
+    put_le(&bytes[8], h.version, 4);
     put_le(&bytes[12], h.compressed ? kFlagCompressed : 0, 4);
     put_le(&bytes[16], h.chunk_bytes, 4);
     put_le(&bytes[20], h.template_name.size(), 4);
     put_le(&bytes[24], h.origin_bytes, 8);
     put_le(&bytes[32], h.chunk_count, 8);
-    std::copy(h.template_sha256.begin(), h.template_sha256.end(),
+    std::copy(h.template_digest.begin(), h.template_digest.end(),
               reinterpret_cast<std::uint8_t*>(&bytes[40]));
     std::copy(h.template_name.begin(), h.template_name.end(),
               reinterpret_cast<char*>(&bytes[kFixedHeaderBytes]));

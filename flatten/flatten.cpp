@@ -68,6 +68,11 @@ Result<FlattenStats> flatten(const std::string& origin_path, const std::string& 
     stats.size_bytes = origin->size;
     stats.chunks_applied = applied;
     stats.method = *method;
+    stats.chunk_bytes = store->chunk_bytes();
+    stats.changed_chunks.reserve(store->exceptions.size());
+    for (const auto& e : store->exceptions) {
+        stats.changed_chunks.push_back(e.old_chunk);
+    }
     return stats;
 }
 

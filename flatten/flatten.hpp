@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/result.hpp"
 #include "flatten/image_copy.hpp"
@@ -18,6 +19,10 @@ struct FlattenStats {
     std::uint64_t size_bytes;
     std::size_t chunks_applied;
     CopyMethod method;
+    // The origin chunks taken from the CoW (sorted), of chunk_bytes each: where the output
+    // differs from the origin.
+    std::vector<std::uint64_t> changed_chunks;
+    std::uint64_t chunk_bytes = 0;
     // Wall time of each phase: read and check the store, copy the origin, apply the chunks,
     // fsync + rename + fsync the directory.
     std::chrono::microseconds check{}, copy{}, apply{}, commit{};

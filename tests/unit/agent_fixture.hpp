@@ -8,12 +8,15 @@
 
 #include <boost/asio/thread_pool.hpp>
 #include <filesystem>
+#include <chrono>
 #include <future>
+#include <thread>
 #include <memory>
 
 #include "agent/api.hpp"
 #include "agent/sandbox_manager.hpp"
 #include "agent/state_store.hpp"
+#include "expected_digest.hpp"
 #include "fake_platform.hpp"
 
 namespace wrenn::agent::testing {
@@ -68,7 +71,10 @@ struct AgentFixture {
             platform, *store, SandboxManager::Options{templates_dir()}, workers, metrics);
     }
     // As a restart of the agent: a new manager over the same state dir and "kernel".
-    void stop() { manager.reset(); }
+    void stop() {
+        platform.release_digest_reads();  // a held background read would hold the stop
+        manager.reset();
+    }
     RecoveryReport restart() {
         stop();
         start();
@@ -99,6 +105,19 @@ struct AgentFixture {
     }
     Outcome<TemplateInfo> flatten(const std::string& id, const std::string& name) {
         return wait<TemplateInfo>([&](auto cb) { manager->flatten(id, name, cb); });
+    }
+
+    // The template digest in sandbox `id`'s record, once the background read has written it
+    // there (empty after 10 s).
+    std::string recorded_digest(const std::string& id) {
+        for (int i = 0; i < 1000; ++i) {
+            auto sb = manager->get(id);
+            if (sb && sb->origin.identity && !sb->origin.identity->digest.empty()) {
+                return sb->origin.identity->digest;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+        return {};
     }
 };
 

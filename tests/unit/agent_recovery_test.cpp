@@ -47,6 +47,8 @@ TEST_CASE("recover: a device list that cannot be read fails startup and changes 
     REQUIRE(f.create("up").ok());
     REQUIRE(f.create("down").ok());
     REQUIRE(f.pause("down").ok());
+    REQUIRE_FALSE(f.recorded_digest("down").empty());  // the records' last writes
+    f.manager->wait_idle();
     std::filesystem::create_directories(f.store->sandbox_dir("half"));  // an unfinished create
     const std::string up = slurp(f.store->record_path("up"));
     const std::string down = slurp(f.store->record_path("down"));
@@ -70,6 +72,8 @@ TEST_CASE("recover: device-mapper in the kernel but unusable changes no record",
           "[agent][recovery]") {
     AgentFixture f;
     REQUIRE(f.create("up").ok());
+    REQUIRE_FALSE(f.recorded_digest("up").empty());  // the last write of the record
+    f.manager->wait_idle();
     const std::string up = slurp(f.store->record_path("up"));
     // /dev/mapper/control cannot be opened (not root, a bind mount over it): the device list
     // is unknown, not empty.

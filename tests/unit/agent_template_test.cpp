@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "agent/template_blocks.hpp"
 #include "agent/template_image.hpp"
 #include "agent_fixture.hpp"
 #include "common/digest.hpp"
@@ -48,22 +49,34 @@ struct TemplateFixture : AgentFixture {
 
 }  // namespace
 
-TEST_CASE("create records the template's identity and sha256", "[agent][template]") {
+TEST_CASE("create records the template's identity at once; its digest follows in the background",
+          "[agent][template]") {
     TemplateFixture f;
-    auto sb = f.create("sb1");
+    f.platform.hold_digest_reads = true;  // the background read of base.img waits
+    auto sb = f.create("sb1");            // ... and the create does not
     REQUIRE(sb.ok());
     REQUIRE(sb->origin.identity.has_value());
     struct stat st {};
     REQUIRE(::stat(f.base.c_str(), &st) == 0);
     CHECK(sb->origin.identity->inode == st.st_ino);
     CHECK(sb->origin.identity->size_bytes == (1u << 20));
-    CHECK(sb->origin.identity->sha256 == wrenn::sha256_hex(content('a')));
-    CHECK(api_view(sb.value()).at("template_sha256").as_string() ==
-          wrenn::sha256_hex(content('a')));
+    CHECK(sb->origin.identity->digest.empty());
+    CHECK(api_view(sb.value()).at("template_digest").as_string() == "pending");
+    auto listed = f.wait<std::vector<TemplateInfo>>([&](auto cb) { f.manager->list_templates(cb); });
+    REQUIRE(listed.ok());
+    REQUIRE(listed->size() == 1);
+    CHECK(listed.value()[0].digest.empty());  // "pending" in the API, and no read waited for
+    CHECK(listed.value()[0].problem.empty());
+
+    f.platform.release_digest_reads();
+    const std::string want = expected_blocks_digest(content('a'));
+    CHECK(f.recorded_digest("sb1") == want);
+    CHECK(api_view(*f.manager->get("sb1")).at("template_digest").as_string() == want);
     // The record on disk carries it too.
+    f.manager->wait_idle();
     auto text = wrenn::read_file(f.store->record_path("sb1"), 1 << 20);
     REQUIRE(text.ok());
-    CHECK(text->find(wrenn::sha256_hex(content('a'))) != std::string::npos);
+    CHECK(text->find(want) != std::string::npos);
 }
 
 TEST_CASE("the digest is computed once per version of the image, across restarts",
@@ -71,21 +84,49 @@ TEST_CASE("the digest is computed once per version of the image, across restarts
     TemplateFixture f;
     REQUIRE(f.create("sb1").ok());
     REQUIRE(f.create("sb2").ok());
+    CHECK(f.recorded_digest("sb1") == expected_blocks_digest(content('a')));
+    CHECK(f.recorded_digest("sb2") == expected_blocks_digest(content('a')));
     CHECK(f.platform.templates_hashed == 1);
     f.restart();
-    REQUIRE(f.create("sb3").ok());
+    auto sb3 = f.create("sb3");
+    REQUIRE(sb3.ok());
+    CHECK(sb3->origin.identity->digest == expected_blocks_digest(content('a')));  // at once
     CHECK(f.platform.templates_hashed == 1);  // from <state-dir>/template-digests.json
     write_bytes(f.base, content('b'));
-    auto sb4 = f.create("sb4");
-    REQUIRE(sb4.ok());
+    REQUIRE(f.create("sb4").ok());
+    CHECK(f.recorded_digest("sb4") == expected_blocks_digest(content('b')));
     CHECK(f.platform.templates_hashed == 2);
-    CHECK(sb4->origin.identity->sha256 == wrenn::sha256_hex(content('b')));
+}
+
+TEST_CASE("a digest pending at a stop is read again at the next start and recorded",
+          "[agent][template]") {
+    TemplateFixture f;
+    f.platform.hold_digest_reads = true;
+    REQUIRE(f.create("sb1").ok());
+    REQUIRE(f.pause("sb1").ok());
+    f.restart();  // the held read is abandoned with the old manager
+    CHECK(f.recorded_digest("sb1") == expected_blocks_digest(content('a')));
+}
+
+TEST_CASE("resume refuses a template changed before its digest was known", "[agent][template]") {
+    TemplateFixture f;
+    f.platform.hold_digest_reads = true;
+    REQUIRE(f.create("sb1").ok());
+    REQUIRE(f.pause("sb1").ok());
+    write_bytes(f.base, content('b'));  // the version sb1 was made over was never read
+    f.platform.release_digest_reads();
+    auto refused = f.resume("sb1");
+    REQUIRE_FALSE(refused.ok());
+    CHECK(refused.failure().kind == FailureKind::TemplateChanged);
+    CHECK(refused.failure().error.message().find("before the agent had read") != std::string::npos);
+    CHECK(exists(f.store->cow_path("sb1")));
 }
 
 TEST_CASE("resume refuses a template rewritten in place, and works once it is restored",
           "[agent][template]") {
     TemplateFixture f;
     REQUIRE(f.create("sb1").ok());
+    REQUIRE_FALSE(f.recorded_digest("sb1").empty());
     REQUIRE(f.pause("sb1").ok());
     write_bytes(f.base, content('b'));  // same size, other bytes
     auto refused = f.resume("sb1");
@@ -96,7 +137,7 @@ TEST_CASE("resume refuses a template rewritten in place, and works once it is re
     const std::string message = refused.failure().error.message();
     CHECK(message.find("template 'base'") != std::string::npos);
     CHECK(message.find("put the original image back") != std::string::npos);
-    CHECK(message.find(wrenn::sha256_hex(content('a'))) != std::string::npos);
+    CHECK(message.find(expected_blocks_digest(content('a'))) != std::string::npos);
     CHECK(exists(f.store->cow_path("sb1")));  // the CoW is kept
     CHECK(f.manager->get("sb1")->state == SandboxState::Paused);
     CHECK(f.platform.devices.empty());
@@ -115,6 +156,7 @@ TEST_CASE("resume refuses a template replaced by rename or resized; the same byt
           "[agent][template]") {
     TemplateFixture f;
     REQUIRE(f.create("sb1").ok());
+    REQUIRE_FALSE(f.recorded_digest("sb1").empty());
     REQUIRE(f.pause("sb1").ok());
 
     f.replace_by_rename(content('c'));
@@ -149,6 +191,7 @@ TEST_CASE("resume refuses a template replaced by rename or resized; the same byt
 TEST_CASE("flatten refuses a changed template", "[agent][template]") {
     TemplateFixture f;
     REQUIRE(f.create("sb1").ok());
+    REQUIRE_FALSE(f.recorded_digest("sb1").empty());
     REQUIRE(f.pause("sb1").ok());
     write_bytes(f.base, content('z'));
     auto out = f.flatten("sb1", "derived");
@@ -197,23 +240,28 @@ TEST_CASE("open_template checks the owner", "[agent][template]") {
     REQUIRE_FALSE(foreign.ok());
     CHECK(foreign.error().code() == EPERM);
     CHECK(foreign.error().message().find("owned by uid") != std::string::npos);
-    auto sha = hash_template(path, *mine);
-    REQUIRE(sha.ok());
-    CHECK(*sha == wrenn::sha256_hex(content('x', 4096)));
+    auto whole = hash_whole(path, *mine);
+    REQUIRE(whole.ok());
+    CHECK(*whole == "sha256:" + wrenn::sha256_hex(content('x', 4096)));
+    auto blocks = hash_blocks(path, *mine);
+    REQUIRE(blocks.ok());
+    CHECK(blocks->digest() == expected_blocks_digest(content('x', 4096)));
 }
 
-TEST_CASE("GET /templates data: each template's sha256, and why one is refused",
+TEST_CASE("GET /templates data: each template's digest, and why one is refused",
           "[agent][template]") {
     TemplateFixture f;
+    REQUIRE(f.create("sb1").ok());
+    REQUIRE_FALSE(f.recorded_digest("sb1").empty());
     write_bytes(f.templates_dir() + "/open.img", content('o'));
     REQUIRE(::chmod((f.templates_dir() + "/open.img").c_str(), 0646) == 0);
     auto list = f.wait<std::vector<TemplateInfo>>([&](auto cb) { f.manager->list_templates(cb); });
     REQUIRE(list.ok());
     REQUIRE(list->size() == 2);
     CHECK(list.value()[0].name == "base");
-    CHECK(list.value()[0].sha256 == wrenn::sha256_hex(content('a')));
+    CHECK(list.value()[0].digest == expected_blocks_digest(content('a')));
     CHECK(list.value()[1].name == "open");
-    CHECK(list.value()[1].sha256.empty());
+    CHECK(list.value()[1].digest.empty());
     CHECK(list.value()[1].problem.find("writable by other users") != std::string::npos);
 }
 
@@ -222,6 +270,7 @@ TEST_CASE("adoption at startup checks the template: a changed one is reported, n
     TemplateFixture f;
     REQUIRE(f.create("sb1").ok());
     REQUIRE(f.create("sb2").ok());
+    REQUIRE_FALSE(f.recorded_digest("sb2").empty());
     f.replace_by_rename(content('r'));  // while both run: their loops keep the old image
     auto report = f.restart();
     CHECK(report.adopted == 2);

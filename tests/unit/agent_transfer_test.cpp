@@ -128,7 +128,7 @@ TEST_CASE("export then import: the new CoW holds the same chunks", "[transfer]")
     REQUIRE(imported.status == 0);
     CHECK_THAT(imported.out,
                Catch::Contains("6 changed chunks") &&
-                   Catch::Contains(sha256_hex(std::string(
+                   Catch::Contains(testing::expected_blocks_digest(std::string(
                        reinterpret_cast<const char*>(origin_bytes().data()), kOriginBytes))));
     CHECK(sandbox_chunks(imported_cow) == sandbox_chunks(h.cow));
     REQUIRE(::stat(imported_cow.c_str(), &st) == 0);
@@ -161,12 +161,12 @@ TEST_CASE("import refuses a template with another digest, naming the one it need
     REQUIRE(cli({"export", "--cow", h.cow, "--origin", h.origin, "--out", h.archive}).status == 0);
     const std::string other = h.dir.path() + "/other.img";
     save(other, origin_bytes(1));
-    const std::string needed =
-        sha256_hex(std::string(reinterpret_cast<const char*>(origin_bytes().data()), kOriginBytes));
+    const std::string needed = testing::expected_blocks_digest(
+        std::string(reinterpret_cast<const char*>(origin_bytes().data()), kOriginBytes));
     auto r = cli({"import", "--in", h.archive, "--origin", other, "--cow", h.dir.path() + "/new"});
     CHECK(r.status == 1);
-    CHECK_THAT(r.err, Catch::Contains("the archive needs template \"base.img\" with SHA-256 " +
-                                      needed + "; " + other + " has SHA-256 "));
+    CHECK_THAT(r.err, Catch::Contains("the archive needs template \"base.img\" with digest " +
+                                      needed + "; " + other + " has blocks-sha256-64k:"));
     CHECK(h.files() == std::vector<std::string>{"base.img", "cow", "other.img", "sb.wrenn"});
 }
 

@@ -35,8 +35,8 @@ Header small_header(bool compressed, std::uint64_t count, std::uint32_t chunk_by
     h.chunk_bytes = chunk_bytes;
     h.origin_bytes = 64ull * chunk_bytes;
     h.chunk_count = count;
-    for (std::size_t i = 0; i < h.template_sha256.size(); ++i) {
-        h.template_sha256[i] = static_cast<std::uint8_t>(0xa0 + i);
+    for (std::size_t i = 0; i < h.template_digest.size(); ++i) {
+        h.template_digest[i] = static_cast<std::uint8_t>(0xa0 + i);
     }
     h.template_name = "base.img";
     return h;
@@ -158,13 +158,13 @@ TEST_CASE("archive header: every field at its documented offset, read back", "[a
     for (std::size_t i = 0; i < 8; ++i) {
         CHECK(u8(i) == magic[i]);
     }
-    CHECK(u8(8) == 1);      // version
+    CHECK(u8(8) == 2);      // version
     CHECK(u8(12) == 0);     // flags: not compressed
     CHECK(u8(17) == 0x10);  // chunk_bytes 4096
     CHECK(u8(20) == 8);     // name_bytes
     CHECK(u8(26) == 0x10);  // origin_bytes 1 MiB
     CHECK(u8(32) == 1);     // chunk_count
-    CHECK(u8(40) == 0xa0);  // template_sha256
+    CHECK(u8(40) == 0xa0);  // template_digest
     CHECK(u8(71) == 0xa0 + 31);
     CHECK(std::memcmp(&stream[72], "base.img", 8) == 0);
     CHECK(u8(80) == 3);  // the record's index
@@ -176,13 +176,24 @@ TEST_CASE("archive header: every field at its documented offset, read back", "[a
 
     const auto got = read_stream(stream);
     REQUIRE_FALSE(got.error.has_value());
-    CHECK(got.header->version == 1);
+    CHECK(got.header->version == 2);
     CHECK_FALSE(got.header->compressed);
     CHECK(got.header->chunk_bytes == 4096);
     CHECK(got.header->origin_bytes == 1 << 20);
     CHECK(got.header->chunk_count == 1);
-    CHECK(got.header->template_sha256 == h.template_sha256);
-    CHECK(got.header->template_sha256_hex().substr(0, 6) == "a0a1a2");
+    CHECK(got.header->template_digest == h.template_digest);
+    CHECK(got.header->template_digest_name().substr(0, 24) == "blocks-sha256-64k:a0a1a2");
+
+    // Version 1 names the whole image's SHA-256 in the same 32 bytes, and is still read.
+    auto old = h;
+    REQUIRE(set_template_digest(old, "sha256:" + std::string(64, 'c')).ok());
+    CHECK(old.version == 1);
+    const auto v1 = write_stream(old, chunks_at({3}, 4096));
+    CHECK(std::to_integer<unsigned>(v1[8]) == 1);
+    const auto got_v1 = read_stream(v1);
+    REQUIRE_FALSE(got_v1.error.has_value());
+    CHECK(got_v1.header->template_digest_name() == "sha256:" + std::string(64, 'c'));
+    CHECK_FALSE(set_template_digest(old, "md5:" + std::string(64, 'c')).ok());
     CHECK(got.header->template_name == "base.img");
 
     auto compressed = h;
@@ -256,7 +267,7 @@ TEST_CASE("archive: header fields out of range are refused at their offset", "[a
     };
     const Case cases[] = {
         {0, 0x41, 1, "byte 0: bad message (not a wrenn sandbox archive"},
-        {8, 2, 4, "byte 8: bad message (format version 2, this reader knows only version 1"},
+        {8, 3, 4, "byte 8: bad message (format version 3, this reader knows versions 1 and 2"},
         {12, 2, 4, "byte 12: bad message (flags 2 has unknown bits set"},
         {16, 4000, 4, "byte 16: bad message (chunk size 4000, expected a power of two"},
         {16, 256, 4, "byte 16: bad message (chunk size 256"},
@@ -348,7 +359,7 @@ TEST_CASE("archive reader: a callback's error stops it and is returned as is", "
 
     Reader refuse(
         [](const Header& h) -> Result<void> {
-            return Error("import", EEXIST, "template " + h.template_sha256_hex());
+            return Error("import", EEXIST, "template " + h.template_digest_name());
         },
         [](std::uint64_t, std::span<const std::byte>) -> Result<void> { return success(); });
     CHECK(refuse.feed(stream).error().code() == EEXIST);

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <condition_variable>
 #include <mutex>
 #include <set>
 
@@ -73,18 +74,25 @@ class FakePlatform : public Platform {
         }
         return image->identity;
     }
-    Result<std::string> hash_template(const std::string& path,
-                                      const TemplateIdentity& expected) override {
-        auto image = open_template(path, ::geteuid());
-        if (!image) {
-            return std::move(image).error();
+    // Digest reads open the image here: counted, and held while hold_digest_reads is set, so
+    // that a test can see what the agent does while a digest is pending.
+    Result<TemplateImage> open_template_version(const std::string& path,
+                                                const TemplateIdentity& expected) override {
+        {
+            std::unique_lock lock(mu);
+            digest_gate.wait(lock, [this] { return !hold_digest_reads; });
+            ++templates_hashed;
         }
-        if (image->identity.inode != expected.inode) {
-            return Error("hash " + path, ESTALE);
+        return agent::open_template_version(path, ::geteuid(), expected);
+    }
+    bool hold_digest_reads = false;
+    std::condition_variable digest_gate;
+    void release_digest_reads() {
+        {
+            std::lock_guard lock(mu);
+            hold_digest_reads = false;
         }
-        std::lock_guard lock(mu);
-        ++templates_hashed;
-        return agent::hash_template(path, *image);
+        digest_gate.notify_all();
     }
 
     Result<AttachedOrigin> acquire_origin(const OriginSpec& origin) override {
@@ -293,7 +301,7 @@ class FakePlatform : public Platform {
                                   const std::string& out) override {
         std::lock_guard lock(mu);
         calls.push_back("flatten " + out);
-        return FlattenResult{origin_size, 3, "fake"};
+        return FlattenResult{origin_size, 3, "fake", {}, 4096};
     }
 
     Result<std::size_t> release_loops_under(const std::string& dir) override {

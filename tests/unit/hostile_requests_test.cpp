@@ -327,6 +327,11 @@ TEST_CASE("hostile: traversal in ids and template names is refused and touches n
     // A paused sandbox, so that flatten's template name is checked for real.
     REQUIRE(send_one(s, request("POST", "/sandboxes", create_body("\"sb1\""))).result_int() == 201);
     REQUIRE(send_one(s, request("POST", "/sandboxes/sb1/pause")).result_int() == 200);
+    // The template's digest, read in the background, is the record's last write.
+    for (int i = 0; i < 1000 && s.manager->get("sb1")->origin.identity->digest.empty(); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    REQUIRE_FALSE(s.manager->get("sb1")->origin.identity->digest.empty());
     s.manager->wait_idle();
     const auto before = tree(s.root());
     const auto calls_before = s.platform.calls.size();
