@@ -50,6 +50,7 @@ TEST_CASE("fork of a running sandbox: suspend, copy, resume, then the child's de
           "[agent][fork]") {
     ForkFixture f;
     REQUIRE(f.create("src").ok());
+    REQUIRE_FALSE(f.recorded_digest("src").empty());  // src's record is stable from here on
     write_cow(f.store->cow_path("src"), "parent-data");
     const std::size_t start = f.mark();
     auto child = f.fork("src", "kid");

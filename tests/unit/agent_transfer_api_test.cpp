@@ -202,6 +202,8 @@ TEST_CASE("export of a running sandbox reads a point-in-time copy, then removes 
           "[api][transfer]") {
     TransferFixture f;
     REQUIRE(f.create("sb1").ok());
+    REQUIRE_FALSE(f.recorded_digest("sb1").empty());  // no record write after this
+    f.manager->wait_idle();
     f.write_changes("sb1");  // as if the running device had written them
     f.platform.calls.clear();
     auto exported = f.export_of("sb1");
