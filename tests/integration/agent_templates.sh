@@ -14,11 +14,12 @@ require "agent starts" start_agent
 
 api POST /sandboxes '{"id": "tp1", "template": "base"}'
 require "create tp1" test "$STATUS" = 201
-expect_eq "tp1 shows its template's sha256" "$(json template_sha256)" \
-    "$(sha256sum <"$WORK/original.img" | cut -d' ' -f1)"
+original_digest=$(blocks_digest "$WORK/original.img")
+expect_eq "tp1's record gets its template's digest (read in the background)" \
+    "$(known_digest /sandboxes/tp1 template_digest)" "$original_digest"
+expect_true "... and the record on disk has it" grep -q "$original_digest" "$STATE/sandboxes/tp1/sandbox.json"
 api GET /templates
-expect_eq "GET /templates shows the digest" "$(json templates.0.sha256)" \
-    "$(sha256sum <"$WORK/original.img" | cut -d' ' -f1)"
+expect_eq "GET /templates shows the digest" "$(json templates.0.digest)" "$original_digest"
 write_marker /dev/mapper/wrenn-tp1 5 "written-before-pause"
 api POST /sandboxes/tp1/pause
 require "pause tp1" test "$STATUS" = 200
@@ -94,14 +95,19 @@ expect_eq "a template writable by others" "$STATUS" 400
 expect_true "the message says so" grep -q "writable by other users" <<<"$(json error.message)"
 expect_eq "no device for the refused creates" "$(wrenn_devices | grep -c '^wrenn-tp3$')" 0
 
-step "flatten writes a read-only template"
+step "flatten writes a read-only template, its digest derived from the origin's"
+expect_eq "tp2's template digest" "$(known_digest /sandboxes/tp2 template_digest)" \
+    "$(blocks_digest "$WORK/other.img")"
+write_marker /dev/mapper/wrenn-tp2 7 "written-in-tp2"
 api POST /sandboxes/tp2/pause
 expect_eq "pause tp2" "$STATUS" 200
 api POST /sandboxes/tp2/flatten '{"template": "derived"}'
 expect_eq "flatten tp2" "$STATUS" 201
 expect_eq "the flattened template is 0444" "$(stat -c %a "$TEMPLATES/derived.img")" 444
-expect_eq "flatten answers its sha256" "$(json sha256)" \
-    "$(sha256sum <"$TEMPLATES/derived.img" | cut -d' ' -f1)"
+expect_eq "flatten answers the new image's digest at once" "$(json digest)" \
+    "$(blocks_digest "$TEMPLATES/derived.img")"
+expect_eq "the new image holds tp2's write" "$(read_marker "$TEMPLATES/derived.img" 7 14)" \
+    "written-in-tp2"
 
 for id in tp1 tp2; do
     api DELETE "/sandboxes/$id"

@@ -51,7 +51,7 @@ mkdir -p "$TEMPLATES_A" "$TEMPLATES_B"
 STATE=$STATE_A
 TEMPLATES=$TEMPLATES_A
 make_template base 32
-digest=$(sha256sum <"$TEMPLATES_A/base.img" | cut -d' ' -f1)
+digest=$(blocks_digest "$TEMPLATES_A/base.img")
 
 step "agent A (xfs): a sandbox with 1 MiB of random data and three markers, paused and exported"
 require "agent A starts" start_agent

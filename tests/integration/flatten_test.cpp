@@ -209,7 +209,7 @@ void exported_and_imported_matches(const Workdir& dir, const std::string& origin
     const auto origin_bytes = read_all(origin, size);
     wrenn::Sha256 digest;
     digest.update(origin_bytes.data(), origin_bytes.size());
-    const std::string sha256 = digest.hex_digest();
+    const std::string sha256 = "sha256:" + digest.hex_digest();  // a version 1 archive
     std::vector<std::byte> archive;
     auto exported = wrenn::agent::export_archive(
         {cow, size, sha256, "origin.img"}, true, [&](std::span<const std::byte> b) {
@@ -220,7 +220,7 @@ void exported_and_imported_matches(const Workdir& dir, const std::string& origin
     REQUIRE(exported.ok());
     const std::string imported = dir / "imported.cow";
     wrenn::agent::ArchiveImport import([&](const wrenn::archive::Header& h) {
-        REQUIRE(h.template_sha256_hex() == sha256);
+        REQUIRE(h.template_digest_name() == sha256);
         return wrenn::Result<wrenn::agent::ImportTarget>(
             wrenn::agent::ImportTarget{size, imported, cow_bytes_for(size)});
     });

@@ -112,6 +112,20 @@ json() {
     client json "$1" "$BODY"
     printf '%s\n' "$OUT"
 }
+# blocks_digest FILE: the template digest the agent must name for FILE, computed independently.
+blocks_digest() { python3 "$(dirname "${BASH_SOURCE[0]}")/blocks_digest.py" "$1"; }
+# known_digest PATH FIELD: GETs PATH until FIELD is no longer "pending" (at most 120 s), then
+# prints it. The agent reads a new template version's digest in the background.
+known_digest() {
+    local i value=pending
+    for i in $(seq 240); do
+        api GET "$1"
+        value=$(json "$2")
+        [ "$value" != pending ] && break
+        sleep 0.5
+    done
+    printf '%s\n' "$value"
+}
 # ids [STATE]: the ids in BODY's sandbox list (those in STATE only, if given), sorted, one a line.
 ids() {
     client ids "${1:--}" "$BODY"
