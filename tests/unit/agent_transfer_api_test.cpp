@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <cerrno>
 #include <filesystem>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <thread>
@@ -196,6 +197,48 @@ TEST_CASE("export of a paused sandbox, imported under another id: the same chunk
     auto resumed = f.resume("sb2");
     REQUIRE(resumed.ok());
     CHECK(resumed->state == SandboxState::Running);
+}
+
+TEST_CASE("a version 1 archive, naming the whole image's SHA-256, still imports",
+          "[api][transfer]") {
+    TransferFixture f;
+    REQUIRE(f.create("sb1").ok());
+    f.write_changes("sb1");
+    REQUIRE(f.pause("sb1").ok());
+    auto exported = f.export_of("sb1", "?compress=false");
+    REQUIRE(exported.status == 200);
+    // What an agent before block digests wrote: version 1, the SHA-256 of the whole template
+    // (64 MiB of zeros here), and the trailer's SHA-256 over everything before the end magic.
+    Bytes v1 = exported.bytes;
+    v1[8] = std::byte{1};
+    wrenn::Sha256 whole;
+    whole.update(std::string(f.platform.origin_size, '\0'));
+    const auto digest = whole.digest();
+    std::memcpy(&v1[40], digest.data(), digest.size());
+    const std::size_t end_magic = v1.size() - 40;
+    wrenn::Sha256 trailer;
+    trailer.update(v1.data(), end_magic);
+    const auto sum = trailer.digest();
+    std::memcpy(&v1[end_magic + 8], sum.data(), sum.size());
+
+    auto res = f.import("?id=old", v1);
+    INFO(res.body());
+    REQUIRE(res.result_int() == 201);
+    CHECK(sandbox_chunks(f.store->cow_path("old"), f.platform.origin_size) ==
+          sandbox_chunks(f.store->cow_path("sb1"), f.platform.origin_size));
+    // The sandbox records the template's blocks digest, never the archive's older kind.
+    CHECK(f.recorded_digest("old") == f.base_digest());
+
+    // The same archive naming other content: 409, naming the digest by its algorithm.
+    v1[40] ^= std::byte{1};
+    wrenn::Sha256 again;
+    again.update(v1.data(), end_magic);
+    const auto sum2 = again.digest();
+    std::memcpy(&v1[end_magic + 8], sum2.data(), sum2.size());
+    auto mismatch = f.import("?id=other", v1);
+    CHECK(mismatch.result_int() == 409);
+    CHECK_THAT(TransferFixture::error_message(mismatch), Catch::Contains("with digest sha256:"));
+    CHECK_FALSE(f.folder_exists("other"));
 }
 
 TEST_CASE("export of a running sandbox reads a point-in-time copy, then removes it",
