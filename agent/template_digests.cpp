@@ -1,5 +1,6 @@
 #include "agent/template_digests.hpp"
 
+#include <sched.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -28,9 +29,11 @@ constexpr std::size_t kVersionsPerPath = 4;
 // A block list is 1/2048 of its image; 1 GiB covers a 2 TiB template.
 constexpr std::size_t kMaxListBytes = std::size_t{1} << 30;
 
-// The lowest best-effort I/O priority for the calling thread (ioprio_set(2); glibc has no
-// wrapper). A failure costs only speed, so it is logged and ignored.
-void lower_io_priority() {
+// The background reader yields to everything else: the lowest best-effort I/O priority
+// (ioprio_set(2); glibc has no wrapper) and the idle CPU scheduling class, both for the calling
+// thread only. Reading a new template's digest may wait; a sandbox's request must not. A failure
+// costs only that, so it is logged and ignored.
+void yield_to_requests() {
     constexpr int kWhoProcess = 1;  // IOPRIO_WHO_PROCESS: with 0, the calling thread
     constexpr int kClassBestEffort = 2;
     constexpr int kClassShift = 13;
@@ -38,6 +41,11 @@ void lower_io_priority() {
     if (::syscall(SYS_ioprio_set, kWhoProcess, 0, (kClassBestEffort << kClassShift) | kLowest) !=
         0) {
         spdlog::warn("template digests: cannot lower the reader's I/O priority: {}",
+                     std::strerror(errno));
+    }
+    const sched_param param{};
+    if (::sched_setscheduler(0, SCHED_IDLE, &param) != 0) {
+        spdlog::warn("template digests: cannot give the reader the idle CPU class: {}",
                      std::strerror(errno));
     }
 }
@@ -251,18 +259,21 @@ Result<std::string> TemplateDigests::wait(const std::string& path,
         bare.digest.clear();
         reading_.push_back(Version{path, bare, {}});
     }
-    return read_blocks(path, version);
+    return read_blocks(path, version, false);
 }
 
 Result<std::string> TemplateDigests::read_blocks(const std::string& path,
-                                                 const TemplateIdentity& version) {
+                                                 const TemplateIdentity& version,
+                                                 bool background) {
     const auto start = std::chrono::steady_clock::now();
     auto list = [&]() -> Result<BlockList> {
         auto image = platform_.open_template_version(path, version);
         if (!image) {
             return std::move(image).error();
         }
-        return hash_blocks(path, *image, &stopping_);
+        // Only the background reader gives up when the agent stops: a caller that needs the
+        // digest (an export in flight) finishes, as operations in flight do at SIGTERM.
+        return hash_blocks(path, *image, background ? &stopping_ : nullptr);
     }();
     if (!list) {
         {
@@ -287,17 +298,11 @@ void TemplateDigests::remember(const std::string& path, const TemplateIdentity& 
     if (::mkdir(blocks_dir_.c_str(), 0700) != 0 && errno != EEXIST) {
         spdlog::warn("template digests: create {}: {}", blocks_dir_, std::strerror(errno));
     }
-    // The list first: an index entry must never name a list that is not on disk.
-    const bool listed = [&] {
-        if (auto written = write_file_atomically(blocks_dir_ + "/" + hex, list.encode()); !written) {
-            spdlog::warn("template digests: {} (a flatten over this template reads the whole "
-                         "image for its digest)",
-                         written.error().message());
-            return false;
-        }
-        return true;
-    }();
-    (void)listed;
+    // The list first, so that an index entry names a list on disk. Without it the digest still
+    // stands; only a flatten over this version reads its output in the background instead.
+    if (auto written = write_file_atomically(blocks_dir_ + "/" + hex, list.encode()); !written) {
+        spdlog::warn("template digests: {}", written.error().message());
+    }
     {
         std::lock_guard lock(mu_);
         std::erase_if(reading_,
@@ -361,6 +366,7 @@ Result<std::string> TemplateDigests::derive(const std::string& origin_path,
                                             const TemplateIdentity& out,
                                             std::span<const std::uint64_t> changed_blocks) {
     const std::string action = "derive the digest of " + out_path + " from " + origin_path;
+    const auto start = std::chrono::steady_clock::now();
     auto origin_digest = known(origin_path, origin);
     if (!origin_digest) {
         return Error(action, ENOENT, "the origin's digest is not known yet");
@@ -386,6 +392,10 @@ Result<std::string> TemplateDigests::derive(const std::string& origin_path,
         return std::move(updated).error();
     }
     remember(out_path, out, *updated);
+    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+    spdlog::info("template {}: digest {} derived from {}'s, {} of {} blocks read again, in {:.3f} s",
+                 out_path, updated->digest(), origin_path, changed_blocks.size(),
+                 updated->hashes.size(), took.count());
     return updated->digest();
 }
 
@@ -429,7 +439,7 @@ void TemplateDigests::save_locked() {
 }
 
 void TemplateDigests::run() {
-    lower_io_priority();
+    yield_to_requests();
     for (;;) {
         Version next;
         {
@@ -447,7 +457,7 @@ void TemplateDigests::run() {
             }
             reading_.push_back(next);
         }
-        auto digest = read_blocks(next.path, next.identity);
+        auto digest = read_blocks(next.path, next.identity, true);
         if (!digest) {
             if (digest.error().code() == ECANCELED) {
                 return;

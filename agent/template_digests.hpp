@@ -75,8 +75,10 @@ class TemplateDigests {
     Version* find_locked(const std::string& path, const TemplateIdentity& version);
     const Version* find_locked(const std::string& path, const TemplateIdentity& version) const;
     bool reading_locked(const std::string& path, const TemplateIdentity& version) const;
-    // Reads the block list of the version (the caller marked it as being read).
-    Result<std::string> read_blocks(const std::string& path, const TemplateIdentity& version);
+    // Reads the block list of the version (the caller marked it as being read); the background
+    // reader's read stops when the agent does.
+    Result<std::string> read_blocks(const std::string& path, const TemplateIdentity& version,
+                                    bool background);
     // Remembers a version's list (file first, then the index) and wakes its waiters.
     void remember(const std::string& path, const TemplateIdentity& version, const BlockList& list);
     void save_locked();
