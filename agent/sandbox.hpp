@@ -21,7 +21,7 @@ struct TemplateIdentity {
     std::uint64_t size_bytes = 0;
     std::int64_t mtime_ns = 0;
     std::int64_t ctime_ns = 0;
-    // "blocks-sha256-64k:<hex>" (agent/template_blocks.hpp), or "sha256:<hex>" in records of
+    // "blocks-sha256-4k:<hex>" (agent/template_blocks.hpp), or "sha256:<hex>" in records of
     // earlier agents; empty while pending: a create never waits for it, and the agent writes it
     // into the record once the background read of exactly this version has finished.
     std::string digest;

@@ -34,7 +34,7 @@ struct TemplateInfo {
     std::string path;
     std::uint64_t size_bytes = 0;
     std::size_t sandboxes = 0;
-    // "blocks-sha256-64k:<hex>"; empty while the agent reads it in the background, or when the
+    // "blocks-sha256-4k:<hex>"; empty while the agent reads it in the background, or when the
     // image cannot be used (see problem).
     std::string digest;
     std::string problem;  // why the agent refuses this image, e.g. a symlink or a foreign owner

@@ -2,15 +2,19 @@
 
 // A template's digest that updates in O(changed) and is computed in O(allocated).
 //
-// The image is cut into blocks of kDigestBlockBytes (the last one may be shorter); each block
-// has its SHA-256, and the digest is the SHA-256 of the encoded list of those hashes (a fixed
-// header naming the block size and the image size, then the hashes in order). A block that lies
-// in a hole hashes as zeros without being read (SEEK_DATA/SEEK_HOLE), and a flatten rehashes
-// only the blocks its changed chunks touch. The encoded list is what the state dir keeps per
-// template version, so a stored list is checked by hashing it again. docs/archive.md specifies
-// the algorithm ("blocks-sha256-64k").
+// The image is cut into 4 KiB leaves (the snapshot's chunk; the last one may be shorter) and
+// the leaves into groups of 128 (512 KiB). A group's hash is the SHA-256 of its leaves'
+// SHA-256s; the digest is the SHA-256 of a fixed header (the leaf and group sizes, the image
+// size) followed by the group hashes. So:
+// - a group that lies in a hole hashes to a known constant without being read
+//   (SEEK_DATA/SEEK_HOLE): reading an image costs what it holds;
+// - a flatten, which changes whole chunks, hashes only the chunks it wrote and rehashes the
+//   groups they fall in from their stored leaf hashes: it never rereads unchanged image bytes.
+// Per version the state dir keeps the group list (1/16384 of the image) and a leaf file, one
+// 4 KiB page of leaf hashes per group (1/128 of the image's data; sparse where the image is).
+// docs/archive.md specifies the algorithm ("blocks-sha256-4k").
 //
-// Digest strings name their algorithm: "blocks-sha256-64k:<64 hex>" for this one, and
+// Digest strings name their algorithm: "blocks-sha256-4k:<64 hex>" for this one, and
 // "sha256:<64 hex>" for the SHA-256 of the whole image that agents before it recorded (and
 // version 1 archives carry).
 
@@ -28,35 +32,37 @@
 
 namespace wrenn::agent {
 
-// 64 KiB: flatten rehashes every block one of its 4 KiB chunks touches, so the block is small
-// enough that scattered changes do not reread the image (1% of chunks at random touch 15% of
-// 64 KiB blocks, 92% of 1 MiB ones), and large enough that the stored list is 1/2048 of the
-// image (10 MiB for 20 GiB) and per-block overhead stays below the read's.
-inline constexpr std::uint64_t kDigestBlockBytes = 64 << 10;
-inline constexpr std::string_view kBlocksAlgorithm = "blocks-sha256-64k";
+// The leaf is the dm-snapshot chunk, so that a flatten's changed chunks are whole leaves and
+// nothing unchanged is hashed again. 128 leaves make a group: its leaf hashes fill one 4 KiB
+// page of the leaf file, and the group list stays small (40 KiB per GiB).
+inline constexpr std::uint64_t kLeafBytes = 4096;
+inline constexpr std::uint64_t kLeavesPerGroup = 128;
+inline constexpr std::uint64_t kGroupBytes = kLeafBytes * kLeavesPerGroup;
+inline constexpr std::uint64_t kLeafPageBytes = kLeavesPerGroup * 32;
+inline constexpr std::string_view kBlocksAlgorithm = "blocks-sha256-4k";
 inline constexpr std::string_view kWholeAlgorithm = "sha256";
 
 using Hash256 = std::array<std::uint8_t, 32>;
 
-// The block hashes of one image.
+// The group hashes of one image.
 struct BlockList {
     std::uint64_t image_bytes = 0;
-    std::vector<Hash256> hashes;  // block_count(image_bytes) of them
+    std::vector<Hash256> groups;  // group_count(image_bytes) of them
 
-    // The bytes the digest is the SHA-256 of: "WRENNBLK", u64 block bytes, u64 image bytes
-    // (little-endian), then the hashes.
+    // The bytes the digest is the SHA-256 of: "WRENNBLK", u64 leaf bytes, u64 leaves per group,
+    // u64 image bytes (little-endian), then the group hashes.
     [[nodiscard]] std::string encode() const;
-    // The inverse; EINVAL when the bytes are not an encoded list of 64 KiB blocks.
+    // The inverse; EINVAL when the bytes are not an encoded list of this algorithm.
     static Result<BlockList> decode(std::string_view bytes);
-    // "blocks-sha256-64k:<hex>".
+    // "blocks-sha256-4k:<hex>".
     [[nodiscard]] std::string digest() const;
 };
 
-std::uint64_t block_count(std::uint64_t image_bytes);
-// SHA-256 of `bytes` zero bytes (a block in a hole).
-Hash256 zero_block_hash(std::uint64_t bytes);
+std::uint64_t group_count(std::uint64_t image_bytes);
+// The hash of group `group` of an image of `image_bytes` that is all zeros (a hole).
+Hash256 hole_group_hash(std::uint64_t image_bytes, std::uint64_t group);
 
-// "blocks-sha256-64k:ab12..." -> ("blocks-sha256-64k", "ab12..."); nullopt unless the
+// "blocks-sha256-4k:ab12..." -> ("blocks-sha256-4k", "ab12..."); nullopt unless the
 // algorithm is one of the two above and the hex is 64 lowercase digits. A bare 64-hex string
 // (a record or cache of an agent before algorithm names) is taken as "sha256".
 struct ParsedDigest {
@@ -72,18 +78,21 @@ std::optional<ParsedDigest> parse_digest(std::string_view digest);
 // Each reads `image` through its descriptor and fails with ESTALE when the file's state (size,
 // mtime, ctime) is not image.identity's after the read: a digest belongs to one version only.
 //
-// The whole list; blocks in holes are not read. With `stop`, a read that sees it set ends
-// with ECANCELED.
-Result<BlockList> hash_blocks(const std::string& path, const TemplateImage& image,
+// The whole list, writing each group's leaf hashes to its page of the (new, empty) file
+// leaves_fd (none when it is -1); groups in holes are neither read nor written. With `stop`, a read that sees it
+// set ends with ECANCELED.
+Result<BlockList> hash_blocks(const std::string& path, const TemplateImage& image, int leaves_fd,
                               const std::atomic<bool>* stop = nullptr);
-// `base` (a list of an image of the same size) with `blocks` hashed again from the image.
+// `base` (the list of an image of the same size) with the leaves `changed` (sorted, unique)
+// hashed again from the image; leaves_fd holds base's leaf file and is updated in place.
 Result<BlockList> rehash_blocks(const std::string& path, const TemplateImage& image,
-                                BlockList base, std::span<const std::uint64_t> blocks);
+                                BlockList base, int leaves_fd,
+                                std::span<const std::uint64_t> changed);
 // SHA-256 of the whole image as "sha256:<hex>" (records and archives of earlier agents).
 Result<std::string> hash_whole(const std::string& path, const TemplateImage& image);
 
-// The blocks that chunks of `chunk_bytes` with these indices overlap, sorted, each once.
-std::vector<std::uint64_t> blocks_of_chunks(std::span<const std::uint64_t> chunks,
+// The leaves that chunks of `chunk_bytes` with these indices overlap, sorted, each once.
+std::vector<std::uint64_t> leaves_of_chunks(std::span<const std::uint64_t> chunks,
                                             std::uint64_t chunk_bytes, std::uint64_t image_bytes);
 
 }  // namespace wrenn::agent

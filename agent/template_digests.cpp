@@ -1,5 +1,6 @@
 #include "agent/template_digests.hpp"
 
+#include <dirent.h>
 #include <sched.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
@@ -16,6 +17,7 @@
 
 #include "agent/state_store.hpp"
 #include "common/file.hpp"
+#include "flatten/flatten.hpp"
 
 namespace wrenn::agent {
 
@@ -126,6 +128,18 @@ TemplateDigests::TemplateDigests(std::string state_dir, Platform& platform)
     : index_file_(state_dir + "/template-digests.json"),
       blocks_dir_(state_dir + "/template-blocks"),
       platform_(platform) {
+    if (::mkdir(blocks_dir_.c_str(), 0700) != 0 && errno != EEXIST) {
+        spdlog::warn("template digests: create {}: {}", blocks_dir_, std::strerror(errno));
+    }
+    // Leaf files a killed agent was building.
+    if (DIR* dir = ::opendir(blocks_dir_.c_str()); dir != nullptr) {
+        while (const dirent* e = ::readdir(dir)) {
+            if (std::string_view(e->d_name).starts_with("building-")) {
+                ::unlinkat(::dirfd(dir), e->d_name, 0);
+            }
+        }
+        ::closedir(dir);
+    }
     auto text = read_file(index_file_, 16U << 20);
     if (!text) {
         if (text.error().code() != ENOENT) {
@@ -271,9 +285,17 @@ Result<std::string> TemplateDigests::read_blocks(const std::string& path,
         if (!image) {
             return std::move(image).error();
         }
+        auto leaves = flatten::PendingOutput::create(building_path(), 0600);
+        if (!leaves) {
+            return std::move(leaves).error();
+        }
         // Only the background reader gives up when the agent stops: a caller that needs the
         // digest (an export in flight) finishes, as operations in flight do at SIGTERM.
-        return hash_blocks(path, *image, background ? &stopping_ : nullptr);
+        auto hashed = hash_blocks(path, *image, leaves->fd(), background ? &stopping_ : nullptr);
+        if (hashed) {
+            keep_leaves(*leaves, *hashed);
+        }
+        return hashed;
     }();
     if (!list) {
         {
@@ -291,13 +313,32 @@ Result<std::string> TemplateDigests::read_blocks(const std::string& path,
     return list->digest();
 }
 
+std::string TemplateDigests::building_path() {
+    return blocks_dir_ + "/building-" + std::to_string(::getpid()) + "-" +
+           std::to_string(++building_);
+}
+
+void TemplateDigests::keep_leaves(flatten::PendingOutput& leaves, const BlockList& list) {
+    const std::string digest = list.digest();
+    const std::string final_path = blocks_dir_ + "/" + digest.substr(digest.find(':') + 1) + ".leaves";
+    // Durable under its building name first, then named by its digest (a file of the same name
+    // holds the same hashes).
+    auto committed = leaves.commit();
+    if (!committed) {
+        spdlog::warn("template digests: {}", committed.error().message());
+        return;
+    }
+    if (::rename(leaves.final_path().c_str(), final_path.c_str()) != 0) {
+        spdlog::warn("template digests: rename {} to {}: {}", leaves.final_path(), final_path,
+                     std::strerror(errno));
+        ::unlink(leaves.final_path().c_str());
+    }
+}
+
 void TemplateDigests::remember(const std::string& path, const TemplateIdentity& version,
                                const BlockList& list) {
     const std::string digest = list.digest();
     const std::string hex = digest.substr(digest.find(':') + 1);
-    if (::mkdir(blocks_dir_.c_str(), 0700) != 0 && errno != EEXIST) {
-        spdlog::warn("template digests: create {}: {}", blocks_dir_, std::strerror(errno));
-    }
     // The list first, so that an index entry names a list on disk. Without it the digest still
     // stands; only a flatten over this version reads its output in the background instead.
     if (auto written = write_file_atomically(blocks_dir_ + "/" + hex, list.encode()); !written) {
@@ -364,7 +405,7 @@ Result<std::string> TemplateDigests::derive(const std::string& origin_path,
                                             const TemplateIdentity& origin,
                                             const std::string& out_path,
                                             const TemplateIdentity& out,
-                                            std::span<const std::uint64_t> changed_blocks) {
+                                            std::span<const std::uint64_t> changed_leaves) {
     const std::string action = "derive the digest of " + out_path + " from " + origin_path;
     const auto start = std::chrono::steady_clock::now();
     auto origin_digest = known(origin_path, origin);
@@ -387,15 +428,22 @@ Result<std::string> TemplateDigests::derive(const std::string& origin_path,
     if (!image) {
         return std::move(image).error().within(action);
     }
-    auto updated = rehash_blocks(out_path, *image, std::move(*list), changed_blocks);
+    // The new version's leaf file starts as a copy of the origin's (a reflink where the
+    // filesystem can, else a copy of its data), and only the changed groups' pages change.
+    auto leaves = flatten::copy_file(blocks_dir_ + "/" + hex + ".leaves", building_path(), {});
+    if (!leaves) {
+        return std::move(leaves).error().within(action);
+    }
+    auto updated =
+        rehash_blocks(out_path, *image, std::move(*list), leaves->output.fd(), changed_leaves);
     if (!updated) {
         return std::move(updated).error();
     }
+    keep_leaves(leaves->output, *updated);
     remember(out_path, out, *updated);
     const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
-    spdlog::info("template {}: digest {} derived from {}'s, {} of {} blocks read again, in {:.3f} s",
-                 out_path, updated->digest(), origin_path, changed_blocks.size(),
-                 updated->hashes.size(), took.count());
+    spdlog::info("template {}: digest {} derived from {}'s, {} changed leaves hashed, in {:.3f} s",
+                 out_path, updated->digest(), origin_path, changed_leaves.size(), took.count());
     return updated->digest();
 }
 
@@ -422,6 +470,7 @@ void TemplateDigests::save_locked() {
         const std::string hex = v.identity.digest.substr(v.identity.digest.find(':') + 1);
         if (lists.count(hex) == 0) {
             ::unlink((blocks_dir_ + "/" + hex).c_str());
+            ::unlink((blocks_dir_ + "/" + hex + ".leaves").c_str());
             lists.insert(hex);  // once
         }
     }

@@ -15,6 +15,7 @@
 #include "agent/sandbox.hpp"
 #include "agent/template_blocks.hpp"
 #include "common/result.hpp"
+#include "flatten/image_copy.hpp"
 
 namespace wrenn::agent {
 
@@ -44,7 +45,7 @@ class TemplateDigests {
     // Stops it: a read in progress is abandoned, the queue dropped. Idempotent.
     void stop();
 
-    // The version's "blocks-sha256-64k:" digest if known, without reading anything.
+    // The version's "blocks-sha256-4k:" digest if known, without reading anything.
     [[nodiscard]] std::optional<std::string> known(const std::string& path,
                                                    const TemplateIdentity& version) const;
     // Queued or being read.
@@ -56,12 +57,12 @@ class TemplateDigests {
     // "sha256:<hex>" of the whole image (version 1 archives, records of earlier agents): from
     // the cache, or read now.
     Result<std::string> whole_sha256(const std::string& path, const TemplateIdentity& version);
-    // A flatten's output: `out`'s digest from the origin's stored block list, with only
-    // `changed_blocks` read again from `out`. ENOENT when the origin's list is not known (the
-    // caller then request()s `out`).
+    // A flatten's output: `out`'s digest from the origin's stored lists, with only the leaves
+    // `changed_leaves` (sorted) read from `out`. ENOENT when the origin's digest or lists are not
+    // known (the caller then request()s `out`).
     Result<std::string> derive(const std::string& origin_path, const TemplateIdentity& origin,
                                const std::string& out_path, const TemplateIdentity& out,
-                               std::span<const std::uint64_t> changed_blocks);
+                               std::span<const std::uint64_t> changed_leaves);
 
     // Versions queued or being read, for /metrics and logs.
     [[nodiscard]] std::size_t pending_count() const;
@@ -82,6 +83,10 @@ class TemplateDigests {
     // Remembers a version's list (file first, then the index) and wakes its waiters.
     void remember(const std::string& path, const TemplateIdentity& version, const BlockList& list);
     void save_locked();
+    // A new name for a leaf file being built: building-<pid>-<n> (a start removes leftovers).
+    std::string building_path();
+    // Commits a built leaf file and names it <hex>.leaves after its list's digest.
+    void keep_leaves(flatten::PendingOutput& leaves, const BlockList& list);
     void run();
 
     std::string index_file_;
@@ -95,6 +100,7 @@ class TemplateDigests {
     std::deque<Version> queue_;
     std::vector<Version> reading_;
     std::atomic<bool> stopping_{false};
+    std::atomic<std::uint64_t> building_{0};
     std::thread reader_;
 };
 

@@ -21,7 +21,7 @@ namespace wrenn::agent {
 struct ExportSource {
     std::string cow_path;
     std::uint64_t origin_bytes = 0;
-    std::string template_digest;  // named by its algorithm: "blocks-sha256-64k:<hex>"
+    std::string template_digest;  // named by its algorithm: "blocks-sha256-4k:<hex>"
     std::string template_name;    // the image's file name
 };
 

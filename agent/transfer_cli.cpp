@@ -35,7 +35,7 @@ Result<TemplateIdentity> identify_template(const std::string& path, bool whole =
         return std::move(image).error();
     }
     Result<std::string> digest = whole ? hash_whole(path, *image) : [&]() -> Result<std::string> {
-        auto list = hash_blocks(path, *image);
+        auto list = hash_blocks(path, *image, -1);  // only the agent keeps leaf hashes
         if (!list) {
             return std::move(list).error();
         }

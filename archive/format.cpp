@@ -8,7 +8,7 @@
 namespace wrenn::archive {
 
 namespace {
-constexpr std::string_view kBlocksName = "blocks-sha256-64k:";
+constexpr std::string_view kBlocksName = "blocks-sha256-4k:";
 constexpr std::string_view kWholeName = "sha256:";
 }  // namespace
 

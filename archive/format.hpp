@@ -16,7 +16,7 @@ namespace wrenn::archive {
 
 inline constexpr std::array<std::uint8_t, 8> kMagic{0x89, 'W', 'R', 'E', 'N', 'N', '\r', '\n'};
 inline constexpr std::array<std::uint8_t, 8> kEndMagic{'W', 'R', 'E', 'N', 'N', 'E', 'N', 'D'};
-// Version 2 names the template by its blocks-sha256-64k digest; version 1 (still read) by the
+// Version 2 names the template by its blocks-sha256-4k digest; version 1 (still read) by the
 // SHA-256 of its whole content. The two differ only in what template_digest is.
 inline constexpr std::uint32_t kVersion = 2;
 inline constexpr std::uint32_t kWholeSha256Version = 1;
@@ -52,7 +52,7 @@ struct Header {
         return kFixedHeaderBytes + template_name.size();
     }
     // The template digest named by its algorithm, as GET /templates shows it:
-    // "blocks-sha256-64k:<hex>" (version 2) or "sha256:<hex>" (version 1).
+    // "blocks-sha256-4k:<hex>" (version 2) or "sha256:<hex>" (version 1).
     [[nodiscard]] std::string template_digest_name() const;
 };
 
@@ -62,7 +62,7 @@ Result<void> check_header(const Header& header);
 
 // Parses 64 hex digits (either case) into a digest; EINVAL otherwise.
 Result<std::array<std::uint8_t, kDigestBytes>> parse_sha256_hex(std::string_view hex);
-// The header's version and digest for a digest named by its algorithm ("blocks-sha256-64k:<hex>"
+// The header's version and digest for a digest named by its algorithm ("blocks-sha256-4k:<hex>"
 // or "sha256:<hex>"); EINVAL for any other.
 Result<void> set_template_digest(Header& header, std::string_view named);
 

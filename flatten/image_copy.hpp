@@ -57,6 +57,8 @@ class PendingOutput {
 
     [[nodiscard]] int fd() const noexcept { return fd_.get(); }
     [[nodiscard]] const std::string& temp_path() const noexcept { return temp_; }
+    // The name commit() gives the file.
+    [[nodiscard]] const std::string& final_path() const noexcept { return out_; }
 
     // fsync the file, rename it to out without ever replacing an existing out (EEXIST), fsync
     // the directory so that the name survives a crash too.

@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Prints the blocks-sha256-64k digest of FILE, computed here from its definition
-(docs/archive.md) and not through the agent, so that a test compares two computations:
-the SHA-256 of "WRENNBLK", the block size and the image size (u64, little-endian), then the
-SHA-256 of each 64 KiB block in order (the last one as long as what is left). With --whole,
-"sha256:" and the SHA-256 of the whole file (what version 1 archives name)."""
+"""Prints the blocks-sha256-4k digest of FILE, computed here from its definition
+(docs/archive.md) and not through the agent, so that a test compares two computations: the
+SHA-256 of "WRENNBLK", the leaf size 4096, the group size 128 and the image size (u64,
+little-endian), then for each 512 KiB group the SHA-256 of its 4 KiB leaves' SHA-256s (the last
+leaf as long as what is left). With --whole, "sha256:" and the SHA-256 of the whole file (what
+version 1 archives name)."""
 import hashlib
 import struct
 import sys
 
-BLOCK = 64 << 10
+LEAF = 4096
+GROUP = 128
 
 
 def blocks_digest(path):
@@ -17,13 +19,15 @@ def blocks_digest(path):
         f.seek(0, 2)
         size = f.tell()
         f.seek(0)
-        listing.update(b"WRENNBLK" + struct.pack("<QQ", BLOCK, size))
+        listing.update(b"WRENNBLK" + struct.pack("<QQQ", LEAF, GROUP, size))
         while True:
-            block = f.read(BLOCK)
-            if not block:
+            group = f.read(LEAF * GROUP)
+            if not group:
                 break
-            listing.update(hashlib.sha256(block).digest())
-    return "blocks-sha256-64k:" + listing.hexdigest()
+            leaves = b"".join(hashlib.sha256(group[at:at + LEAF]).digest()
+                              for at in range(0, len(group), LEAF))
+            listing.update(hashlib.sha256(leaves).digest())
+    return "blocks-sha256-4k:" + listing.hexdigest()
 
 
 def whole_digest(path):

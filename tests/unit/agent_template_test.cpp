@@ -243,7 +243,7 @@ TEST_CASE("open_template checks the owner", "[agent][template]") {
     auto whole = hash_whole(path, *mine);
     REQUIRE(whole.ok());
     CHECK(*whole == "sha256:" + wrenn::sha256_hex(content('x', 4096)));
-    auto blocks = hash_blocks(path, *mine);
+    auto blocks = hash_blocks(path, *mine, -1);
     REQUIRE(blocks.ok());
     CHECK(blocks->digest() == expected_blocks_digest(content('x', 4096)));
 }

@@ -166,7 +166,7 @@ TEST_CASE("import refuses a template with another digest, naming the one it need
     auto r = cli({"import", "--in", h.archive, "--origin", other, "--cow", h.dir.path() + "/new"});
     CHECK(r.status == 1);
     CHECK_THAT(r.err, Catch::Contains("the archive needs template \"base.img\" with digest " +
-                                      needed + "; " + other + " has blocks-sha256-64k:"));
+                                      needed + "; " + other + " has blocks-sha256-4k:"));
     CHECK(h.files() == std::vector<std::string>{"base.img", "cow", "other.img", "sb.wrenn"});
 }
 
