@@ -95,59 +95,6 @@ void SandboxManager::shutdown() {
     queries_.join();
 }
 
-// A template version's digest is known: each sandbox made over exactly that version without it
-// gets it in its record, on its strand, so that it never races the sandbox's operations.
-void SandboxManager::record_digest(const std::string& path, const TemplateIdentity& version) {
-    auto lacks = [path, version](const Sandbox& sb) {
-        const auto& id = sb.origin.identity;
-        return sb.origin.type == OriginSpec::Type::Loop && sb.origin.path == path && id &&
-               id->same_file_state(version) && !is_blocks_digest(id->digest);
-    };
-    // A create, fork or import in flight may be about to record this version without its
-    // digest: its entry is not ready yet, and the job below runs on its strand after it.
-    std::vector<EntryPtr> targets;
-    {
-        std::lock_guard lock(mu_);
-        for (const auto& [id, entry] : entries_) {
-            if (!entry->gone && (!entry->ready || lacks(entry->record))) {
-                targets.push_back(entry);
-            }
-        }
-    }
-    for (auto& entry : targets) {
-        {
-            std::lock_guard lock(idle_mu_);
-            ++in_flight_;
-        }
-        auto& strand = entry->strand;  // before the entry moves into the job
-        asio::post(strand, [this, entry = std::move(entry), lacks, version]() mutable {
-            Sandbox next;
-            bool gone = false;
-            {
-                std::lock_guard lock(mu_);
-                gone = entry->gone;
-                next = entry->record;
-            }
-            if (!gone && lacks(next)) {
-                next.origin.identity->digest = version.digest;
-                if (auto written = commit(entry, next); !written) {
-                    // Memory has it; the next start finds it in the digest cache again.
-                    spdlog::warn("sandbox={} record template digest: {}", next.id,
-                                 written.error().message());
-                } else {
-                    spdlog::debug("sandbox={} template digest recorded: {}", next.id,
-                                  version.digest);
-                }
-            }
-            entry.reset();
-            std::lock_guard lock(idle_mu_);
-            if (--in_flight_ == 0) {
-                idle_cv_.notify_all();
-            }
-        });
-    }
-}
-
 SandboxManager::EntryPtr SandboxManager::find(const std::string& id) const {
     std::lock_guard lock(mu_);
     auto it = entries_.find(id);

@@ -102,7 +102,7 @@ Result<std::size_t> remove_pending_copies(const std::string& dir,
 
 }  // namespace
 
-Result<void> write_file_atomically(const std::string& path, std::string_view data) {
+Result<void> write_file_atomically(const std::string& path, std::string_view data, bool durable) {
     const std::string tmp = path + ".tmp";
     UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     if (!fd) {
@@ -121,7 +121,7 @@ Result<void> write_file_atomically(const std::string& path, std::string_view dat
         }
         done += static_cast<std::size_t>(n);
     }
-    if (::fsync(fd.get()) != 0) {
+    if (durable && ::fsync(fd.get()) != 0) {
         Error err = errno_error("fsync " + tmp);
         ::unlink(tmp.c_str());
         return err;
@@ -132,7 +132,7 @@ Result<void> write_file_atomically(const std::string& path, std::string_view dat
         ::unlink(tmp.c_str());
         return err;
     }
-    return fsync_dir(parent_of(path));
+    return durable ? fsync_dir(parent_of(path)) : success();
 }
 
 Result<StateStore> StateStore::open(std::string state_dir) {

@@ -58,6 +58,9 @@ class StateStore {
 };
 
 // Writes `data` to `path` atomically: a temp file beside it, fsync, rename, fsync of the folder.
-Result<void> write_file_atomically(const std::string& path, std::string_view data);
+// Not `durable`: no fsync, for a cache whose every file is checked when read (after a crash it
+// may be the old file, or unreadable, never a mix).
+Result<void> write_file_atomically(const std::string& path, std::string_view data,
+                                   bool durable = true);
 
 }  // namespace wrenn::agent

@@ -8,6 +8,7 @@
 #include <boost/endian/conversion.hpp>
 #include <cerrno>
 #include <cstring>
+#include <thread>
 
 #include "common/digest.hpp"
 
@@ -23,6 +24,8 @@ constexpr std::uint64_t kGroupsPerRead = 8;
 constexpr std::uint64_t kStopCheckGroups = 128;
 // How far ahead of the hashing rehash_blocks asks the kernel to read changed leaves.
 constexpr std::uint64_t kPrefetchBytes = 64 << 20;
+// Threads that rehash a flatten's changed groups (the client waits for them).
+constexpr unsigned kRehashThreads = 4;
 
 std::string header_bytes(std::uint64_t image_bytes) {
     std::string out(kListMagic);
@@ -170,6 +173,66 @@ bool is_lower_hex(std::string_view s) {
            });
 }
 
+// rehash_blocks for the leaves `changed` (whole groups of them): each group's stored page is
+// read and checked, its changed leaves hashed, and the page and the group's hash replaced.
+Result<void> rehash_part(int fd, std::uint64_t size, BlockList& base, int leaves_fd,
+                         std::span<const std::uint64_t> changed, const std::string& action) {
+    auto leaf_bytes = [&](std::uint64_t leaf) {
+        return std::min(kLeafBytes, size - leaf * kLeafBytes);
+    };
+    // The changed leaves were just written, so usually cached; WILLNEED (up to kPrefetchBytes
+    // ahead) keeps the disk's queue full when they are not.
+    std::size_t ahead = 0;
+    std::uint64_t prefetched = 0;
+    std::vector<char> leaf(kLeafBytes);
+    std::vector<Hash256> page(kLeavesPerGroup);
+    for (std::size_t i = 0; i < changed.size();) {
+        const std::uint64_t g = changed[i] / kLeavesPerGroup;
+        const std::uint64_t n = leaves_in(group_bytes(size, g));
+        const std::uint64_t page_bytes = n * sizeof(Hash256);
+        // The group's leaf hashes as stored: a group in a hole has no page (its hashes are the
+        // zero leaf's); a stored page must hash to the group's hash in the verified list.
+        if (base.groups[g] == hole_group_hash(size, g)) {
+            const auto zeros = zero_leaves(group_bytes(size, g));
+            std::copy(zeros.begin(), zeros.end(), page.begin());
+        } else {
+            if (auto read = read_exactly(leaves_fd, reinterpret_cast<char*>(page.data()), page_bytes,
+                                         g * kLeafPageBytes, action + ": read the leaf file");
+                !read) {
+                return read;
+            }
+            if (hash_of(page.data(), page_bytes) != base.groups[g]) {
+                return Error(action, EINVAL,
+                             "the stored leaf hashes of group " + std::to_string(g) +
+                                 " do not match the group list (a damaged state dir file)");
+            }
+        }
+        for (; i < changed.size() && changed[i] / kLeavesPerGroup == g; ++i) {
+            while (ahead < changed.size() && (ahead <= i || prefetched < kPrefetchBytes)) {
+                (void)::posix_fadvise(fd, static_cast<off_t>(changed[ahead] * kLeafBytes),
+                                      static_cast<off_t>(leaf_bytes(changed[ahead])),
+                                      POSIX_FADV_WILLNEED);
+                prefetched += leaf_bytes(changed[ahead]);
+                ++ahead;
+            }
+            const std::uint64_t bytes = leaf_bytes(changed[i]);
+            if (auto read = read_exactly(fd, leaf.data(), bytes, changed[i] * kLeafBytes, action);
+                !read) {
+                return read;
+            }
+            page[changed[i] % kLeavesPerGroup] = hash_of(leaf.data(), bytes);
+            prefetched -= bytes;
+        }
+        base.groups[g] = hash_of(page.data(), page_bytes);
+        if (auto written =
+                write_exactly(leaves_fd, page.data(), page_bytes, g * kLeafPageBytes, action);
+            !written) {
+            return written;
+        }
+    }
+    return {};
+}
+
 }  // namespace
 
 std::uint64_t group_count(std::uint64_t image_bytes) {
@@ -302,59 +365,35 @@ Result<BlockList> rehash_blocks(const std::string& path, const TemplateImage& im
     if (!changed.empty() && changed.back() >= leaves) {
         return Error(action, EINVAL, "leaf " + std::to_string(changed.back()) + " is past the end");
     }
-    const int fd = image.fd.get();
-    auto leaf_bytes = [&](std::uint64_t leaf) {
-        return std::min(kLeafBytes, size - leaf * kLeafBytes);
-    };
-    // The changed leaves were just written, so usually cached; WILLNEED (up to kPrefetchBytes
-    // ahead) keeps the disk's queue full when they are not.
-    std::size_t ahead = 0;
-    std::uint64_t prefetched = 0;
-    std::vector<char> leaf(kLeafBytes);
-    std::vector<Hash256> page(kLeavesPerGroup);
-    for (std::size_t i = 0; i < changed.size();) {
-        const std::uint64_t g = changed[i] / kLeavesPerGroup;
-        const std::uint64_t n = leaves_in(group_bytes(size, g));
-        const std::uint64_t page_bytes = n * sizeof(Hash256);
-        // The group's leaf hashes as stored: a group in a hole has no page (its hashes are the
-        // zero leaf's); a stored page must hash to the group's hash in the verified list.
-        if (base.groups[g] == hole_group_hash(size, g)) {
-            const auto zeros = zero_leaves(group_bytes(size, g));
-            std::copy(zeros.begin(), zeros.end(), page.begin());
-        } else {
-            if (auto read = read_exactly(leaves_fd, reinterpret_cast<char*>(page.data()), page_bytes,
-                                         g * kLeafPageBytes, action + ": read the leaf file");
-                !read) {
-                return std::move(read).error();
-            }
-            if (hash_of(page.data(), page_bytes) != base.groups[g]) {
-                return Error(action, EINVAL,
-                             "the stored leaf hashes of group " + std::to_string(g) +
-                                 " do not match the group list (a damaged state dir file)");
-            }
+    // Groups are independent, so the changed leaves are split at group boundaries among up to
+    // kRehashThreads threads: a flatten's client waits for this.
+    const unsigned threads = std::clamp<unsigned>(std::thread::hardware_concurrency(), 1,
+                                                  kRehashThreads);
+    std::vector<std::span<const std::uint64_t>> parts;
+    for (std::size_t at = 0; at < changed.size();) {
+        std::size_t end = std::min(changed.size(), at + (changed.size() + threads - 1) / threads);
+        while (end < changed.size() &&
+               changed[end] / kLeavesPerGroup == changed[end - 1] / kLeavesPerGroup) {
+            ++end;
         }
-        for (; i < changed.size() && changed[i] / kLeavesPerGroup == g; ++i) {
-            while (ahead < changed.size() &&
-                   (ahead <= i || prefetched < kPrefetchBytes)) {
-                (void)::posix_fadvise(fd, static_cast<off_t>(changed[ahead] * kLeafBytes),
-                                      static_cast<off_t>(leaf_bytes(changed[ahead])),
-                                      POSIX_FADV_WILLNEED);
-                prefetched += leaf_bytes(changed[ahead]);
-                ++ahead;
-            }
-            const std::uint64_t bytes = leaf_bytes(changed[i]);
-            if (auto read = read_exactly(fd, leaf.data(), bytes, changed[i] * kLeafBytes, action);
-                !read) {
-                return std::move(read).error();
-            }
-            page[changed[i] % kLeavesPerGroup] = hash_of(leaf.data(), bytes);
-            prefetched -= bytes;
+        parts.push_back(changed.subspan(at, end - at));
+        at = end;
+    }
+    std::vector<Result<void>> outcomes(parts.size(), success());
+    {
+        std::vector<std::jthread> helpers;
+        for (std::size_t p = 1; p < parts.size(); ++p) {
+            helpers.emplace_back([&, p] {
+                outcomes[p] = rehash_part(image.fd.get(), size, base, leaves_fd, parts[p], action);
+            });
         }
-        base.groups[g] = hash_of(page.data(), page_bytes);
-        if (auto written = write_exactly(leaves_fd, page.data(), page_bytes, g * kLeafPageBytes,
-                                         action);
-            !written) {
-            return std::move(written).error();
+        if (!parts.empty()) {
+            outcomes[0] = rehash_part(image.fd.get(), size, base, leaves_fd, parts[0], action);
+        }
+    }
+    for (auto& outcome : outcomes) {
+        if (!outcome) {
+            return std::move(outcome).error();
         }
     }
     if (auto same = check_unchanged(path, image, action); !same) {

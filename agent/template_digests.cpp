@@ -321,9 +321,10 @@ std::string TemplateDigests::building_path() {
 void TemplateDigests::keep_leaves(flatten::PendingOutput& leaves, const BlockList& list) {
     const std::string digest = list.digest();
     const std::string final_path = blocks_dir_ + "/" + digest.substr(digest.find(':') + 1) + ".leaves";
-    // Durable under its building name first, then named by its digest (a file of the same name
-    // holds the same hashes).
-    auto committed = leaves.commit();
+    // Under its building name first, then named by its digest (a file of the same name holds
+    // the same hashes). No fsync: like every file of this cache it is checked when read (each
+    // page against the group list), and a damaged one only costs a read of the image.
+    auto committed = leaves.commit(false);
     if (!committed) {
         spdlog::warn("template digests: {}", committed.error().message());
         return;
@@ -341,7 +342,8 @@ void TemplateDigests::remember(const std::string& path, const TemplateIdentity& 
     const std::string hex = digest.substr(digest.find(':') + 1);
     // The list first, so that an index entry names a list on disk. Without it the digest still
     // stands; only a flatten over this version reads its output in the background instead.
-    if (auto written = write_file_atomically(blocks_dir_ + "/" + hex, list.encode()); !written) {
+    if (auto written = write_file_atomically(blocks_dir_ + "/" + hex, list.encode(), false);
+        !written) {
         spdlog::warn("template digests: {}", written.error().message());
     }
     {
@@ -430,20 +432,31 @@ Result<std::string> TemplateDigests::derive(const std::string& origin_path,
     }
     // The new version's leaf file starts as a copy of the origin's (a reflink where the
     // filesystem can, else a copy of its data), and only the changed groups' pages change.
+    using Ms = std::chrono::duration<double, std::milli>;
+    auto mark = std::chrono::steady_clock::now();
+    auto lap = [&mark] {
+        const auto now = std::chrono::steady_clock::now();
+        return Ms(now - std::exchange(mark, now)).count();
+    };
+    const double check = Ms(mark - start).count();
     auto leaves = flatten::copy_file(blocks_dir_ + "/" + hex + ".leaves", building_path(), {});
     if (!leaves) {
         return std::move(leaves).error().within(action);
     }
+    const double copy = lap();
     auto updated =
         rehash_blocks(out_path, *image, std::move(*list), leaves->output.fd(), changed_leaves);
     if (!updated) {
         return std::move(updated).error();
     }
+    const double hash = lap();
     keep_leaves(leaves->output, *updated);
     remember(out_path, out, *updated);
-    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
-    spdlog::info("template {}: digest {} derived from {}'s, {} changed leaves hashed, in {:.3f} s",
-                 out_path, updated->digest(), origin_path, changed_leaves.size(), took.count());
+    const double keep = lap();
+    spdlog::info("template {}: digest {} derived from {}'s, {} changed leaves hashed (list {:.1f} "
+                 "ms, leaf file copy {:.1f} ms, hashing {:.1f} ms, keeping {:.1f} ms)",
+                 out_path, updated->digest(), origin_path, changed_leaves.size(), check, copy,
+                 hash, keep);
     return updated->digest();
 }
 
@@ -481,7 +494,9 @@ void TemplateDigests::save_locked() {
     }
     const std::string text =
         json::serialize(json::object{{"version", 2}, {"templates", std::move(list)}}) + "\n";
-    if (auto written = write_file_atomically(index_file_, text); !written) {
+    // A cache: not fsynced (a crash leaves the old index or an unreadable one, which starts
+    // empty and costs a read of each image).
+    if (auto written = write_file_atomically(index_file_, text, false); !written) {
         // Only a cache: the next use reads the image again.
         spdlog::warn("template digests: {}", written.error().message());
     }

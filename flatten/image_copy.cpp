@@ -294,8 +294,8 @@ Result<PendingOutput> PendingOutput::create(const std::string& out, unsigned mod
     return pending;
 }
 
-Result<void> PendingOutput::commit() {
-    if (::fsync(fd_.get()) != 0) {
+Result<void> PendingOutput::commit(bool durable) {
+    if (durable && ::fsync(fd_.get()) != 0) {
         return errno_error("fsync " + temp_);
     }
     // RENAME_NOREPLACE fails with EEXIST instead of replacing an out that appeared meanwhile.
@@ -314,6 +314,9 @@ Result<void> PendingOutput::commit() {
         }
     }
     committed_ = true;
+    if (!durable) {
+        return success();
+    }
     const auto slash = out_.rfind('/');
     const std::string dir =
         slash == std::string::npos ? "." : (slash == 0 ? "/" : out_.substr(0, slash));

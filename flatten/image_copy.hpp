@@ -61,8 +61,9 @@ class PendingOutput {
     [[nodiscard]] const std::string& final_path() const noexcept { return out_; }
 
     // fsync the file, rename it to out without ever replacing an existing out (EEXIST), fsync
-    // the directory so that the name survives a crash too.
-    Result<void> commit();
+    // the directory so that the name survives a crash too. Not `durable`: the rename only, for
+    // a file whose reader checks it (after a crash the name may be missing, or its data).
+    Result<void> commit(bool durable = true);
 
   private:
     PendingOutput(UniqueFd fd, std::string temp, std::string out);
