@@ -9,6 +9,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from agentclient import Agent, median, p99  # noqa: E402
+from results import result  # noqa: E402
 
 build, runs, scale, prefix = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 parts = sys.argv[5].split() if len(sys.argv) > 5 else ["cache", "resume", "scale"]
@@ -98,12 +99,15 @@ def cache_sharing():
         warm = read_all(n)
         print(f"   N={n:2d} template loop as the agent binds it (dio={dio}): cold {cold:6.2f}"
               f"  warm {warm:6.2f}   (goals: at most 1.2 cold, at most 0.1 warm)")
+        result(f"density: N={n} read whole, disk bytes / template, cold", cold, "<= 1.2")
+        result(f"density: N={n} read whole, disk bytes / template, warm", warm, "<= 0.1")
         sh("losetup", "--direct-io=on", loop)
         drop_caches()
         cold = read_all(n)
         warm = read_all(n)
         print(f"   N={n:2d} template loop switched to direct I/O:   cold {cold:6.2f}"
               f"  warm {warm:6.2f}")
+        result(f"density: N={n} read whole, template loop direct I/O, cold", cold)
         for i in range(n):
             agent.must("DELETE", f"/sandboxes/c{i}", want=204)
     stop(proc)
@@ -129,6 +133,8 @@ def resume_growth():
         print(f"   {mib:4d} MiB written: resume median {figures[mib] * 1000:7.1f} ms"
               f" p99 {p99(resumes) * 1000:7.1f} ms")
     print(f"   resume at 1024 MiB / at 0 = {figures[1024] / figures[0]:.2f}")
+    result("density: resume median, 1024 MiB written (ms)", figures[1024] * 1000, digits=1)
+    result("density: resume median 1024 MiB / 0 MiB", figures[1024] / figures[0])
     stop(proc)
 
 
@@ -180,16 +186,23 @@ def scale_run():
     print(f"   per sandbox at {scale}: agent RSS {(rss - base_rss) / scale:6.1f} KiB "
           f"(goal under 64), agent fds {(fds - base_fds) / scale:5.2f}, kernel slab "
           f"{(slab - base_slab) / scale:7.1f} KiB   (agent RSS {rss} KiB, {fds} fds in all)")
+    result(f"density: agent RSS per sandbox at {scale} (KiB)", (rss - base_rss) / scale, "< 64",
+           digits=1)
+    result(f"density: agent fds per sandbox at {scale}", (fds - base_fds) / scale)
+    result(f"density: kernel slab per sandbox at {scale} (KiB)", (slab - base_slab) / scale,
+           digits=1)
     for op in ("create", "pause", "resume", "destroy"):
         row = "  ".join(f"L={level:4d} {median(ops[level][op]) * 1000:7.1f} /"
                         f"{p99(ops[level][op]) * 1000:7.1f} ms" for level in levels)
         ratio = median(ops[scale][op]) / median(ops[1][op])
         print(f"   {op:8s} {row}   L={scale}/L=1 {ratio:5.2f} (goal at most 1.5)")
+        result(f"density: {op} median L={scale} / L=1", ratio, "<= 1.5")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc, agent, took = start(state, "agent-restart.log")
     print(f"   startup after kill -9 with {scale} running sandboxes to adopt: "
           f"{took:6.2f} s (goal under 5 s)")
+    result(f"density: startup with {scale} sandboxes to adopt (s)", took, "< 5")
     begin = time.perf_counter()
     for i in range(scale):
         agent.must("DELETE", f"/sandboxes/s{i}", want=204)

@@ -9,6 +9,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from agentclient import AgentProcess, download, median, upload  # noqa: E402
+from results import result  # noqa: E402
 
 build, runs, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 binary = os.path.join(build, "wrenn-agent")
@@ -143,6 +144,11 @@ def main():
     print(f"import of the uncompressed archive          {m['import']:8.3f} s")
     print(f"create + write the same chunks + fsync      {m['write']:8.3f} s")
     print(f"import / (create + write)                   {m['import'] / m['write']:8.4f}   (goal <= 1)")
+    result("export: size / changed bytes, uncompressed", m["raw"], "<= 1.05", digits=4)
+    result("export: size / changed bytes, zstd", m["zstd"], digits=4)
+    result("export: export / dd of the device, paused", m["export"] / m["dd"], "<= 0.05", digits=4)
+    result("export: export of the running sandbox (s)", m["export_running"], digits=3)
+    result("export: import / (create + write)", m["import"] / m["write"], "<= 1", digits=4)
 
 
 main()

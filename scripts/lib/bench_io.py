@@ -6,6 +6,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 from agentclient import AgentProcess, median  # noqa: E402
+from results import result  # noqa: E402
 
 build, runs, seconds, prefix = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 binary = os.path.join(build, "wrenn-agent")
@@ -126,6 +127,14 @@ def main():
             m = median(results[(job, t)])
             row += f"{m:>10.1f}{m / floor:>7.2f}"
         print(row + f"{floor:>10.1f}")
+    # The sandbox against the floor: reads at 0.9 at least, writes (copy-up included) at 0.8.
+    for job, rw, _, unit in jobs:
+        floor = median(results[(job, "floor")])
+        result(f"io: {job}, sandbox / floor", median(results[(job, "sandbox")]) / floor,
+               ">= 0.9" if rw.endswith("read") else ">= 0.8")
+        result(f"io: {job}, seed / floor", median(results[(job, "seed")]) / floor)
+        if unit == "MiB/s":
+            result(f"io: {job}, 64 KiB chunks / floor", median(results[(job, "chunk64k")]) / floor)
 
 
 main()

@@ -195,5 +195,14 @@ int main() {
     std::printf("%-7s %8.2f ms          %8.2f ms          %8.1fx\n", "total",
                 oc.median + orm.median, sc.median + srm.median,
                 (sc.median + srm.median) / (oc.median + orm.median));
+    // For scripts/bench-all (scripts/lib/results.py): figure, value, goal, met; no goals here.
+    const auto result = [](const char* figure, double value) {
+        std::printf("RESULT\tkernel: %s\t%.2f\t-\t-\n", figure, value);
+    };
+    result("create median, ours (ms)", oc.median);
+    result("remove median, ours (ms)", orm.median);
+    result("create seed/ours", sc.median / oc.median);
+    result("remove seed/ours", srm.median / orm.median);
+    result("create+remove seed/ours", (sc.median + srm.median) / (oc.median + orm.median));
     return 0;
 }
