@@ -68,6 +68,11 @@ for id in a1 a2; do
 done
 api_at a POST /sandboxes/a2/pause
 expect_eq "pause a2" "$STATUS" 200
+# The template's digest, read in the background, is the records' last write.
+for id in a1 a2; do
+    expect_true "$id's template digest is known" \
+        test "$(CURL=(curl --unix-socket "$(sock_of a)"); known_digest "/sandboxes/$id" template_digest)" != pending
+done
 
 step "a second agent and a --cleanup-stale on a's state dir are refused at once"
 before=$(facts)
