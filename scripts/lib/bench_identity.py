@@ -20,7 +20,7 @@ FLATTEN_MIB = 512
 SPARSE_MIB, SPARSE_DATA_MIB = 4096, 256
 DENSE_MIB = 1024
 HASHED_MIB = 256  # each of the four templates read while GET is timed
-GETS = 300
+GETS = 1000
 
 
 def step(what):
