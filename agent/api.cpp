@@ -512,12 +512,11 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
         if (!out) {
             return respond(failure_response(*request, out.failure()));
         }
-        respond(json_response(
-            *request, 201,
-            json::object{{"template", out->name},
-                         {"path", out->path},
-                         {"size_bytes", out->size_bytes},
-                         {"digest", digest_json(out.value())}}));
+        respond(json_response(*request, 201,
+                              json::object{{"template", out->name},
+                                           {"path", out->path},
+                                           {"size_bytes", out->size_bytes},
+                                           {"digest", digest_json(out.value())}}));
     });
 }
 

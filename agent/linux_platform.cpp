@@ -100,7 +100,7 @@ Result<TemplateIdentity> LinuxPlatform::inspect_template(const std::string& path
 }
 
 Result<TemplateImage> LinuxPlatform::open_template_version(const std::string& path,
-                                                          const TemplateIdentity& expected) {
+                                                           const TemplateIdentity& expected) {
     return agent::open_template_version(path, options_.template_owner, expected);
 }
 

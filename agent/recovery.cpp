@@ -285,7 +285,8 @@ void SandboxManager::resume_pending_digests() {
         if (auto digest = digests_.known(path, version)) {
             version.digest = *digest;
             record_digest(path, version);
-        } else if (auto now = platform_.inspect_template(path); now && now->same_file_state(version)) {
+        } else if (auto now = platform_.inspect_template(path);
+                   now && now->same_file_state(version)) {
             digests_.request(path, version);
         }
     }

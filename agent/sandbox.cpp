@@ -68,11 +68,13 @@ json::object origin_to_json(const OriginSpec& origin, const std::string& device)
         out["image"] = origin.path;
         if (origin.identity) {
             const TemplateIdentity& t = *origin.identity;
-            out["identity"] = json::object{{"device", t.device},         {"inode", t.inode},
-                                           {"size_bytes", t.size_bytes}, {"mtime_ns", t.mtime_ns},
-                                           {"ctime_ns", t.ctime_ns},
-                                           {"digest", t.digest.empty() ? json::value(nullptr)
-                                                                       : json::value(t.digest)}};
+            out["identity"] = json::object{
+                {"device", t.device},
+                {"inode", t.inode},
+                {"size_bytes", t.size_bytes},
+                {"mtime_ns", t.mtime_ns},
+                {"ctime_ns", t.ctime_ns},
+                {"digest", t.digest.empty() ? json::value(nullptr) : json::value(t.digest)}};
         }
     }
     out["device"] = device.empty() ? json::value(nullptr) : json::value(device);

@@ -704,15 +704,16 @@ Outcome<TemplateInfo> SandboxManager::do_flatten(const EntryPtr& entry, const st
     }
     TemplateInfo made{name, out, result->size_bytes, 0, {}, {}, {}};
     // The new image's digest is the origin's lists with only the changed chunks hashed (they
-    // were just written, so read from the page cache) and their groups rehashed: O(changed). Without the origin's list (its digest still pending, or a
-    // TCMU origin) the new image is read in the background and shows as pending.
+    // were just written, so read from the page cache) and their groups rehashed: O(changed).
+    // Without the origin's list (its digest still pending, or a TCMU origin) the new image is read
+    // in the background and shows as pending.
     if (auto identity = platform_.inspect_template(out)) {
         auto derived = Result<std::string>(Error("derive digest", ENOENT));
         if (same_template.value()) {
-            const auto leaves = leaves_of_chunks(result->changed_chunks, result->chunk_bytes,
-                                                 identity->size_bytes);
-            derived = digests_.derive(sb.origin.path, *same_template.value(), out, *identity,
-                                      leaves);
+            const auto leaves =
+                leaves_of_chunks(result->changed_chunks, result->chunk_bytes, identity->size_bytes);
+            derived =
+                digests_.derive(sb.origin.path, *same_template.value(), out, *identity, leaves);
             if (!derived && derived.error().code() != ENOENT) {
                 spdlog::warn("sandbox={} op=flatten {}; reading it in the background", sb.id,
                              derived.error().message());

@@ -63,8 +63,8 @@ Outcome<TransferStats> SandboxManager::do_export(const EntryPtr& entry, bool com
     if (!is_blocks_digest(digest)) {
         auto read = digests_.wait(sb.origin.path, version);
         if (!read) {
-            const FailureKind kind =
-                read.error().code() == ESTALE ? FailureKind::TemplateChanged : FailureKind::Internal;
+            const FailureKind kind = read.error().code() == ESTALE ? FailureKind::TemplateChanged
+                                                                   : FailureKind::Internal;
             return Failure{kind, std::move(read).error().within(what)};
         }
         digest = *read;
@@ -139,7 +139,8 @@ Outcome<SandboxManager::TemplateMatch> SandboxManager::find_template_by_digest(
         }
         // A version 1 archive names the whole image's SHA-256, computed here on demand (once
         // per template version, then cached).
-        auto digest = whole ? digests_.whole_sha256(path, *identity) : digests_.wait(path, *identity);
+        auto digest =
+            whole ? digests_.whole_sha256(path, *identity) : digests_.wait(path, *identity);
         if (digest && *digest == needed) {
             TemplateIdentity matched = *identity;
             matched.digest = whole ? digests_.known(path, *identity).value_or("") : *digest;
@@ -270,8 +271,11 @@ Outcome<Sandbox> SandboxManager::do_import(const EntryPtr& entry, const ImportOp
     if (auto written = commit(entry, sb); !written) {
         return fail(internal(std::move(written).error().within(what)));
     }
-    spdlog::info("sandbox={} op=import {} changed chunks over template '{}' ({}), {} bytes", id,
-                 stats->chunks, match->name, match->identity.digest.empty() ? std::string("digest pending") : match->identity.digest, received);
+    spdlog::info(
+        "sandbox={} op=import {} changed chunks over template '{}' ({}), {} bytes", id,
+        stats->chunks, match->name,
+        match->identity.digest.empty() ? std::string("digest pending") : match->identity.digest,
+        received);
     return sb;
 }
 

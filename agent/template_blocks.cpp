@@ -73,7 +73,8 @@ Result<void> read_exactly(int fd, char* buffer, std::uint64_t size, std::uint64_
                           const std::string& action) {
     std::uint64_t done = 0;
     while (done < size) {
-        const ssize_t n = ::pread(fd, buffer + done, size - done, static_cast<off_t>(offset + done));
+        const ssize_t n =
+            ::pread(fd, buffer + done, size - done, static_cast<off_t>(offset + done));
         if (n < 0) {
             if (errno == EINTR) {
                 continue;
@@ -81,7 +82,8 @@ Result<void> read_exactly(int fd, char* buffer, std::uint64_t size, std::uint64_
             return Error(action, errno);
         }
         if (n == 0) {
-            return Error(action, ESTALE, "the image shrank while it was read; is it being written?");
+            return Error(action, ESTALE,
+                         "the image shrank while it was read; is it being written?");
         }
         done += static_cast<std::uint64_t>(n);
     }
@@ -149,9 +151,10 @@ Result<void> check_unchanged(const std::string& path, const TemplateImage& image
         return std::move(now).error().within(action);
     }
     if (!now->same_file_state(image.identity)) {
-        return Error(action, ESTALE,
-                     "the image changed while it was read (" + now->describe_change_from(image.identity) +
-                         "); is it being written? Replace templates by renaming a new file over them");
+        return Error(
+            action, ESTALE,
+            "the image changed while it was read (" + now->describe_change_from(image.identity) +
+                "); is it being written? Replace templates by renaming a new file over them");
     }
     return {};
 }
@@ -196,8 +199,9 @@ Result<void> rehash_part(int fd, std::uint64_t size, BlockList& base, int leaves
             const auto zeros = zero_leaves(group_bytes(size, g));
             std::copy(zeros.begin(), zeros.end(), page.begin());
         } else {
-            if (auto read = read_exactly(leaves_fd, reinterpret_cast<char*>(page.data()), page_bytes,
-                                         g * kLeafPageBytes, action + ": read the leaf file");
+            if (auto read =
+                    read_exactly(leaves_fd, reinterpret_cast<char*>(page.data()), page_bytes,
+                                 g * kLeafPageBytes, action + ": read the leaf file");
                 !read) {
                 return read;
             }
@@ -274,8 +278,9 @@ Result<BlockList> BlockList::decode(std::string_view bytes) {
     const std::uint64_t n = group_count(list.image_bytes);
     if ((bytes.size() - kListHeaderBytes) != n * sizeof(Hash256)) {
         return Error(action, EINVAL,
-                     "holds " + std::to_string(bytes.size() - kListHeaderBytes) + " bytes of hashes, " +
-                         std::to_string(n) + " groups need " + std::to_string(n * sizeof(Hash256)));
+                     "holds " + std::to_string(bytes.size() - kListHeaderBytes) +
+                         " bytes of hashes, " + std::to_string(n) + " groups need " +
+                         std::to_string(n * sizeof(Hash256)));
     }
     list.groups.resize(n);
     std::memcpy(list.groups.data(), bytes.data() + kListHeaderBytes, n * sizeof(Hash256));
@@ -351,15 +356,14 @@ Result<BlockList> hash_blocks(const std::string& path, const TemplateImage& imag
     return list;
 }
 
-Result<BlockList> rehash_blocks(const std::string& path, const TemplateImage& image,
-                                BlockList base, int leaves_fd,
-                                std::span<const std::uint64_t> changed) {
+Result<BlockList> rehash_blocks(const std::string& path, const TemplateImage& image, BlockList base,
+                                int leaves_fd, std::span<const std::uint64_t> changed) {
     const std::string action = "update the digest of template " + path;
     const std::uint64_t size = image.identity.size_bytes;
     if (base.image_bytes != size) {
         return Error(action, EINVAL,
-                     "the group list is of " + std::to_string(base.image_bytes) + " bytes, the image " +
-                         std::to_string(size));
+                     "the group list is of " + std::to_string(base.image_bytes) +
+                         " bytes, the image " + std::to_string(size));
     }
     const std::uint64_t leaves = leaves_in(size);
     if (!changed.empty() && changed.back() >= leaves) {
@@ -367,8 +371,8 @@ Result<BlockList> rehash_blocks(const std::string& path, const TemplateImage& im
     }
     // Groups are independent, so the changed leaves are split at group boundaries among up to
     // kRehashThreads threads: a flatten's client waits for this.
-    const unsigned threads = std::clamp<unsigned>(std::thread::hardware_concurrency(), 1,
-                                                  kRehashThreads);
+    const unsigned threads =
+        std::clamp<unsigned>(std::thread::hardware_concurrency(), 1, kRehashThreads);
     std::vector<std::span<const std::uint64_t>> parts;
     for (std::size_t at = 0; at < changed.size();) {
         std::size_t end = std::min(changed.size(), at + (changed.size() + threads - 1) / threads);

@@ -79,15 +79,14 @@ std::optional<ParsedDigest> parse_digest(std::string_view digest);
 // mtime, ctime) is not image.identity's after the read: a digest belongs to one version only.
 //
 // The whole list, writing each group's leaf hashes to its page of the (new, empty) file
-// leaves_fd (none when it is -1); groups in holes are neither read nor written. With `stop`, a read that sees it
-// set ends with ECANCELED.
+// leaves_fd (none when it is -1); groups in holes are neither read nor written. With `stop`, a read
+// that sees it set ends with ECANCELED.
 Result<BlockList> hash_blocks(const std::string& path, const TemplateImage& image, int leaves_fd,
                               const std::atomic<bool>* stop = nullptr);
 // `base` (the list of an image of the same size) with the leaves `changed` (sorted, unique)
 // hashed again from the image; leaves_fd holds base's leaf file and is updated in place.
-Result<BlockList> rehash_blocks(const std::string& path, const TemplateImage& image,
-                                BlockList base, int leaves_fd,
-                                std::span<const std::uint64_t> changed);
+Result<BlockList> rehash_blocks(const std::string& path, const TemplateImage& image, BlockList base,
+                                int leaves_fd, std::span<const std::uint64_t> changed);
 // SHA-256 of the whole image as "sha256:<hex>" (records and archives of earlier agents).
 Result<std::string> hash_whole(const std::string& path, const TemplateImage& image);
 

@@ -206,9 +206,8 @@ const TemplateDigests::Version* TemplateDigests::find_locked(
 
 bool TemplateDigests::reading_locked(const std::string& path,
                                      const TemplateIdentity& version) const {
-    return std::any_of(reading_.begin(), reading_.end(), [&](const Version& v) {
-        return same(v.path, v.identity, path, version);
-    });
+    return std::any_of(reading_.begin(), reading_.end(),
+                       [&](const Version& v) { return same(v.path, v.identity, path, version); });
 }
 
 std::optional<std::string> TemplateDigests::known(const std::string& path,
@@ -224,9 +223,8 @@ std::optional<std::string> TemplateDigests::known(const std::string& path,
 bool TemplateDigests::pending(const std::string& path, const TemplateIdentity& version) const {
     std::lock_guard lock(mu_);
     return reading_locked(path, version) ||
-           std::any_of(queue_.begin(), queue_.end(), [&](const Version& v) {
-               return same(v.path, v.identity, path, version);
-           });
+           std::any_of(queue_.begin(), queue_.end(),
+                       [&](const Version& v) { return same(v.path, v.identity, path, version); });
 }
 
 std::size_t TemplateDigests::pending_count() const {
@@ -268,7 +266,8 @@ Result<std::string> TemplateDigests::wait(const std::string& path,
             // Read by someone else: theirs counts if it succeeds; if it fails, read it here.
             changed_.wait(lock);
         }
-        std::erase_if(queue_, [&](const Version& q) { return same(q.path, q.identity, path, version); });
+        std::erase_if(queue_,
+                      [&](const Version& q) { return same(q.path, q.identity, path, version); });
         TemplateIdentity bare = version;
         bare.digest.clear();
         reading_.push_back(Version{path, bare, {}});
@@ -277,8 +276,7 @@ Result<std::string> TemplateDigests::wait(const std::string& path,
 }
 
 Result<std::string> TemplateDigests::read_blocks(const std::string& path,
-                                                 const TemplateIdentity& version,
-                                                 bool background) {
+                                                 const TemplateIdentity& version, bool background) {
     const auto start = std::chrono::steady_clock::now();
     auto list = [&]() -> Result<BlockList> {
         auto image = platform_.open_template_version(path, version);
@@ -300,8 +298,9 @@ Result<std::string> TemplateDigests::read_blocks(const std::string& path,
     if (!list) {
         {
             std::lock_guard lock(mu_);
-            std::erase_if(reading_,
-                          [&](const Version& v) { return same(v.path, v.identity, path, version); });
+            std::erase_if(reading_, [&](const Version& v) {
+                return same(v.path, v.identity, path, version);
+            });
         }
         changed_.notify_all();
         return std::move(list).error();
@@ -320,7 +319,8 @@ std::string TemplateDigests::building_path() {
 
 void TemplateDigests::keep_leaves(flatten::PendingOutput& leaves, const BlockList& list) {
     const std::string digest = list.digest();
-    const std::string final_path = blocks_dir_ + "/" + digest.substr(digest.find(':') + 1) + ".leaves";
+    const std::string final_path =
+        blocks_dir_ + "/" + digest.substr(digest.find(':') + 1) + ".leaves";
     // Under its building name first, then named by its digest (a file of the same name holds
     // the same hashes). No fsync: like every file of this cache it is checked when read (each
     // page against the group list), and a damaged one only costs a read of the image.
@@ -380,9 +380,10 @@ Result<std::string> TemplateDigests::whole_sha256(const std::string& path,
             return v->whole;
         }
     }
-    spdlog::info("template {}: computing the sha256 of all {} bytes (an archive or record of an "
-                 "earlier agent names the template by it)",
-                 path, version.size_bytes);
+    spdlog::info(
+        "template {}: computing the sha256 of all {} bytes (an archive or record of an "
+        "earlier agent names the template by it)",
+        path, version.size_bytes);
     auto image = platform_.open_template_version(path, version);
     if (!image) {
         return std::move(image).error();
@@ -453,10 +454,10 @@ Result<std::string> TemplateDigests::derive(const std::string& origin_path,
     keep_leaves(leaves->output, *updated);
     remember(out_path, out, *updated);
     const double keep = lap();
-    spdlog::info("template {}: digest {} derived from {}'s, {} changed leaves hashed (list {:.1f} "
-                 "ms, leaf file copy {:.1f} ms, hashing {:.1f} ms, keeping {:.1f} ms)",
-                 out_path, updated->digest(), origin_path, changed_leaves.size(), check, copy,
-                 hash, keep);
+    spdlog::info(
+        "template {}: digest {} derived from {}'s, {} changed leaves hashed (list {:.1f} "
+        "ms, leaf file copy {:.1f} ms, hashing {:.1f} ms, keeping {:.1f} ms)",
+        out_path, updated->digest(), origin_path, changed_leaves.size(), check, copy, hash, keep);
     return updated->digest();
 }
 

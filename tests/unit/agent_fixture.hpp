@@ -7,11 +7,11 @@
 #include <unistd.h>
 
 #include <boost/asio/thread_pool.hpp>
-#include <filesystem>
 #include <chrono>
+#include <filesystem>
 #include <future>
-#include <thread>
 #include <memory>
+#include <thread>
 
 #include "agent/api.hpp"
 #include "agent/sandbox_manager.hpp"

@@ -62,7 +62,8 @@ TEST_CASE("create records the template's identity at once; its digest follows in
     CHECK(sb->origin.identity->size_bytes == (1u << 20));
     CHECK(sb->origin.identity->digest.empty());
     CHECK(api_view(sb.value()).at("template_digest").as_string() == "pending");
-    auto listed = f.wait<std::vector<TemplateInfo>>([&](auto cb) { f.manager->list_templates(cb); });
+    auto listed =
+        f.wait<std::vector<TemplateInfo>>([&](auto cb) { f.manager->list_templates(cb); });
     REQUIRE(listed.ok());
     REQUIRE(listed->size() == 1);
     CHECK(listed.value()[0].digest.empty());  // "pending" in the API, and no read waited for

@@ -3,8 +3,8 @@
 #include <boost/json.hpp>
 #include <catch2/catch.hpp>
 #include <cerrno>
-#include <filesystem>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <thread>

@@ -19,7 +19,8 @@ inline std::string expected_blocks_digest(const std::string& bytes) {
     constexpr std::size_t kLeaf = 4096;
     constexpr std::size_t kGroup = kLeaf * 128;
     std::string list = "WRENNBLK";
-    for (std::uint64_t v : {std::uint64_t{kLeaf}, std::uint64_t{128}, std::uint64_t{bytes.size()}}) {
+    for (std::uint64_t v :
+         {std::uint64_t{kLeaf}, std::uint64_t{128}, std::uint64_t{bytes.size()}}) {
         for (int i = 0; i < 8; ++i) {
             list += static_cast<char>((v >> (8 * i)) & 0xff);
         }

@@ -1,6 +1,8 @@
 // The template digest (agent/template_blocks): computed over a real sparse file, it equals the
 // definition computed here; rehashing the changed chunks from the stored leaf hashes gives the
 // same digest as reading the changed image whole; a damaged leaf file is refused.
+#include "agent/template_blocks.hpp"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,7 +11,6 @@
 #include <random>
 #include <string>
 
-#include "agent/template_blocks.hpp"
 #include "agent_fixture.hpp"
 #include "common/file.hpp"
 #include "common/unique_fd.hpp"
