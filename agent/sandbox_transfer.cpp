@@ -143,10 +143,7 @@ Outcome<SandboxManager::TemplateMatch> SandboxManager::find_template_by_digest(
             whole ? digests_.whole_sha256(path, *identity) : digests_.wait(path, *identity);
         if (digest && *digest == needed) {
             TemplateIdentity matched = *identity;
-            matched.digest = whole ? digests_.known(path, *identity).value_or("") : *digest;
-            if (matched.digest.empty()) {
-                digests_.request(path, *identity);
-            }
+            matched.digest = whole ? digests_.known_or_request(path, *identity) : *digest;
             return TemplateMatch{name, matched};
         }
     }

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "common/digest.hpp"
+#include "flatten/image_copy.hpp"
 
 namespace wrenn::agent {
 
@@ -90,19 +91,13 @@ Result<void> read_exactly(int fd, char* buffer, std::uint64_t size, std::uint64_
     return {};
 }
 
-Result<void> write_exactly(int fd, const void* data, std::uint64_t size, std::uint64_t offset,
-                           const std::string& action) {
-    std::uint64_t done = 0;
-    while (done < size) {
-        const ssize_t n = ::pwrite(fd, static_cast<const char*>(data) + done, size - done,
-                                   static_cast<off_t>(offset + done));
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            return Error(action + ": write the leaf file", errno);
-        }
-        done += static_cast<std::uint64_t>(n);
+// Writes a run of leaf pages at `offset` of the leaf file (flatten's pwrite loop).
+Result<void> write_pages(int leaves_fd, const Hash256* pages, std::uint64_t bytes,
+                         std::uint64_t offset, const std::string& action) {
+    auto written = flatten::pwrite_writer(leaves_fd, "the leaf file")(
+        offset, std::as_bytes(std::span(pages, bytes / sizeof(Hash256))));
+    if (!written) {
+        return std::move(written).error().within(action);
     }
     return {};
 }
@@ -133,8 +128,8 @@ Result<void> hash_range(int fd, BlockList& list, std::uint64_t first, std::uint6
             list.groups[first + i] = hash_of(page, n * sizeof(Hash256));
         }
         if (leaves_fd >= 0) {
-            if (auto written = write_exactly(leaves_fd, pages.data(), run * kLeafPageBytes,
-                                             first * kLeafPageBytes, action);
+            if (auto written = write_pages(leaves_fd, pages.data(), run * kLeafPageBytes,
+                                           first * kLeafPageBytes, action);
                 !written) {
                 return written;
             }
@@ -229,7 +224,7 @@ Result<void> rehash_part(int fd, std::uint64_t size, BlockList& base, int leaves
         }
         base.groups[g] = hash_of(page.data(), page_bytes);
         if (auto written =
-                write_exactly(leaves_fd, page.data(), page_bytes, g * kLeafPageBytes, action);
+                write_pages(leaves_fd, page.data(), page_bytes, g * kLeafPageBytes, action);
             !written) {
             return written;
         }

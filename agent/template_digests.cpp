@@ -28,8 +28,8 @@ namespace {
 // Versions kept per path: the image now and a few it replaced, which paused sandboxes may still
 // record (their digests decide a resume after a rename over the image).
 constexpr std::size_t kVersionsPerPath = 4;
-// A block list is 1/2048 of its image; 1 GiB covers a 2 TiB template.
-constexpr std::size_t kMaxListBytes = std::size_t{1} << 30;
+// A group list is 1/16384 of its image; 64 MiB covers a 1 TiB template.
+constexpr std::size_t kMaxListBytes = std::size_t{64} << 20;
 
 // The background reader yields to everything else: the lowest best-effort I/O priority
 // (ioprio_set(2); glibc has no wrapper) and the idle CPU scheduling class, both for the calling
@@ -115,6 +115,11 @@ std::optional<Loaded> from_json(const json::value& v) {
         return std::nullopt;
     }
     return out;
+}
+
+// "blocks-sha256-4k:<hex>" -> "<hex>", the name of the version's files in template-blocks/.
+std::string hex_of(const std::string& digest) {
+    return digest.substr(digest.find(':') + 1);
 }
 
 bool same(const std::string& path_a, const TemplateIdentity& a, const std::string& path_b,
@@ -220,16 +225,20 @@ std::optional<std::string> TemplateDigests::known(const std::string& path,
     return v->identity.digest;
 }
 
-bool TemplateDigests::pending(const std::string& path, const TemplateIdentity& version) const {
-    std::lock_guard lock(mu_);
-    return reading_locked(path, version) ||
-           std::any_of(queue_.begin(), queue_.end(),
-                       [&](const Version& v) { return same(v.path, v.identity, path, version); });
+bool TemplateDigests::queued_locked(const std::string& path,
+                                    const TemplateIdentity& version) const {
+    return std::any_of(queue_.begin(), queue_.end(),
+                       [&](const Version& q) { return same(q.path, q.identity, path, version); });
 }
 
-std::size_t TemplateDigests::pending_count() const {
-    std::lock_guard lock(mu_);
-    return queue_.size() + reading_.size();
+TemplateDigests::Version& TemplateDigests::entry_locked(const std::string& path,
+                                                        const TemplateIdentity& version) {
+    if (Version* v = find_locked(path, version)) {
+        return *v;
+    }
+    TemplateIdentity bare = version;
+    bare.digest.clear();
+    return versions_.emplace_back(Version{path, bare, {}});
 }
 
 void TemplateDigests::request(const std::string& path, const TemplateIdentity& version) {
@@ -237,9 +246,7 @@ void TemplateDigests::request(const std::string& path, const TemplateIdentity& v
         std::lock_guard lock(mu_);
         const Version* v = find_locked(path, version);
         if ((v != nullptr && !v->identity.digest.empty()) || reading_locked(path, version) ||
-            std::any_of(queue_.begin(), queue_.end(), [&](const Version& q) {
-                return same(q.path, q.identity, path, version);
-            })) {
+            queued_locked(path, version)) {
             return;
         }
         TemplateIdentity bare = version;
@@ -249,6 +256,15 @@ void TemplateDigests::request(const std::string& path, const TemplateIdentity& v
     spdlog::info("template {}: digest pending, read in the background ({} bytes)", path,
                  version.size_bytes);
     changed_.notify_all();
+}
+
+std::string TemplateDigests::known_or_request(const std::string& path,
+                                              const TemplateIdentity& version) {
+    if (auto digest = known(path, version)) {
+        return *digest;
+    }
+    request(path, version);
+    return {};
 }
 
 Result<std::string> TemplateDigests::wait(const std::string& path,
@@ -291,7 +307,7 @@ Result<std::string> TemplateDigests::read_blocks(const std::string& path,
         // digest (an export in flight) finishes, as operations in flight do at SIGTERM.
         auto hashed = hash_blocks(path, *image, leaves->fd(), background ? &stopping_ : nullptr);
         if (hashed) {
-            keep_leaves(*leaves, *hashed);
+            keep_leaves(*leaves, hashed->digest());
         }
         return hashed;
     }();
@@ -305,11 +321,12 @@ Result<std::string> TemplateDigests::read_blocks(const std::string& path,
         changed_.notify_all();
         return std::move(list).error();
     }
-    remember(path, version, *list);
+    const std::string digest = list->digest();
+    remember(path, version, *list, digest);
     const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
-    spdlog::info("template {}: digest {} ({} bytes in {:.2f} s)", path, list->digest(),
-                 version.size_bytes, took.count());
-    return list->digest();
+    spdlog::info("template {}: digest {} ({} bytes in {:.2f} s)", path, digest, version.size_bytes,
+                 took.count());
+    return digest;
 }
 
 std::string TemplateDigests::building_path() {
@@ -317,10 +334,8 @@ std::string TemplateDigests::building_path() {
            std::to_string(++building_);
 }
 
-void TemplateDigests::keep_leaves(flatten::PendingOutput& leaves, const BlockList& list) {
-    const std::string digest = list.digest();
-    const std::string final_path =
-        blocks_dir_ + "/" + digest.substr(digest.find(':') + 1) + ".leaves";
+void TemplateDigests::keep_leaves(flatten::PendingOutput& leaves, const std::string& digest) {
+    const std::string final_path = blocks_dir_ + "/" + hex_of(digest) + ".leaves";
     // Under its building name first, then named by its digest (a file of the same name holds
     // the same hashes). No fsync: like every file of this cache it is checked when read (each
     // page against the group list), and a damaged one only costs a read of the image.
@@ -337,34 +352,24 @@ void TemplateDigests::keep_leaves(flatten::PendingOutput& leaves, const BlockLis
 }
 
 void TemplateDigests::remember(const std::string& path, const TemplateIdentity& version,
-                               const BlockList& list) {
-    const std::string digest = list.digest();
-    const std::string hex = digest.substr(digest.find(':') + 1);
+                               const BlockList& list, const std::string& digest) {
     // The list first, so that an index entry names a list on disk. Without it the digest still
     // stands; only a flatten over this version reads its output in the background instead.
-    if (auto written = write_file_atomically(blocks_dir_ + "/" + hex, list.encode(), false);
+    if (auto written =
+            write_file_atomically(blocks_dir_ + "/" + hex_of(digest), list.encode(), false);
         !written) {
         spdlog::warn("template digests: {}", written.error().message());
     }
+    OnKnown notify;
     {
         std::lock_guard lock(mu_);
         std::erase_if(reading_,
                       [&](const Version& v) { return same(v.path, v.identity, path, version); });
-        if (Version* v = find_locked(path, version)) {
-            v->identity.digest = digest;
-        } else {
-            TemplateIdentity known = version;
-            known.digest = digest;
-            versions_.push_back(Version{path, known, {}});
-        }
+        entry_locked(path, version).identity.digest = digest;
         save_locked();
-    }
-    changed_.notify_all();
-    OnKnown notify;
-    {
-        std::lock_guard lock(mu_);
         notify = on_known_;
     }
+    changed_.notify_all();
     if (notify) {
         TemplateIdentity known = version;
         known.digest = digest;
@@ -393,13 +398,7 @@ Result<std::string> TemplateDigests::whole_sha256(const std::string& path,
         return whole;
     }
     std::lock_guard lock(mu_);
-    if (Version* v = find_locked(path, version)) {
-        v->whole = *whole;
-    } else {
-        TemplateIdentity bare = version;
-        bare.digest.clear();
-        versions_.push_back(Version{path, bare, *whole});
-    }
+    entry_locked(path, version).whole = *whole;
     save_locked();
     return whole;
 }
@@ -415,7 +414,7 @@ Result<std::string> TemplateDigests::derive(const std::string& origin_path,
     if (!origin_digest) {
         return Error(action, ENOENT, "the origin's digest is not known yet");
     }
-    const std::string hex = origin_digest->substr(origin_digest->find(':') + 1);
+    const std::string hex = hex_of(*origin_digest);
     auto bytes = read_file(blocks_dir_ + "/" + hex, kMaxListBytes);
     if (!bytes) {
         return std::move(bytes).error().within(action);
@@ -451,14 +450,15 @@ Result<std::string> TemplateDigests::derive(const std::string& origin_path,
         return std::move(updated).error();
     }
     const double hash = lap();
-    keep_leaves(leaves->output, *updated);
-    remember(out_path, out, *updated);
+    const std::string digest = updated->digest();
+    keep_leaves(leaves->output, digest);
+    remember(out_path, out, *updated, digest);
     const double keep = lap();
     spdlog::info(
         "template {}: digest {} derived from {}'s, {} changed leaves hashed (list {:.1f} "
         "ms, leaf file copy {:.1f} ms, hashing {:.1f} ms, keeping {:.1f} ms)",
-        out_path, updated->digest(), origin_path, changed_leaves.size(), check, copy, hash, keep);
-    return updated->digest();
+        out_path, digest, origin_path, changed_leaves.size(), check, copy, hash, keep);
+    return digest;
 }
 
 void TemplateDigests::save_locked() {
@@ -474,14 +474,14 @@ void TemplateDigests::save_locked() {
     std::set<std::string> lists;
     for (const auto& v : kept) {
         if (!v.identity.digest.empty()) {
-            lists.insert(v.identity.digest.substr(v.identity.digest.find(':') + 1));
+            lists.insert(hex_of(v.identity.digest));
         }
     }
     for (const auto& v : versions_) {
         if (v.identity.digest.empty()) {
             continue;
         }
-        const std::string hex = v.identity.digest.substr(v.identity.digest.find(':') + 1);
+        const std::string hex = hex_of(v.identity.digest);
         if (lists.count(hex) == 0) {
             ::unlink((blocks_dir_ + "/" + hex).c_str());
             ::unlink((blocks_dir_ + "/" + hex + ".leaves").c_str());

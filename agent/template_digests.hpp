@@ -48,10 +48,10 @@ class TemplateDigests {
     // The version's "blocks-sha256-4k:" digest if known, without reading anything.
     [[nodiscard]] std::optional<std::string> known(const std::string& path,
                                                    const TemplateIdentity& version) const;
-    // Queued or being read.
-    [[nodiscard]] bool pending(const std::string& path, const TemplateIdentity& version) const;
     // Queues the version for the background reader unless it is known or queued.
     void request(const std::string& path, const TemplateIdentity& version);
+    // known(), or empty after request(): what a request shows without waiting.
+    std::string known_or_request(const std::string& path, const TemplateIdentity& version);
     // The digest, read now if nobody has (a background read of it in progress is waited for).
     Result<std::string> wait(const std::string& path, const TemplateIdentity& version);
     // "sha256:<hex>" of the whole image (version 1 archives, records of earlier agents): from
@@ -64,9 +64,6 @@ class TemplateDigests {
                                const std::string& out_path, const TemplateIdentity& out,
                                std::span<const std::uint64_t> changed_leaves);
 
-    // Versions queued or being read, for /metrics and logs.
-    [[nodiscard]] std::size_t pending_count() const;
-
   private:
     struct Version {
         std::string path;
@@ -75,18 +72,23 @@ class TemplateDigests {
     };
     Version* find_locked(const std::string& path, const TemplateIdentity& version);
     const Version* find_locked(const std::string& path, const TemplateIdentity& version) const;
+    // The version's entry, made (without digests) when there is none.
+    Version& entry_locked(const std::string& path, const TemplateIdentity& version);
     bool reading_locked(const std::string& path, const TemplateIdentity& version) const;
+    bool queued_locked(const std::string& path, const TemplateIdentity& version) const;
     // Reads the block list of the version (the caller marked it as being read); the background
     // reader's read stops when the agent does.
     Result<std::string> read_blocks(const std::string& path, const TemplateIdentity& version,
                                     bool background);
-    // Remembers a version's list (file first, then the index) and wakes its waiters.
-    void remember(const std::string& path, const TemplateIdentity& version, const BlockList& list);
+    // Remembers a version's list under its digest (file first, then the index), wakes its
+    // waiters and calls on_known.
+    void remember(const std::string& path, const TemplateIdentity& version, const BlockList& list,
+                  const std::string& digest);
     void save_locked();
     // A new name for a leaf file being built: building-<pid>-<n> (a start removes leftovers).
     std::string building_path();
     // Commits a built leaf file and names it <hex>.leaves after its list's digest.
-    void keep_leaves(flatten::PendingOutput& leaves, const BlockList& list);
+    void keep_leaves(flatten::PendingOutput& leaves, const std::string& digest);
     void run();
 
     std::string index_file_;

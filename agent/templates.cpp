@@ -43,11 +43,7 @@ Outcome<TemplateIdentity> SandboxManager::identify_template(const std::string& n
     }
     // Never waits for a digest: a version never seen is read in the background, and its digest
     // written into the records made over it once known (record_digest).
-    if (auto digest = digests_.known(path, *identity)) {
-        identity->digest = *digest;
-    } else {
-        digests_.request(path, *identity);
-    }
+    identity->digest = digests_.known_or_request(path, *identity);
     return *identity;
 }
 
@@ -83,11 +79,7 @@ Outcome<std::optional<TemplateIdentity>> SandboxManager::verify_template(const S
     if (!recorded) {
         // A record from before template identities: the image as it is now becomes the one the
         // sandbox is taken to be made over. Nothing better is known.
-        if (auto digest = digests_.known(path, *now)) {
-            now->digest = *digest;
-        } else {
-            digests_.request(path, *now);
-        }
+        now->digest = digests_.known_or_request(path, *now);
         spdlog::warn("sandbox={} {} had no recorded identity; recording its present state now",
                      sb.id, label);
         return std::optional<TemplateIdentity>{*now};
@@ -118,10 +110,8 @@ Outcome<std::optional<TemplateIdentity>> SandboxManager::verify_template(const S
     }
     if (whole) {
         // The record moves on to the blocks digest once it is known (record_digest).
-        if (auto blocks = digests_.known(path, *now)) {
-            current.digest = *blocks;
-        } else {
-            digests_.request(path, *now);
+        if (auto blocks = digests_.known_or_request(path, *now); !blocks.empty()) {
+            current.digest = blocks;
         }
     }
     spdlog::info("sandbox={} {}: same content ({}), new file state ({}); identity updated", sb.id,
@@ -225,11 +215,7 @@ void SandboxManager::list_templates(Callback<std::vector<TemplateInfo>> done) {
             } else {
                 info.size_bytes = identity->size_bytes;
                 // Never read here: a version not yet known shows as pending.
-                if (auto digest = digests_.known(info.path, *identity)) {
-                    info.digest = *digest;
-                } else {
-                    digests_.request(info.path, *identity);
-                }
+                info.digest = digests_.known_or_request(info.path, *identity);
             }
             out.push_back(std::move(info));
         }
