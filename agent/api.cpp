@@ -255,9 +255,9 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
         respond(json_error(req, 400, "invalid_request", message));
     };
     auto answer_sandbox = [request, respond](unsigned status) {
-        return [request, respond, status](Outcome<Sandbox> outcome) {
+        return [request, respond, status](Result<Sandbox, Failure> outcome) {
             if (!outcome) {
-                respond(failure_response(*request, outcome.failure()));
+                respond(failure_response(*request, outcome.error()));
                 return;
             }
             respond(json_response(*request, status, api_view(outcome.value())));
@@ -310,9 +310,9 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
         if (verb != http::verb::get) {
             return method_not_allowed("GET");
         }
-        return manager_.list_templates([request, respond](Outcome<std::vector<TemplateInfo>> out) {
+        return manager_.list_templates([request, respond](Result<std::vector<TemplateInfo>, Failure> out) {
             if (!out) {
-                return respond(failure_response(*request, out.failure()));
+                return respond(failure_response(*request, out.error()));
             }
             json::array list;
             for (const auto& t : out.value()) {
@@ -439,9 +439,9 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
             return manager_.get_live(id, answer_sandbox(200));
         }
         if (verb == http::verb::delete_) {
-            return manager_.destroy(id, [request, respond](Outcome<Done> out) {
+            return manager_.destroy(id, [request, respond](Result<Done, Failure> out) {
                 if (!out) {
-                    return respond(failure_response(*request, out.failure()));
+                    return respond(failure_response(*request, out.error()));
                 }
                 HttpResponse res{http::status::no_content, request->version()};
                 res.set(http::field::server, "wrenn-agent");
@@ -508,9 +508,9 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
         return bad_request(
             "field 'template' is required and must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
     }
-    manager_.flatten(id, *name, [request, respond](Outcome<TemplateInfo> out) {
+    manager_.flatten(id, *name, [request, respond](Result<TemplateInfo, Failure> out) {
         if (!out) {
-            return respond(failure_response(*request, out.failure()));
+            return respond(failure_response(*request, out.error()));
         }
         respond(json_response(*request, 201,
                               json::object{{"template", out->name},
@@ -568,16 +568,16 @@ void Api::export_sandbox(const std::shared_ptr<HttpRequest>& request, const std:
                 return shared->pipe.writer.write(bytes);
             };
         },
-        [shared, request, respond](Outcome<TransferStats> out) {
+        [shared, request, respond](Result<TransferStats, Failure> out) {
             if (!shared->started) {
                 if (!out) {
-                    return respond(failure_response(*request, out.failure()));
+                    return respond(failure_response(*request, out.error()));
                 }
                 return respond(json_error(*request, 500, "internal", "the export sent nothing"));
             }
             if (!out) {
                 // The client has a 200 already: the server aborts the transfer (no last chunk).
-                shared->pipe.writer.fail(out.failure().error);
+                shared->pipe.writer.fail(out.error().error);
             } else {
                 shared->pipe.writer.finish();
             }
@@ -611,10 +611,10 @@ void Api::handle_import(HttpRequest&& request_in, wrenn::http::BodyReader body, 
     manager_.import_sandbox(
         std::string(*id), options,
         [reader](std::span<std::byte> buffer) { return reader->read(buffer); },
-        [request, respond, reader](Outcome<Sandbox> out) {
+        [request, respond, reader](Result<Sandbox, Failure> out) {
             reader->close();  // a refusal before the end: the server stops reading the body
             if (!out) {
-                return respond(failure_response(*request, out.failure()));
+                return respond(failure_response(*request, out.error()));
             }
             respond(json_response(*request, 201, api_view(out.value())));
         });

@@ -1,12 +1,11 @@
 #pragma once
 
-#include <cassert>
 #include <string_view>
 #include <utility>
-#include <variant>
 
 #include "agent/sandbox.hpp"
 #include "common/error.hpp"
+#include "common/result.hpp"
 
 namespace wrenn::agent {
 
@@ -54,35 +53,6 @@ inline Failure internal(Error error) {
 // userspace handler took the device or served its disk (the message says which backstore to
 // start): the service the origin needs is down, 503.
 Failure origin_failure(const OriginSpec& origin, Error error);
-
-// A value or a Failure: what every SandboxManager operation returns.
-template <class T>
-class [[nodiscard]] Outcome {
-  public:
-    Outcome(T value)
-        : v_(std::in_place_index<0>, std::move(value)) {}             // NOLINT: implicit by design
-    Outcome(Failure f) : v_(std::in_place_index<1>, std::move(f)) {}  // NOLINT
-
-    [[nodiscard]] bool ok() const noexcept { return v_.index() == 0; }
-    explicit operator bool() const noexcept { return ok(); }
-    T& value() & {
-        assert(ok());
-        return std::get<0>(v_);
-    }
-    const T& value() const& {
-        assert(ok());
-        return std::get<0>(v_);
-    }
-    T* operator->() { return &value(); }
-    const T* operator->() const { return &value(); }
-    const Failure& failure() const& {
-        assert(!ok());
-        return std::get<1>(v_);
-    }
-
-  private:
-    std::variant<T, Failure> v_;
-};
 
 struct Done {};  // the value of an operation that returns nothing (destroy)
 

@@ -31,7 +31,7 @@ void SandboxManager::fork(const std::string& id, std::string new_id, Callback<Sa
     }
     auto reserved = reserve(new_id, what);
     if (!reserved) {
-        done(reserved.failure());
+        done(reserved.error());
         return;
     }
     EntryPtr child = reserved.value();
@@ -47,7 +47,7 @@ void SandboxManager::fork(const std::string& id, std::string new_id, Callback<Sa
         std::move(done));
 }
 
-Outcome<std::unique_ptr<PendingCopy>> SandboxManager::copy_source_cow(const EntryPtr& source,
+Result<std::unique_ptr<PendingCopy>, Failure> SandboxManager::copy_source_cow(const EntryPtr& source,
                                                                       const Sandbox& from,
                                                                       const std::string& to,
                                                                       const std::string& what) {
@@ -110,7 +110,7 @@ Outcome<std::unique_ptr<PendingCopy>> SandboxManager::copy_source_cow(const Entr
     return std::move(copied).value();
 }
 
-Outcome<Sandbox> SandboxManager::do_fork(const EntryPtr& source, const EntryPtr& child) {
+Result<Sandbox, Failure> SandboxManager::do_fork(const EntryPtr& source, const EntryPtr& child) {
     const Sandbox from = snapshot_of(source);
     const std::string id = child->record.id;
     const std::string what = "fork " + from.id + " into " + id;
@@ -146,7 +146,7 @@ Outcome<Sandbox> SandboxManager::do_fork(const EntryPtr& source, const EntryPtr&
     }
     auto same_template = verify_template(from, what);
     if (!same_template) {
-        return same_template.failure();
+        return same_template.error();
     }
     if (auto refused = check_tcmu(from.origin, what)) {
         return *refused;
@@ -165,7 +165,7 @@ Outcome<Sandbox> SandboxManager::do_fork(const EntryPtr& source, const EntryPtr&
     sb.forked_from = from.id;
 
     if (auto made = make_sandbox_dir(id, what); !made) {
-        return made.failure();
+        return made.error();
     }
     auto remove_files = [&] {
         if (auto removed = store_.remove_sandbox(id); !removed) {
@@ -176,7 +176,7 @@ Outcome<Sandbox> SandboxManager::do_fork(const EntryPtr& source, const EntryPtr&
         auto copy = copy_source_cow(source, from, sb.cow_path, what);
         if (!copy) {
             remove_files();
-            return copy.failure();
+            return copy.error();
         }
         // Named (fsync, rename, fsync of the folder) after the source runs again.
         if (auto named = copy.value()->commit(); !named) {

@@ -162,7 +162,7 @@ Result<RecoveryReport> SandboxManager::recover() {
             // later resume answers template_changed until the image is put back.
             auto same_template = verify_template(sb, "adopt " + sb.id);
             if (!same_template) {
-                const std::string problem = same_template.failure().error.message();
+                const std::string problem = same_template.error().error.message();
                 spdlog::error("sandbox={} op=recover {}", sb.id, problem);
                 report.problems.push_back(problem);
                 sb.last_error = problem;

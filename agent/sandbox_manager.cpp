@@ -180,7 +180,7 @@ std::string SandboxManager::make_id() const {
 
 template <class T>
 void SandboxManager::run_on_strand(const EntryPtr& entry, std::string op,
-                                   std::function<Outcome<T>()> fn, Callback<T> done) {
+                                   std::function<Result<T, Failure>()> fn, Callback<T> done) {
     {
         std::lock_guard lock(idle_mu_);
         ++in_flight_;
@@ -189,7 +189,7 @@ void SandboxManager::run_on_strand(const EntryPtr& entry, std::string op,
     asio::post(entry->strand, [this, entry = entry, id, op = std::move(op), fn = std::move(fn),
                                done = std::move(done)]() mutable {
         const auto start = std::chrono::steady_clock::now();
-        Outcome<T> outcome = [&]() -> Outcome<T> {
+        Result<T, Failure> outcome = [&]() -> Result<T, Failure> {
             {
                 std::lock_guard lock(mu_);
                 if (entry->gone) {
@@ -199,14 +199,14 @@ void SandboxManager::run_on_strand(const EntryPtr& entry, std::string op,
             return fn();
         }();
         const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
-        const std::string code = outcome ? "ok" : std::string(failure_code(outcome.failure().kind));
+        const std::string code = outcome ? "ok" : std::string(failure_code(outcome.error().kind));
         metrics_.observe(op, took, code);
         if (outcome) {
             spdlog::info("sandbox={} op={} duration_ms={:.1f} result=ok", id, op,
                          took.count() * 1000);
         } else {
             spdlog::warn("sandbox={} op={} duration_ms={:.1f} result={} error=\"{}\"", id, op,
-                         took.count() * 1000, code, outcome.failure().error.message());
+                         took.count() * 1000, code, outcome.error().error.message());
         }
         done(std::move(outcome));
         // Let go of what the operation holds (its entry and its strand among them) before it
@@ -223,12 +223,12 @@ void SandboxManager::run_on_strand(const EntryPtr& entry, std::string op,
 
 // sandbox_transfer.cpp's export runs here too.
 template void SandboxManager::run_on_strand<TransferStats>(const EntryPtr&, std::string,
-                                                           std::function<Outcome<TransferStats>()>,
+                                                           std::function<Result<TransferStats, Failure>()>,
                                                            Callback<TransferStats>);
 
 // ---- create -------------------------------------------------------------------------------
 
-Outcome<SandboxManager::EntryPtr> SandboxManager::reserve(const std::string& id,
+Result<SandboxManager::EntryPtr, Failure> SandboxManager::reserve(const std::string& id,
                                                           const std::string& what) {
     if (!is_valid_name(id)) {
         return failure(FailureKind::InvalidRequest, what, 0,
@@ -243,7 +243,7 @@ Outcome<SandboxManager::EntryPtr> SandboxManager::reserve(const std::string& id,
     return entry;
 }
 
-Outcome<Done> SandboxManager::make_sandbox_dir(const std::string& id, const std::string& what) {
+Result<Done, Failure> SandboxManager::make_sandbox_dir(const std::string& id, const std::string& what) {
     if (auto dir = store_.create_sandbox_dir(id); !dir) {
         // A folder with no entry (a leftover) is refused as an id in use, never written into.
         const FailureKind kind =
@@ -275,7 +275,7 @@ void SandboxManager::create(CreateRequest request, Callback<Sandbox> done) {
     }
     auto reserved = reserve(request.id, "create " + request.id);
     if (!reserved) {
-        done(reserved.failure());
+        done(reserved.error());
         return;
     }
     run_on_strand<Sandbox>(
@@ -288,7 +288,7 @@ void SandboxManager::create(CreateRequest request, Callback<Sandbox> done) {
         std::move(done));
 }
 
-Outcome<Sandbox> SandboxManager::do_create(const EntryPtr& entry, const CreateRequest& request) {
+Result<Sandbox, Failure> SandboxManager::do_create(const EntryPtr& entry, const CreateRequest& request) {
     const std::string& id = request.id;
     const std::string what = "create " + id;
     if (auto missing = check_kernel()) {
@@ -310,7 +310,7 @@ Outcome<Sandbox> SandboxManager::do_create(const EntryPtr& entry, const CreateRe
         sb.template_name = request.template_name;
         auto identity = identify_template(request.template_name, what);
         if (!identity) {
-            return identity.failure();
+            return identity.error();
         }
         sb.origin = OriginSpec{OriginSpec::Type::Loop,
                                template_path(request.template_name),
@@ -390,7 +390,7 @@ void SandboxManager::pause(const std::string& id, Callback<Sandbox> done) {
         entry, "pause", [this, entry] { return do_pause(entry); }, std::move(done));
 }
 
-Outcome<Sandbox> SandboxManager::do_pause(const EntryPtr& entry) {
+Result<Sandbox, Failure> SandboxManager::do_pause(const EntryPtr& entry) {
     Sandbox sb = snapshot_of(entry);
     const std::string what = "pause " + sb.id;
     if (sb.state != SandboxState::Running) {
@@ -454,7 +454,7 @@ void SandboxManager::resume(const std::string& id, Callback<Sandbox> done) {
         entry, "resume", [this, entry] { return do_resume(entry); }, std::move(done));
 }
 
-Outcome<Sandbox> SandboxManager::do_resume(const EntryPtr& entry) {
+Result<Sandbox, Failure> SandboxManager::do_resume(const EntryPtr& entry) {
     Sandbox sb = snapshot_of(entry);
     const std::string what = "resume " + sb.id;
     if (sb.state != SandboxState::Paused) {
@@ -481,7 +481,7 @@ Outcome<Sandbox> SandboxManager::do_resume(const EntryPtr& entry) {
     // Before any device changes: the CoW means something only over the image it was made over.
     auto same_template = verify_template(sb, what);
     if (!same_template) {
-        return same_template.failure();
+        return same_template.error();
     }
     if (same_template.value()) {
         sb.origin.identity = *same_template.value();
@@ -584,7 +584,7 @@ Result<bool> SandboxManager::held_by_another_state_dir(const std::string& id) {
     return false;
 }
 
-Outcome<Done> SandboxManager::do_destroy(const EntryPtr& entry) {
+Result<Done, Failure> SandboxManager::do_destroy(const EntryPtr& entry) {
     Sandbox sb = snapshot_of(entry);
     const std::string what = "destroy " + sb.id;
     // Whatever the record says, a device of this name goes (a paused sandbox may have a stale
@@ -641,7 +641,7 @@ void SandboxManager::flatten(const std::string& id, const std::string& template_
         std::move(done));
 }
 
-Outcome<TemplateInfo> SandboxManager::do_flatten(const EntryPtr& entry, const std::string& name) {
+Result<TemplateInfo, Failure> SandboxManager::do_flatten(const EntryPtr& entry, const std::string& name) {
     Sandbox sb = snapshot_of(entry);
     const std::string what = "flatten " + sb.id + " into template " + name;
     if (!is_valid_name(name)) {
@@ -664,7 +664,7 @@ Outcome<TemplateInfo> SandboxManager::do_flatten(const EntryPtr& entry, const st
     }
     auto same_template = verify_template(sb, what);
     if (!same_template) {
-        return same_template.failure();
+        return same_template.error();
     }
     const std::string out = template_path(name);
     if (::access(out.c_str(), F_OK) == 0) {

@@ -54,7 +54,7 @@ struct RecoveryReport {
 };
 
 template <class T>
-using Callback = std::function<void(Outcome<T>)>;
+using Callback = std::function<void(Result<T, Failure>)>;
 
 // The sandbox lifecycle. Owns the in-memory table of sandboxes and keeps it and the records on
 // disk in step with the kernel. Operations on one sandbox run one at a time on that sandbox's
@@ -161,15 +161,15 @@ class SandboxManager : public SpaceActions {
     };
     using EntryPtr = std::shared_ptr<Entry>;
 
-    Outcome<Sandbox> do_create(const EntryPtr& entry, const CreateRequest& request);
-    Outcome<Sandbox> do_pause(const EntryPtr& entry);
-    Outcome<Sandbox> do_resume(const EntryPtr& entry);
-    Outcome<Done> do_destroy(const EntryPtr& entry);
-    Outcome<TemplateInfo> do_flatten(const EntryPtr& entry, const std::string& template_name);
-    Outcome<Sandbox> do_fork(const EntryPtr& source, const EntryPtr& child);
-    Outcome<TransferStats> do_export(const EntryPtr& entry, bool compress,
+    Result<Sandbox, Failure> do_create(const EntryPtr& entry, const CreateRequest& request);
+    Result<Sandbox, Failure> do_pause(const EntryPtr& entry);
+    Result<Sandbox, Failure> do_resume(const EntryPtr& entry);
+    Result<Done, Failure> do_destroy(const EntryPtr& entry);
+    Result<TemplateInfo, Failure> do_flatten(const EntryPtr& entry, const std::string& template_name);
+    Result<Sandbox, Failure> do_fork(const EntryPtr& source, const EntryPtr& child);
+    Result<TransferStats, Failure> do_export(const EntryPtr& entry, bool compress,
                                      const ExportBegin& begin);
-    Outcome<Sandbox> do_import(const EntryPtr& entry, const ImportOptions& options,
+    Result<Sandbox, Failure> do_import(const EntryPtr& entry, const ImportOptions& options,
                                const ReadBody& read_body);
     struct TemplateMatch {
         std::string name;
@@ -177,10 +177,10 @@ class SandboxManager : public SpaceActions {
     };
     // The template in templates_dir whose content has the archive's digest, or 409
     // template_mismatch naming the digest.
-    Outcome<TemplateMatch> find_template_by_digest(const archive::Header& header,
+    Result<TemplateMatch, Failure> find_template_by_digest(const archive::Header& header,
                                                    const std::string& what);
     // fork.cpp: copies the source's CoW for `to`; a running source is suspended meanwhile.
-    Outcome<std::unique_ptr<PendingCopy>> copy_source_cow(const EntryPtr& source,
+    Result<std::unique_ptr<PendingCopy>, Failure> copy_source_cow(const EntryPtr& source,
                                                           const Sandbox& from,
                                                           const std::string& to,
                                                           const std::string& what);
@@ -189,13 +189,13 @@ class SandboxManager : public SpaceActions {
     // A new sandbox's entry, not ready (invisible to reads) until settle(); refused (400) when
     // the id is not a valid name and (409) when it is taken. settle() makes it visible, or
     // removes it when its create, fork or import failed.
-    Outcome<EntryPtr> reserve(const std::string& id, const std::string& what);
+    Result<EntryPtr, Failure> reserve(const std::string& id, const std::string& what);
     void settle(const EntryPtr& entry, bool made);
     // The new sandbox's folder, for fork and import: 409 already_exists when it is there.
-    Outcome<Done> make_sandbox_dir(const std::string& id, const std::string& what);
+    Result<Done, Failure> make_sandbox_dir(const std::string& id, const std::string& what);
     // Runs fn on the entry's strand, counts it in flight, logs one line and records metrics.
     template <class T>
-    void run_on_strand(const EntryPtr& entry, std::string op, std::function<Outcome<T>()> fn,
+    void run_on_strand(const EntryPtr& entry, std::string op, std::function<Result<T, Failure>()> fn,
                        Callback<T> done);
     Sandbox snapshot_of(const EntryPtr& entry) const;
     // What reads show: the record and what the kernel is doing with it now. mu_ held.
@@ -221,10 +221,10 @@ class SandboxManager : public SpaceActions {
     Result<bool> held_by_another_state_dir(const std::string& id);
     std::string template_path(const std::string& name) const;
     // templates.cpp: the image a create of `name` uses now, checked, with its digest.
-    Outcome<TemplateIdentity> identify_template(const std::string& name, const std::string& what);
+    Result<TemplateIdentity, Failure> identify_template(const std::string& name, const std::string& what);
     // Whether a loop-origin sandbox's template is still the image it was made over: the
     // identity to record from now on (nullopt for other origins), or 409 template_changed.
-    Outcome<std::optional<TemplateIdentity>> verify_template(const Sandbox& sb,
+    Result<std::optional<TemplateIdentity>, Failure> verify_template(const Sandbox& sb,
                                                              const std::string& what);
 
     Platform& platform_;

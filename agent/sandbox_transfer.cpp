@@ -38,7 +38,7 @@ void SandboxManager::export_sandbox(const std::string& id, bool compress, Export
         std::move(done));
 }
 
-Outcome<TransferStats> SandboxManager::do_export(const EntryPtr& entry, bool compress,
+Result<TransferStats, Failure> SandboxManager::do_export(const EntryPtr& entry, bool compress,
                                                  const ExportBegin& begin) {
     const Sandbox sb = snapshot_of(entry);
     const std::string what = "export " + sb.id;
@@ -54,7 +54,7 @@ Outcome<TransferStats> SandboxManager::do_export(const EntryPtr& entry, bool com
     }
     auto same_template = verify_template(sb, what);
     if (!same_template) {
-        return same_template.failure();
+        return same_template.error();
     }
     // The archive names the template by its blocks digest: known, or read now (an export is
     // about the bytes; a background read of it in progress is joined, not repeated).
@@ -92,7 +92,7 @@ Outcome<TransferStats> SandboxManager::do_export(const EntryPtr& entry, bool com
         }
         auto copied = copy_source_cow(entry, sb, store_.export_copy_path(sb.id), what);
         if (!copied) {
-            return copied.failure();
+            return copied.error();
         }
         copy = std::move(copied.value());
         source.cow_path = copy->path();
@@ -109,7 +109,7 @@ Outcome<TransferStats> SandboxManager::do_export(const EntryPtr& entry, bool com
     return *stats;
 }
 
-Outcome<SandboxManager::TemplateMatch> SandboxManager::find_template_by_digest(
+Result<SandboxManager::TemplateMatch, Failure> SandboxManager::find_template_by_digest(
     const archive::Header& header, const std::string& what) {
     const std::string needed = header.template_digest_name();
     const bool whole = header.version == archive::kWholeSha256Version;
@@ -158,7 +158,7 @@ void SandboxManager::import_sandbox(const std::string& id, ImportOptions options
                                     ReadBody read_body, Callback<Sandbox> done) {
     auto reserved = reserve(id, "import " + id);
     if (!reserved) {
-        done(reserved.failure());
+        done(reserved.error());
         return;
     }
     run_on_strand<Sandbox>(
@@ -171,7 +171,7 @@ void SandboxManager::import_sandbox(const std::string& id, ImportOptions options
         std::move(done));
 }
 
-Outcome<Sandbox> SandboxManager::do_import(const EntryPtr& entry, const ImportOptions& options,
+Result<Sandbox, Failure> SandboxManager::do_import(const EntryPtr& entry, const ImportOptions& options,
                                            const ReadBody& read_body) {
     const std::string id = entry->record.id;
     const std::string what = "import " + id;
@@ -179,7 +179,7 @@ Outcome<Sandbox> SandboxManager::do_import(const EntryPtr& entry, const ImportOp
         return *full;
     }
     if (auto made = make_sandbox_dir(id, what); !made) {
-        return made.failure();
+        return made.error();
     }
     // Until the record is written (last), the folder is an unfinished sandbox: a crash leaves
     // it for the next start to remove, and every refusal below removes it now.
@@ -194,8 +194,8 @@ Outcome<Sandbox> SandboxManager::do_import(const EntryPtr& entry, const ImportOp
     ArchiveImport import([&](const archive::Header& h) -> Result<ImportTarget> {
         auto found = find_template_by_digest(h, what);
         if (!found) {
-            refused = found.failure();
-            return found.failure().error;
+            refused = found.error();
+            return found.error().error;
         }
         match = found.value();
         // The largest honest archive of this template: every chunk changed, stored raw,

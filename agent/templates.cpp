@@ -34,7 +34,7 @@ std::string SandboxManager::template_path(const std::string& name) const {
     return options_.templates_dir + "/" + name + ".img";
 }
 
-Outcome<TemplateIdentity> SandboxManager::identify_template(const std::string& name,
+Result<TemplateIdentity, Failure> SandboxManager::identify_template(const std::string& name,
                                                             const std::string& what) {
     const std::string path = template_path(name);
     auto identity = platform_.inspect_template(path);
@@ -47,7 +47,7 @@ Outcome<TemplateIdentity> SandboxManager::identify_template(const std::string& n
     return *identity;
 }
 
-Outcome<std::optional<TemplateIdentity>> SandboxManager::verify_template(const Sandbox& sb,
+Result<std::optional<TemplateIdentity>, Failure> SandboxManager::verify_template(const Sandbox& sb,
                                                                          const std::string& what) {
     if (sb.origin.type != OriginSpec::Type::Loop) {
         return std::optional<TemplateIdentity>{};

@@ -102,7 +102,7 @@ struct World {
         manager->wait_idle();
         for (const auto& sb : manager->list()) {
             std::promise<void> done;
-            manager->destroy(sb.id, [&done](Outcome<Done>) { done.set_value(); });
+            manager->destroy(sb.id, [&done](Result<Done, Failure>) { done.set_value(); });
             done.get_future().wait();
         }
         manager->wait_idle();

@@ -84,26 +84,26 @@ struct AgentFixture {
     }
 
     template <class T, class Op>
-    Outcome<T> wait(Op op) {
-        auto promise = std::make_shared<std::promise<Outcome<T>>>();
+    Result<T, Failure> wait(Op op) {
+        auto promise = std::make_shared<std::promise<Result<T, Failure>>>();
         auto future = promise->get_future();
-        op([promise](Outcome<T> out) { promise->set_value(std::move(out)); });
+        op([promise](Result<T, Failure> out) { promise->set_value(std::move(out)); });
         return future.get();
     }
 
-    Outcome<Sandbox> create(const std::string& id, const std::string& tmpl = "base") {
+    Result<Sandbox, Failure> create(const std::string& id, const std::string& tmpl = "base") {
         return wait<Sandbox>([&](auto cb) { manager->create(CreateRequest{id, tmpl, {}}, cb); });
     }
-    Outcome<Sandbox> pause(const std::string& id) {
+    Result<Sandbox, Failure> pause(const std::string& id) {
         return wait<Sandbox>([&](auto cb) { manager->pause(id, cb); });
     }
-    Outcome<Sandbox> resume(const std::string& id) {
+    Result<Sandbox, Failure> resume(const std::string& id) {
         return wait<Sandbox>([&](auto cb) { manager->resume(id, cb); });
     }
-    Outcome<Done> destroy(const std::string& id) {
+    Result<Done, Failure> destroy(const std::string& id) {
         return wait<Done>([&](auto cb) { manager->destroy(id, cb); });
     }
-    Outcome<TemplateInfo> flatten(const std::string& id, const std::string& name) {
+    Result<TemplateInfo, Failure> flatten(const std::string& id, const std::string& name) {
         return wait<TemplateInfo>([&](auto cb) { manager->flatten(id, name, cb); });
     }
 

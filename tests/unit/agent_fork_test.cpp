@@ -30,7 +30,7 @@ std::string read_cow(const std::string& path, std::size_t n) {
 }
 
 struct ForkFixture : AgentFixture {
-    Outcome<Sandbox> fork(const std::string& id, const std::string& new_id) {
+    Result<Sandbox, Failure> fork(const std::string& id, const std::string& new_id) {
         return wait<Sandbox>([&](auto cb) { manager->fork(id, new_id, cb); });
     }
     // The kernel calls of one operation, from `from` on.
@@ -103,15 +103,15 @@ TEST_CASE("fork refusals: unknown source, taken or bad id, invalid CoW", "[agent
     ForkFixture f;
     REQUIRE(f.create("src").ok());
     REQUIRE(f.create("other").ok());
-    CHECK(f.fork("nope", "kid").failure().kind == FailureKind::NotFound);
-    CHECK(f.fork("src", "other").failure().kind == FailureKind::AlreadyExists);
-    CHECK(f.fork("src", "../x").failure().kind == FailureKind::InvalidRequest);
+    CHECK(f.fork("nope", "kid").error().kind == FailureKind::NotFound);
+    CHECK(f.fork("src", "other").error().kind == FailureKind::AlreadyExists);
+    CHECK(f.fork("src", "../x").error().kind == FailureKind::InvalidRequest);
     f.platform.usage_state = SnapshotUsage::State::Invalid;
-    CHECK(f.fork("src", "kid").failure().kind == FailureKind::SnapshotInvalid);
+    CHECK(f.fork("src", "kid").error().kind == FailureKind::SnapshotInvalid);
     f.platform.usage_state = SnapshotUsage::State::Active;
     REQUIRE(f.pause("src").ok());
     f.platform.cow_valid = false;
-    CHECK(f.fork("src", "kid").failure().kind == FailureKind::SnapshotInvalid);
+    CHECK(f.fork("src", "kid").error().kind == FailureKind::SnapshotInvalid);
     CHECK_FALSE(exists(f.store->sandbox_dir("kid")));
     CHECK_FALSE(f.manager->get("kid"));
 }
@@ -131,7 +131,7 @@ TEST_CASE("a fork that fails at any step leaves nothing and the source running",
         CHECK(f.platform.devices.count("src") == 1);
     };
     f.platform.fail_suspend_errno = EIO;
-    CHECK(f.fork("src", "kid").failure().kind == FailureKind::Internal);
+    CHECK(f.fork("src", "kid").error().kind == FailureKind::Internal);
     check_clean("suspend");
 
     f.platform.fail_copy_errno = ENOSPC;
@@ -141,8 +141,8 @@ TEST_CASE("a fork that fails at any step leaves nothing and the source running",
     f.platform.fail_copy_errno = ETIMEDOUT;
     auto slow = f.fork("src", "kid");
     REQUIRE_FALSE(slow.ok());
-    CHECK(slow.failure().kind == FailureKind::Unavailable);
-    CHECK_THAT(slow.failure().error.message(), Catch::Contains("--fork-max-stall"));
+    CHECK(slow.error().kind == FailureKind::Unavailable);
+    CHECK_THAT(slow.error().error.message(), Catch::Contains("--fork-max-stall"));
     check_clean("copy past --fork-max-stall");
 
     f.platform.fail_resume_errno = EIO;  // the first resume fails, the retry works

@@ -37,13 +37,13 @@ TEST_CASE("create refuses a duplicate id, an unknown template and a bad id", "[a
     REQUIRE(f.create("sb1").ok());
     auto dup = f.create("sb1");
     REQUIRE_FALSE(dup.ok());
-    CHECK(dup.failure().kind == FailureKind::AlreadyExists);
+    CHECK(dup.error().kind == FailureKind::AlreadyExists);
     auto missing = f.create("sb2", "nope");
     REQUIRE_FALSE(missing.ok());
-    CHECK(missing.failure().kind == FailureKind::TemplateNotFound);
+    CHECK(missing.error().kind == FailureKind::TemplateNotFound);
     auto bad = f.create("../etc");
     REQUIRE_FALSE(bad.ok());
-    CHECK(bad.failure().kind == FailureKind::InvalidRequest);
+    CHECK(bad.error().kind == FailureKind::InvalidRequest);
     CHECK_FALSE(exists(f.store->sandbox_dir("sb2")));
 }
 
@@ -60,7 +60,7 @@ TEST_CASE("a failed create leaves nothing behind", "[agent]") {
     f.platform.fail_create_errno = EINVAL;
     auto sb = f.create("sb1");
     REQUIRE_FALSE(sb.ok());
-    CHECK(sb.failure().kind == FailureKind::Internal);
+    CHECK(sb.error().kind == FailureKind::Internal);
     CHECK_FALSE(exists(f.store->sandbox_dir("sb1")));
     CHECK(f.platform.origin_refs.empty());
     CHECK_FALSE(f.manager->get("sb1").has_value());
@@ -74,8 +74,8 @@ TEST_CASE("create fails with unavailable when the kernel lacks device-mapper", "
     f.platform.kernel.device_mapper_reason = "no /dev/mapper/control: load dm-snapshot";
     auto sb = f.create("sb1");
     REQUIRE_FALSE(sb.ok());
-    CHECK(sb.failure().kind == FailureKind::Unavailable);
-    CHECK_THAT(sb.failure().error.message(), Catch::Contains("load dm-snapshot"));
+    CHECK(sb.error().kind == FailureKind::Unavailable);
+    CHECK_THAT(sb.error().error.message(), Catch::Contains("load dm-snapshot"));
 }
 
 TEST_CASE("pause removes the device, releases the origin and keeps the CoW", "[agent]") {
@@ -90,7 +90,7 @@ TEST_CASE("pause removes the device, releases the origin and keeps the CoW", "[a
     CHECK(exists(f.store->cow_path("sb1")));
     auto again = f.pause("sb1");
     REQUIRE_FALSE(again.ok());
-    CHECK(again.failure().kind == FailureKind::InvalidState);
+    CHECK(again.error().kind == FailureKind::InvalidState);
 }
 
 TEST_CASE("a pause whose device removal fails keeps the sandbox running", "[agent]") {
@@ -99,8 +99,8 @@ TEST_CASE("a pause whose device removal fails keeps the sandbox running", "[agen
     f.platform.fail_remove_errno = EBUSY;
     auto paused = f.pause("sb1");
     REQUIRE_FALSE(paused.ok());
-    CHECK(paused.failure().kind == FailureKind::DeviceBusy);
-    CHECK_THAT(paused.failure().error.message(),
+    CHECK(paused.error().kind == FailureKind::DeviceBusy);
+    CHECK_THAT(paused.error().error.message(),
                Catch::Contains("pause sb1") && Catch::Contains("device busy (open count 1)"));
     auto sb = f.manager->get("sb1");
     REQUIRE(sb);
@@ -119,7 +119,7 @@ TEST_CASE("a pause whose device removal fails keeps the sandbox running", "[agen
     f.platform.fail_remove_errno = EIO;
     auto io = f.pause("sb1");
     REQUIRE_FALSE(io.ok());
-    CHECK(io.failure().kind == FailureKind::Internal);
+    CHECK(io.error().kind == FailureKind::Internal);
     // and once the device is free the pause succeeds and clears the error
     auto ok = f.pause("sb1");
     REQUIRE(ok.ok());
@@ -151,14 +151,14 @@ TEST_CASE("resume refuses a CoW the kernel marked invalid", "[agent]") {
     f.platform.cow_valid = false;
     auto resumed = f.resume("sb1");
     REQUIRE_FALSE(resumed.ok());
-    CHECK(resumed.failure().kind == FailureKind::SnapshotInvalid);
+    CHECK(resumed.error().kind == FailureKind::SnapshotInvalid);
     CHECK(f.manager->get("sb1")->state == SandboxState::Paused);
     CHECK(f.platform.origin_refs.empty());
     f.platform.cow_valid = true;
     f.platform.cow_error_errno = 0;  // a corrupt store: also snapshot_invalid
     auto corrupt = f.resume("sb1");
     REQUIRE_FALSE(corrupt.ok());
-    CHECK(corrupt.failure().kind == FailureKind::SnapshotInvalid);
+    CHECK(corrupt.error().kind == FailureKind::SnapshotInvalid);
 }
 
 TEST_CASE("resume of a running sandbox is an invalid state", "[agent]") {
@@ -166,7 +166,7 @@ TEST_CASE("resume of a running sandbox is an invalid state", "[agent]") {
     REQUIRE(f.create("sb1").ok());
     auto resumed = f.resume("sb1");
     REQUIRE_FALSE(resumed.ok());
-    CHECK(resumed.failure().kind == FailureKind::InvalidState);
+    CHECK(resumed.error().kind == FailureKind::InvalidState);
 }
 
 TEST_CASE("destroy removes device, origin reference, CoW and record", "[agent]") {
@@ -179,7 +179,7 @@ TEST_CASE("destroy removes device, origin reference, CoW and record", "[agent]")
     CHECK_FALSE(f.manager->get("sb1"));
     auto again = f.destroy("sb1");
     REQUIRE_FALSE(again.ok());
-    CHECK(again.failure().kind == FailureKind::NotFound);
+    CHECK(again.error().kind == FailureKind::NotFound);
 }
 
 TEST_CASE("destroy of a busy device fails and keeps everything", "[agent]") {
@@ -188,7 +188,7 @@ TEST_CASE("destroy of a busy device fails and keeps everything", "[agent]") {
     f.platform.fail_remove_errno = EBUSY;
     auto out = f.destroy("sb1");
     REQUIRE_FALSE(out.ok());
-    CHECK(out.failure().kind == FailureKind::DeviceBusy);
+    CHECK(out.error().kind == FailureKind::DeviceBusy);
     CHECK(exists(f.store->cow_path("sb1")));
     CHECK(f.manager->get("sb1")->state == SandboxState::Running);
 }
@@ -293,18 +293,18 @@ TEST_CASE("flatten needs a paused sandbox and a new template name", "[agent]") {
     REQUIRE(f.create("sb1").ok());
     auto running = f.flatten("sb1", "gold");
     REQUIRE_FALSE(running.ok());
-    CHECK(running.failure().kind == FailureKind::InvalidState);
+    CHECK(running.error().kind == FailureKind::InvalidState);
     REQUIRE(f.pause("sb1").ok());
     auto taken = f.flatten("sb1", "base");
     REQUIRE_FALSE(taken.ok());
-    CHECK(taken.failure().kind == FailureKind::TemplateExists);
+    CHECK(taken.error().kind == FailureKind::TemplateExists);
     auto made = f.flatten("sb1", "gold");
     REQUIRE(made.ok());
     CHECK(made->path == f.templates_dir() + "/gold.img");
     f.platform.cow_valid = false;
     auto invalid = f.flatten("sb1", "gold2");
     REQUIRE_FALSE(invalid.ok());
-    CHECK(invalid.failure().kind == FailureKind::SnapshotInvalid);
+    CHECK(invalid.error().kind == FailureKind::SnapshotInvalid);
 }
 
 TEST_CASE("operations on different sandboxes run in parallel, one sandbox's in order", "[agent]") {

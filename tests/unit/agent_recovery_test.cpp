@@ -296,8 +296,8 @@ TEST_CASE("flatten refuses while a device for the sandbox exists", "[agent][reco
     f.platform.devices["sb1"] = "/dev/loop7";  // say, made by hand over the CoW
     auto refused = f.flatten("sb1", "gold");
     REQUIRE_FALSE(refused.ok());
-    CHECK(refused.failure().kind == FailureKind::InvalidState);
-    CHECK_THAT(refused.failure().error.message(), Catch::Contains("wrenn-sb1 is live"));
+    CHECK(refused.error().kind == FailureKind::InvalidState);
+    CHECK_THAT(refused.error().error.message(), Catch::Contains("wrenn-sb1 is live"));
     CHECK_FALSE(exists(f.templates_dir() + "/gold.img"));
     f.platform.devices.erase("sb1");
     CHECK(f.flatten("sb1", "gold").ok());
@@ -324,7 +324,7 @@ TEST_CASE("pause fails, and says so, when the CoW cannot be synced", "[agent][re
     std::filesystem::remove(f.store->cow_path("sb1"));
     auto paused = f.pause("sb1");
     REQUIRE_FALSE(paused.ok());
-    CHECK_THAT(paused.failure().error.message(),
+    CHECK_THAT(paused.error().error.message(),
                Catch::Contains("fsync") || Catch::Contains("open " + f.store->cow_path("sb1")));
     CHECK(f.platform.devices.empty());  // the device is gone either way
     CHECK(f.manager->get("sb1")->last_error);
@@ -396,8 +396,8 @@ TEST_CASE("resume and destroy never remove another state dir's device of the sam
     f.platform.owners["sb1"] = DeviceOwner::Foreign;
     auto resumed = f.resume("sb1");
     REQUIRE_FALSE(resumed.ok());
-    CHECK(resumed.failure().kind == FailureKind::InvalidState);
-    CHECK(resumed.failure().error.message().find("another wrenn-agent's state dir") !=
+    CHECK(resumed.error().kind == FailureKind::InvalidState);
+    CHECK(resumed.error().error.message().find("another wrenn-agent's state dir") !=
           std::string::npos);
     CHECK(f.platform.devices.at("sb1") == "/dev/loop9");
     REQUIRE(f.destroy("sb1").ok());
@@ -411,7 +411,7 @@ OriginSpec tcmu_origin(const std::string& config) {
     return OriginSpec{OriginSpec::Type::Tcmu, config, "overlaybd", std::nullopt, std::nullopt};
 }
 
-Outcome<Sandbox> create_tcmu(AgentFixture& f, const std::string& id, const std::string& config) {
+Result<Sandbox, Failure> create_tcmu(AgentFixture& f, const std::string& id, const std::string& config) {
     return f.wait<Sandbox>([&](auto cb) {
         f.manager->create(CreateRequest{id, "", tcmu_origin(config)}, cb);
     });

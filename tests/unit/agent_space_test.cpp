@@ -234,13 +234,13 @@ TEST_CASE("below critical every running sandbox is suspended and shows it; space
     // No new work: create, resume (and flatten onto the same filesystem) answer 507.
     auto created = f.create("sb4");
     REQUIRE_FALSE(created.ok());
-    CHECK(created.failure().kind == FailureKind::InsufficientStorage);
-    CHECK(failure_http_status(created.failure().kind) == 507);
-    CHECK(created.failure().error.message().find("below --min-free") != std::string::npos);
+    CHECK(created.error().kind == FailureKind::InsufficientStorage);
+    CHECK(failure_http_status(created.error().kind) == 507);
+    CHECK(created.error().error.message().find("below --min-free") != std::string::npos);
     CHECK_FALSE(f.manager->get("sb4"));
     auto resumed = f.resume("sb3");
     REQUIRE_FALSE(resumed.ok());
-    CHECK(resumed.failure().kind == FailureKind::InsufficientStorage);
+    CHECK(resumed.error().kind == FailureKind::InsufficientStorage);
 
     // Pause and destroy of a suspended sandbox work (and destroy is how space comes back).
     REQUIRE(f.pause("sb2").ok());

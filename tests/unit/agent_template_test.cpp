@@ -118,8 +118,8 @@ TEST_CASE("resume refuses a template changed before its digest was known", "[age
     f.platform.release_digest_reads();
     auto refused = f.resume("sb1");
     REQUIRE_FALSE(refused.ok());
-    CHECK(refused.failure().kind == FailureKind::TemplateChanged);
-    CHECK(refused.failure().error.message().find("before the agent had read") != std::string::npos);
+    CHECK(refused.error().kind == FailureKind::TemplateChanged);
+    CHECK(refused.error().error.message().find("before the agent had read") != std::string::npos);
     CHECK(exists(f.store->cow_path("sb1")));
 }
 
@@ -132,10 +132,10 @@ TEST_CASE("resume refuses a template rewritten in place, and works once it is re
     write_bytes(f.base, content('b'));  // same size, other bytes
     auto refused = f.resume("sb1");
     REQUIRE_FALSE(refused.ok());
-    CHECK(refused.failure().kind == FailureKind::TemplateChanged);
-    CHECK(failure_http_status(refused.failure().kind) == 409);
-    CHECK(failure_code(refused.failure().kind) == "template_changed");
-    const std::string message = refused.failure().error.message();
+    CHECK(refused.error().kind == FailureKind::TemplateChanged);
+    CHECK(failure_http_status(refused.error().kind) == 409);
+    CHECK(failure_code(refused.error().kind) == "template_changed");
+    const std::string message = refused.error().error.message();
     CHECK(message.find("template 'base'") != std::string::npos);
     CHECK(message.find("put the original image back") != std::string::npos);
     CHECK(message.find(expected_blocks_digest(content('a'))) != std::string::npos);
@@ -163,20 +163,20 @@ TEST_CASE("resume refuses a template replaced by rename or resized; the same byt
     f.replace_by_rename(content('c'));
     auto renamed = f.resume("sb1");
     REQUIRE_FALSE(renamed.ok());
-    CHECK(renamed.failure().kind == FailureKind::TemplateChanged);
-    CHECK(renamed.failure().error.message().find("another file") != std::string::npos);
+    CHECK(renamed.error().kind == FailureKind::TemplateChanged);
+    CHECK(renamed.error().error.message().find("another file") != std::string::npos);
 
     f.replace_by_rename(content('a', 2 << 20));  // resized
     auto resized = f.resume("sb1");
     REQUIRE_FALSE(resized.ok());
-    CHECK(resized.failure().kind == FailureKind::TemplateChanged);
-    CHECK(resized.failure().error.message().find("size 1048576 -> 2097152") != std::string::npos);
+    CHECK(resized.error().kind == FailureKind::TemplateChanged);
+    CHECK(resized.error().error.message().find("size 1048576 -> 2097152") != std::string::npos);
 
     std::filesystem::remove(f.base);
     auto gone = f.resume("sb1");
     REQUIRE_FALSE(gone.ok());
-    CHECK(gone.failure().kind == FailureKind::TemplateChanged);
-    CHECK(gone.failure().error.message().find("is gone") != std::string::npos);
+    CHECK(gone.error().kind == FailureKind::TemplateChanged);
+    CHECK(gone.error().error.message().find("is gone") != std::string::npos);
 
     f.replace_by_rename(content('a'));  // a copy of the original: another inode, same bytes
     auto resumed = f.resume("sb1");
@@ -197,7 +197,7 @@ TEST_CASE("flatten refuses a changed template", "[agent][template]") {
     write_bytes(f.base, content('z'));
     auto out = f.flatten("sb1", "derived");
     REQUIRE_FALSE(out.ok());
-    CHECK(out.failure().kind == FailureKind::TemplateChanged);
+    CHECK(out.error().kind == FailureKind::TemplateChanged);
     for (const auto& call : f.platform.calls) {
         CHECK(call.rfind("flatten", 0) != 0);
     }
@@ -211,21 +211,21 @@ TEST_CASE("create refuses a symlinked, other-writable or non-regular template",
     REQUIRE(::symlink(outside.c_str(), (f.templates_dir() + "/link.img").c_str()) == 0);
     auto linked = f.create("sb1", "link");
     REQUIRE_FALSE(linked.ok());
-    CHECK(linked.failure().kind == FailureKind::InvalidRequest);
-    CHECK(linked.failure().error.message().find("symlink") != std::string::npos);
+    CHECK(linked.error().kind == FailureKind::InvalidRequest);
+    CHECK(linked.error().error.message().find("symlink") != std::string::npos);
 
     write_bytes(f.templates_dir() + "/open.img", content('o'));
     REQUIRE(::chmod((f.templates_dir() + "/open.img").c_str(), 0646) == 0);
     auto writable = f.create("sb2", "open");
     REQUIRE_FALSE(writable.ok());
-    CHECK(writable.failure().kind == FailureKind::InvalidRequest);
-    CHECK(writable.failure().error.message().find("writable by other users") != std::string::npos);
+    CHECK(writable.error().kind == FailureKind::InvalidRequest);
+    CHECK(writable.error().error.message().find("writable by other users") != std::string::npos);
 
     REQUIRE(::mkfifo((f.templates_dir() + "/fifo.img").c_str(), 0600) == 0);
     auto fifo = f.create("sb3", "fifo");  // must not hang on the open
     REQUIRE_FALSE(fifo.ok());
-    CHECK(fifo.failure().kind == FailureKind::InvalidRequest);
-    CHECK(fifo.failure().error.message().find("not a regular file") != std::string::npos);
+    CHECK(fifo.error().kind == FailureKind::InvalidRequest);
+    CHECK(fifo.error().error.message().find("not a regular file") != std::string::npos);
 
     CHECK(f.platform.devices.empty());
     CHECK_FALSE(exists(f.store->sandbox_dir("sb1")));
@@ -292,7 +292,7 @@ TEST_CASE("adoption at startup checks the template: a changed one is reported, n
     REQUIRE(f.pause("sb1").ok());
     auto resumed = f.resume("sb1");
     REQUIRE_FALSE(resumed.ok());
-    CHECK(resumed.failure().kind == FailureKind::TemplateChanged);
+    CHECK(resumed.error().kind == FailureKind::TemplateChanged);
     f.replace_by_rename(content('a'));
     CHECK(f.resume("sb1").ok());
 }
