@@ -310,16 +310,17 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
         if (verb != http::verb::get) {
             return method_not_allowed("GET");
         }
-        return manager_.list_templates([request, respond](Result<std::vector<TemplateInfo>, Failure> out) {
-            if (!out) {
-                return respond(failure_response(*request, out.error()));
-            }
-            json::array list;
-            for (const auto& t : out.value()) {
-                list.push_back(template_json(t));
-            }
-            respond(json_response(*request, 200, json::object{{"templates", std::move(list)}}));
-        });
+        return manager_.list_templates(
+            [request, respond](Result<std::vector<TemplateInfo>, Failure> out) {
+                if (!out) {
+                    return respond(failure_response(*request, out.error()));
+                }
+                json::array list;
+                for (const auto& t : out.value()) {
+                    list.push_back(template_json(t));
+                }
+                respond(json_response(*request, 200, json::object{{"templates", std::move(list)}}));
+            });
     }
     if (parts.empty() || parts[0] != "sandboxes" || parts.size() > 3) {
         return respond(

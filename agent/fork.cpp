@@ -9,84 +9,57 @@
 // is suspended leaves a suspended device that the next start finds and resumes.
 #include <spdlog/spdlog.h>
 
-#include "agent/sandbox_manager.hpp"
+#include "agent/operations.hpp"
 #include "dm/snapshot_format.hpp"
 
 namespace wrenn::agent {
 
-void SandboxManager::fork(const std::string& id, std::string new_id, Callback<Sandbox> done) {
-    if (new_id.empty()) {
-        new_id = make_id();
+Result<Done, Failure> make_sandbox_dir(OperationContext& ctx, const std::string& id,
+                                       const std::string& what) {
+    if (auto dir = ctx.store.create_sandbox_dir(id); !dir) {
+        // A folder with no entry (a leftover) is refused as an id in use, never written into.
+        const FailureKind kind =
+            dir.error().code() == EEXIST ? FailureKind::AlreadyExists : FailureKind::Internal;
+        return Failure{kind, std::move(dir).error().within(what)};
     }
-    const std::string what = "fork " + id + " into " + new_id;
-    if (!is_valid_name(new_id)) {
-        done(failure(FailureKind::InvalidRequest, what, 0,
-                     "id must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}"));
-        return;
-    }
-    auto source = find(id);
-    if (!source) {
-        done(failure(FailureKind::NotFound, what, 0, "no such sandbox"));
-        return;
-    }
-    auto reserved = reserve(new_id, what);
-    if (!reserved) {
-        done(reserved.error());
-        return;
-    }
-    EntryPtr child = reserved.value();
-    // On the source's strand: its pause, resume or destroy waits for the fork, and the child is
-    // invisible to reads until it is complete.
-    run_on_strand<Sandbox>(
-        source, "fork",
-        [this, source, child] {
-            auto outcome = do_fork(source, child);
-            settle(child, outcome.ok());
-            return outcome;
-        },
-        std::move(done));
+    return Done{};
 }
 
-Result<std::unique_ptr<PendingCopy>, Failure> SandboxManager::copy_source_cow(const EntryPtr& source,
-                                                                      const Sandbox& from,
-                                                                      const std::string& to,
-                                                                      const std::string& what) {
+Result<std::unique_ptr<PendingCopy>, Failure> copy_source_cow(OperationContext& ctx,
+                                                              const EntryPtr& source,
+                                                              const Sandbox& from,
+                                                              const std::string& to,
+                                                              const std::string& what) {
     if (from.state == SandboxState::Paused) {
-        auto copied = platform_.copy_cow(from.cow_path, to, std::nullopt);
+        auto copied = ctx.platform.copy_cow(from.cow_path, to, std::nullopt);
         if (!copied) {
             return internal(std::move(copied).error().within(what));
         }
         return std::move(copied).value();
     }
-    {
-        std::lock_guard lock(mu_);
-        if (source->io_suspended) {
-            return failure(FailureKind::InsufficientStorage, what, ENOSPC,
-                           "the source's I/O is suspended because the state filesystem is "
-                           "nearly full; free space there and retry");
-        }
+    if (ctx.table.with(source, [](const Entry& e) { return e.io_suspended; })) {
+        return failure(FailureKind::InsufficientStorage, what, ENOSPC,
+                       "the source's I/O is suspended because the state filesystem is nearly "
+                       "full; free space there and retry");
     }
-    if (auto suspended = platform_.suspend_snapshot(from.id); !suspended) {
+    if (auto suspended = ctx.platform.suspend_snapshot(from.id); !suspended) {
         return internal(std::move(suspended).error().within(what));
     }
     const auto start = std::chrono::steady_clock::now();
-    auto copied = platform_.copy_cow(from.cow_path, to, start + options_.fork_max_stall);
-    auto resumed = platform_.resume_snapshot(from.id);
+    auto copied = ctx.platform.copy_cow(from.cow_path, to, start + ctx.options.fork_max_stall);
+    auto resumed = ctx.platform.resume_snapshot(from.id);
     if (!resumed) {
-        resumed = platform_.resume_snapshot(from.id);  // the source must not stay stalled
+        resumed = ctx.platform.resume_snapshot(from.id);  // the source must not stay stalled
     }
     const std::chrono::duration<double> stall = std::chrono::steady_clock::now() - start;
-    metrics_.observe("fork_stall", stall, copied ? "ok" : "internal");
+    ctx.metrics.observe("fork_stall", stall, copied ? "ok" : "internal");
     spdlog::info("sandbox={} op=fork source I/O stalled {:.1f} ms ({})", from.id,
                  stall.count() * 1000, copied ? (*copied)->method() : "copy failed");
-    bool held_for_space = false;
-    {
-        std::lock_guard lock(mu_);
-        held_for_space = source->io_suspended;
-    }
+    const bool held_for_space =
+        ctx.table.with(source, [](const Entry& e) { return e.io_suspended; });
     if (held_for_space && resumed) {
         // The space watcher suspended it meanwhile and our resume let it go: hold it again.
-        (void)platform_.suspend_snapshot(from.id);
+        (void)ctx.platform.suspend_snapshot(from.id);
     }
     if (!resumed) {
         spdlog::error("sandbox={} op=fork its device stays suspended: {}", from.id,
@@ -101,7 +74,7 @@ Result<std::unique_ptr<PendingCopy>, Failure> SandboxManager::copy_source_cow(co
         if (copied.error().code() == ETIMEDOUT) {
             return failure(FailureKind::Unavailable, what, ETIMEDOUT,
                            "the copy of the CoW did not finish within --fork-max-stall " +
-                               std::to_string(options_.fork_max_stall.count()) +
+                               std::to_string(ctx.options.fork_max_stall.count()) +
                                " ms, so the source was resumed and nothing was made; a "
                                "filesystem with reflinks (XFS) copies in constant time");
         }
@@ -110,45 +83,31 @@ Result<std::unique_ptr<PendingCopy>, Failure> SandboxManager::copy_source_cow(co
     return std::move(copied).value();
 }
 
-Result<Sandbox, Failure> SandboxManager::do_fork(const EntryPtr& source, const EntryPtr& child) {
-    const Sandbox from = snapshot_of(source);
+Result<Sandbox, Failure> fork_sandbox(OperationContext& ctx, const EntryPtr& source,
+                                      const EntryPtr& child) {
+    const Sandbox from = ctx.table.record(source);
     const std::string id = child->record.id;
     const std::string what = "fork " + from.id + " into " + id;
-    if (auto missing = check_kernel()) {
-        missing->error = std::move(missing->error).within(what);
+    if (auto missing = check_kernel(ctx.platform, what)) {
         return *missing;
     }
-    if (auto full = check_space(what)) {
+    if (auto full = check_space(ctx.space, what)) {
         return *full;
     }
     // The source's CoW must be usable as a snapshot, over the image it was made over.
-    if (from.state == SandboxState::Running) {
-        auto usage = platform_.snapshot_usage(from.id);
-        if (usage && usage->state != SnapshotUsage::State::Active) {
-            return failure(FailureKind::SnapshotInvalid, what, 0,
-                           "the kernel marked the source's CoW invalid or full; it cannot be "
-                           "forked");
-        }
-    } else {
-        if (auto live = check_no_live_device(from.id, what, "fork")) {
+    if (from.state == SandboxState::Paused) {
+        if (auto live = check_no_live_device(ctx.platform, from.id, what, "fork")) {
             return *live;
         }
-        auto valid = platform_.cow_store_valid(from.cow_path, from.origin_size_bytes);
-        if (!valid) {
-            const FailureKind kind =
-                valid.error().code() == 0 ? FailureKind::SnapshotInvalid : FailureKind::Internal;
-            return Failure{kind, std::move(valid).error().within(what)};
-        }
-        if (!*valid) {
-            return failure(FailureKind::SnapshotInvalid, what, 0,
-                           "the kernel marked the source's CoW invalid; it cannot be forked");
-        }
     }
-    auto same_template = verify_template(from, what);
+    if (auto unusable = check_cow_usable(ctx.platform, from, what)) {
+        return *unusable;
+    }
+    auto same_template = verify_template(ctx, from, what);
     if (!same_template) {
         return same_template.error();
     }
-    if (auto refused = check_tcmu(from.origin, what)) {
+    if (auto refused = check_tcmu(ctx.platform, from.origin, what)) {
         return *refused;
     }
 
@@ -159,21 +118,21 @@ Result<Sandbox, Failure> SandboxManager::do_fork(const EntryPtr& source, const E
     if (same_template.value()) {
         sb.origin.identity = *same_template.value();
     }
-    sb.cow_path = store_.cow_path(id);
+    sb.cow_path = ctx.store.cow_path(id);
     sb.cow_size_bytes = from.cow_size_bytes;
     sb.origin_size_bytes = from.origin_size_bytes;
     sb.forked_from = from.id;
 
-    if (auto made = make_sandbox_dir(id, what); !made) {
+    if (auto made = make_sandbox_dir(ctx, id, what); !made) {
         return made.error();
     }
     auto remove_files = [&] {
-        if (auto removed = store_.remove_sandbox(id); !removed) {
+        if (auto removed = ctx.store.remove_sandbox(id); !removed) {
             spdlog::error("sandbox={} op=fork cleanup failed: {}", id, removed.error().message());
         }
     };
     {
-        auto copy = copy_source_cow(source, from, sb.cow_path, what);
+        auto copy = copy_source_cow(ctx, source, from, sb.cow_path, what);
         if (!copy) {
             remove_files();
             return copy.error();
@@ -186,12 +145,12 @@ Result<Sandbox, Failure> SandboxManager::do_fork(const EntryPtr& source, const E
         }
     }
 
-    auto origin = platform_.acquire_origin(sb.origin);
+    auto origin = ctx.platform.acquire_origin(sb.origin);
     if (!origin) {
         remove_files();
         return origin_failure(sb.origin, std::move(origin).error().within(what));
     }
-    auto release_origin = [&] { platform_.release_origin(sb.origin); };
+    auto release_origin = [&] { ctx.platform.release_origin(sb.origin); };
     if (origin->size_bytes != sb.origin_size_bytes) {
         release_origin();
         remove_files();
@@ -200,7 +159,7 @@ Result<Sandbox, Failure> SandboxManager::do_fork(const EntryPtr& source, const E
                            " bytes, the source was made over " +
                            std::to_string(sb.origin_size_bytes));
     }
-    auto device = platform_.create_snapshot(id, origin->device, origin->size_bytes, sb.cow_path);
+    auto device = ctx.platform.create_snapshot(id, origin->device, origin->size_bytes, sb.cow_path);
     if (!device) {
         release_origin();
         remove_files();
@@ -211,16 +170,15 @@ Result<Sandbox, Failure> SandboxManager::do_fork(const EntryPtr& source, const E
     sb.cow_status = "active";
     sb.state = SandboxState::Running;
     sb.created_at = sb.updated_at = utc_now();
-    if (auto written = commit(child, sb); !written) {
-        if (auto removed = platform_.remove_snapshot(id); !removed) {
+    if (auto written = ctx.table.commit(child, sb); !written) {
+        if (auto removed = ctx.platform.remove_snapshot(id); !removed) {
             spdlog::error("sandbox={} op=fork cleanup failed: {}", id, removed.error().message());
         }
         release_origin();
         remove_files();
         return internal(std::move(written).error().within(what));
     }
-    std::lock_guard lock(mu_);
-    child->origin_held = true;
+    ctx.table.with(child, [](Entry& e) { e.origin_held = true; });
     return sb;
 }
 

@@ -68,9 +68,10 @@ class PendingCopy {
   public:
     virtual ~PendingCopy() = default;
     virtual Result<void> commit() = 0;
+    // How the bytes were copied: "reflink", "copy_file_range", ...
     [[nodiscard]] virtual std::string method() const = 0;
     // The file that holds the copy until commit() (an export reads it there and never commits).
-    [[nodiscard]] virtual std::string path() const = 0;  // "reflink", "copy_file_range", ...
+    [[nodiscard]] virtual std::string path() const = 0;
 };
 
 struct FlattenResult {
@@ -147,8 +148,9 @@ class Platform {
     virtual Result<bool> snapshot_over_cow(const ListedDevice& device,
                                            const std::string& cow_path) = 0;
 
-    // Checks that a paused CoW can be used again: errno 0 with SnapshotInvalid semantics is
-    // reported through `invalid` (the kernel marked the store invalid); other problems as Error.
+    // Whether a paused CoW can be used as a snapshot again: false when the kernel marked its
+    // exception store invalid. An Error with errno 0 is a store that is not one (corrupt, or
+    // for another origin size); other errnos are the I/O that failed.
     virtual Result<bool> cow_store_valid(const std::string& cow_path,
                                          std::uint64_t origin_bytes) = 0;
 

@@ -1,6 +1,6 @@
 // Startup recovery and boot cleanup: bringing the table, the records and the kernel back in
-// step after the agent (or the host) went away. Part of SandboxManager, in its own file because
-// it decides over every sandbox at once, where the rest of the manager works on one. Both
+// step after the agent (or the host) went away. In its own file because it decides over
+// every sandbox at once, where the other operations work on one. Both
 // decide on facts only: a device list that cannot be read stops them before any record changes,
 // and a device another state dir owns is never touched.
 #include <dirent.h>
@@ -14,7 +14,7 @@
 #include <map>
 #include <set>
 
-#include "agent/sandbox_manager.hpp"
+#include "agent/operations.hpp"
 #include "common/unique_fd.hpp"
 #include "flatten/image_copy.hpp"
 
@@ -48,8 +48,10 @@ bool is_flatten_temp_name(std::string_view file) {
            flatten::is_pending_output_name(file, file.substr(0, at + 4));  // "<name>.img"
 }
 
-std::size_t SandboxManager::sweep_flatten_temps(std::vector<std::string>& problems) {
-    const std::string& dir = options_.templates_dir;
+namespace {
+
+std::size_t sweep_flatten_temps(const OperationContext& ctx, std::vector<std::string>& problems) {
+    const std::string& dir = ctx.options.templates_dir;
     UniqueFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
     if (!dir_fd) {
         if (errno != ENOENT) {
@@ -86,16 +88,45 @@ std::size_t SandboxManager::sweep_flatten_temps(std::vector<std::string>& proble
     return removed;
 }
 
-Result<RecoveryReport> SandboxManager::recover() {
+// Sandboxes made while their template's digest was pending when the agent stopped: the digest
+// is recorded now if it was read meanwhile, else read again while the image is that version.
+void resume_pending_digests(OperationContext& ctx) {
+    std::vector<std::pair<std::string, TemplateIdentity>> versions;
+    for (const auto& sb : ctx.table.list()) {
+        const auto& id = sb.origin.identity;
+        if (sb.origin.type != OriginSpec::Type::Loop || !id || is_blocks_digest(id->digest)) {
+            continue;
+        }
+        const bool seen = std::any_of(versions.begin(), versions.end(), [&](const auto& v) {
+            return v.first == sb.origin.path && v.second.same_file_state(*id);
+        });
+        if (!seen) {
+            versions.emplace_back(sb.origin.path, *id);
+        }
+    }
+    for (auto& [path, version] : versions) {
+        if (auto digest = ctx.digests.known(path, version)) {
+            version.digest = *digest;
+            record_digest(ctx, path, version);
+        } else if (auto now = ctx.platform.inspect_template(path);
+                   now && now->same_file_state(version)) {
+            ctx.digests.request(path, version);
+        }
+    }
+}
+
+}  // namespace
+
+Result<RecoveryReport> recover(OperationContext& ctx) {
     RecoveryReport report;
-    auto loaded = store_.load();
+    auto loaded = ctx.store.load();
     if (!loaded) {
         return std::move(loaded).error().within("recover");
     }
     // Facts first: without the device list nothing can be decided, and nothing is changed.
     // Without device-mapper in the kernel no snapshot can exist: an empty list is the fact.
     std::vector<ListedDevice> devices;
-    const KernelSupport support = platform_.support();
+    const KernelSupport support = ctx.platform.support();
     if (!support.device_mapper && support.device_mapper_in_kernel) {
         return Error("recover", ENODEV,
                      "device-mapper is in the kernel but cannot be used (" +
@@ -104,7 +135,7 @@ Result<RecoveryReport> SandboxManager::recover() {
                          "/dev/mapper/control usable and start again");
     }
     if (support.device_mapper) {
-        auto listed = platform_.list_snapshots();
+        auto listed = ctx.platform.list_snapshots();
         if (!listed) {
             return Error("recover", listed.error().code(),
                          listed.error().message() +
@@ -125,21 +156,21 @@ Result<RecoveryReport> SandboxManager::recover() {
 
     for (Sandbox& sb : loaded->sandboxes) {
         // An export killed mid-way left its point-in-time copy: nobody reads it now.
-        if (auto removed = store_.remove_export_copies(sb.id); !removed) {
+        if (auto removed = ctx.store.remove_export_copies(sb.id); !removed) {
             report.problems.push_back(removed.error().message());
         } else if (*removed > 0) {
             report.temp_files_removed += *removed;
             spdlog::info("sandbox={} op=recover removed {} copy(ies) left by a killed export",
                          sb.id, *removed);
         }
-        auto entry = std::make_shared<Entry>(workers_);
+        auto entry = std::make_shared<Entry>(ctx.table.workers());
         const auto device = live.find(sb.id);
         bool over_cow = false;
         bool undecided = false;
         if (device != live.end() && (device->second->owner == dm::DeviceOwner::Ours ||
                                      device->second->owner == dm::DeviceOwner::Legacy)) {
             // From the listing's own query of the table: the kernel is asked once per device.
-            auto checked = platform_.snapshot_over_cow(*device->second, sb.cow_path);
+            auto checked = ctx.platform.snapshot_over_cow(*device->second, sb.cow_path);
             if (checked) {
                 over_cow = *checked;
             } else {
@@ -160,23 +191,23 @@ Result<RecoveryReport> SandboxManager::recover() {
             // The template must still be the image the device was made over. If it is not, the
             // device keeps running over the image its loop holds; the sandbox says so, and a
             // later resume answers template_changed until the image is put back.
-            auto same_template = verify_template(sb, "adopt " + sb.id);
+            auto same_template = verify_template(ctx, sb, "adopt " + sb.id);
             if (!same_template) {
                 const std::string problem = same_template.error().error.message();
                 spdlog::error("sandbox={} op=recover {}", sb.id, problem);
                 report.problems.push_back(problem);
                 sb.last_error = problem;
-                if (auto written = store_.write_record(sb); !written) {
+                if (auto written = ctx.store.write_record(sb); !written) {
                     report.problems.push_back(written.error().message());
                 }
             } else {
                 if (same_template.value() && sb.origin.identity != *same_template.value()) {
                     sb.origin.identity = *same_template.value();
-                    if (auto written = store_.write_record(sb); !written) {
+                    if (auto written = ctx.store.write_record(sb); !written) {
                         report.problems.push_back(written.error().message());
                     }
                 }
-                auto origin = platform_.acquire_origin(sb.origin);
+                auto origin = ctx.platform.acquire_origin(sb.origin);
                 if (origin) {
                     entry->origin_held = true;
                     sb.origin_device = origin->device;
@@ -192,7 +223,7 @@ Result<RecoveryReport> SandboxManager::recover() {
                 sb.state = SandboxState::Running;
                 sb.device = "/dev/mapper/" + dm::device_name(sb.id);
                 sb.updated_at = utc_now();
-                if (auto written = store_.write_record(sb); !written) {
+                if (auto written = ctx.store.write_record(sb); !written) {
                     report.problems.push_back(written.error().message());
                 }
             }
@@ -215,16 +246,14 @@ Result<RecoveryReport> SandboxManager::recover() {
             sb.device.clear();
             sb.origin_device.clear();
             sb.updated_at = utc_now();
-            if (auto written = store_.write_record(sb); !written) {
+            if (auto written = ctx.store.write_record(sb); !written) {
                 report.problems.push_back(written.error().message());
             }
             ++report.paused;
             spdlog::info("sandbox={} op=recover result=paused (its device was gone)", sb.id);
         }
         entry->record = sb;
-        entry->ready = true;
-        std::lock_guard lock(mu_);
-        entries_[sb.id] = entry;
+        ctx.table.adopt(entry);
     }
     for (const auto& device : devices) {
         if (keep.count(device.id) != 0) {
@@ -236,7 +265,7 @@ Result<RecoveryReport> SandboxManager::recover() {
                          device.id);
             continue;
         }
-        if (auto removed = platform_.remove_snapshot(device.id);
+        if (auto removed = ctx.platform.remove_snapshot(device.id);
             removed || removed.error().code() == ENXIO) {
             ++report.stale_removed;
             spdlog::info("sandbox={} op=recover result=stale device ({}) removed", device.id,
@@ -246,7 +275,7 @@ Result<RecoveryReport> SandboxManager::recover() {
         }
     }
     for (const auto& id : loaded->unfinished) {
-        if (auto removed = store_.remove_sandbox(id); removed) {
+        if (auto removed = ctx.store.remove_sandbox(id); removed) {
             ++report.unfinished_removed;
             spdlog::info("sandbox={} op=recover result=unfinished create removed", id);
         } else {
@@ -255,51 +284,24 @@ Result<RecoveryReport> SandboxManager::recover() {
     }
     // Last, once the adopted sandboxes hold their origins again and the stale devices no
     // longer hold theirs: what is left of ours, nobody uses.
-    if (auto swept = platform_.detach_unused_tcmu(report.problems); swept) {
+    if (auto swept = ctx.platform.detach_unused_tcmu(report.problems); swept) {
         report.tcmu_detached = *swept;
     } else {
         report.problems.push_back(swept.error().message());
     }
-    report.temp_files_removed += sweep_flatten_temps(report.problems);
-    resume_pending_digests();
+    report.temp_files_removed += sweep_flatten_temps(ctx, report.problems);
+    resume_pending_digests(ctx);
     return report;
 }
 
-// Sandboxes made while their template's digest was pending when the agent stopped: the digest
-// is recorded now if it was read meanwhile, else read again while the image is that version.
-void SandboxManager::resume_pending_digests() {
-    std::vector<std::pair<std::string, TemplateIdentity>> versions;
-    for (const auto& sb : list()) {
-        const auto& id = sb.origin.identity;
-        if (sb.origin.type != OriginSpec::Type::Loop || !id || is_blocks_digest(id->digest)) {
-            continue;
-        }
-        const bool seen = std::any_of(versions.begin(), versions.end(), [&](const auto& v) {
-            return v.first == sb.origin.path && v.second.same_file_state(*id);
-        });
-        if (!seen) {
-            versions.emplace_back(sb.origin.path, *id);
-        }
-    }
-    for (auto& [path, version] : versions) {
-        if (auto digest = digests_.known(path, version)) {
-            version.digest = *digest;
-            record_digest(path, version);
-        } else if (auto now = platform_.inspect_template(path);
-                   now && now->same_file_state(version)) {
-            digests_.request(path, version);
-        }
-    }
-}
-
-Result<RecoveryReport> SandboxManager::cleanup_stale() {
+Result<RecoveryReport> cleanup_stale(OperationContext& ctx) {
     RecoveryReport report;
-    auto devices = platform_.list_snapshots();
+    auto devices = ctx.platform.list_snapshots();
     if (!devices) {
         return Error("cleanup-stale", devices.error().code(),
                      devices.error().message() + "; no record was changed");
     }
-    auto loaded = store_.load();
+    auto loaded = ctx.store.load();
     if (!loaded) {
         return std::move(loaded).error().within("cleanup-stale");
     }
@@ -311,7 +313,7 @@ Result<RecoveryReport> SandboxManager::cleanup_stale() {
             spdlog::info("cleanup-stale: wrenn-{} is another state dir's; left alone", device.id);
             continue;
         }
-        if (auto removed = platform_.remove_snapshot(device.id);
+        if (auto removed = ctx.platform.remove_snapshot(device.id);
             removed || removed.error().code() == ENXIO) {
             ++report.stale_removed;
         } else {
@@ -333,22 +335,22 @@ Result<RecoveryReport> SandboxManager::cleanup_stale() {
         sb.device.clear();
         sb.origin_device.clear();
         sb.updated_at = utc_now();
-        if (auto written = store_.write_record(sb); !written) {
+        if (auto written = ctx.store.write_record(sb); !written) {
             failed.push_back(written.error().message());
         } else {
             ++report.paused;
         }
     }
-    for (const std::string& dir : {store_.state_dir(), options_.templates_dir}) {
-        if (auto released = platform_.release_loops_under(dir); !released) {
+    for (const std::string& dir : {ctx.store.state_dir(), ctx.options.templates_dir}) {
+        if (auto released = ctx.platform.release_loops_under(dir); !released) {
             failed.push_back(released.error().message());
         }
     }
-    if (auto detached = platform_.detach_tcmu_origins(tcmu_origins); !detached) {
+    if (auto detached = ctx.platform.detach_tcmu_origins(tcmu_origins); !detached) {
         failed.push_back(detached.error().message());
     }
     // The records name only the origins of sandboxes that still exist; our mark finds the rest.
-    if (auto swept = platform_.detach_unused_tcmu(failed); swept) {
+    if (auto swept = ctx.platform.detach_unused_tcmu(failed); swept) {
         report.tcmu_detached = *swept;
     } else {
         failed.push_back(swept.error().message());

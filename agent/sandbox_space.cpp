@@ -1,57 +1,38 @@
-// The sandboxes' side of space on the state filesystem: refusing new work below --min-free,
-// and suspending and resuming running devices for the SpaceWatcher (space.hpp).
+// The sandboxes' side of space on the state filesystem: suspending and resuming running devices
+// for the SpaceWatcher (space.hpp). Refusing new work below --min-free is check_space().
 //
 // The watcher acts outside the sandboxes' strands, so that a long operation on one sandbox
 // never delays the suspension that keeps every other snapshot valid. That is safe because
 // suspend and resume are idempotent in the kernel and a device that goes away meanwhile (a
-// pause or destroy) answers ENXIO: the flag on the entry is only what reads show, and commit()
-// clears it whenever the sandbox's device is removed or made anew.
+// pause or destroy) answers ENXIO: the flag on the entry is only what reads show, and
+// SandboxTable::commit() clears it whenever the sandbox's device is removed or made anew.
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
-#include "agent/sandbox_manager.hpp"
+#include "agent/operations.hpp"
 
 namespace wrenn::agent {
 
-Sandbox SandboxManager::view_of(const Entry& entry) {
-    Sandbox out = entry.record;
-    out.io_suspended_for_space = entry.io_suspended && out.state == SandboxState::Running;
-    return out;
-}
-
-std::optional<Failure> SandboxManager::check_space(const std::string& what) const {
-    if (space_ == nullptr) {
-        return std::nullopt;
-    }
-    if (auto refused = space_->refuse_new_work()) {
-        return failure(FailureKind::InsufficientStorage, what, ENOSPC, *refused);
-    }
-    return std::nullopt;
-}
-
-std::size_t SandboxManager::suspend_for_space() {
-    std::vector<std::pair<std::string, EntryPtr>> targets;
-    {
-        std::lock_guard lock(mu_);
-        for (const auto& [id, entry] : entries_) {
-            if (entry->ready && !entry->gone && entry->record.state == SandboxState::Running &&
-                !entry->io_suspended) {
-                targets.emplace_back(id, entry);
-            }
-        }
-    }
+std::size_t suspend_for_space(OperationContext& ctx) {
+    auto targets = ctx.table.select([](const Entry& e) {
+        return e.ready && !e.gone && e.record.state == SandboxState::Running && !e.io_suspended;
+    });
     std::size_t suspended = 0;
-    for (const auto& [id, entry] : targets) {
-        auto done = platform_.suspend_snapshot(id);
+    for (const auto& entry : targets) {
+        const std::string id = ctx.table.with(entry, [](const Entry& e) { return e.record.id; });
+        auto done = ctx.platform.suspend_snapshot(id);
         if (!done) {
             if (done.error().code() != ENXIO) {  // ENXIO: paused or destroyed meanwhile
                 spdlog::error("sandbox={} op=suspend-for-space {}", id, done.error().message());
             }
             continue;
         }
-        std::lock_guard lock(mu_);
-        if (!entry->gone && entry->record.state == SandboxState::Running) {
-            entry->io_suspended = true;
+        const bool running = ctx.table.with(entry, [](Entry& e) {
+            const bool held = !e.gone && e.record.state == SandboxState::Running;
+            e.io_suspended = e.io_suspended || held;
+            return held;
+        });
+        if (running) {
             ++suspended;
             spdlog::warn("sandbox={} op=suspend-for-space its I/O waits until space returns", id);
         }
@@ -59,26 +40,18 @@ std::size_t SandboxManager::suspend_for_space() {
     return suspended;
 }
 
-std::size_t SandboxManager::resume_after_space() {
-    std::vector<std::pair<std::string, EntryPtr>> targets;
-    {
-        std::lock_guard lock(mu_);
-        for (const auto& [id, entry] : entries_) {
-            if (entry->io_suspended) {
-                targets.emplace_back(id, entry);
-            }
-        }
-    }
+std::size_t resume_after_space(OperationContext& ctx) {
+    auto targets = ctx.table.select([](const Entry& e) { return e.io_suspended; });
     std::size_t resumed = 0;
-    for (const auto& [id, entry] : targets) {
-        auto done = platform_.resume_snapshot(id);
+    for (const auto& entry : targets) {
+        const std::string id = ctx.table.with(entry, [](const Entry& e) { return e.record.id; });
+        auto done = ctx.platform.resume_snapshot(id);
         if (!done && done.error().code() != ENXIO) {
             // Kept flagged: the next poll tries again, and reads keep saying so.
             spdlog::error("sandbox={} op=resume-after-space {}", id, done.error().message());
             continue;
         }
-        std::lock_guard lock(mu_);
-        entry->io_suspended = false;
+        ctx.table.with(entry, [](Entry& e) { e.io_suspended = false; });
         if (done) {
             ++resumed;
             spdlog::info("sandbox={} op=resume-after-space its I/O runs again", id);
@@ -87,33 +60,20 @@ std::size_t SandboxManager::resume_after_space() {
     return resumed;
 }
 
-std::size_t SandboxManager::suspended_for_space() const {
-    std::lock_guard lock(mu_);
-    std::size_t n = 0;
-    for (const auto& [id, entry] : entries_) {
-        n += entry->io_suspended && !entry->gone && entry->record.state == SandboxState::Running
-                 ? 1
-                 : 0;
-    }
-    return n;
+std::size_t suspended_for_space(const OperationContext& ctx) {
+    return ctx.table
+        .select([](const Entry& e) {
+            return e.io_suspended && !e.gone && e.record.state == SandboxState::Running;
+        })
+        .size();
 }
 
-std::vector<std::pair<std::string, std::uint64_t>> SandboxManager::cow_disk_usage() const {
-    std::vector<std::pair<std::string, std::string>> cows;
-    {
-        std::lock_guard lock(mu_);
-        for (const auto& [id, entry] : entries_) {
-            if (entry->ready && !entry->gone) {
-                cows.emplace_back(id, entry->record.cow_path);
-            }
-        }
-    }
+std::vector<std::pair<std::string, std::uint64_t>> cow_disk_usage(const OperationContext& ctx) {
     std::vector<std::pair<std::string, std::uint64_t>> out;
-    out.reserve(cows.size());
-    for (const auto& [id, path] : cows) {
+    for (const auto& sb : ctx.table.list()) {
         struct stat st {};
-        if (::stat(path.c_str(), &st) == 0) {
-            out.emplace_back(id, static_cast<std::uint64_t>(st.st_blocks) * 512);
+        if (::stat(sb.cow_path.c_str(), &st) == 0) {
+            out.emplace_back(sb.id, static_cast<std::uint64_t>(st.st_blocks) * 512);
         }
     }
     return out;

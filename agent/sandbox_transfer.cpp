@@ -18,33 +18,17 @@
 #include <cerrno>
 #include <vector>
 
-#include "agent/sandbox_manager.hpp"
+#include "agent/operations.hpp"
 #include "dm/snapshot_format.hpp"
 
 namespace wrenn::agent {
 
-void SandboxManager::export_sandbox(const std::string& id, bool compress, ExportBegin begin,
-                                    Callback<TransferStats> done) {
-    auto entry = find(id);
-    if (!entry) {
-        done(failure(FailureKind::NotFound, "export " + id, 0, "no such sandbox"));
-        return;
-    }
-    run_on_strand<TransferStats>(
-        entry, "export",
-        [this, entry, compress, begin = std::move(begin)] {
-            return do_export(entry, compress, begin);
-        },
-        std::move(done));
-}
-
-Result<TransferStats, Failure> SandboxManager::do_export(const EntryPtr& entry, bool compress,
-                                                 const ExportBegin& begin) {
-    const Sandbox sb = snapshot_of(entry);
+Result<TransferStats, Failure> export_sandbox(OperationContext& ctx, const EntryPtr& entry,
+                                              bool compress, const ExportBegin& begin) {
+    const Sandbox sb = ctx.table.record(entry);
     const std::string what = "export " + sb.id;
-    if (auto missing = check_kernel()) {
+    if (auto missing = check_kernel(ctx.platform, what)) {
         // Even a paused sandbox's: whether its device is live is the kernel's to say.
-        missing->error = std::move(missing->error).within(what);
         return *missing;
     }
     if (sb.origin.type != OriginSpec::Type::Loop) {
@@ -52,7 +36,7 @@ Result<TransferStats, Failure> SandboxManager::do_export(const EntryPtr& entry, 
                        "only a sandbox made over a template can be exported (an archive names "
                        "its template by content digest); this one has a TCMU origin");
     }
-    auto same_template = verify_template(sb, what);
+    auto same_template = verify_template(ctx, sb, what);
     if (!same_template) {
         return same_template.error();
     }
@@ -61,7 +45,7 @@ Result<TransferStats, Failure> SandboxManager::do_export(const EntryPtr& entry, 
     const TemplateIdentity version = same_template.value().value_or(TemplateIdentity{});
     std::string digest = version.digest;
     if (!is_blocks_digest(digest)) {
-        auto read = digests_.wait(sb.origin.path, version);
+        auto read = ctx.digests.wait(sb.origin.path, version);
         if (!read) {
             const FailureKind kind = read.error().code() == ESTALE ? FailureKind::TemplateChanged
                                                                    : FailureKind::Internal;
@@ -72,25 +56,18 @@ Result<TransferStats, Failure> SandboxManager::do_export(const EntryPtr& entry, 
     ExportSource source{sb.cow_path, sb.origin_size_bytes, digest, sb.template_name + ".img"};
     std::unique_ptr<PendingCopy> copy;
     if (sb.state == SandboxState::Paused) {
-        if (auto live = check_no_live_device(sb.id, what, "export")) {
+        if (auto live = check_no_live_device(ctx.platform, sb.id, what, "export")) {
             return *live;
         }
-        auto valid = platform_.cow_store_valid(sb.cow_path, sb.origin_size_bytes);
-        if (!valid || !*valid) {
-            return failure(FailureKind::SnapshotInvalid, what, 0,
-                           valid ? "the kernel marked its CoW invalid; it cannot be exported"
-                                 : valid.error().message());
-        }
-    } else {
-        auto usage = platform_.snapshot_usage(sb.id);
-        if (usage && usage->state != SnapshotUsage::State::Active) {
-            return failure(FailureKind::SnapshotInvalid, what, 0,
-                           "the kernel marked its CoW invalid or full; it cannot be exported");
-        }
-        if (auto full = check_space(what)) {
+    }
+    if (auto unusable = check_cow_usable(ctx.platform, sb, what)) {
+        return *unusable;
+    }
+    if (sb.state == SandboxState::Running) {
+        if (auto full = check_space(ctx.space, what)) {
             return *full;  // the copy takes space (none with reflinks, but not everywhere)
         }
-        auto copied = copy_source_cow(entry, sb, store_.export_copy_path(sb.id), what);
+        auto copied = copy_source_cow(ctx, entry, sb, ctx.store.export_copy_path(sb.id), what);
         if (!copied) {
             return copied.error();
         }
@@ -109,22 +86,25 @@ Result<TransferStats, Failure> SandboxManager::do_export(const EntryPtr& entry, 
     return *stats;
 }
 
-Result<SandboxManager::TemplateMatch, Failure> SandboxManager::find_template_by_digest(
-    const archive::Header& header, const std::string& what) {
+namespace {
+
+struct TemplateMatch {
+    std::string name;
+    TemplateIdentity identity;  // with its digest
+};
+
+// The template in templates_dir whose content has the archive's digest, or 409
+// template_mismatch naming the digest.
+Result<TemplateMatch, Failure> find_template_by_digest(OperationContext& ctx,
+                                                       const archive::Header& header,
+                                                       const std::string& what) {
     const std::string needed = header.template_digest_name();
     const bool whole = header.version == archive::kWholeSha256Version;
-    std::vector<std::string> names;
-    if (DIR* dir = ::opendir(options_.templates_dir.c_str()); dir != nullptr) {
-        while (const dirent* e = ::readdir(dir)) {
-            const std::string file = e->d_name;
-            if (file.size() > 4 && file.compare(file.size() - 4, 4, ".img") == 0 &&
-                is_valid_name(file.substr(0, file.size() - 4))) {
-                names.push_back(file.substr(0, file.size() - 4));
-            }
-        }
-        ::closedir(dir);
+    auto listed = template_names(ctx);
+    if (!listed) {
+        return internal(std::move(listed).error().within(what));
     }
-    std::sort(names.begin(), names.end());
+    std::vector<std::string> names = std::move(listed).value();
     // The archive's own name first: the usual case, and the only digest computed when the
     // digests are cached already.
     const std::string own = header.template_name.ends_with(".img")
@@ -132,59 +112,44 @@ Result<SandboxManager::TemplateMatch, Failure> SandboxManager::find_template_by_
                                 : header.template_name;
     std::stable_partition(names.begin(), names.end(), [&](const auto& n) { return n == own; });
     for (const auto& name : names) {
-        const std::string path = template_path(name);
-        auto identity = platform_.inspect_template(path);
+        const std::string path = ctx.template_path(name);
+        auto identity = ctx.platform.inspect_template(path);
         if (!identity || identity->size_bytes / 512 * 512 != header.origin_bytes) {
             continue;  // not usable as a template (see GET /templates), or another size
         }
         // A version 1 archive names the whole image's SHA-256, computed here on demand (once
         // per template version, then cached).
         auto digest =
-            whole ? digests_.whole_sha256(path, *identity) : digests_.wait(path, *identity);
+            whole ? ctx.digests.whole_sha256(path, *identity) : ctx.digests.wait(path, *identity);
         if (digest && *digest == needed) {
             TemplateIdentity matched = *identity;
-            matched.digest = whole ? digests_.known_or_request(path, *identity) : *digest;
+            matched.digest = whole ? ctx.digests.known_or_request(path, *identity) : *digest;
             return TemplateMatch{name, matched};
         }
     }
     return failure(FailureKind::TemplateMismatch, what, 0,
                    "the archive needs template \"" + header.template_name + "\" with digest " +
-                       needed + "; no template in " + options_.templates_dir +
+                       needed + "; no template in " + ctx.options.templates_dir +
                        " has that content: copy the exporting host's image there (any name) "
                        "and retry");
 }
 
-void SandboxManager::import_sandbox(const std::string& id, ImportOptions options,
-                                    ReadBody read_body, Callback<Sandbox> done) {
-    auto reserved = reserve(id, "import " + id);
-    if (!reserved) {
-        done(reserved.error());
-        return;
-    }
-    run_on_strand<Sandbox>(
-        reserved.value(), "import",
-        [this, entry = reserved.value(), options, read_body = std::move(read_body)] {
-            auto outcome = do_import(entry, options, read_body);
-            settle(entry, outcome.ok());
-            return outcome;
-        },
-        std::move(done));
-}
+}  // namespace
 
-Result<Sandbox, Failure> SandboxManager::do_import(const EntryPtr& entry, const ImportOptions& options,
-                                           const ReadBody& read_body) {
+Result<Sandbox, Failure> import_sandbox(OperationContext& ctx, const EntryPtr& entry,
+                                        const ImportOptions& options, const ReadBody& read_body) {
     const std::string id = entry->record.id;
     const std::string what = "import " + id;
-    if (auto full = check_space(what)) {
+    if (auto full = check_space(ctx.space, what)) {
         return *full;
     }
-    if (auto made = make_sandbox_dir(id, what); !made) {
+    if (auto made = make_sandbox_dir(ctx, id, what); !made) {
         return made.error();
     }
     // Until the record is written (last), the folder is an unfinished sandbox: a crash leaves
     // it for the next start to remove, and every refusal below removes it now.
     auto remove_files = [&] {
-        if (auto removed = store_.remove_sandbox(id); !removed) {
+        if (auto removed = ctx.store.remove_sandbox(id); !removed) {
             spdlog::error("sandbox={} op=import cleanup failed: {}", id, removed.error().message());
         }
     };
@@ -192,7 +157,7 @@ Result<Sandbox, Failure> SandboxManager::do_import(const EntryPtr& entry, const 
     std::optional<Failure> refused;  // a refusal of ours from inside the archive's callbacks
     std::uint64_t limit = options.max_bytes;
     ArchiveImport import([&](const archive::Header& h) -> Result<ImportTarget> {
-        auto found = find_template_by_digest(h, what);
+        auto found = find_template_by_digest(ctx, h, what);
         if (!found) {
             refused = found.error();
             return found.error().error;
@@ -203,7 +168,7 @@ Result<Sandbox, Failure> SandboxManager::do_import(const EntryPtr& entry, const 
         const std::uint64_t origin_bound = h.origin_bytes + h.origin_bytes / 100 + (1 << 20);
         limit = std::min(limit, origin_bound);
         const std::uint64_t origin_bytes = match->identity.size_bytes / 512 * 512;
-        return ImportTarget{origin_bytes, store_.cow_path(id),
+        return ImportTarget{origin_bytes, ctx.store.cow_path(id),
                             dm::cow_size_for_origin(origin_bytes)};
     });
     std::vector<std::byte> buffer(1 << 20);
@@ -260,12 +225,12 @@ Result<Sandbox, Failure> SandboxManager::do_import(const EntryPtr& entry, const 
     sb.state = SandboxState::Paused;
     sb.template_name = match->name;
     sb.origin = OriginSpec{
-        OriginSpec::Type::Loop, template_path(match->name), {}, std::nullopt, match->identity};
-    sb.cow_path = store_.cow_path(id);
+        OriginSpec::Type::Loop, ctx.template_path(match->name), {}, std::nullopt, match->identity};
+    sb.cow_path = ctx.store.cow_path(id);
     sb.origin_size_bytes = match->identity.size_bytes / 512 * 512;
     sb.cow_size_bytes = dm::cow_size_for_origin(sb.origin_size_bytes);
     sb.created_at = sb.updated_at = utc_now();
-    if (auto written = commit(entry, sb); !written) {
+    if (auto written = ctx.table.commit(entry, sb); !written) {
         return fail(internal(std::move(written).error().within(what)));
     }
     spdlog::info(

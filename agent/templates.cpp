@@ -4,10 +4,9 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <boost/asio/post.hpp>
 #include <cerrno>
 
-#include "agent/sandbox_manager.hpp"
+#include "agent/operations.hpp"
 
 namespace wrenn::agent {
 
@@ -30,25 +29,44 @@ Failure template_refused(const std::string& name, const std::string& path, Error
 
 }  // namespace
 
-std::string SandboxManager::template_path(const std::string& name) const {
-    return options_.templates_dir + "/" + name + ".img";
+Result<std::vector<std::string>> template_names(const OperationContext& ctx) {
+    std::vector<std::string> names;
+    const std::string& dir_path = ctx.options.templates_dir;
+    DIR* dir = ::opendir(dir_path.c_str());
+    if (dir == nullptr) {
+        if (errno == ENOENT) {
+            return names;
+        }
+        return errno_error("list templates in " + dir_path);
+    }
+    while (const dirent* e = ::readdir(dir)) {
+        const std::string_view file = e->d_name;
+        if (file.size() > 4 && file.ends_with(".img") &&
+            is_valid_name(file.substr(0, file.size() - 4))) {
+            names.emplace_back(file.substr(0, file.size() - 4));
+        }
+    }
+    ::closedir(dir);
+    std::sort(names.begin(), names.end());
+    return names;
 }
 
-Result<TemplateIdentity, Failure> SandboxManager::identify_template(const std::string& name,
-                                                            const std::string& what) {
-    const std::string path = template_path(name);
-    auto identity = platform_.inspect_template(path);
+Result<TemplateIdentity, Failure> identify_template(OperationContext& ctx, const std::string& name,
+                                                    const std::string& what) {
+    const std::string path = ctx.template_path(name);
+    auto identity = ctx.platform.inspect_template(path);
     if (!identity) {
         return template_refused(name, path, std::move(identity).error().within(what));
     }
     // Never waits for a digest: a version never seen is read in the background, and its digest
     // written into the records made over it once known (record_digest).
-    identity->digest = digests_.known_or_request(path, *identity);
+    identity->digest = ctx.digests.known_or_request(path, *identity);
     return *identity;
 }
 
-Result<std::optional<TemplateIdentity>, Failure> SandboxManager::verify_template(const Sandbox& sb,
-                                                                         const std::string& what) {
+Result<std::optional<TemplateIdentity>, Failure> verify_template(OperationContext& ctx,
+                                                                 const Sandbox& sb,
+                                                                 const std::string& what) {
     if (sb.origin.type != OriginSpec::Type::Loop) {
         return std::optional<TemplateIdentity>{};
     }
@@ -56,7 +74,7 @@ Result<std::optional<TemplateIdentity>, Failure> SandboxManager::verify_template
     const std::string label = "template '" + sb.template_name + "' (" + path + ")";
     const std::string restore =
         "; the sandbox's CoW is kept: put the original image back at that path to use it again";
-    auto now = platform_.inspect_template(path);
+    auto now = ctx.platform.inspect_template(path);
     if (!now) {
         if (now.error().code() == ENOENT) {
             return failure(FailureKind::TemplateChanged, what, 0, label + " is gone" + restore);
@@ -66,20 +84,20 @@ Result<std::optional<TemplateIdentity>, Failure> SandboxManager::verify_template
     std::optional<TemplateIdentity> recorded = sb.origin.identity;
     if (recorded && recorded->digest.empty()) {
         // Made while its digest was pending: known by now if the background read finished.
-        if (auto digest = digests_.known(path, *recorded)) {
+        if (auto digest = ctx.digests.known(path, *recorded)) {
             recorded->digest = *digest;
         }
     }
     if (recorded && now->same_file_state(*recorded)) {
         if (recorded->digest.empty()) {
-            digests_.request(path, *recorded);
+            ctx.digests.request(path, *recorded);
         }
         return recorded;
     }
     if (!recorded) {
         // A record from before template identities: the image as it is now becomes the one the
         // sandbox is taken to be made over. Nothing better is known.
-        now->digest = digests_.known_or_request(path, *now);
+        now->digest = ctx.digests.known_or_request(path, *now);
         spdlog::warn("sandbox={} {} had no recorded identity; recording its present state now",
                      sb.id, label);
         return std::optional<TemplateIdentity>{*now};
@@ -95,7 +113,7 @@ Result<std::optional<TemplateIdentity>, Failure> SandboxManager::verify_template
     // Same content in a new file state (a touch, a copy renamed over it) keeps the sandbox
     // usable: decided by the digest of the image now, in the algorithm the record names.
     const bool whole = !is_blocks_digest(recorded->digest);
-    auto digest = whole ? digests_.whole_sha256(path, *now) : digests_.wait(path, *now);
+    auto digest = whole ? ctx.digests.whole_sha256(path, *now) : ctx.digests.wait(path, *now);
     if (!digest) {
         return Failure{FailureKind::Internal, std::move(digest).error().within(what)};
     }
@@ -110,7 +128,7 @@ Result<std::optional<TemplateIdentity>, Failure> SandboxManager::verify_template
     }
     if (whole) {
         // The record moves on to the blocks digest once it is known (record_digest).
-        if (auto blocks = digests_.known_or_request(path, *now); !blocks.empty()) {
+        if (auto blocks = ctx.digests.known_or_request(path, *now); !blocks.empty()) {
             current.digest = blocks;
         }
     }
@@ -121,7 +139,8 @@ Result<std::optional<TemplateIdentity>, Failure> SandboxManager::verify_template
 
 // A template version's digest is known: each sandbox made over exactly that version without it
 // gets it in its record, on its strand, so that it never races the sandbox's operations.
-void SandboxManager::record_digest(const std::string& path, const TemplateIdentity& version) {
+void record_digest(OperationContext& ctx, const std::string& path,
+                   const TemplateIdentity& version) {
     auto lacks = [path, version](const Sandbox& sb) {
         const auto& id = sb.origin.identity;
         return sb.origin.type == OriginSpec::Type::Loop && sb.origin.path == path && id &&
@@ -129,98 +148,55 @@ void SandboxManager::record_digest(const std::string& path, const TemplateIdenti
     };
     // A create, fork or import in flight may be about to record this version without its
     // digest: its entry is not ready yet, and the job below runs on its strand after it.
-    std::vector<EntryPtr> targets;
-    {
-        std::lock_guard lock(mu_);
-        for (const auto& [id, entry] : entries_) {
-            if (!entry->gone && (!entry->ready || lacks(entry->record))) {
-                targets.push_back(entry);
+    auto targets =
+        ctx.table.select([&](const Entry& e) { return !e.gone && (!e.ready || lacks(e.record)); });
+    for (const auto& target : targets) {
+        ctx.runner.post(target, [&ctx, lacks, version](const EntryPtr& entry) {
+            auto [gone, next] = ctx.table.with(
+                entry, [](const Entry& e) { return std::make_pair(e.gone, e.record); });
+            if (gone || !lacks(next)) {
+                return;
             }
-        }
-    }
-    for (auto& entry : targets) {
-        {
-            std::lock_guard lock(idle_mu_);
-            ++in_flight_;
-        }
-        auto& strand = entry->strand;  // before the entry moves into the job
-        boost::asio::post(strand, [this, entry = std::move(entry), lacks, version]() mutable {
-            Sandbox next;
-            bool gone = false;
-            {
-                std::lock_guard lock(mu_);
-                gone = entry->gone;
-                next = entry->record;
-            }
-            if (!gone && lacks(next)) {
-                next.origin.identity->digest = version.digest;
-                if (auto written = commit(entry, next); !written) {
-                    // Memory has it; the next start finds it in the digest cache again.
-                    spdlog::warn("sandbox={} record template digest: {}", next.id,
-                                 written.error().message());
-                } else {
-                    spdlog::debug("sandbox={} template digest recorded: {}", next.id,
-                                  version.digest);
-                }
-            }
-            entry.reset();
-            std::lock_guard lock(idle_mu_);
-            if (--in_flight_ == 0) {
-                idle_cv_.notify_all();
+            next.origin.identity->digest = version.digest;
+            if (auto written = ctx.table.commit(entry, next); !written) {
+                // Memory has it; the next start finds it in the digest cache again.
+                spdlog::warn("sandbox={} record template digest: {}", next.id,
+                             written.error().message());
+            } else {
+                spdlog::debug("sandbox={} template digest recorded: {}", next.id, version.digest);
             }
         });
     }
 }
 
-void SandboxManager::list_templates(Callback<std::vector<TemplateInfo>> done) {
-    boost::asio::post(queries_, [this, done = std::move(done)] {
-        std::map<std::string, std::size_t> users;
-        for (const auto& sb : list()) {
-            if (!sb.template_name.empty()) {
-                ++users[sb.template_name];
-            }
+Result<std::vector<TemplateInfo>, Failure> list_templates(OperationContext& ctx) {
+    std::map<std::string, std::size_t> users;
+    for (const auto& sb : ctx.table.list()) {
+        if (!sb.template_name.empty()) {
+            ++users[sb.template_name];
         }
-        std::vector<TemplateInfo> out;
-        DIR* dir = ::opendir(options_.templates_dir.c_str());
-        if (dir == nullptr) {
-            if (errno == ENOENT) {
-                done(std::move(out));
-            } else {
-                done(Failure{FailureKind::Internal,
-                             errno_error("list templates in " + options_.templates_dir)});
+    }
+    auto names = template_names(ctx);
+    if (!names) {
+        return internal(std::move(names).error());
+    }
+    std::vector<TemplateInfo> out;
+    for (const auto& name : *names) {
+        TemplateInfo info{name, ctx.template_path(name), 0, users[name], {}, {}, {}};
+        auto identity = ctx.platform.inspect_template(info.path);
+        if (!identity) {
+            if (identity.error().code() == ENOENT) {
+                continue;  // removed while we looked
             }
-            return;
+            info.problem = identity.error().message();
+        } else {
+            info.size_bytes = identity->size_bytes;
+            // Never read here: a version not yet known shows as pending.
+            info.digest = ctx.digests.known_or_request(info.path, *identity);
         }
-        std::vector<std::string> names;
-        while (const dirent* e = ::readdir(dir)) {
-            std::string file = e->d_name;
-            if (file.size() <= 4 || file.compare(file.size() - 4, 4, ".img") != 0) {
-                continue;
-            }
-            std::string name = file.substr(0, file.size() - 4);
-            if (is_valid_name(name)) {
-                names.push_back(std::move(name));
-            }
-        }
-        ::closedir(dir);
-        std::sort(names.begin(), names.end());
-        for (const auto& name : names) {
-            TemplateInfo info{name, template_path(name), 0, users[name], {}, {}, {}};
-            auto identity = platform_.inspect_template(info.path);
-            if (!identity) {
-                if (identity.error().code() == ENOENT) {
-                    continue;  // removed while we looked
-                }
-                info.problem = identity.error().message();
-            } else {
-                info.size_bytes = identity->size_bytes;
-                // Never read here: a version not yet known shows as pending.
-                info.digest = digests_.known_or_request(info.path, *identity);
-            }
-            out.push_back(std::move(info));
-        }
-        done(std::move(out));
-    });
+        out.push_back(std::move(info));
+    }
+    return out;
 }
 
 }  // namespace wrenn::agent

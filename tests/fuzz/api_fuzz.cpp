@@ -35,6 +35,7 @@ namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 namespace fs = std::filesystem;
 using namespace wrenn::agent;
+using wrenn::Result;
 
 namespace {
 

@@ -8,6 +8,7 @@
 #include "agent_fixture.hpp"
 
 using namespace wrenn::agent;
+using wrenn::Result;
 using namespace wrenn::agent::testing;
 
 namespace {

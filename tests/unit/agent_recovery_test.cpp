@@ -14,6 +14,7 @@
 #include "agent_fixture.hpp"
 
 using namespace wrenn::agent;
+using wrenn::Result;
 using namespace wrenn::agent::testing;
 using wrenn::dm::DeviceOwner;
 
