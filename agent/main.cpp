@@ -5,10 +5,10 @@
 #include <variant>
 #include <vector>
 
-#include "agent/cli.hpp"
-#include "agent/logging.hpp"
-#include "agent/serve.hpp"
-#include "agent/transfer.hpp"
+#include "agent/daemon/cli.hpp"
+#include "agent/daemon/logging.hpp"
+#include "agent/daemon/serve.hpp"
+#include "agent/transfer/transfer.hpp"
 #include "flatten/cli.hpp"
 #include "tcmu/cli.hpp"
 

@@ -14,8 +14,8 @@
 #include <variant>
 #include <vector>
 
-#include "agent/cli.hpp"
-#include "agent/serve.hpp"
+#include "agent/daemon/cli.hpp"
+#include "agent/daemon/serve.hpp"
 #include "unit/fake_platform.hpp"
 
 namespace {

@@ -1,7 +1,7 @@
 // libFuzzer target: arbitrary bytes as they would arrive on a connection. Beast's request parser
 // reads them with the server's limits; every request that parses goes to Api::handle over a
-// FakePlatform, a state dir in a temp folder and a worker pool, as agent/serve.cpp wires them.
-// Checked for each request: respond is called exactly once, the response serializes to valid
+// FakePlatform, a state dir in a temp folder and a worker pool, as agent/daemon/serve.cpp wires
+// them. Checked for each request: respond is called exactly once, the response serializes to valid
 // HTTP that parses back, its status is one docs/api.md lists, and its body is JSON (or the
 // Prometheus text of /metrics, or empty for 204). Between inputs every sandbox is destroyed
 // and every flattened template removed, so that an input behaves the same whenever it runs.
@@ -26,9 +26,9 @@
 #include <sstream>
 #include <string>
 
-#include "agent/api.hpp"
-#include "agent/sandbox_manager.hpp"
-#include "agent/state_store.hpp"
+#include "agent/api/api.hpp"
+#include "agent/sandboxes/sandbox_manager.hpp"
+#include "agent/state/state_store.hpp"
 #include "fake_platform.hpp"
 
 namespace beast = boost::beast;

@@ -11,7 +11,7 @@
 #include <string>
 #include <string_view>
 
-#include "agent/sandbox.hpp"
+#include "agent/state/sandbox.hpp"
 #include "http/listen_address.hpp"
 
 namespace {

@@ -23,7 +23,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/transfer.hpp"
+#include "agent/transfer/transfer.hpp"
 #include "common/digest.hpp"
 
 using namespace wrenn::flatten;

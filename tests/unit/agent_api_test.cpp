@@ -2,7 +2,7 @@
 #include <catch2/catch.hpp>
 #include <cerrno>
 
-#include "agent/linux_platform.hpp"
+#include "agent/platform/linux_platform.hpp"
 #include "agent_fixture.hpp"
 
 using namespace wrenn::agent;

@@ -1,7 +1,7 @@
 #include <catch2/catch.hpp>
 
-#include "agent/cli.hpp"
-#include "agent/logging.hpp"
+#include "agent/daemon/cli.hpp"
+#include "agent/daemon/logging.hpp"
 
 using namespace wrenn::agent;
 

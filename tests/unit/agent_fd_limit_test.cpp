@@ -2,7 +2,7 @@
 
 #include <catch2/catch.hpp>
 
-#include "agent/fd_limit.hpp"
+#include "agent/daemon/fd_limit.hpp"
 
 using namespace wrenn::agent;
 

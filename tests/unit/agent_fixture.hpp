@@ -13,9 +13,9 @@
 #include <memory>
 #include <thread>
 
-#include "agent/api.hpp"
-#include "agent/sandbox_manager.hpp"
-#include "agent/state_store.hpp"
+#include "agent/api/api.hpp"
+#include "agent/sandboxes/sandbox_manager.hpp"
+#include "agent/state/state_store.hpp"
 #include "expected_digest.hpp"
 #include "fake_platform.hpp"
 

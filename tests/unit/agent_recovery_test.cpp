@@ -10,7 +10,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "agent/state_dir_lock.hpp"
+#include "agent/daemon/state_dir_lock.hpp"
 #include "agent_fixture.hpp"
 
 using namespace wrenn::agent;
@@ -412,7 +412,8 @@ OriginSpec tcmu_origin(const std::string& config) {
     return OriginSpec{OriginSpec::Type::Tcmu, config, "overlaybd", std::nullopt, std::nullopt};
 }
 
-Result<Sandbox, Failure> create_tcmu(AgentFixture& f, const std::string& id, const std::string& config) {
+Result<Sandbox, Failure> create_tcmu(AgentFixture& f, const std::string& id,
+                                     const std::string& config) {
     return f.wait<Sandbox>([&](auto cb) {
         f.manager->create(CreateRequest{id, "", tcmu_origin(config)}, cb);
     });

@@ -1,8 +1,8 @@
 #include <boost/json.hpp>
 #include <catch2/catch.hpp>
 
-#include "agent/cli.hpp"
-#include "agent/space.hpp"
+#include "agent/daemon/cli.hpp"
+#include "agent/platform/space.hpp"
 #include "agent_fixture.hpp"
 
 using namespace wrenn::agent;

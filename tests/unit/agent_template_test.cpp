@@ -8,8 +8,8 @@
 #include <filesystem>
 #include <fstream>
 
-#include "agent/template_blocks.hpp"
-#include "agent/template_image.hpp"
+#include "agent/state/template_blocks.hpp"
+#include "agent/state/template_image.hpp"
 #include "agent_fixture.hpp"
 #include "common/digest.hpp"
 #include "common/file.hpp"

@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "agent/cli.hpp"
-#include "agent/transfer.hpp"
+#include "agent/daemon/cli.hpp"
+#include "agent/transfer/transfer.hpp"
 #include "common/digest.hpp"
 #include "dm/snapshot_format.hpp"
 #include "flatten/exception_store.hpp"

@@ -14,8 +14,8 @@
 #include <mutex>
 #include <set>
 
-#include "agent/platform.hpp"
-#include "agent/template_image.hpp"
+#include "agent/platform/platform.hpp"
+#include "agent/state/template_image.hpp"
 
 namespace wrenn::agent::testing {
 

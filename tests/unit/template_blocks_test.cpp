@@ -1,7 +1,7 @@
 // The template digest (agent/template_blocks): computed over a real sparse file, it equals the
 // definition computed here; rehashing the changed chunks from the stored leaf hashes gives the
 // same digest as reading the changed image whole; a damaged leaf file is refused.
-#include "agent/template_blocks.hpp"
+#include "agent/state/template_blocks.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>

@@ -1,0 +1,624 @@
+#include "agent/api/api.hpp"
+
+#include <boost/beast/http/field.hpp>
+#include <boost/beast/http/status.hpp>
+#include <boost/beast/http/verb.hpp>
+#include <boost/json.hpp>
+#include <memory>
+#include <string_view>
+
+#include "archive/format.hpp"
+
+namespace wrenn::agent {
+
+namespace http = boost::beast::http;
+namespace json = boost::json;
+
+namespace {
+
+HttpResponse make_response(const HttpRequest& request, unsigned status, std::string body,
+                           std::string_view content_type = "application/json") {
+    HttpResponse res{static_cast<http::status>(status), request.version()};
+    res.set(http::field::server, "wrenn-agent");
+    res.set(http::field::content_type, content_type);
+    res.keep_alive(request.keep_alive());
+    res.body() = std::move(body);
+    res.prepare_payload();
+    return res;
+}
+
+HttpResponse json_response(const HttpRequest& request, unsigned status, const json::value& value) {
+    return make_response(request, status, json::serialize(value) + "\n");
+}
+
+HttpResponse failure_response(const HttpRequest& request, const Failure& f) {
+    return json_error(request, failure_http_status(f.kind), failure_code(f.kind),
+                      f.error.message());
+}
+
+// Parses a JSON object body and refuses fields it does not know, naming them. An empty body
+// counts as {} for operations whose fields are all optional.
+struct Body {
+    json::object object;
+    std::optional<std::string> problem;
+};
+
+Body parse_body(const HttpRequest& request, std::initializer_list<std::string_view> known,
+                bool allow_empty) {
+    Body body;
+    if (request.body().empty()) {
+        if (!allow_empty) {
+            body.problem = "the request needs a JSON object body";
+        }
+        return body;
+    }
+    boost::system::error_code ec;
+    json::value value = json::parse(request.body(), ec);
+    if (ec) {
+        body.problem = "the body is not valid JSON: " + ec.message();
+        return body;
+    }
+    if (!value.is_object()) {
+        body.problem = "the body must be a JSON object";
+        return body;
+    }
+    body.object = std::move(value.as_object());
+    for (const auto& field : body.object) {
+        bool ok = false;
+        for (auto k : known) {
+            ok = ok || field.key() == k;
+        }
+        if (!ok) {
+            body.problem = "unknown field '" + std::string(field.key()) + "'";
+            return body;
+        }
+    }
+    return body;
+}
+
+// Reads an optional string field; sets problem when it is there but not a string.
+std::optional<std::string> string_field(const json::object& obj, std::string_view key,
+                                        std::optional<std::string>& problem) {
+    const auto* v = obj.if_contains(key);
+    if (v == nullptr || v->is_null()) {
+        return std::nullopt;
+    }
+    if (!v->is_string()) {
+        problem = "field '" + std::string(key) + "' must be a string";
+        return std::nullopt;
+    }
+    return std::string(v->as_string());
+}
+
+// The path of a request target. An absolute-form target ("http://host/path"), which RFC 9112
+// section 3.2.2 says a server must accept, is routed by its path.
+std::string_view strip_query(std::string_view target) {
+    if (const auto scheme = target.find("://");
+        !target.starts_with('/') && scheme != std::string_view::npos) {
+        const auto path = target.find_first_of("/?", scheme + 3);
+        target = path == std::string_view::npos ? std::string_view("/") : target.substr(path);
+    }
+    return target.substr(0, target.find('?'));
+}
+
+// The target's path for an error message. Beast lets bytes 0x80-0xFF through (obs-text), and
+// echoing them raw would make the JSON body invalid UTF-8, so they are percent-encoded.
+std::string printable_path(std::string_view target) {
+    static constexpr char kHex[] = "0123456789ABCDEF";
+    std::string out;
+    for (const char c : strip_query(target)) {
+        const auto u = static_cast<unsigned char>(c);
+        if (u >= 0x20 && u < 0x7f) {
+            out += c;
+        } else {
+            out += '%';
+            out += kHex[u >> 4];
+            out += kHex[u & 0xf];
+        }
+    }
+    return out;
+}
+
+std::vector<std::string_view> split_path(std::string_view path) {
+    std::vector<std::string_view> parts;
+    std::size_t pos = 0;
+    while (pos < path.size()) {
+        if (path[pos] == '/') {
+            ++pos;
+            continue;
+        }
+        auto end = path.find('/', pos);
+        if (end == std::string_view::npos) {
+            end = path.size();
+        }
+        parts.push_back(path.substr(pos, end - pos));
+        pos = end;
+    }
+    return parts;
+}
+
+// The value of `key` in the target's query ("?id=sb1&x=y"); nullopt when absent. Values are
+// taken as they are: the ones the API reads (ids, true/false) need no percent-decoding.
+std::optional<std::string_view> query_param(std::string_view target, std::string_view key) {
+    const auto mark = target.find('?');
+    if (mark == std::string_view::npos) {
+        return std::nullopt;
+    }
+    std::string_view query = target.substr(mark + 1);
+    while (!query.empty()) {
+        const auto amp = query.find('&');
+        const std::string_view pair = query.substr(0, amp);
+        const auto eq = pair.find('=');
+        if (pair.substr(0, eq) == key) {
+            return eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
+        }
+        if (amp == std::string_view::npos) {
+            break;
+        }
+        query.remove_prefix(amp + 1);
+    }
+    return std::nullopt;
+}
+
+json::object health_json(const KernelSupport& k) {
+    auto part = [](bool ok, const std::string& reason) {
+        json::object o{{"usable", ok}};
+        if (!ok) {
+            o["reason"] = reason;
+        }
+        return o;
+    };
+    return json::object{{"status", k.device_mapper && k.loop ? "ok" : "unavailable"},
+                        {"device_mapper", part(k.device_mapper, k.device_mapper_reason)},
+                        {"loop", part(k.loop, k.loop_reason)},
+                        {"tcmu", part(k.tcmu, k.tcmu_reason)}};
+}
+
+json::object space_json(const SpaceStatus& s) {
+    json::object out{{"level", to_string(s.level)}, {"suspended_sandboxes", s.suspended}};
+    if (s.known) {
+        out["free_bytes"] = s.space.free_bytes;
+        out["size_bytes"] = s.space.size_bytes;
+        out["min_free_bytes"] = s.min_free_bytes;
+        out["critical_free_bytes"] = s.critical_free_bytes;
+    }
+    if (!s.error.empty()) {
+        out["error"] = s.error;
+    }
+    if (s.level == SpaceLevel::Low) {
+        out["message"] = "below --min-free: creates and resumes answer 507 insufficient_storage";
+    } else if (s.level == SpaceLevel::Critical) {
+        out["message"] =
+            "below --critical-free: running sandboxes' I/O is suspended until space is back "
+            "above --min-free";
+    } else if (s.suspended > 0) {
+        out["message"] = "sandboxes' I/O is suspended for space; resuming";
+    }
+    return out;
+}
+
+// "digest": the template's digest, "pending" while the agent reads it in the background, null
+// for an image it refuses; "sha256": the whole image's SHA-256 hex, null unless computed (only
+// for an archive or record of an earlier agent).
+json::value digest_json(const TemplateInfo& t) {
+    if (!t.problem.empty()) {
+        return nullptr;
+    }
+    return t.digest.empty() ? json::value("pending") : json::value(t.digest);
+}
+json::value whole_sha256_json(const TemplateInfo& t) {
+    const auto colon = t.sha256.find(':');
+    return colon == std::string::npos ? json::value(nullptr)
+                                      : json::value(t.sha256.substr(colon + 1));
+}
+
+json::object template_json(const TemplateInfo& t) {
+    json::object out{{"name", t.name},
+                     {"path", t.path},
+                     {"size_bytes", t.size_bytes},
+                     {"digest", digest_json(t)},
+                     {"sha256", whole_sha256_json(t)},
+                     {"sandboxes", t.sandboxes}};
+    if (!t.problem.empty()) {
+        out["problem"] = t.problem;
+    }
+    return out;
+}
+
+}  // namespace
+
+HttpResponse json_error(const HttpRequest& request, unsigned status, std::string_view code,
+                        std::string_view message) {
+    json::object body{{"error", json::object{{"code", code}, {"message", message}}}};
+    return json_response(request, status, body);
+}
+
+Api::Api(SandboxManager& manager, Platform& platform, Metrics& metrics, ApiOptions options)
+    : manager_(manager), platform_(platform), metrics_(metrics), options_(std::move(options)) {}
+
+void Api::handle(HttpRequest&& request_in, Respond respond) {
+    // The request outlives this call: answers may come from the worker pool.
+    auto request = std::make_shared<HttpRequest>(std::move(request_in));
+    const auto& req = *request;
+    const auto parts = split_path(strip_query(req.target()));
+    const http::verb verb = req.method();
+
+    auto method_not_allowed = [&](std::string_view allow) {
+        HttpResponse res =
+            json_error(req, 405, "method_not_allowed",
+                       std::string(req.method_string()) + " is not allowed on " +
+                           printable_path(req.target()) + " (allowed: " + std::string(allow) + ")");
+        res.set(http::field::allow, allow);
+        respond(std::move(res));
+    };
+    auto bad_request = [&](std::string_view message) {
+        respond(json_error(req, 400, "invalid_request", message));
+    };
+    auto answer_sandbox = [request, respond](unsigned status) {
+        return [request, respond, status](Result<Sandbox, Failure> outcome) {
+            if (!outcome) {
+                respond(failure_response(*request, outcome.error()));
+                return;
+            }
+            respond(json_response(*request, status, api_view(outcome.value())));
+        };
+    };
+
+    if (parts.size() == 1 && parts[0] == "healthz") {
+        if (verb != http::verb::get) {
+            return method_not_allowed("GET");
+        }
+        const KernelSupport support = platform_.support();
+        const bool ok = support.device_mapper && support.loop;
+        json::object health = health_json(support);
+        if (options_.space) {
+            const SpaceStatus space = options_.space();
+            health["space"] = space_json(space);
+            if (ok && space.degraded()) {
+                // Still 200: the agent serves; what it cannot do now is in "space".
+                health["status"] = "degraded";
+            }
+        }
+        health["insecure_tcp"] = options_.insecure_tcp;
+        if (options_.insecure_tcp) {
+            health["warning"] =
+                "serving TCP without a token (--insecure-tcp): anyone who can connect may "
+                "create and destroy sandboxes";
+        }
+        return respond(json_response(req, ok ? 200 : 503, health));
+    }
+    if (parts.size() == 1 && parts[0] == "metrics") {
+        if (verb != http::verb::get) {
+            return method_not_allowed("GET");
+        }
+        Metrics::Gauges gauges;
+        gauges.sandboxes_by_state = manager_.count_by_state();
+        const auto counts = platform_.attached_origins();
+        gauges.loops_attached = counts.loops;
+        gauges.tcmu_origins_attached = counts.tcmu;
+        if (options_.connections) {
+            gauges.connections = options_.connections();
+        }
+        if (options_.space) {
+            gauges.space = options_.space();
+        }
+        gauges.cow_disk_bytes = manager_.cow_disk_usage();
+        return respond(make_response(req, 200, metrics_.render(gauges),
+                                     "text/plain; version=0.0.4; charset=utf-8"));
+    }
+    if (parts.size() == 1 && parts[0] == "templates") {
+        if (verb != http::verb::get) {
+            return method_not_allowed("GET");
+        }
+        return manager_.list_templates(
+            [request, respond](Result<std::vector<TemplateInfo>, Failure> out) {
+                if (!out) {
+                    return respond(failure_response(*request, out.error()));
+                }
+                json::array list;
+                for (const auto& t : out.value()) {
+                    list.push_back(template_json(t));
+                }
+                respond(json_response(*request, 200, json::object{{"templates", std::move(list)}}));
+            });
+    }
+    if (parts.empty() || parts[0] != "sandboxes" || parts.size() > 3) {
+        return respond(
+            json_error(req, 404, "not_found",
+                       "no route " + printable_path(req.target()) + " (see docs/api.md)"));
+    }
+
+    if (parts.size() == 2 && parts[1] == "import" && verb == http::verb::post) {
+        // Only a transport that streams this route's body reaches here without one.
+        return respond(json_error(req, 415, "unsupported_media_type",
+                                  std::string("POST /sandboxes/import takes the archive as its "
+                                              "body, sent with \"Content-Type: ") +
+                                      archive::kContentType + "\""));
+    }
+    if (parts.size() == 1) {
+        if (verb == http::verb::get) {
+            json::array list;
+            for (const auto& sb : manager_.list()) {
+                list.push_back(api_view(sb));
+            }
+            return respond(json_response(req, 200, json::object{{"sandboxes", std::move(list)}}));
+        }
+        if (verb != http::verb::post) {
+            return method_not_allowed("GET, POST");
+        }
+        Body body = parse_body(req, {"id", "template", "origin"}, false);
+        if (body.problem) {
+            return bad_request(*body.problem);
+        }
+        CreateRequest create;
+        std::optional<std::string> problem;
+        const auto id = string_field(body.object, "id", problem);
+        auto template_name = string_field(body.object, "template", problem);
+        if (problem) {
+            return bad_request(*problem);
+        }
+        // Only an absent id asks for a generated one; "" is a mistake, not a wish.
+        if (id && id->empty()) {
+            return bad_request(
+                "field 'id' is empty; leave it out to get a generated id, or give one that "
+                "matches [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
+        }
+        create.id = id.value_or("");
+        if (!create.id.empty() && !is_valid_name(create.id)) {
+            return bad_request("field 'id' must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
+        }
+        const auto* origin = body.object.if_contains("origin");
+        if (origin != nullptr && !origin->is_null()) {
+            if (template_name) {
+                return bad_request("give either 'template' or 'origin', not both");
+            }
+            if (!origin->is_object()) {
+                return bad_request("field 'origin' must be an object");
+            }
+            const auto& o = origin->as_object();
+            for (const auto& field : o) {
+                const auto k = field.key();
+                if (k != "type" && k != "config" && k != "handler" && k != "size_bytes") {
+                    return bad_request("unknown field 'origin." + std::string(k) + "'");
+                }
+            }
+            auto type = string_field(o, "type", problem);
+            auto config = string_field(o, "config", problem);
+            auto handler = string_field(o, "handler", problem);
+            if (problem) {
+                return bad_request(*problem);
+            }
+            if (type.value_or("") != "tcmu") {
+                return bad_request(
+                    "field 'origin.type' must be \"tcmu\" (for a template, give 'template')");
+            }
+            if (!config || config->empty() || (*config)[0] != '/') {
+                return bad_request(
+                    "field 'origin.config' must be an absolute path to the backstore's config");
+            }
+            OriginSpec spec{OriginSpec::Type::Tcmu, *config, handler.value_or("overlaybd"),
+                            std::nullopt, std::nullopt};
+            if (spec.handler.empty() || spec.handler.find('/') != std::string::npos) {
+                return bad_request(
+                    "field 'origin.handler' must be a handler name like \"overlaybd\"");
+            }
+            if (const auto* size = o.if_contains("size_bytes");
+                size != nullptr && !size->is_null()) {
+                // At most 4 EiB: the CoW is sized from it (dm::cow_size_for_origin), which
+                // wraps around for sizes near 2^64 and must fit in an off_t for ftruncate.
+                constexpr std::uint64_t kMaxOriginBytes = std::uint64_t{1} << 62;
+                if (size->is_uint64() && size->as_uint64() > 0 &&
+                    size->as_uint64() <= kMaxOriginBytes) {
+                    spec.size_bytes = size->as_uint64();
+                } else if (size->is_int64() && size->as_int64() > 0 &&
+                           static_cast<std::uint64_t>(size->as_int64()) <= kMaxOriginBytes) {
+                    spec.size_bytes = static_cast<std::uint64_t>(size->as_int64());
+                } else {
+                    return bad_request(
+                        "field 'origin.size_bytes' must be a positive integer up to 2^62");
+                }
+            }
+            create.tcmu_origin = std::move(spec);
+        } else {
+            if (!template_name) {
+                return bad_request("field 'template' is required (or 'origin' for a TCMU origin)");
+            }
+            if (!is_valid_name(*template_name)) {
+                return bad_request("field 'template' must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
+            }
+            create.template_name = *template_name;
+        }
+        return manager_.create(std::move(create), answer_sandbox(201));
+    }
+
+    const std::string id(parts[1]);
+    if (!is_valid_name(id)) {
+        return bad_request("sandbox id in the path must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
+    }
+    if (parts.size() == 2) {
+        if (verb == http::verb::get) {
+            return manager_.get_live(id, answer_sandbox(200));
+        }
+        if (verb == http::verb::delete_) {
+            return manager_.destroy(id, [request, respond](Result<Done, Failure> out) {
+                if (!out) {
+                    return respond(failure_response(*request, out.error()));
+                }
+                HttpResponse res{http::status::no_content, request->version()};
+                res.set(http::field::server, "wrenn-agent");
+                res.keep_alive(request->keep_alive());
+                res.prepare_payload();
+                respond(std::move(res));
+            });
+        }
+        return method_not_allowed("GET, DELETE");
+    }
+
+    const std::string_view action = parts[2];
+    if (action == "export") {
+        if (verb != http::verb::get) {
+            return method_not_allowed("GET");
+        }
+        return export_sandbox(request, id, respond);
+    }
+    if (action != "pause" && action != "resume" && action != "flatten" && action != "fork") {
+        return respond(json_error(req, 404, "not_found",
+                                  "no route " + printable_path(req.target()) +
+                                      " (actions: pause, resume, flatten, fork, export)"));
+    }
+    if (verb != http::verb::post) {
+        return method_not_allowed("POST");
+    }
+    if (action == "fork") {
+        Body body = parse_body(req, {"id"}, true);
+        if (body.problem) {
+            return bad_request(*body.problem);
+        }
+        std::optional<std::string> problem;
+        const auto new_id = string_field(body.object, "id", problem);
+        if (problem) {
+            return bad_request(*problem);
+        }
+        if (new_id && (new_id->empty() || !is_valid_name(*new_id))) {
+            return bad_request(
+                "field 'id' must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}; leave it out to get a "
+                "generated id");
+        }
+        return manager_.fork(id, new_id.value_or(""), answer_sandbox(201));
+    }
+    if (action == "pause" || action == "resume") {
+        Body body = parse_body(req, {}, true);
+        if (body.problem) {
+            return bad_request(*body.problem);
+        }
+        if (action == "pause") {
+            return manager_.pause(id, answer_sandbox(200));
+        }
+        return manager_.resume(id, answer_sandbox(200));
+    }
+    Body body = parse_body(req, {"template"}, false);
+    if (body.problem) {
+        return bad_request(*body.problem);
+    }
+    std::optional<std::string> problem;
+    auto name = string_field(body.object, "template", problem);
+    if (problem) {
+        return bad_request(*problem);
+    }
+    if (!name || !is_valid_name(*name)) {
+        return bad_request(
+            "field 'template' is required and must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
+    }
+    manager_.flatten(id, *name, [request, respond](Result<TemplateInfo, Failure> out) {
+        if (!out) {
+            return respond(failure_response(*request, out.error()));
+        }
+        respond(json_response(*request, 201,
+                              json::object{{"template", out->name},
+                                           {"path", out->path},
+                                           {"size_bytes", out->size_bytes},
+                                           {"digest", digest_json(out.value())}}));
+    });
+}
+
+}  // namespace wrenn::agent
+
+namespace wrenn::agent {
+
+namespace {
+
+// One export's pipe: the worker writes the archive into its writer while the server sends
+// what the reader gets. `started` once the 200 went out (only the strand's thread touches it).
+struct ExportPipe {
+    explicit ExportPipe(wrenn::http::BodyPipe p) : pipe(std::move(p)) {}
+    wrenn::http::BodyPipe pipe;
+    bool started = false;
+};
+
+}  // namespace
+
+void Api::export_sandbox(const std::shared_ptr<HttpRequest>& request, const std::string& id,
+                         const Respond& respond) {
+    const auto& req = *request;
+    bool compress = true;
+    if (const auto value = query_param(req.target(), "compress")) {
+        if (*value == "false" || *value == "0") {
+            compress = false;
+        } else if (*value != "true" && *value != "1") {
+            return respond(json_error(req, 400, "invalid_request",
+                                      "query parameter 'compress' must be true or false"));
+        }
+    }
+    auto pipe = wrenn::http::make_body_pipe();
+    if (!pipe) {
+        return respond(json_error(req, 500, "internal", pipe.error().message()));
+    }
+    auto shared = std::make_shared<ExportPipe>(std::move(pipe).value());
+    manager_.export_sandbox(
+        id, compress,
+        [shared, request, respond, id]() -> archive::ByteSink {
+            shared->started = true;
+            wrenn::http::StreamedResponse res{{}, std::move(shared->pipe.reader)};
+            res.header.result(http::status::ok);
+            res.header.set(http::field::server, "wrenn-agent");
+            res.header.set(http::field::content_type, archive::kContentType);
+            res.header.set(http::field::content_disposition,
+                           "attachment; filename=\"" + id + ".wrenn\"");
+            respond(std::move(res));
+            return [shared](std::span<const std::byte> bytes) {
+                return shared->pipe.writer.write(bytes);
+            };
+        },
+        [shared, request, respond](Result<TransferStats, Failure> out) {
+            if (!shared->started) {
+                if (!out) {
+                    return respond(failure_response(*request, out.error()));
+                }
+                return respond(json_error(*request, 500, "internal", "the export sent nothing"));
+            }
+            if (!out) {
+                // The client has a 200 already: the server aborts the transfer (no last chunk).
+                shared->pipe.writer.fail(out.error().error);
+            } else {
+                shared->pipe.writer.finish();
+            }
+        });
+}
+
+std::optional<wrenn::http::StreamedBody> Api::streamed_body(
+    const wrenn::http::RequestHeader& header) const {
+    const auto parts = split_path(strip_query(header.target()));
+    if (header.method() == http::verb::post && parts.size() == 2 && parts[0] == "sandboxes" &&
+        parts[1] == "import") {
+        return wrenn::http::StreamedBody{archive::kContentType, options_.max_import_bytes == 0
+                                                                    ? UINT64_MAX
+                                                                    : options_.max_import_bytes};
+    }
+    return std::nullopt;
+}
+
+void Api::handle_import(HttpRequest&& request_in, wrenn::http::BodyReader body, Respond respond) {
+    auto request = std::make_shared<HttpRequest>(std::move(request_in));
+    const auto id = query_param(request->target(), "id");
+    if (!id || id->empty() || !is_valid_name(*id)) {
+        // The body reader goes with this call: the server stops reading the body.
+        return respond(json_error(*request, 400, "invalid_request",
+                                  "POST /sandboxes/import needs ?id=ID, an id matching "
+                                  "[A-Za-z0-9][A-Za-z0-9_-]{0,63}"));
+    }
+    auto reader = std::make_shared<wrenn::http::BodyReader>(std::move(body));
+    SandboxManager::ImportOptions options;
+    options.max_bytes = options_.max_import_bytes == 0 ? UINT64_MAX : options_.max_import_bytes;
+    manager_.import_sandbox(
+        std::string(*id), options,
+        [reader](std::span<std::byte> buffer) { return reader->read(buffer); },
+        [request, respond, reader](Result<Sandbox, Failure> out) {
+            reader->close();  // a refusal before the end: the server stops reading the body
+            if (!out) {
+                return respond(failure_response(*request, out.error()));
+            }
+            respond(json_response(*request, 201, api_view(out.value())));
+        });
+}
+
+}  // namespace wrenn::agent

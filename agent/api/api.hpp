@@ -1,0 +1,60 @@
+#pragma once
+
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <functional>
+
+#include "agent/platform/metrics.hpp"
+#include "agent/sandboxes/sandbox_manager.hpp"
+#include "http/server.hpp"
+
+namespace wrenn::agent {
+
+using HttpRequest = boost::beast::http::request<boost::beast::http::string_body>;
+using HttpResponse = boost::beast::http::response<boost::beast::http::string_body>;
+// A whole response converts to what a handler answers; an export answers a streamed one.
+using Respond = http::Respond;
+
+// What the API reports about how it is served.
+struct ApiOptions {
+    // Serving TCP without a token (--insecure-tcp): /healthz says so, with a warning.
+    bool insecure_tcp = false;
+    // The transport's connection counts, for /metrics; none when not set.
+    std::function<ConnectionCounts()> connections;
+    // The state filesystem's space, for /healthz and /metrics; none when not watched.
+    std::function<SpaceStatus()> space;
+    // The largest archive POST /sandboxes/import takes (--max-import-bytes; 0: no fixed
+    // cap). Whatever this says, an archive is refused once it passes its template's size plus
+    // 1% and 1 MiB, the most an archive of that template can honestly hold.
+    std::uint64_t max_import_bytes = 0;
+};
+
+// The HTTP API's routes, apart from any transport: parses and validates the request, hands the
+// work to the SandboxManager (which runs kernel work on its pool) and answers through
+// `respond`, exactly once, possibly from another thread. Tests call handle() directly.
+class Api {
+  public:
+    Api(SandboxManager& manager, Platform& platform, Metrics& metrics, ApiOptions options = {});
+    void handle(HttpRequest&& request, Respond respond);
+    // Which requests stream their body (the transport's ServerOptions::streamed_body): POST
+    // /sandboxes/import, whose body is an archive of type application/vnd.wrenn.sandbox.
+    [[nodiscard]] std::optional<http::StreamedBody> streamed_body(
+        const http::RequestHeader& header) const;
+    // POST /sandboxes/import?id=ID, its body read through `body` on the worker pool.
+    void handle_import(HttpRequest&& request, http::BodyReader body, Respond respond);
+
+  private:
+    void export_sandbox(const std::shared_ptr<HttpRequest>& request, const std::string& id,
+                        const Respond& respond);
+
+    SandboxManager& manager_;
+    Platform& platform_;
+    Metrics& metrics_;
+    ApiOptions options_;
+};
+
+// {"error": {"code": ..., "message": ...}} with the given status.
+HttpResponse json_error(const HttpRequest& request, unsigned status, std::string_view code,
+                        std::string_view message);
+
+}  // namespace wrenn::agent

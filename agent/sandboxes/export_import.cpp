@@ -1,0 +1,244 @@
+// Export and import of a sandbox over the API (docs/api.md): the sandbox archive's transfer.cpp
+// applied to the manager's sandboxes, with the strand and crash rules of fork and create.
+//
+// What an export holds: the sandbox's strand, for the whole export. A paused sandbox is read
+// straight from its CoW, which a resume (the kernel writes it again), a destroy (unlinks it)
+// or a flatten (reads it under another rule) must not touch meanwhile; holding the strand makes
+// them wait until the archive is sent. A running sandbox is suspended only while its CoW is
+// copied (fork's copy_source_cow: FICLONE where the filesystem can) into a temporary file in
+// its own folder, which the export then reads; the strand is still held so that a destroy
+// cannot remove that folder under the reader, and the copy is removed when the export ends,
+// whatever the outcome. A client that stops reading is cut after read_timeout by the server,
+// which makes the export's next write fail, so the strand is never held for a stalled client
+// longer than that.
+#include <dirent.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <vector>
+
+#include "agent/sandboxes/operations.hpp"
+#include "dm/snapshot_format.hpp"
+
+namespace wrenn::agent {
+
+Result<TransferStats, Failure> export_sandbox(OperationContext& ctx, const EntryPtr& entry,
+                                              bool compress, const ExportBegin& begin) {
+    const Sandbox sb = ctx.table.record(entry);
+    const std::string what = "export " + sb.id;
+    if (auto missing = check_kernel(ctx.platform, what)) {
+        // Even a paused sandbox's: whether its device is live is the kernel's to say.
+        return *missing;
+    }
+    if (sb.origin.type != OriginSpec::Type::Loop) {
+        return failure(FailureKind::InvalidState, what, 0,
+                       "only a sandbox made over a template can be exported (an archive names "
+                       "its template by content digest); this one has a TCMU origin");
+    }
+    auto same_template = verify_template(ctx, sb, what);
+    if (!same_template) {
+        return same_template.error();
+    }
+    // The archive names the template by its blocks digest: known, or read now (an export is
+    // about the bytes; a background read of it in progress is joined, not repeated).
+    const TemplateIdentity version = same_template.value().value_or(TemplateIdentity{});
+    std::string digest = version.digest;
+    if (!is_blocks_digest(digest)) {
+        auto read = ctx.digests.wait(sb.origin.path, version);
+        if (!read) {
+            const FailureKind kind = read.error().code() == ESTALE ? FailureKind::TemplateChanged
+                                                                   : FailureKind::Internal;
+            return Failure{kind, std::move(read).error().within(what)};
+        }
+        digest = *read;
+    }
+    ExportSource source{sb.cow_path, sb.origin_size_bytes, digest, sb.template_name + ".img"};
+    std::unique_ptr<PendingCopy> copy;
+    if (sb.state == SandboxState::Paused) {
+        if (auto live = check_no_live_device(ctx.platform, sb.id, what, "export")) {
+            return *live;
+        }
+    }
+    if (auto unusable = check_cow_usable(ctx.platform, sb, what)) {
+        return *unusable;
+    }
+    if (sb.state == SandboxState::Running) {
+        if (auto full = check_space(ctx.space, what)) {
+            return *full;  // the copy takes space (none with reflinks, but not everywhere)
+        }
+        auto copied = copy_source_cow(ctx, entry, sb, ctx.store.export_copy_path(sb.id), what);
+        if (!copied) {
+            return copied.error();
+        }
+        copy = std::move(copied.value());
+        source.cow_path = copy->path();
+    }
+    // From here on the client has a 200 and a byte stream: an error aborts that stream.
+    const archive::ByteSink sink = begin();
+    auto stats = export_archive(source, compress, sink);
+    copy.reset();  // the point-in-time copy goes, whatever happened
+    if (!stats) {
+        return internal(std::move(stats).error().within(what));
+    }
+    spdlog::info("sandbox={} op=export {} changed chunks, {} bytes{}", sb.id, stats->chunks,
+                 stats->archive_bytes, compress ? " (zstd)" : "");
+    return *stats;
+}
+
+namespace {
+
+struct TemplateMatch {
+    std::string name;
+    TemplateIdentity identity;  // with its digest
+};
+
+// The template in templates_dir whose content has the archive's digest, or 409
+// template_mismatch naming the digest.
+Result<TemplateMatch, Failure> find_template_by_digest(OperationContext& ctx,
+                                                       const archive::Header& header,
+                                                       const std::string& what) {
+    const std::string needed = header.template_digest_name();
+    const bool whole = header.version == archive::kWholeSha256Version;
+    auto listed = template_names(ctx);
+    if (!listed) {
+        return internal(std::move(listed).error().within(what));
+    }
+    std::vector<std::string> names = std::move(listed).value();
+    // The archive's own name first: the usual case, and the only digest computed when the
+    // digests are cached already.
+    const std::string own = header.template_name.ends_with(".img")
+                                ? header.template_name.substr(0, header.template_name.size() - 4)
+                                : header.template_name;
+    std::stable_partition(names.begin(), names.end(), [&](const auto& n) { return n == own; });
+    for (const auto& name : names) {
+        const std::string path = ctx.template_path(name);
+        auto identity = ctx.platform.inspect_template(path);
+        if (!identity || identity->size_bytes / 512 * 512 != header.origin_bytes) {
+            continue;  // not usable as a template (see GET /templates), or another size
+        }
+        // A version 1 archive names the whole image's SHA-256, computed here on demand (once
+        // per template version, then cached).
+        auto digest =
+            whole ? ctx.digests.whole_sha256(path, *identity) : ctx.digests.wait(path, *identity);
+        if (digest && *digest == needed) {
+            TemplateIdentity matched = *identity;
+            matched.digest = whole ? ctx.digests.known_or_request(path, *identity) : *digest;
+            return TemplateMatch{name, matched};
+        }
+    }
+    return failure(FailureKind::TemplateMismatch, what, 0,
+                   "the archive needs template \"" + header.template_name + "\" with digest " +
+                       needed + "; no template in " + ctx.options.templates_dir +
+                       " has that content: copy the exporting host's image there (any name) "
+                       "and retry");
+}
+
+}  // namespace
+
+Result<Sandbox, Failure> import_sandbox(OperationContext& ctx, const EntryPtr& entry,
+                                        const ImportOptions& options, const ReadBody& read_body) {
+    const std::string id = entry->record.id;
+    const std::string what = "import " + id;
+    if (auto full = check_space(ctx.space, what)) {
+        return *full;
+    }
+    if (auto made = make_sandbox_dir(ctx, id, what); !made) {
+        return made.error();
+    }
+    // Until the record is written (last), the folder is an unfinished sandbox: a crash leaves
+    // it for the next start to remove, and every refusal below removes it now.
+    auto remove_files = [&] {
+        if (auto removed = ctx.store.remove_sandbox(id); !removed) {
+            spdlog::error("sandbox={} op=import cleanup failed: {}", id, removed.error().message());
+        }
+    };
+    std::optional<TemplateMatch> match;
+    std::optional<Failure> refused;  // a refusal of ours from inside the archive's callbacks
+    std::uint64_t limit = options.max_bytes;
+    ArchiveImport import([&](const archive::Header& h) -> Result<ImportTarget> {
+        auto found = find_template_by_digest(ctx, h, what);
+        if (!found) {
+            refused = found.error();
+            return found.error().error;
+        }
+        match = found.value();
+        // The largest honest archive of this template: every chunk changed, stored raw,
+        // plus 1% for framing (8 bytes of index per chunk, frame heads, header, trailer).
+        const std::uint64_t origin_bound = h.origin_bytes + h.origin_bytes / 100 + (1 << 20);
+        limit = std::min(limit, origin_bound);
+        const std::uint64_t origin_bytes = match->identity.size_bytes / 512 * 512;
+        return ImportTarget{origin_bytes, ctx.store.cow_path(id),
+                            dm::cow_size_for_origin(origin_bytes)};
+    });
+    std::vector<std::byte> buffer(1 << 20);
+    std::uint64_t received = 0;
+    auto fail = [&](Failure f) {
+        remove_files();
+        return f;
+    };
+    for (;;) {
+        auto n = read_body(buffer);
+        if (!n) {
+            // The client went away, sent more than the server's limit, or stalled.
+            const int code = n.error().code();
+            const FailureKind kind =
+                code == EFBIG ? FailureKind::PayloadTooLarge : FailureKind::InvalidArchive;
+            return fail(Failure{kind, Error(what, code,
+                                            "the upload broke after " + std::to_string(received) +
+                                                " bytes: " + n.error().message())});
+        }
+        if (*n == 0) {
+            break;
+        }
+        received += *n;
+        if (received > limit) {
+            return fail(failure(FailureKind::PayloadTooLarge, what, EFBIG,
+                                "the archive is larger than " + std::to_string(limit) +
+                                    " bytes (its template's size plus 1%, or "
+                                    "--max-import-bytes): it is not an archive this agent "
+                                    "writes"));
+        }
+        if (auto fed = import.feed(std::span(buffer.data(), *n)); !fed) {
+            if (refused) {
+                return fail(*refused);
+            }
+            const FailureKind kind =
+                fed.error().code() == EBADMSG ? FailureKind::InvalidArchive : FailureKind::Internal;
+            return fail(Failure{kind, std::move(fed).error().within(what)});
+        }
+    }
+    auto stats = import.finish();
+    if (!stats) {
+        if (refused) {
+            return fail(*refused);
+        }
+        const FailureKind kind =
+            stats.error().code() == EBADMSG ? FailureKind::InvalidArchive : FailureKind::Internal;
+        return fail(Failure{kind, std::move(stats).error().within(what)});
+    }
+    if (!match) {
+        return fail(internal(Error(what, EINVAL, "the archive had no header")));
+    }
+    Sandbox sb;
+    sb.id = id;
+    sb.state = SandboxState::Paused;
+    sb.template_name = match->name;
+    sb.origin = OriginSpec{
+        OriginSpec::Type::Loop, ctx.template_path(match->name), {}, std::nullopt, match->identity};
+    sb.cow_path = ctx.store.cow_path(id);
+    sb.origin_size_bytes = match->identity.size_bytes / 512 * 512;
+    sb.cow_size_bytes = dm::cow_size_for_origin(sb.origin_size_bytes);
+    sb.created_at = sb.updated_at = utc_now();
+    if (auto written = ctx.table.commit(entry, sb); !written) {
+        return fail(internal(std::move(written).error().within(what)));
+    }
+    spdlog::info(
+        "sandbox={} op=import {} changed chunks over template '{}' ({}), {} bytes", id,
+        stats->chunks, match->name,
+        match->identity.digest.empty() ? std::string("digest pending") : match->identity.digest,
+        received);
+    return sb;
+}
+
+}  // namespace wrenn::agent

@@ -1,0 +1,106 @@
+#pragma once
+
+#include <boost/asio/thread_pool.hpp>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "agent/sandboxes/operations.hpp"
+
+namespace wrenn::agent {
+
+// The sandbox lifecycle, as the API and the daemon see it: a façade over the table of sandboxes
+// (SandboxTable), the runner that puts each operation on its sandbox's strand
+// (OperationRunner), and the operations themselves (operations.hpp, one file each).
+// Operations on one sandbox run one at a time; operations on different sandboxes run in
+// parallel on the worker pool. Reads (get, list) answer from memory and never wait for a
+// kernel operation. Every `done` is called exactly once, possibly from a worker thread.
+class SandboxManager : public SpaceActions {
+  public:
+    using Options = SandboxOptions;
+    using ExportBegin = agent::ExportBegin;
+    using ReadBody = agent::ReadBody;
+    using ImportOptions = agent::ImportOptions;
+
+    SandboxManager(Platform& platform, StateStore& store, Options options,
+                   boost::asio::thread_pool& workers, Metrics& metrics);
+    ~SandboxManager() override;
+    SandboxManager(const SandboxManager&) = delete;
+    SandboxManager& operator=(const SandboxManager&) = delete;
+
+    // Startup (recovery.cpp): reads every record, adopts as running every sandbox whose device
+    // (ours) is live over its CoW, pauses running ones whose device is gone, removes every
+    // other device of ours, unfinished creates, flatten temp files and copies left by a killed
+    // export. Devices of other state dirs are left alone. Fails, changing nothing, when the
+    // records or the device list cannot be read. Blocking; call before serving.
+    Result<RecoveryReport> recover();
+    // Boot: removes every wrenn- device of ours, lets go of our loops and TCMU devices, marks
+    // running sandboxes paused whose device is really gone. Blocking. Ok when all was cleaned.
+    Result<RecoveryReport> cleanup_stale();
+
+    void create(CreateRequest request, Callback<Sandbox> done);
+    void pause(const std::string& id, Callback<Sandbox> done);
+    void resume(const std::string& id, Callback<Sandbox> done);
+    void destroy(const std::string& id, Callback<Done> done);
+    void flatten(const std::string& id, const std::string& template_name,
+                 Callback<TemplateInfo> done);
+    // A new sandbox `new_id` (empty: the agent makes one), running over the same origin, with
+    // a point-in-time copy of the source's CoW. A running source's I/O is suspended only while
+    // its CoW is copied, at most Options::fork_max_stall. Runs on the source's strand.
+    void fork(const std::string& id, std::string new_id, Callback<Sandbox> done);
+    // Streams the sandbox's archive (docs/archive.md), holding its strand throughout; a
+    // running one is exported from a point-in-time copy of its CoW. `begin` is called once
+    // every check passed; `done` then reports how the stream ended. A failure before `begin`
+    // means nothing was sent.
+    void export_sandbox(const std::string& id, bool compress, ExportBegin begin,
+                        Callback<TransferStats> done);
+    // A new paused sandbox `id` from an archive read through `read_body` (blocking reads on the
+    // worker pool), over the local template with the archive's digest. A refused or broken
+    // archive leaves nothing; the record is written last.
+    void import_sandbox(const std::string& id, ImportOptions options, ReadBody read_body,
+                        Callback<Sandbox> done);
+    // The sandbox with live CoW usage from the kernel (runs on the query pool, not the strand).
+    void get_live(const std::string& id, Callback<Sandbox> done);
+
+    [[nodiscard]] std::optional<Sandbox> get(const std::string& id) const;
+    [[nodiscard]] std::vector<Sandbox> list() const;
+    void list_templates(Callback<std::vector<TemplateInfo>> done);
+    [[nodiscard]] std::map<std::string, std::size_t> count_by_state() const;
+
+    // With a watcher set, creates, resumes and flattens answer 507 insufficient_storage while
+    // it refuses new work. Set before serving; the watcher must outlive the operations.
+    void set_space_watcher(SpaceWatcher* watcher) { context_.space = watcher; }
+    std::size_t suspend_for_space() override;
+    std::size_t resume_after_space() override;
+    [[nodiscard]] std::size_t suspended_for_space() const override;
+    // Disk space each sandbox's CoW file takes now (allocated blocks), by sandbox id.
+    [[nodiscard]] std::vector<std::pair<std::string, std::uint64_t>> cow_disk_usage() const;
+
+    // Blocks until no operation is in flight (SIGTERM: stop accepting, then drain).
+    void wait_idle();
+    // Waits for operations and queries in flight and stops the query pool: call before the
+    // io_context their callbacks answer on is destroyed.
+    void shutdown();
+    [[nodiscard]] std::size_t in_flight() const;
+
+    [[nodiscard]] const StateStore& store() const { return context_.store; }
+
+  private:
+    // Reserves `id` and runs `fn` on the new entry's strand (create, import); the entry becomes
+    // visible when fn succeeds and goes when it fails.
+    template <class T, class Fn>
+    void run_new(const std::string& id, const std::string& op, const std::string& what, Fn fn,
+                 Callback<T> done);
+    // Runs `fn` on the strand of the existing sandbox `id`, or answers 404.
+    template <class T, class Fn>
+    void run_existing(const std::string& id, const std::string& op, Fn fn, Callback<T> done);
+
+    SandboxTable table_;
+    OperationRunner runner_;
+    TemplateDigests digests_;
+    OperationContext context_;
+    boost::asio::thread_pool queries_{2};
+};
+
+}  // namespace wrenn::agent

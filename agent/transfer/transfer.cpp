@@ -1,0 +1,160 @@
+#include "agent/transfer/transfer.hpp"
+
+#include <cerrno>
+#include <optional>
+#include <vector>
+
+#include "archive/reader.hpp"
+#include "archive/writer.hpp"
+#include "dm/snapshot_format.hpp"
+#include "flatten/exception_store.hpp"
+#include "flatten/exception_store_writer.hpp"
+#include "flatten/image_copy.hpp"
+
+namespace wrenn::agent {
+
+Result<TransferStats> export_archive(const ExportSource& source, bool compress,
+                                     const archive::ByteSink& sink) {
+    const std::string action = "export " + source.cow_path;
+    archive::Header header;
+    if (auto named = archive::set_template_digest(header, source.template_digest); !named) {
+        return std::move(named).error().within(action);
+    }
+    auto cow = flatten::open_read_only(source.cow_path);
+    if (!cow) {
+        return std::move(cow).error().within(action);
+    }
+    const flatten::ReadAt read = flatten::pread_reader(cow->fd.get(), source.cow_path);
+    auto store =
+        flatten::read_exception_store(read, cow->size, source.origin_bytes, source.cow_path);
+    if (!store) {
+        return std::move(store).error().within(action);
+    }
+    header.compressed = compress;
+    // A store the snapshot never used has no chunk size of its own: the agent's.
+    header.chunk_bytes =
+        static_cast<std::uint32_t>(store->empty ? dm::kChunkBytes : store->chunk_bytes());
+    header.origin_bytes = source.origin_bytes;
+    header.chunk_count = store->exceptions.size();
+    header.template_name = source.template_name;
+    auto writer = archive::Writer::create(header, sink);
+    if (!writer) {
+        return std::move(writer).error().within(action);
+    }
+    std::vector<std::byte> chunk(header.chunk_bytes);
+    for (const auto& e : store->exceptions) {
+        std::size_t got = 0;
+        while (got < chunk.size()) {
+            auto n = read(e.new_chunk * chunk.size() + got, std::span(chunk).subspan(got));
+            if (!n) {
+                return std::move(n).error().within(action);
+            }
+            if (*n == 0) {
+                return Error(action, EUCLEAN,
+                             "the file ends inside CoW chunk " + std::to_string(e.new_chunk));
+            }
+            got += *n;
+        }
+        if (auto ok = writer->add_chunk(e.old_chunk, chunk); !ok) {
+            return std::move(ok).error().within(action);
+        }
+    }
+    if (auto ok = writer->finish(); !ok) {
+        return std::move(ok).error().within(action);
+    }
+    return TransferStats{writer->chunks_written(), writer->bytes_written()};
+}
+
+struct ArchiveImport::State {
+    explicit State(Choose c)
+        : choose(std::move(c)),
+          reader([this](const archive::Header& h) { return on_header(h); },
+                 [this](std::uint64_t index, std::span<const std::byte> data) {
+                     return store->add_chunk(index, data);
+                 }) {}
+
+    Result<void> on_header(const archive::Header& h) {
+        auto chosen = choose(h);
+        if (!chosen) {
+            return std::move(chosen).error();
+        }
+        if (h.origin_bytes != chosen->origin_bytes) {
+            return Error("import", EINVAL,
+                         "the archive is of a template of " + std::to_string(h.origin_bytes) +
+                             " bytes, this one has " + std::to_string(chosen->origin_bytes));
+        }
+        if (h.chunk_bytes != dm::kChunkBytes) {
+            return Error("import", EINVAL,
+                         "the archive has chunks of " + std::to_string(h.chunk_bytes) +
+                             " bytes; sandboxes here use " + std::to_string(dm::kChunkBytes));
+        }
+        target = std::move(chosen).value();
+        auto created = flatten::PendingOutput::create(target->cow_path, 0600);
+        if (!created) {
+            return std::move(created).error();
+        }
+        pending.emplace(std::move(created).value());
+        if (auto ok =
+                flatten::set_file_size(pending->fd(), target->cow_bytes, pending->temp_path());
+            !ok) {
+            return ok;
+        }
+        auto writer = flatten::ExceptionStoreWriter::create(
+            flatten::pwrite_writer(pending->fd(), pending->temp_path()), h.chunk_bytes,
+            h.origin_bytes, target->cow_bytes);
+        if (!writer) {
+            return std::move(writer).error();
+        }
+        store.emplace(std::move(writer).value());
+        return success();
+    }
+
+    // Forgets what was built: the temporary CoW is removed.
+    void discard() {
+        store.reset();
+        pending.reset();
+    }
+
+    Choose choose;
+    archive::Reader reader;
+    std::optional<ImportTarget> target;
+    std::optional<flatten::PendingOutput> pending;
+    std::optional<flatten::ExceptionStoreWriter> store;
+    bool finished = false;
+};
+
+ArchiveImport::ArchiveImport(Choose choose) : state_(std::make_unique<State>(std::move(choose))) {}
+ArchiveImport::~ArchiveImport() = default;
+ArchiveImport::ArchiveImport(ArchiveImport&&) noexcept = default;
+ArchiveImport& ArchiveImport::operator=(ArchiveImport&&) noexcept = default;
+
+Result<void> ArchiveImport::feed(std::span<const std::byte> bytes) {
+    auto ok = state_->reader.feed(bytes);
+    if (!ok) {
+        state_->discard();
+    }
+    return ok;
+}
+
+Result<TransferStats> ArchiveImport::finish() {
+    State& s = *state_;
+    if (s.finished) {
+        return Error("import", EINVAL, "already finished");
+    }
+    s.finished = true;
+    if (auto ok = s.reader.finish(); !ok) {
+        s.discard();
+        return std::move(ok).error();
+    }
+    if (auto ok = s.store->finish(); !ok) {
+        s.discard();
+        return std::move(ok).error();
+    }
+    if (auto ok = s.pending->commit(); !ok) {
+        s.discard();
+        return std::move(ok).error();
+    }
+    return TransferStats{s.reader.chunks_read(), s.reader.offset()};
+}
+
+}  // namespace wrenn::agent

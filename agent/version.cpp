@@ -1,9 +1,0 @@
-#include "agent/version.hpp"
-
-namespace wrenn::agent {
-
-std::string_view version() {
-    return WRENN_VERSION;
-}
-
-}  // namespace wrenn::agent
