@@ -74,9 +74,18 @@ Result<TransferStats, Failure> export_sandbox(OperationContext& ctx, const Entry
         copy = std::move(copied.value());
         source.cow_path = copy->path();
     }
+    // The store is read and checked before the client is promised anything: a CoW that cannot
+    // be exported is an error status, not a 200 and a cut stream.
+    auto exporter = ArchiveExport::open(source, compress);
+    if (!exporter) {
+        const FailureKind kind = exporter.error().code() == 0 || exporter.error().code() == EUCLEAN
+                                     ? FailureKind::SnapshotInvalid
+                                     : FailureKind::Internal;
+        return Failure{kind, std::move(exporter).error().within(what)};
+    }
     // From here on the client has a 200 and a byte stream: an error aborts that stream.
     const archive::ByteSink sink = begin();
-    auto stats = export_archive(source, compress, sink);
+    auto stats = exporter->write(sink);
     copy.reset();  // the point-in-time copy goes, whatever happened
     if (!stats) {
         return internal(std::move(stats).error().within(what));

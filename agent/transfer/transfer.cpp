@@ -13,8 +13,20 @@
 
 namespace wrenn::agent {
 
-Result<TransferStats> export_archive(const ExportSource& source, bool compress,
-                                     const archive::ByteSink& sink) {
+struct ArchiveExport::State {
+    std::string action;
+    std::string cow_path;
+    flatten::OpenedImage cow;
+    flatten::ExceptionStore store;
+    archive::Header header;
+};
+
+ArchiveExport::ArchiveExport(std::unique_ptr<State> state) : state_(std::move(state)) {}
+ArchiveExport::~ArchiveExport() = default;
+ArchiveExport::ArchiveExport(ArchiveExport&&) noexcept = default;
+ArchiveExport& ArchiveExport::operator=(ArchiveExport&&) noexcept = default;
+
+Result<ArchiveExport> ArchiveExport::open(const ExportSource& source, bool compress) {
     const std::string action = "export " + source.cow_path;
     archive::Header header;
     if (auto named = archive::set_template_digest(header, source.template_digest); !named) {
@@ -24,9 +36,9 @@ Result<TransferStats> export_archive(const ExportSource& source, bool compress,
     if (!cow) {
         return std::move(cow).error().within(action);
     }
-    const flatten::ReadAt read = flatten::pread_reader(cow->fd.get(), source.cow_path);
     auto store =
-        flatten::read_exception_store(read, cow->size, source.origin_bytes, source.cow_path);
+        flatten::read_exception_store(flatten::pread_reader(cow->fd.get(), source.cow_path),
+                                      cow->size, source.origin_bytes, source.cow_path);
     if (!store) {
         return std::move(store).error().within(action);
     }
@@ -37,12 +49,21 @@ Result<TransferStats> export_archive(const ExportSource& source, bool compress,
     header.origin_bytes = source.origin_bytes;
     header.chunk_count = store->exceptions.size();
     header.template_name = source.template_name;
-    auto writer = archive::Writer::create(header, sink);
+    return ArchiveExport(
+        std::make_unique<State>(State{action, source.cow_path, std::move(cow).value(),
+                                      std::move(store).value(), std::move(header)}));
+}
+
+Result<TransferStats> ArchiveExport::write(const archive::ByteSink& sink) {
+    const State& st = *state_;
+    const std::string& action = st.action;
+    auto writer = archive::Writer::create(st.header, sink);
     if (!writer) {
         return std::move(writer).error().within(action);
     }
-    std::vector<std::byte> chunk(header.chunk_bytes);
-    for (const auto& e : store->exceptions) {
+    const flatten::ReadAt read = flatten::pread_reader(st.cow.fd.get(), st.cow_path);
+    std::vector<std::byte> chunk(st.header.chunk_bytes);
+    for (const auto& e : st.store.exceptions) {
         std::size_t got = 0;
         while (got < chunk.size()) {
             auto n = read(e.new_chunk * chunk.size() + got, std::span(chunk).subspan(got));
@@ -63,6 +84,15 @@ Result<TransferStats> export_archive(const ExportSource& source, bool compress,
         return std::move(ok).error().within(action);
     }
     return TransferStats{writer->chunks_written(), writer->bytes_written()};
+}
+
+Result<TransferStats> export_archive(const ExportSource& source, bool compress,
+                                     const archive::ByteSink& sink) {
+    auto exporter = ArchiveExport::open(source, compress);
+    if (!exporter) {
+        return std::move(exporter).error();
+    }
+    return exporter->write(sink);
 }
 
 struct ArchiveImport::State {

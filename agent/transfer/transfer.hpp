@@ -30,9 +30,27 @@ struct TransferStats {
     std::uint64_t archive_bytes = 0;
 };
 
-// Streams the archive of source to sink. The CoW's store is read first (an invalidated or
-// corrupt one is refused before a byte is written); then each changed chunk in origin order.
-// Memory: the exception list (16 bytes per changed chunk), one chunk and one writer frame.
+// An export whose CoW store has been read and checked, before a byte is written: an
+// invalidated store (errno 0) or a corrupt one (EUCLEAN) is refused by open(), so that a caller
+// can still answer with an error instead of a cut stream. write() then streams each changed
+// chunk in origin order. Memory: the exception list (16 bytes per changed chunk), one chunk and
+// one writer frame.
+class ArchiveExport {
+  public:
+    static Result<ArchiveExport> open(const ExportSource& source, bool compress);
+    ~ArchiveExport();
+    ArchiveExport(ArchiveExport&&) noexcept;
+    ArchiveExport& operator=(ArchiveExport&&) noexcept;
+
+    Result<TransferStats> write(const archive::ByteSink& sink);
+
+  private:
+    struct State;
+    explicit ArchiveExport(std::unique_ptr<State> state);
+    std::unique_ptr<State> state_;
+};
+
+// open() and write() in one step (the CLI, where nothing was promised before the first byte).
 Result<TransferStats> export_archive(const ExportSource& source, bool compress,
                                      const archive::ByteSink& sink);
 

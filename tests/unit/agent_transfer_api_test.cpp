@@ -311,16 +311,37 @@ TEST_CASE("export refusals are JSON errors before any byte", "[api][transfer]") 
     CHECK(wrong_method.response().result_int() == 405);
 }
 
-TEST_CASE("export of a CoW that breaks mid-read aborts the stream", "[api][transfer]") {
+TEST_CASE("export of a running sandbox with a corrupt CoW is an error, not a cut 200",
+          "[api][transfer]") {
+    TransferFixture f;
+    REQUIRE(f.create("sb1").ok());
+    f.manager->wait_idle();
+    f.write_changes("sb1");
+    // The header's magic broken, as a disk error or a stray write would leave it: the kernel
+    // still reports the live snapshot active, so only the copy's store shows it.
+    {
+        std::fstream cow(f.store->cow_path("sb1"), std::ios::in | std::ios::out | std::ios::binary);
+        cow.write("XXXX", 4);
+    }
+    auto exported = f.export_of("sb1");
+    CHECK(exported.status == 409);
+    CHECK(exported.error_code == "snapshot_invalid");
+    CHECK(f.platform.suspended.empty());
+    CHECK_FALSE(std::filesystem::exists(f.store->export_copy_path("sb1")));
+}
+
+TEST_CASE("export of a CoW whose store names chunks past its end is refused before any byte",
+          "[api][transfer]") {
     TransferFixture f;
     REQUIRE(f.create("sb1").ok());
     REQUIRE(f.pause("sb1").ok());
     f.write_changes("sb1");
-    // The store names a chunk past the end of the file: found only while streaming.
+    // The store names a chunk past the end of the file (a CoW cut short): the store's check
+    // before the 200 finds it, where the stream once found it half-way.
     std::filesystem::resize_file(f.store->cow_path("sb1"), 4 * 4096);
     auto exported = f.export_of("sb1");
-    CHECK(exported.status == 200);
-    CHECK_FALSE(exported.complete);
+    CHECK(exported.status == 409);
+    CHECK(exported.error_code == "snapshot_invalid");
 }
 
 TEST_CASE("import refusals leave no record, CoW or folder", "[api][transfer]") {
