@@ -4,6 +4,7 @@
 #include <string_view>
 
 #include "common/digest.hpp"
+#include "common/text.hpp"
 
 namespace wrenn::archive {
 
@@ -56,9 +57,10 @@ Result<void> check_header(const Header& h) {
                    std::to_string(h.origin_chunks()));
     }
     if (h.template_name.empty() || h.template_name.size() > kMaxNameBytes ||
-        h.template_name.find('/') != std::string::npos ||
-        h.template_name.find('\0') != std::string::npos) {
-        return bad("template name must be 1 to 255 bytes without '/' or NUL");
+        h.template_name.find('/') != std::string::npos || !is_clean_utf8(h.template_name)) {
+        return bad(
+            "template name must be 1 to 255 bytes of UTF-8 text without '/' or control "
+            "characters");
     }
     return success();
 }

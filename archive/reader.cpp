@@ -9,6 +9,7 @@
 #include <string>
 
 #include "archive/bytes.hpp"
+#include "common/text.hpp"
 
 namespace wrenn::archive {
 
@@ -196,6 +197,11 @@ Result<void> Reader::complete_part() {
             const auto bad = header_->template_name.find_first_of(std::string("/\0", 2));
             if (bad != std::string::npos) {
                 return fail(part_start_ + bad, "template name holds a '/' or NUL");
+            }
+            // It goes into logs and into a 409's JSON: text, and nothing that could forge a line.
+            if (!is_clean_utf8(header_->template_name)) {
+                return fail(part_start_,
+                            "template name is not UTF-8 text without control characters");
             }
             if (header_->compressed) {
                 dctx_.reset(ZSTD_createDCtx());

@@ -379,6 +379,20 @@ TEST_CASE("import refusals leave no record, CoW or folder", "[api][transfer]") {
         CHECK(TransferFixture::error_code(res) == "invalid_archive");
         CHECK_FALSE(f.folder_exists("sb2"));
     }
+    SECTION("a template name that would forge a log line or break the JSON: 400, not echoed") {
+        // The name starts at byte 72 ("base.img"): a newline and bytes that are not UTF-8.
+        Bytes hostile = good;
+        hostile[73] = std::byte{'\n'};
+        hostile[74] = std::byte{0xff};
+        hostile[75] = std::byte{0xfe};
+        auto res = f.import("?id=sb2", hostile);
+        CHECK(res.result_int() == 400);
+        CHECK(TransferFixture::error_code(res) == "invalid_archive");  // the body is JSON
+        CHECK_THAT(TransferFixture::error_message(res),
+                   Catch::Contains("template name is not UTF-8 text"));
+        CHECK(TransferFixture::error_message(res).find('\n') == std::string::npos);
+        CHECK_FALSE(f.folder_exists("sb2"));
+    }
     SECTION("an upload the client broke off: 400, nothing left") {
         auto res = f.import("?id=sb2", Bytes(good.begin(), good.begin() + good.size() / 2), false);
         CHECK(res.result_int() == 400);

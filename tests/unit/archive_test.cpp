@@ -277,6 +277,9 @@ TEST_CASE("archive: header fields out of range are refused at their offset", "[a
         {24, 1000, 8, "byte 24: bad message (origin size 1000"},
         {32, 65, 8, "byte 32: bad message (chunk count 65, more than the origin's 64 chunks"},
         {74, '/', 1, "byte 74: bad message (template name holds a '/' or NUL"},
+        // A newline would forge a log line; 0xff would make the 409's JSON invalid UTF-8.
+        {74, '\n', 1, "byte 72: bad message (template name is not UTF-8 text without control"},
+        {74, 0xff, 1, "byte 72: bad message (template name is not UTF-8 text without control"},
     };
     for (const auto& c : cases) {
         CAPTURE(c.at, c.value);
@@ -375,6 +378,9 @@ TEST_CASE("archive writer refuses what would make a bad stream", "[archive]") {
     bad_header.template_name = "a/b";
     CHECK_THAT(Writer::create(bad_header, sink).error().message(),
                Catch::Contains("template name must be 1 to 255 bytes"));
+    bad_header.template_name = "a\nb";
+    CHECK_THAT(Writer::create(bad_header, sink).error().message(),
+               Catch::Contains("without '/' or control characters"));
     bad_header = small_header(false, 65);
     CHECK(Writer::create(bad_header, sink).error().code() == EINVAL);
 
