@@ -133,6 +133,12 @@ Result<SnapshotStatus> parse_snapshot_status(std::string_view params) {
     return status;
 }
 
+std::uint64_t persistent_store_allocated_bytes(std::uint64_t exceptions) {
+    // The header, the first area's metadata chunk, the data chunks, and one more metadata chunk
+    // for each full area.
+    return (2 + exceptions + exceptions / kExceptionsPerArea) * kChunkBytes;
+}
+
 std::uint64_t cow_size_for_origin(std::uint64_t origin_bytes) {
     // The last origin chunk may be partial; it still takes a whole CoW chunk.
     const std::uint64_t data_chunks = (origin_bytes + kChunkBytes - 1) / kChunkBytes;

@@ -70,4 +70,11 @@ Result<SnapshotStatus> parse_snapshot_status(std::string_view params);
 // area (see KERNEL-NOTES), rounded to the chunk size.
 std::uint64_t cow_size_for_origin(std::uint64_t origin_bytes);
 
+// What the kernel's status reports as allocated (its next free chunk, in bytes) for a persistent
+// store of kChunkBytes chunks holding `exceptions` chunks laid out as the kernel lays them out
+// (header, then each metadata chunk followed by its kExceptionsPerArea data chunks), once
+// loaded: read_exceptions leaves next_free past the last data chunk, and past a metadata chunk
+// it would land on (skip_metadata in dm-snap-persistent.c).
+std::uint64_t persistent_store_allocated_bytes(std::uint64_t exceptions);
+
 }  // namespace wrenn::dm

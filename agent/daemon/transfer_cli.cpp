@@ -110,7 +110,7 @@ int run_export(const std::vector<std::string>& args, std::ostream& out, std::ost
         err << "export: " << identity.error().message() << "\n";
         return 1;
     }
-    ExportSource source{cow, identity->size_bytes, identity->digest, base_name(origin)};
+    ExportSource source{cow, identity->served_bytes(), identity->digest, base_name(origin)};
     std::optional<flatten::PendingOutput> pending;
     int fd = stdout_fd;
     std::string name = "stdout";
@@ -179,13 +179,15 @@ int run_import(const std::vector<std::string>& args, std::ostream& out, std::ost
             return std::move(id).error();
         }
         if (id->digest != h.template_digest_name()) {
-            return Error("import " + input, EEXIST,
+            return Error("template " + origin, 0,
                          "the archive needs template \"" + h.template_name + "\" with digest " +
-                             h.template_digest_name() + "; " + origin + " has " + id->digest);
+                             h.template_digest_name() + ", and this one has " + id->digest +
+                             "; pass the exporting host's image as --origin");
         }
         identity = *id;
-        return ImportTarget{id->size_bytes, cow,
-                            cow_size != 0 ? cow_size : dm::cow_size_for_origin(id->size_bytes)};
+        const std::uint64_t origin_bytes = id->served_bytes();
+        return ImportTarget{origin_bytes, cow,
+                            cow_size != 0 ? cow_size : dm::cow_size_for_origin(origin_bytes)};
     });
     std::vector<std::byte> buffer(1 << 20);
     for (;;) {

@@ -60,7 +60,7 @@ Result<Sandbox, Failure> create_sandbox(OperationContext& ctx, const EntryPtr& e
         return origin_failure(sb.origin, std::move(origin).error().within(what));
     }
     auto release_origin = [&] { ctx.platform.release_origin(sb.origin); };
-    if (sb.origin.identity && origin->size_bytes != sb.origin.identity->size_bytes / 512 * 512) {
+    if (sb.origin.identity && origin->size_bytes != sb.origin.identity->served_bytes()) {
         // The loop was bound to this inode earlier, at another size: the image was rewritten in
         // place while sandboxes use it.
         release_origin();

@@ -123,7 +123,7 @@ Result<TemplateMatch, Failure> find_template_by_digest(OperationContext& ctx,
     for (const auto& name : names) {
         const std::string path = ctx.template_path(name);
         auto identity = ctx.platform.inspect_template(path);
-        if (!identity || identity->size_bytes / 512 * 512 != header.origin_bytes) {
+        if (!identity || identity->served_bytes() != header.origin_bytes) {
             continue;  // not usable as a template (see GET /templates), or another size
         }
         // A version 1 archive names the whole image's SHA-256, computed here on demand (once
@@ -176,7 +176,7 @@ Result<Sandbox, Failure> import_sandbox(OperationContext& ctx, const EntryPtr& e
         // plus 1% for framing (8 bytes of index per chunk, frame heads, header, trailer).
         const std::uint64_t origin_bound = h.origin_bytes + h.origin_bytes / 100 + (1 << 20);
         limit = std::min(limit, origin_bound);
-        const std::uint64_t origin_bytes = match->identity.size_bytes / 512 * 512;
+        const std::uint64_t origin_bytes = match->identity.served_bytes();
         return ImportTarget{origin_bytes, ctx.store.cow_path(id),
                             dm::cow_size_for_origin(origin_bytes)};
     });
@@ -236,8 +236,10 @@ Result<Sandbox, Failure> import_sandbox(OperationContext& ctx, const EntryPtr& e
     sb.origin = OriginSpec{
         OriginSpec::Type::Loop, ctx.template_path(match->name), {}, std::nullopt, match->identity};
     sb.cow_path = ctx.store.cow_path(id);
-    sb.origin_size_bytes = match->identity.size_bytes / 512 * 512;
+    sb.origin_size_bytes = match->identity.served_bytes();
     sb.cow_size_bytes = dm::cow_size_for_origin(sb.origin_size_bytes);
+    // What the kernel will report once it runs: the store was written as the kernel lays it out.
+    sb.cow_allocated_bytes = dm::persistent_store_allocated_bytes(stats->chunks);
     sb.created_at = sb.updated_at = utc_now();
     if (auto written = ctx.table.commit(entry, sb); !written) {
         return fail(internal(std::move(written).error().within(what)));

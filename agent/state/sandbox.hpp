@@ -26,6 +26,10 @@ struct TemplateIdentity {
     // into the record once the background read of exactly this version has finished.
     std::string digest;
 
+    // What a loop device of this image serves, and so the origin a sandbox over it sees: its
+    // whole 512-byte sectors (a tail shorter than a sector is not part of any disk).
+    [[nodiscard]] std::uint64_t served_bytes() const { return size_bytes / 512 * 512; }
+
     // The same file, untouched since: device, inode, size, mtime and ctime all equal. Anything
     // else (a rewrite in place, a rename over it, a touch) needs the digest to decide.
     [[nodiscard]] bool same_file_state(const TemplateIdentity& other) const;

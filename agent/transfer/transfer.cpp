@@ -109,12 +109,12 @@ struct ArchiveImport::State {
             return std::move(chosen).error();
         }
         if (h.origin_bytes != chosen->origin_bytes) {
-            return Error("import", EINVAL,
+            return Error("archive header", EINVAL,
                          "the archive is of a template of " + std::to_string(h.origin_bytes) +
                              " bytes, this one has " + std::to_string(chosen->origin_bytes));
         }
         if (h.chunk_bytes != dm::kChunkBytes) {
-            return Error("import", EINVAL,
+            return Error("archive header", EINVAL,
                          "the archive has chunks of " + std::to_string(h.chunk_bytes) +
                              " bytes; sandboxes here use " + std::to_string(dm::kChunkBytes));
         }

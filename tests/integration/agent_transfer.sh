@@ -89,8 +89,12 @@ import_from s1 "$WORK/s1.wrenn"
 expect_eq "import answers 201" "$STATUS" 201
 expect_eq "the import is paused" "$(json state)" paused
 expect_eq "the import is over the template with the archive's digest" "$(json template)" golden
+imported_allocated=$(json cow.allocated_bytes)
 api POST /sandboxes/s1/resume
 expect_eq "resume the import" "$STATUS" 200
+api GET /sandboxes/s1
+expect_eq "the import's allocated_bytes is what the kernel reports once it runs" \
+    "$(json cow.allocated_bytes)" "$imported_allocated"
 expect_eq "the imported device reads the same bytes as before the export" "$(device_sha s1)" "$before"
 import_from s1raw "$WORK/s1.raw.wrenn" -
 expect_eq "import of the uncompressed export, sent chunked from a pipe, answers 201" "$STATUS" 201

@@ -188,6 +188,8 @@ TEST_CASE("export of a paused sandbox, imported under another id: the same chunk
     CHECK(body.at("id").as_string() == "sb2");
     CHECK(body.at("state").as_string() == "paused");
     CHECK(body.at("template").as_string() == "base");
+    // What the kernel will report for it once resumed: header, metadata chunk, 4 data chunks.
+    CHECK(body.at("cow").at("allocated_bytes").as_int64() == 6 * 4096);
     CHECK(sandbox_chunks(f.store->cow_path("sb2"), f.platform.origin_size) ==
           sandbox_chunks(f.store->cow_path("sb1"), f.platform.origin_size));
     CHECK(std::filesystem::file_size(f.store->cow_path("sb2")) ==

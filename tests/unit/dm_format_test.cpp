@@ -127,3 +127,30 @@ TEST_CASE("snapshot table: the origin and CoW devices as the kernel prints them"
     CHECK(wrenn::dm::parse_snapshot_table("7:0  P 8").error().code() == EINVAL);
     CHECK(wrenn::dm::parse_snapshot_table(" 7:1 P 8").error().code() == EINVAL);
 }
+
+TEST_CASE("dm: allocated bytes of a loaded store, as the kernel's status reports them",
+          "[dm-format]") {
+    // Explicit values: the header and first metadata chunk only; a full area; one past it.
+    CHECK(persistent_store_allocated_bytes(0) == 2 * 4096);
+    CHECK(persistent_store_allocated_bytes(1) == 3 * 4096);
+    CHECK(persistent_store_allocated_bytes(255) == 257 * 4096);
+    CHECK(persistent_store_allocated_bytes(256) == 259 * 4096);  // next_free skips area 1's head
+    CHECK(persistent_store_allocated_bytes(257) == 260 * 4096);
+    // And against read_exceptions' own steps, for stores laid out as the kernel lays them out:
+    // next_free moves past each data chunk, then skip_metadata steps over a metadata chunk.
+    const std::uint64_t stride = kExceptionsPerArea + 1;
+    std::uint64_t next_free = 2;
+    for (std::uint64_t n = 0; n <= 3 * kExceptionsPerArea + 5; ++n) {
+        if (n > 0) {
+            const std::uint64_t i = n - 1;
+            const std::uint64_t new_chunk = 2 + i + i / kExceptionsPerArea;
+            next_free = std::max(next_free, new_chunk + 1);
+        }
+        std::uint64_t loaded = next_free;
+        if (loaded % stride == 1) {
+            ++loaded;
+        }
+        CAPTURE(n);
+        CHECK(persistent_store_allocated_bytes(n) == loaded * kChunkBytes);
+    }
+}
