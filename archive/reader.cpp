@@ -8,12 +8,10 @@
 #include <new>
 #include <string>
 
-#include "archive/bytes.hpp"
+#include "common/little_endian.hpp"
 #include "common/text.hpp"
 
 namespace wrenn::archive {
-
-using detail::get_le;
 
 namespace {
 
@@ -125,7 +123,7 @@ void Reader::after_records() {
 }
 
 Result<void> Reader::record(const std::byte* p, std::uint64_t at, const char* where) {
-    const std::uint64_t index = get_le(p, kIndexBytes);
+    const std::uint64_t index = load_le<std::uint64_t>(p);
     if (index >= header_->origin_chunks()) {
         return fail(at, std::string(where) + "chunk " + std::to_string(index) +
                             " is past the origin's " + std::to_string(header_->origin_chunks()) +
@@ -153,35 +151,35 @@ Result<void> Reader::complete_part() {
                            ")");
             }
             Header h;
-            h.version = static_cast<std::uint32_t>(get_le(b + 8, 4));
+            h.version = load_le<std::uint32_t>(b + 8);
             if (h.version != kVersion && h.version != kWholeSha256Version) {
                 return fail(8, "format version " + std::to_string(h.version) +
                                    ", this reader knows versions 1 and 2 (a newer agent wrote "
                                    "it: upgrade this one)");
             }
-            const auto flags = static_cast<std::uint32_t>(get_le(b + 12, 4));
+            const auto flags = load_le<std::uint32_t>(b + 12);
             if ((flags & ~kFlagCompressed) != 0) {
                 return fail(12, "flags " + std::to_string(flags) +
                                     " has unknown bits set (only bit 0, compressed, is defined)");
             }
             h.compressed = (flags & kFlagCompressed) != 0;
-            h.chunk_bytes = static_cast<std::uint32_t>(get_le(b + 16, 4));
+            h.chunk_bytes = load_le<std::uint32_t>(b + 16);
             if (h.chunk_bytes < kMinChunkBytes || h.chunk_bytes > kMaxChunkBytes ||
                 (h.chunk_bytes & (h.chunk_bytes - 1)) != 0) {
                 return fail(16, "chunk size " + std::to_string(h.chunk_bytes) +
                                     ", expected a power of two from 512 to 1048576");
             }
-            const auto name_bytes = get_le(b + 20, 4);
+            const auto name_bytes = load_le<std::uint32_t>(b + 20);
             if (name_bytes == 0 || name_bytes > kMaxNameBytes) {
                 return fail(
                     20, "template name size " + std::to_string(name_bytes) + ", expected 1 to 255");
             }
-            h.origin_bytes = get_le(b + 24, 8);
+            h.origin_bytes = load_le<std::uint64_t>(b + 24);
             if (h.origin_bytes == 0 || h.origin_bytes % 512 != 0) {
                 return fail(24, "origin size " + std::to_string(h.origin_bytes) +
                                     ", expected a non-zero multiple of 512");
             }
-            h.chunk_count = get_le(b + 32, 8);
+            h.chunk_count = load_le<std::uint64_t>(b + 32);
             if (h.chunk_count > h.origin_chunks()) {
                 return fail(32, "chunk count " + std::to_string(h.chunk_count) +
                                     ", more than the origin's " +
@@ -224,8 +222,8 @@ Result<void> Reader::complete_part() {
             after_records();
             return success();
         case Part::kFrameHead: {
-            const auto raw = get_le(b, 4);
-            const auto zbytes = get_le(b + 4, 4);
+            const auto raw = load_le<std::uint32_t>(b);
+            const auto zbytes = load_le<std::uint32_t>(b + 4);
             const auto rb = header_->record_bytes();
             const auto left = header_->chunk_count - chunks_;
             if (raw == 0 || raw % rb != 0 || raw > kMaxFrameRawBytes) {

@@ -6,11 +6,9 @@
 #include <cerrno>
 #include <new>
 
-#include "archive/bytes.hpp"
+#include "common/little_endian.hpp"
 
 namespace wrenn::archive {
-
-using detail::put_le;
 
 void Writer::FreeContext::operator()(ZSTD_CCtx_s* ctx) const noexcept {
     ZSTD_freeCCtx(ctx);
@@ -43,12 +41,13 @@ Result<Writer> Writer::create(Header header, ByteSink sink) {
     }
     std::vector<std::byte> bytes(h.header_bytes());
     std::copy(kMagic.begin(), kMagic.end(), reinterpret_cast<std::uint8_t*>(bytes.data()));
-    put_le(&bytes[8], h.version, 4);
-    put_le(&bytes[12], h.compressed ? kFlagCompressed : 0, 4);
-    put_le(&bytes[16], h.chunk_bytes, 4);
-    put_le(&bytes[20], h.template_name.size(), 4);
-    put_le(&bytes[24], h.origin_bytes, 8);
-    put_le(&bytes[32], h.chunk_count, 8);
+    store_le<std::uint32_t>(&bytes[8], h.version);
+    store_le<std::uint32_t>(&bytes[12],
+                            static_cast<std::uint32_t>(h.compressed ? kFlagCompressed : 0));
+    store_le<std::uint32_t>(&bytes[16], h.chunk_bytes);
+    store_le<std::uint32_t>(&bytes[20], static_cast<std::uint32_t>(h.template_name.size()));
+    store_le<std::uint64_t>(&bytes[24], h.origin_bytes);
+    store_le<std::uint64_t>(&bytes[32], h.chunk_count);
     std::copy(h.template_digest.begin(), h.template_digest.end(),
               reinterpret_cast<std::uint8_t*>(&bytes[40]));
     std::copy(h.template_name.begin(), h.template_name.end(),
@@ -97,7 +96,7 @@ Result<void> Writer::add_chunk(std::uint64_t index, std::span<const std::byte> d
     next_min_index_ = index + 1;
     ++chunks_;
     std::byte index_bytes[kIndexBytes];
-    put_le(index_bytes, index, kIndexBytes);
+    store_le<std::uint64_t>(index_bytes, index);
     if (!header_.compressed) {
         if (auto ok = emit(index_bytes); !ok) {
             return ok;
@@ -122,8 +121,8 @@ Result<void> Writer::flush_frame() {
         // Only allocation can fail here: the destination has ZSTD_compressBound room.
         return spend(Error("compress frame", ENOMEM, ZSTD_getErrorName(n)));
     }
-    put_le(compressed_.data(), raw_.size(), 4);
-    put_le(compressed_.data() + 4, n, 4);
+    store_le<std::uint32_t>(compressed_.data(), static_cast<std::uint32_t>(raw_.size()));
+    store_le<std::uint32_t>(compressed_.data() + 4, static_cast<std::uint32_t>(n));
     raw_.clear();
     return emit(std::span(compressed_.data(), kFrameHeadBytes + n));
 }

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <utility>
 
+#include "common/little_endian.hpp"
 #include "flatten/image_copy.hpp"
 
 namespace wrenn::flatten {
@@ -14,22 +15,6 @@ namespace {
 
 // The kernel's own word for a corrupt on-disk structure (EFSCORRUPTED is EUCLEAN).
 constexpr int kCorrupt = EUCLEAN;
-
-std::uint32_t le32(const std::byte* p) {
-    std::uint32_t v = 0;
-    for (int i = 3; i >= 0; --i) {
-        v = (v << 8) | std::to_integer<std::uint32_t>(p[i]);
-    }
-    return v;
-}
-
-std::uint64_t le64(const std::byte* p) {
-    std::uint64_t v = 0;
-    for (int i = 7; i >= 0; --i) {
-        v = (v << 8) | std::to_integer<std::uint64_t>(p[i]);
-    }
-    return v;
-}
 
 std::string hex32(std::uint32_t v) {
     char buf[16];
@@ -86,7 +71,7 @@ Result<ExceptionStore> read_exception_store(const ReadAt& read, std::uint64_t co
                        ", inside the 16-byte header");
     }
     ExceptionStore store;
-    const std::uint32_t magic = le32(header);
+    const std::uint32_t magic = load_le<std::uint32_t>(header);
     if (magic == 0) {
         // A fresh CoW: dm writes the header on first activation, so this snapshot never
         // recorded an exception and the origin alone is the image.
@@ -98,9 +83,9 @@ Result<ExceptionStore> read_exception_store(const ReadAt& read, std::uint64_t co
         return corrupt("bad magic " + hex32(magic) + ", expected " + hex32(kSnapMagic) +
                        " (\"SnAp\"): not a dm-snapshot CoW file");
     }
-    const std::uint32_t valid = le32(header + 4);
-    const std::uint32_t version = le32(header + 8);
-    const std::uint32_t chunk_sectors = le32(header + 12);
+    const std::uint32_t valid = load_le<std::uint32_t>(header + 4);
+    const std::uint32_t version = load_le<std::uint32_t>(header + 8);
+    const std::uint32_t chunk_sectors = load_le<std::uint32_t>(header + 12);
     // The kernel checks the chunk size (read_header), then the version, then the valid flag
     // (persistent_read_metadata); we keep its order so that we refuse what it would refuse.
     if (chunk_sectors == 0 || !std::has_single_bit(chunk_sectors) ||
@@ -151,7 +136,7 @@ Result<ExceptionStore> read_exception_store(const ReadAt& read, std::uint64_t co
         bool full = true;
         for (std::uint64_t i = 0; i < per_area; ++i) {
             const std::byte* p = area.data() + i * kDiskExceptionBytes;
-            Exception e{le64(p), le64(p + 8)};
+            Exception e{load_le<std::uint64_t>(p), load_le<std::uint64_t>(p + 8)};
             // new_chunk 0 would point at the header: the kernel's end-of-list marker.
             if (e.new_chunk == 0) {
                 full = false;

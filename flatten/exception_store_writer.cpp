@@ -6,14 +6,10 @@
 #include <cstring>
 #include <string>
 
+#include "common/little_endian.hpp"
+
 namespace wrenn::flatten {
 namespace {
-
-void put_le(std::byte* p, std::uint64_t v, int bytes) {
-    for (int i = 0; i < bytes; ++i) {
-        p[i] = static_cast<std::byte>((v >> (8 * i)) & 0xff);
-    }
-}
 
 bool all_zero(std::span<const std::byte> b) {
     return b.empty() ||
@@ -24,10 +20,10 @@ bool all_zero(std::span<const std::byte> b) {
 
 std::array<std::byte, 16> encode_store_header(const StoreHeader& h) {
     std::array<std::byte, 16> out{};
-    put_le(out.data(), h.magic, 4);
-    put_le(out.data() + 4, h.valid, 4);
-    put_le(out.data() + 8, h.version, 4);
-    put_le(out.data() + 12, h.chunk_sectors, 4);
+    store_le<std::uint32_t>(out.data(), h.magic);
+    store_le<std::uint32_t>(out.data() + 4, h.valid);
+    store_le<std::uint32_t>(out.data() + 8, h.version);
+    store_le<std::uint32_t>(out.data() + 12, h.chunk_sectors);
     return out;
 }
 
@@ -110,8 +106,8 @@ Result<void> ExceptionStoreWriter::add_chunk(std::uint64_t old_chunk,
         }
     }
     std::byte* e = area_.data() + (count_ % per_area_) * kDiskExceptionBytes;
-    put_le(e, old_chunk, 8);
-    put_le(e + 8, new_chunk, 8);
+    store_le<std::uint64_t>(e, old_chunk);
+    store_le<std::uint64_t>(e + 8, new_chunk);
     next_min_chunk_ = old_chunk + 1;
     ++count_;
     if (count_ % per_area_ == 0) {

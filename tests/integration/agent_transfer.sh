@@ -90,6 +90,8 @@ expect_eq "import answers 201" "$STATUS" 201
 expect_eq "the import is paused" "$(json state)" paused
 expect_eq "the import is over the template with the archive's digest" "$(json template)" golden
 imported_allocated=$(json cow.allocated_bytes)
+expect_true "the import shows the chunks it holds as allocated (got '$imported_allocated')" \
+    test "${imported_allocated:-0}" -gt 8192
 api POST /sandboxes/s1/resume
 expect_eq "resume the import" "$STATUS" 200
 api GET /sandboxes/s1
