@@ -1,5 +1,6 @@
 #include "archive/format.hpp"
 
+#include <boost/algorithm/hex.hpp>
 #include <cerrno>
 #include <string_view>
 
@@ -66,32 +67,15 @@ Result<void> check_header(const Header& h) {
 }
 
 Result<std::array<std::uint8_t, kDigestBytes>> parse_sha256_hex(std::string_view hex) {
-    std::array<std::uint8_t, kDigestBytes> out{};
-    auto nibble = [](char c) -> int {
-        if (c >= '0' && c <= '9') {
-            return c - '0';
-        }
-        if (c >= 'a' && c <= 'f') {
-            return c - 'a' + 10;
-        }
-        if (c >= 'A' && c <= 'F') {
-            return c - 'A' + 10;
-        }
-        return -1;
-    };
     if (hex.size() != 2 * kDigestBytes) {
         return Error("parse SHA-256", EINVAL,
                      "expected 64 hex digits, got " + std::to_string(hex.size()) + " characters");
     }
-    for (std::size_t i = 0; i < kDigestBytes; ++i) {
-        const int hi = nibble(hex[2 * i]);
-        const int lo = nibble(hex[2 * i + 1]);
-        if (hi < 0 || lo < 0) {
-            return Error(
-                "parse SHA-256", EINVAL,
-                "not a hex digit at character " + std::to_string(hi < 0 ? 2 * i : 2 * i + 1));
-        }
-        out[i] = static_cast<std::uint8_t>(hi * 16 + lo);
+    std::array<std::uint8_t, kDigestBytes> out{};
+    try {
+        boost::algorithm::unhex(hex.begin(), hex.end(), out.begin());
+    } catch (const boost::algorithm::hex_decode_error&) {
+        return Error("parse SHA-256", EINVAL, "expected 64 hex digits, got another character");
     }
     return out;
 }

@@ -2,6 +2,8 @@
 
 #include <openssl/evp.h>
 
+#include <boost/algorithm/hex.hpp>
+#include <iterator>
 #include <new>
 #include <utility>
 
@@ -63,13 +65,9 @@ std::string sha256_hex(std::string_view bytes) {
 }
 
 std::string to_hex(const std::uint8_t* data, std::size_t size) {
-    static constexpr char kHex[] = "0123456789abcdef";
     std::string out;
     out.reserve(size * 2);
-    for (std::size_t i = 0; i < size; ++i) {
-        out += kHex[data[i] >> 4];
-        out += kHex[data[i] & 0xf];
-    }
+    boost::algorithm::hex_lower(data, data + size, std::back_inserter(out));
     return out;
 }
 
