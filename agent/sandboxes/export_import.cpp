@@ -67,7 +67,8 @@ Result<TransferStats, Failure> export_sandbox(OperationContext& ctx, const Entry
         if (auto full = check_space(ctx.space, what)) {
             return *full;  // the copy takes space (none with reflinks, but not everywhere)
         }
-        auto copied = copy_source_cow(ctx, entry, sb, ctx.store.export_copy_path(sb.id), what);
+        auto copied = copy_source_cow(ctx, entry, sb, ctx.store.export_copy_path(sb.id), what,
+                                      SuspendReason::Export);
         if (!copied) {
             return copied.error();
         }

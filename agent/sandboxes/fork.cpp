@@ -25,11 +25,9 @@ Result<Done, Failure> make_sandbox_dir(OperationContext& ctx, const std::string&
     return Done{};
 }
 
-Result<std::unique_ptr<PendingCopy>, Failure> copy_source_cow(OperationContext& ctx,
-                                                              const EntryPtr& source,
-                                                              const Sandbox& from,
-                                                              const std::string& to,
-                                                              const std::string& what) {
+Result<std::unique_ptr<PendingCopy>, Failure> copy_source_cow(
+    OperationContext& ctx, const EntryPtr& source, const Sandbox& from, const std::string& to,
+    const std::string& what, SuspendReason reason) {
     if (from.state == SandboxState::Paused) {
         auto copied = ctx.platform.copy_cow(from.cow_path, to, std::nullopt);
         if (!copied) {
@@ -37,38 +35,28 @@ Result<std::unique_ptr<PendingCopy>, Failure> copy_source_cow(OperationContext& 
         }
         return std::move(copied).value();
     }
-    if (ctx.table.with(source, [](const Entry& e) { return e.io_suspended; })) {
+    if (ctx.table.with(source, [](const Entry& e) { return e.held(SuspendReason::Space); })) {
         return failure(FailureKind::InsufficientStorage, what, ENOSPC,
                        "the source's I/O is suspended because the state filesystem is nearly "
                        "full; free space there and retry");
     }
-    if (auto suspended = ctx.platform.suspend_snapshot(from.id); !suspended) {
-        return internal(std::move(suspended).error().within(what));
+    if (auto held = ctx.suspensions.hold(source, reason); !held) {
+        return internal(std::move(held).error().within(what));
     }
     const auto start = std::chrono::steady_clock::now();
     auto copied = ctx.platform.copy_cow(from.cow_path, to, start + ctx.options.fork_max_stall);
-    auto resumed = ctx.platform.resume_snapshot(from.id);
-    if (!resumed) {
-        resumed = ctx.platform.resume_snapshot(from.id);  // the source must not stay stalled
-    }
+    // Resumed only if no one else (the space watcher) holds it meanwhile.
+    auto resumed = ctx.suspensions.release(source, reason);
     const std::chrono::duration<double> stall = std::chrono::steady_clock::now() - start;
     ctx.metrics.observe("fork_stall", stall, copied ? "ok" : "internal");
-    spdlog::info("sandbox={} op=fork source I/O stalled {:.1f} ms ({})", from.id,
+    spdlog::info("sandbox={} op={} source I/O stalled {:.1f} ms ({})", from.id, to_string(reason),
                  stall.count() * 1000, copied ? (*copied)->method() : "copy failed");
-    const bool held_for_space =
-        ctx.table.with(source, [](const Entry& e) { return e.io_suspended; });
-    if (held_for_space && resumed) {
-        // The space watcher suspended it meanwhile and our resume let it go: hold it again.
-        (void)ctx.platform.suspend_snapshot(from.id);
-    }
     if (!resumed) {
-        spdlog::error("sandbox={} op=fork its device stays suspended: {}", from.id,
-                      resumed.error().message());
         return internal(Error(what, resumed.error().code(),
                               "the source's device " + dm::device_name(from.id) +
                                   " could not be resumed after the copy (" +
-                                  resumed.error().message() +
-                                  "); restart the agent, which resumes it"));
+                                  resumed.error().message() + "); GET /sandboxes/" + from.id +
+                                  " shows it as io_error"));
     }
     if (!copied) {
         if (copied.error().code() == ETIMEDOUT) {
@@ -132,7 +120,7 @@ Result<Sandbox, Failure> fork_sandbox(OperationContext& ctx, const EntryPtr& sou
         }
     };
     {
-        auto copy = copy_source_cow(ctx, source, from, sb.cow_path, what);
+        auto copy = copy_source_cow(ctx, source, from, sb.cow_path, what, SuspendReason::Fork);
         if (!copy) {
             remove_files();
             return copy.error();

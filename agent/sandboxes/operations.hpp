@@ -22,6 +22,7 @@
 #include "agent/table/failure.hpp"
 #include "agent/table/operation_runner.hpp"
 #include "agent/table/sandbox_table.hpp"
+#include "agent/table/suspensions.hpp"
 #include "agent/templates/template_digests.hpp"
 #include "agent/transfer/transfer.hpp"
 #include "archive/format.hpp"
@@ -79,6 +80,7 @@ struct OperationContext {
     StateStore& store;
     SandboxTable& table;
     OperationRunner& runner;
+    Suspensions& suspensions;
     TemplateDigests& digests;
     Metrics& metrics;
     SandboxOptions options;
@@ -108,13 +110,11 @@ Result<TemplateInfo, Failure> flatten_sandbox(OperationContext& ctx, const Entry
 // `child` (reserved) running over the source's origin with a point-in-time copy of its CoW.
 Result<Sandbox, Failure> fork_sandbox(OperationContext& ctx, const EntryPtr& source,
                                       const EntryPtr& child);
-// A copy of the source's CoW at `to`; a running source is suspended meanwhile, at most
-// --fork-max-stall. Fork and export use it.
-Result<std::unique_ptr<PendingCopy>, Failure> copy_source_cow(OperationContext& ctx,
-                                                              const EntryPtr& source,
-                                                              const Sandbox& from,
-                                                              const std::string& to,
-                                                              const std::string& what);
+// A copy of the source's CoW at `to`; a running source is held suspended for `reason` (fork or
+// export) meanwhile, at most --fork-max-stall.
+Result<std::unique_ptr<PendingCopy>, Failure> copy_source_cow(
+    OperationContext& ctx, const EntryPtr& source, const Sandbox& from, const std::string& to,
+    const std::string& what, SuspendReason reason);
 // The new sandbox's folder, for fork and import: 409 already_exists when it is there.
 Result<Done, Failure> make_sandbox_dir(OperationContext& ctx, const std::string& id,
                                        const std::string& what);

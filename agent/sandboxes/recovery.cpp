@@ -231,7 +231,7 @@ Result<RecoveryReport> recover(OperationContext& ctx) {
             // stay suspended: the space watcher resumes it once space allows. The listing's
             // query said whether it is.
             if (device->second->suspended) {
-                entry->io_suspended = true;
+                entry->holds[static_cast<std::size_t>(SuspendReason::Space)] = 1;
                 ++report.suspended_found;
                 spdlog::warn(
                     "sandbox={} op=recover its device is suspended (for space, by an earlier "

@@ -28,8 +28,10 @@ SandboxManager::SandboxManager(Platform& platform, StateStore& store, Options op
                                boost::asio::thread_pool& workers, Metrics& metrics)
     : table_(store, workers),
       runner_(table_, metrics),
+      suspensions_(table_, platform),
       digests_(store.state_dir(), platform),
-      context_{platform, store, table_, runner_, digests_, metrics, std::move(options)} {
+      context_{platform,     store,    table_,  runner_,
+               suspensions_, digests_, metrics, std::move(options)} {
     digests_.start([this](const std::string& path, const TemplateIdentity& version) {
         record_digest(context_, path, version);
     });
@@ -43,6 +45,7 @@ void SandboxManager::shutdown() {
     digests_.stop();  // no digest is recorded from here on: the next start asks again
     wait_idle();
     queries_.join();
+    suspensions_.stop();  // a device still failing to resume is resumed by the next start
 }
 
 Result<RecoveryReport> SandboxManager::recover() {

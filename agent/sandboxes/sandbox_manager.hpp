@@ -74,6 +74,8 @@ class SandboxManager : public SpaceActions {
     std::size_t suspend_for_space() override;
     std::size_t resume_after_space() override;
     [[nodiscard]] std::size_t suspended_for_space() const override;
+    // Sandboxes whose device could not be resumed and is being retried (healthz: degraded).
+    [[nodiscard]] std::size_t resumes_failing() const { return suspensions_.failing(); }
     // Disk space each sandbox's CoW file takes now (allocated blocks), by sandbox id.
     [[nodiscard]] std::vector<std::pair<std::string, std::uint64_t>> cow_disk_usage() const;
 
@@ -98,6 +100,7 @@ class SandboxManager : public SpaceActions {
 
     SandboxTable table_;
     OperationRunner runner_;
+    Suspensions suspensions_;
     TemplateDigests digests_;
     OperationContext context_;
     boost::asio::thread_pool queries_{2};

@@ -151,7 +151,20 @@ json::object api_view(const Sandbox& s) {
     }
     out.erase("origin_size_bytes");
     if (s.state == SandboxState::Running) {
-        out["io"] = s.io_suspended_for_space ? "suspended_no_space" : "active";
+        const bool suspended = !s.io_suspended_by.empty() || !s.io_error.empty();
+        out["io"] = s.io_suspended_for_space ? "suspended_no_space"
+                    : suspended              ? "suspended"
+                                             : "active";
+        if (suspended) {
+            json::array by;
+            for (const auto& reason : s.io_suspended_by) {
+                by.emplace_back(reason);
+            }
+            out["io_suspended_by"] = std::move(by);
+        }
+        if (!s.io_error.empty()) {
+            out["io_error"] = s.io_error;
+        }
     }
     return out;
 }

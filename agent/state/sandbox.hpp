@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/result.hpp"
 
@@ -74,9 +75,12 @@ struct Sandbox {
     std::string updated_at;
     std::optional<std::string> last_error;
     std::string forked_from;  // the sandbox this one was forked from; empty when created
-    // Not in sandbox.json: the agent's live view. True while its device's I/O is suspended
-    // because the state filesystem is nearly full; the API shows "io": "suspended_no_space".
+    // Not in sandbox.json: the agent's live view of a running sandbox's device I/O. Suspended
+    // because the state filesystem is nearly full (the API shows "io": "suspended_no_space"),
+    // who holds it suspended ("fork", "export", "space"), and why its last resume failed.
     bool io_suspended_for_space = false;
+    std::vector<std::string> io_suspended_by;
+    std::string io_error;
 };
 
 // The record as written to sandbox.json (all fields) and the view the API returns.

@@ -4,6 +4,18 @@
 
 namespace wrenn::agent {
 
+std::string_view to_string(SuspendReason reason) {
+    switch (reason) {
+        case SuspendReason::Fork:
+            return "fork";
+        case SuspendReason::Export:
+            return "export";
+        case SuspendReason::Space:
+            return "space";
+    }
+    return "unknown";
+}
+
 SandboxTable::SandboxTable(StateStore& store, boost::asio::thread_pool& workers)
     : store_(store), workers_(workers) {}
 
@@ -55,7 +67,9 @@ Result<void> SandboxTable::commit(const EntryPtr& entry, const Sandbox& next, Wr
     auto written = write == Write::Durable ? store_.write_record(next) : success();
     std::lock_guard lock(mu_);
     if (next.state != entry->record.state) {
-        entry->io_suspended = false;  // its device was removed, or is a new one
+        // Its device was removed, or is a new one: nobody holds it suspended any more.
+        entry->holds = {};
+        entry->resume_error.clear();
     }
     entry->record = next;
     ++entry->generation;
@@ -69,7 +83,15 @@ Sandbox SandboxTable::record(const EntryPtr& entry) const {
 
 Sandbox SandboxTable::view_of(const Entry& entry) {
     Sandbox out = entry.record;
-    out.io_suspended_for_space = entry.io_suspended && out.state == SandboxState::Running;
+    if (out.state == SandboxState::Running) {
+        out.io_suspended_for_space = entry.held(SuspendReason::Space);
+        for (std::size_t r = 0; r < kSuspendReasons; ++r) {
+            if (entry.holds[r] > 0) {
+                out.io_suspended_by.emplace_back(to_string(static_cast<SuspendReason>(r)));
+            }
+        }
+        out.io_error = entry.resume_error;
+    }
     return out;
 }
 

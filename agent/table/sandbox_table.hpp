@@ -1,5 +1,7 @@
 #pragma once
 
+#include <algorithm>
+#include <array>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <cstdint>
@@ -9,6 +11,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "agent/state/sandbox.hpp"
@@ -16,6 +19,11 @@
 #include "agent/table/failure.hpp"
 
 namespace wrenn::agent {
+
+// Why a running sandbox's device I/O is suspended: each reason is a holder (suspensions.hpp).
+enum class SuspendReason { Fork, Export, Space };
+inline constexpr std::size_t kSuspendReasons = 3;
+std::string_view to_string(SuspendReason reason);
 
 // One sandbox in the table. Its fields are guarded by the table's lock (read and change them
 // through SandboxTable); everything that changes the kernel or the disk for this sandbox runs
@@ -30,9 +38,21 @@ struct Entry {
     // Bumped at every change of `record` by an operation: a read that went to the kernel
     // writes back only if nothing changed meanwhile.
     std::uint64_t generation = 0;
-    // Its device's I/O is suspended for space (space_actions.cpp). Not in the record: the kernel
-    // holds the fact, and recovery reads it back from there.
-    bool io_suspended = false;
+    // Who holds its device's I/O suspended, by SuspendReason, and why its last resume failed
+    // (empty: it did not). Not in the record: the kernel holds the fact, and recovery reads it
+    // back from there. Changed only by Suspensions, which orders this device's suspend and
+    // resume calls with suspend_mu (reads never take it).
+    std::array<unsigned, kSuspendReasons> holds{};
+    std::string resume_error;
+    std::mutex suspend_mu;
+
+    [[nodiscard]] bool held(SuspendReason reason) const {
+        return holds[static_cast<std::size_t>(reason)] > 0;
+    }
+    [[nodiscard]] bool suspended() const {
+        return !resume_error.empty() ||
+               std::any_of(holds.begin(), holds.end(), [](unsigned n) { return n > 0; });
+    }
 };
 using EntryPtr = std::shared_ptr<Entry>;
 

@@ -48,8 +48,10 @@ class FakePlatform : public Platform {
     std::set<std::string> suspended;              // devices whose I/O is suspended
     FreeSpace space{100ull << 30, 200ull << 30};  // the state filesystem: 100 of 200 GiB free
     int fail_space_errno = 0;
-    int fail_suspend_errno = 0;  // the next suspend_snapshot fails with this errno
-    int fail_resume_errno = 0;   // the next resume_snapshot fails with this errno
+    int fail_suspend_errno = 0;     // the next suspend_snapshot fails with this errno
+    int fail_resume_errno = 0;      // the next resume_snapshot fails with this errno
+    int fail_resumes = 0;           // ... and so many more after it
+    std::function<void()> on_copy;  // runs once inside the next copy_cow (while it copies)
     std::size_t tcmu_detached = 0;
     std::size_t info_queries = 0;  // snapshot_info calls
     mutable std::mutex mu;
@@ -189,7 +191,13 @@ class FakePlatform : public Platform {
         std::lock_guard lock(mu);
         calls.push_back("resume " + id);
         if (fail_resume_errno != 0) {
-            return Error("resume wrenn-" + id, std::exchange(fail_resume_errno, 0));
+            const int code = fail_resume_errno;
+            if (fail_resumes > 0) {
+                --fail_resumes;
+            } else {
+                fail_resume_errno = 0;
+            }
+            return Error("resume wrenn-" + id, code);
         }
         if (devices.count(id) == 0) {
             return Error("resume wrenn-" + id, ENXIO);
@@ -282,6 +290,9 @@ class FakePlatform : public Platform {
             if (fail_copy_errno != 0) {
                 return Error("copy " + from, std::exchange(fail_copy_errno, 0));
             }
+        }
+        if (auto hook = std::exchange(on_copy, nullptr)) {
+            hook();
         }
         std::ifstream in(from, std::ios::binary);
         if (!in) {
