@@ -7,6 +7,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <utility>
 
 namespace wrenn::agent {
 
@@ -306,21 +307,71 @@ void SpaceWatcher::poll_once() {
 }
 
 std::optional<std::string> SpaceWatcher::refuse_new_work() {
+    auto reserved = reserve(0);
+    return reserved ? std::nullopt : std::optional<std::string>(std::move(reserved).error());
+}
+
+Result<SpaceReservation, std::string> SpaceWatcher::reserve(std::uint64_t bytes) {
     if (policy_.min_free.disabled()) {
-        return std::nullopt;
+        return SpaceReservation{};
     }
     auto space = platform_.free_space(dir_);
     if (!space) {
         // Not knowing is no reason to refuse: the watcher logs the failure.
-        return std::nullopt;
+        return SpaceReservation{};
     }
     const std::uint64_t min = policy_.min_free.resolve(space->size_bytes);
-    if (space->free_bytes >= min) {
-        return std::nullopt;
+    std::lock_guard lock(mu_);
+    const std::uint64_t held = reserved_;
+    const std::uint64_t left = space->free_bytes > held ? space->free_bytes - held : 0;
+    if (left >= min && left - min >= bytes) {
+        reserved_ += bytes;
+        return SpaceReservation(this, bytes);
     }
-    return human_bytes(space->free_bytes) + " free on " + dir_ + " (" +
-           human_bytes(space->size_bytes) + " filesystem), below --min-free " + human_bytes(min) +
-           "; free space there (destroy sandboxes, remove files) and retry";
+    std::string why = human_bytes(space->free_bytes) + " free on " + dir_ + " (" +
+                      human_bytes(space->size_bytes) + " filesystem)";
+    if (held == 0 && bytes == 0) {
+        why += ", below --min-free " + human_bytes(min);
+    } else {
+        if (held > 0) {
+            why += ", " + human_bytes(held) + " of it held for transfers and forks in flight";
+        }
+        if (bytes > 0) {
+            why += ", and this one may need " + human_bytes(bytes);
+        }
+        why += ": that would leave less than --min-free " + human_bytes(min);
+    }
+    return why + "; free space there (destroy sandboxes, remove files) and retry";
+}
+
+std::uint64_t SpaceWatcher::reserved_bytes() const {
+    std::lock_guard lock(mu_);
+    return reserved_;
+}
+
+void SpaceWatcher::unreserve(std::uint64_t bytes) {
+    std::lock_guard lock(mu_);
+    reserved_ -= bytes;
+}
+
+SpaceReservation::~SpaceReservation() {
+    if (watcher_ != nullptr && bytes_ > 0) {
+        watcher_->unreserve(bytes_);
+    }
+}
+
+SpaceReservation::SpaceReservation(SpaceReservation&& other) noexcept
+    : watcher_(std::exchange(other.watcher_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
+
+SpaceReservation& SpaceReservation::operator=(SpaceReservation&& other) noexcept {
+    if (this != &other) {
+        if (watcher_ != nullptr && bytes_ > 0) {
+            watcher_->unreserve(bytes_);
+        }
+        watcher_ = std::exchange(other.watcher_, nullptr);
+        bytes_ = std::exchange(other.bytes_, 0);
+    }
+    return *this;
 }
 
 SpaceStatus SpaceWatcher::status() const {

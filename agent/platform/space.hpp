@@ -83,6 +83,29 @@ struct SpaceStatus {
     [[nodiscard]] bool degraded() const { return level != SpaceLevel::Ok || suspended > 0; }
 };
 
+class SpaceWatcher;
+
+// Room held on the state filesystem for work in flight (a fork's or an export's copy, an
+// import's CoW): counted as used by the watcher's checks until it goes, so that several at once
+// cannot together push the filesystem under --min-free. Released when destroyed.
+class SpaceReservation {
+  public:
+    SpaceReservation() = default;
+    SpaceReservation(SpaceWatcher* watcher, std::uint64_t bytes)
+        : watcher_(watcher), bytes_(bytes) {}
+    ~SpaceReservation();
+    SpaceReservation(SpaceReservation&& other) noexcept;
+    SpaceReservation& operator=(SpaceReservation&& other) noexcept;
+    SpaceReservation(const SpaceReservation&) = delete;
+    SpaceReservation& operator=(const SpaceReservation&) = delete;
+
+    [[nodiscard]] std::uint64_t bytes() const { return bytes_; }
+
+  private:
+    SpaceWatcher* watcher_ = nullptr;
+    std::uint64_t bytes_ = 0;
+};
+
 // Polls the state filesystem's space on its own thread and acts on the thresholds: below
 // critical, suspend_for_space() on every poll (so a device that appears meanwhile is caught
 // too); back at or above min-free with devices suspended, resume_after_space(). Between the
@@ -103,24 +126,33 @@ class SpaceWatcher {
     // One look and the actions it calls for (the thread calls this; tests call it directly).
     void poll_once();
 
-    // nullopt when there is room for a create or resume now (a fresh statvfs), else why not:
+    // nullopt when there is room for a create or resume now (a fresh statvfs, less what
+    // reservations hold), else why not:
     // "12 MiB free on /var/lib/wrenn (100 MiB filesystem), below --min-free 1 GiB".
     [[nodiscard]] std::optional<std::string> refuse_new_work();
+    // Holds `bytes` (a transfer's or fork's worst case) for as long as the reservation lives,
+    // if free space less every reservation, this one included, stays at or above --min-free;
+    // else why not, as refuse_new_work() says it. With watching off, an empty reservation.
+    Result<SpaceReservation, std::string> reserve(std::uint64_t bytes);
+    [[nodiscard]] std::uint64_t reserved_bytes() const;
 
     [[nodiscard]] SpaceStatus status() const;
     [[nodiscard]] const SpacePolicy& policy() const { return policy_; }
 
   private:
+    friend class SpaceReservation;
     void run();
+    void unreserve(std::uint64_t bytes);
 
     Platform& platform_;
     std::string dir_;
     SpacePolicy policy_;
     SpaceActions& actions_;
 
-    mutable std::mutex mu_;  // guards status_, stopping_
+    mutable std::mutex mu_;  // guards status_, stopping_, reserved_
     std::condition_variable wake_;
     SpaceStatus status_;
+    std::uint64_t reserved_ = 0;
     bool stopping_ = false;
     std::mutex poll_mu_;  // one poll at a time; guards first_poll_
     bool first_poll_ = true;

@@ -54,6 +54,7 @@ Result<TransferStats, Failure> export_sandbox(OperationContext& ctx, const Entry
         digest = *read;
     }
     ExportSource source{sb.cow_path, sb.origin_size_bytes, digest, sb.template_name + ".img"};
+    SpaceReservation reservation;  // declared before the copy: held until the copy is gone
     std::unique_ptr<PendingCopy> copy;
     if (sb.state == SandboxState::Paused) {
         if (auto live = check_no_live_device(ctx.platform, sb.id, what, "export")) {
@@ -64,9 +65,13 @@ Result<TransferStats, Failure> export_sandbox(OperationContext& ctx, const Entry
         return *unusable;
     }
     if (sb.state == SandboxState::Running) {
-        if (auto full = check_space(ctx.space, what)) {
-            return *full;  // the copy takes space (none with reflinks, but not everywhere)
+        // The copy takes at most the CoW's allocated space (none with reflinks), held until the
+        // export ends so that concurrent transfers cannot together overshoot --min-free.
+        auto reserved = reserve_space(ctx.space, allocated_bytes_of(sb.cow_path), what);
+        if (!reserved) {
+            return reserved.error();
         }
+        reservation = std::move(reserved).value();
         auto copied = copy_source_cow(ctx, entry, sb, ctx.store.export_copy_path(sb.id), what,
                                       SuspendReason::Export);
         if (!copied) {
@@ -165,6 +170,7 @@ Result<Sandbox, Failure> import_sandbox(OperationContext& ctx, const EntryPtr& e
     };
     std::optional<TemplateMatch> match;
     std::optional<Failure> refused;  // a refusal of ours from inside the archive's callbacks
+    SpaceReservation reservation;    // the new CoW's room, held until the import ends
     std::uint64_t limit = options.max_bytes;
     ArchiveImport import([&](const archive::Header& h) -> Result<ImportTarget> {
         auto found = find_template_by_digest(ctx, h, what);
@@ -173,6 +179,14 @@ Result<Sandbox, Failure> import_sandbox(OperationContext& ctx, const EntryPtr& e
             return found.error().error;
         }
         match = found.value();
+        // The CoW the archive's chunks make, held against --min-free while it is written.
+        auto reserved =
+            reserve_space(ctx.space, dm::persistent_store_allocated_bytes(h.chunk_count), what);
+        if (!reserved) {
+            refused = reserved.error();
+            return reserved.error().error;
+        }
+        reservation = std::move(reserved).value();
         // The largest honest archive of this template: every chunk changed, stored raw,
         // plus 1% for framing (8 bytes of index per chunk, frame heads, header, trailer).
         const std::uint64_t origin_bound = h.origin_bytes + h.origin_bytes / 100 + (1 << 20);

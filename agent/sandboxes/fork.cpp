@@ -79,8 +79,11 @@ Result<Sandbox, Failure> fork_sandbox(OperationContext& ctx, const EntryPtr& sou
     if (auto missing = check_kernel(ctx.platform, what)) {
         return *missing;
     }
-    if (auto full = check_space(ctx.space, what)) {
-        return *full;
+    // The copy takes at most the source CoW's allocated space (none with reflinks): held until
+    // the fork ends, so that concurrent forks and transfers cannot together overshoot.
+    auto reservation = reserve_space(ctx.space, allocated_bytes_of(from.cow_path), what);
+    if (!reservation) {
+        return reservation.error();
     }
     // The source's CoW must be usable as a snapshot, over the image it was made over.
     if (from.state == SandboxState::Paused) {

@@ -1,5 +1,6 @@
 // The sandboxes' side of space on the state filesystem: suspending and resuming running devices
-// for the SpaceWatcher (space.hpp). Refusing new work below --min-free is check_space().
+// for the SpaceWatcher (space.hpp). Refusing new work below --min-free
+// is check_space(), and holding room for work in flight reserve_space().
 //
 // The watcher acts outside the sandboxes' strands, so that a long operation on one sandbox
 // never delays the suspension that keeps every other snapshot valid. It holds and lets go of

@@ -1,5 +1,7 @@
 #include "agent/table/checks.hpp"
 
+#include <sys/stat.h>
+
 #include <cerrno>
 
 #include "dm/snapshot_format.hpp"
@@ -41,6 +43,23 @@ std::optional<Failure> check_space(SpaceWatcher* space, const std::string& what)
         return failure(FailureKind::InsufficientStorage, what, ENOSPC, *refused);
     }
     return std::nullopt;
+}
+
+Result<SpaceReservation, Failure> reserve_space(SpaceWatcher* space, std::uint64_t bytes,
+                                                const std::string& what) {
+    if (space == nullptr) {
+        return SpaceReservation{};
+    }
+    auto reserved = space->reserve(bytes);
+    if (!reserved) {
+        return failure(FailureKind::InsufficientStorage, what, ENOSPC, std::move(reserved).error());
+    }
+    return std::move(reserved).value();
+}
+
+std::uint64_t allocated_bytes_of(const std::string& path) {
+    struct stat st {};
+    return ::stat(path.c_str(), &st) == 0 ? static_cast<std::uint64_t>(st.st_blocks) * 512 : 0;
 }
 
 std::optional<Failure> check_tcmu(Platform& platform, const OriginSpec& origin,

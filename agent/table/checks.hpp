@@ -27,6 +27,14 @@ std::optional<Failure> check_name(std::string_view name, std::string_view field,
 std::optional<Failure> check_kernel(Platform& platform, const std::string& what);
 // 507 insufficient_storage when the space watcher (if any) refuses new work now.
 std::optional<Failure> check_space(SpaceWatcher* space, const std::string& what);
+// Holds `bytes` on the state filesystem for work in flight (a fork's or export's copy, an
+// import's CoW) until the reservation goes: 507 insufficient_storage when that, with every other
+// reservation, would leave less than --min-free. An empty reservation when space is not watched.
+Result<SpaceReservation, Failure> reserve_space(SpaceWatcher* space, std::uint64_t bytes,
+                                                const std::string& what);
+// The disk space a file takes now (its allocated blocks), 0 when it cannot be read: a copy's
+// worst case.
+std::uint64_t allocated_bytes_of(const std::string& path);
 // A TCMU origin the API may not attach: a bad value is 400, a refusal by the allowlist 403
 // (tcmu_not_allowed), a kernel without TCMU 503. Nothing for other origins.
 std::optional<Failure> check_tcmu(Platform& platform, const OriginSpec& origin,

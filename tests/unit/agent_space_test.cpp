@@ -1,5 +1,7 @@
 #include <boost/json.hpp>
 #include <catch2/catch.hpp>
+#include <fstream>
+#include <optional>
 
 #include "agent/daemon/cli.hpp"
 #include "agent/platform/space.hpp"
@@ -357,4 +359,52 @@ TEST_CASE("with watching off, a restart resumes what an earlier agent suspended 
     CHECK(f.platform.suspended.empty());
     CHECK(f.manager->suspended_for_space() == 0);
     f.manager->set_space_watcher(nullptr);
+}
+
+TEST_CASE("reservations count against --min-free until they go", "[space]") {
+    FakePlatform platform;
+    platform.space = FreeSpace{110 * MiB, GiB};  // 10 MiB above --min-free
+    FakeActions actions;
+    SpaceWatcher watcher(platform, "/state", small_policy(), actions);
+    auto first = watcher.reserve(6 * MiB);
+    REQUIRE(first.ok());
+    CHECK(watcher.reserved_bytes() == 6 * MiB);
+    CHECK_FALSE(watcher.refuse_new_work());  // 4 MiB still above
+    auto second = watcher.reserve(6 * MiB);
+    REQUIRE_FALSE(second.ok());
+    CHECK_THAT(second.error(), Catch::Contains("6 MiB of it held for transfers and forks") &&
+                                   Catch::Contains("this one may need 6 MiB") &&
+                                   Catch::Contains("less than --min-free 100 MiB"));
+    { auto gone = std::move(first).value(); }
+    CHECK(watcher.reserved_bytes() == 0);
+    CHECK(watcher.reserve(6 * MiB).ok());
+    CHECK(watcher.reserved_bytes() == 0);  // the temporary let go at once
+}
+
+TEST_CASE("concurrent forks cannot together push the disk under --min-free", "[space][agent]") {
+    SpaceFixture f;
+    REQUIRE(f.create("sb1").ok());
+    REQUIRE(f.create("sb2").ok());
+    // Each CoW holds 8 MiB of data: a copy without reflinks may take as much.
+    for (const char* id : {"sb1", "sb2"}) {
+        std::ofstream cow(f.store->cow_path(id), std::ios::binary | std::ios::in | std::ios::out);
+        const std::string data(8 * MiB, 'x');
+        cow.seekp(1 << 20);
+        cow.write(data.data(), static_cast<std::streamsize>(data.size()));
+    }
+    f.set_free(112 * MiB);  // room above --min-free for one copy, not two
+    auto fork = [&](const std::string& from, const std::string& to) {
+        return f.wait<Sandbox>([&](auto cb) { f.manager->fork(from, to, cb); });
+    };
+    std::optional<wrenn::Result<Sandbox, Failure>> second;
+    f.platform.on_copy = [&] { second = fork("sb2", "kid2"); };  // while sb1's copy runs
+    REQUIRE(fork("sb1", "kid1").ok());
+    REQUIRE(second);
+    REQUIRE_FALSE(second->ok());
+    CHECK(second->error().kind == FailureKind::InsufficientStorage);
+    CHECK_THAT(second->error().error.message(),
+               Catch::Contains("held for transfers and forks in flight"));
+    CHECK_FALSE(f.manager->get("kid2"));
+    // Once the first fork is done its room is free again.
+    CHECK(f.watcher->reserved_bytes() == 0);
 }
