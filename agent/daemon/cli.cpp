@@ -144,7 +144,9 @@ Command parse_command_line(const std::vector<std::string>& args_in) {
             return PrintAndExit{out.str(), 0};
         }
         if (vm.count("version") != 0) {
-            return PrintAndExit{"wrenn-agent " + std::string(version()) + "\n", 0};
+            return PrintAndExit{"wrenn-agent " + std::string(version()) + " (revision " +
+                                    std::string(revision()) + ")\n",
+                                0};
         }
         po::notify(vm);
     } catch (const po::error& e) {

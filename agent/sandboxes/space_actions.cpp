@@ -43,7 +43,13 @@ std::size_t resume_after_space(OperationContext& ctx) {
         // by Suspensions, and reads show it meanwhile.
         if (ctx.suspensions.release(entry, SuspendReason::Space)) {
             ++resumed;
-            spdlog::info("sandbox={} op=resume-after-space space no longer holds its I/O", id);
+            if (ctx.table.with(entry, [](const Entry& e) { return e.suspended(); })) {
+                spdlog::info("sandbox={} op=resume-after-space space let go; a fork or export "
+                             "still holds its I/O",
+                             id);
+            } else {
+                spdlog::info("sandbox={} op=resume-after-space its I/O runs again", id);
+            }
         }
     }
     return resumed;

@@ -42,7 +42,9 @@ TEST_CASE("the cleanup-stale, help and version flags, and usage errors", "[cli]"
     CHECK_THAT(std::get<PrintAndExit>(help).text,
                Catch::Contains("--cleanup-stale") && Catch::Contains("curl"));
     auto version = parse_command_line({"--version"});
-    CHECK_THAT(std::get<PrintAndExit>(version).text, Catch::StartsWith("wrenn-agent "));
+    // The release and the revision the binary was built from (git describe, or "unknown").
+    CHECK_THAT(std::get<PrintAndExit>(version).text,
+               Catch::Matches("wrenn-agent [0-9]+\\.[0-9]+\\.[0-9]+ \\(revision [0-9A-Za-z._-]+\\)\n"));
     auto bad = parse_command_line({"--no-such-flag"});
     REQUIRE(std::holds_alternative<PrintAndExit>(bad));
     CHECK(std::get<PrintAndExit>(bad).status == 2);
