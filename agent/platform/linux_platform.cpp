@@ -15,6 +15,7 @@
 #include "flatten/exception_store.hpp"
 #include "flatten/flatten.hpp"
 #include "loop/loop_device.hpp"
+#include "tcmu/config_file.hpp"
 #include "tcmu/configfs.hpp"
 #include "tcmu/naming.hpp"
 
@@ -37,6 +38,11 @@ Result<std::uint64_t> block_device_size(const std::string& device) {
         return Error("read size of " + device, errno != 0 ? errno : EIO, path);
     }
     return sectors * 512;
+}
+
+// TCMU devices in the kernel's configfs, at its default places.
+tcmu::Configfs configfs() {
+    return tcmu::Configfs();
 }
 
 tcmu::DeviceIdentity identity_of(const OriginSpec& origin) {
@@ -135,7 +141,7 @@ Result<AttachedOrigin> LinuxPlatform::acquire_origin(const OriginSpec& origin) {
     }
     TcmuOrigin entry;
     entry.id = tcmu::id_for_origin(origin.handler, origin.path, origin.size_bytes);
-    auto found = tcmu::find_attached(entry.id);
+    auto found = configfs().find_attached(entry.id);
     if (found && !found->has_value()) {
         // An agent from before SHA-256 ids attached it under the config's old id (a sandbox
         // running across the upgrade): that device, if it is exactly this origin, is the one.
@@ -148,7 +154,7 @@ Result<AttachedOrigin> LinuxPlatform::acquire_origin(const OriginSpec& origin) {
     if (found && found->has_value()) {
         // Attached by an earlier run of the agent, or by someone else under a colliding id:
         // reused only when it was configured for exactly this origin.
-        if (auto same = tcmu::check_attached(entry.id, identity_of(origin)); !same) {
+        if (auto same = configfs().check_attached(entry.id, identity_of(origin)); !same) {
             return std::move(same).error().within("use TCMU origin " + origin.path);
         }
         entry.device = **found;
@@ -165,7 +171,7 @@ Result<AttachedOrigin> LinuxPlatform::acquire_origin(const OriginSpec& origin) {
         if (!options_.owner_tag.empty()) {
             request.serial = tcmu::owner_serial(options_.owner_tag, entry.id);
         }
-        auto device = tcmu::attach(request);
+        auto device = configfs().attach(request);
         if (!device) {
             return std::move(device).error();
         }
@@ -175,7 +181,7 @@ Result<AttachedOrigin> LinuxPlatform::acquire_origin(const OriginSpec& origin) {
     if (!size) {
         // Nobody will hold this origin: a device attached just now goes again.
         if (attached_here) {
-            if (auto undone = tcmu::detach(entry.id, identity_of(origin)); !undone) {
+            if (auto undone = configfs().detach(entry.id, identity_of(origin)); !undone) {
                 spdlog::error("undo TCMU attach of {}: {}", origin.path, undone.error().message());
             }
         }
@@ -232,7 +238,7 @@ void LinuxPlatform::release_origin(const OriginSpec& origin) {
     if (--it->second.references > 0) {
         return;
     }
-    if (auto detached = tcmu::detach(it->second.id, identity_of(origin)); !detached) {
+    if (auto detached = configfs().detach(it->second.id, identity_of(origin)); !detached) {
         spdlog::error("detach TCMU origin {}: {}", origin.path, detached.error().message());
     }
     tcmu_.erase(it);
@@ -452,11 +458,11 @@ Result<std::size_t> LinuxPlatform::release_loops_under(const std::string& dir) {
 std::optional<std::pair<std::string, std::string>> LinuxPlatform::find_legacy_tcmu(
     const OriginSpec& origin) {
     const std::string id = tcmu::legacy_id_for_config(origin.path);
-    auto found = tcmu::find_attached(id);
+    auto found = configfs().find_attached(id);
     if (!found || !found->has_value()) {
         return std::nullopt;
     }
-    if (auto same = tcmu::check_attached(id, identity_of(origin)); !same) {
+    if (auto same = configfs().check_attached(id, identity_of(origin)); !same) {
         spdlog::debug("TCMU id {} (the old id of {}) is another origin's: {}", id, origin.path,
                       same.error().message());
         return std::nullopt;
@@ -470,7 +476,7 @@ Result<std::size_t> LinuxPlatform::detach_tcmu_origins(const std::vector<OriginS
     std::lock_guard lock(tcmu_mu_);
     for (const auto& origin : origins) {
         std::string id = tcmu::id_for_origin(origin.handler, origin.path, origin.size_bytes);
-        auto found = tcmu::find_attached(id);
+        auto found = configfs().find_attached(id);
         if (!found) {
             return std::move(found).error();
         }
@@ -481,12 +487,12 @@ Result<std::size_t> LinuxPlatform::detach_tcmu_origins(const std::vector<OriginS
             }
             id = legacy->first;
         }
-        if (auto same = tcmu::check_attached(id, identity_of(origin)); !same) {
+        if (auto same = configfs().check_attached(id, identity_of(origin)); !same) {
             // Not ours (another origin under the same id): never detach another's disk.
             spdlog::warn("cleanup: leaving TCMU device {} alone: {}", id, same.error().message());
             continue;
         }
-        if (auto done = tcmu::detach(id, identity_of(origin)); !done) {
+        if (auto done = configfs().detach(id, identity_of(origin)); !done) {
             return std::move(done).error();
         }
         tcmu_.erase(origin.key());
@@ -505,7 +511,7 @@ Result<std::size_t> LinuxPlatform::detach_unused_tcmu(std::vector<std::string>& 
     for (const auto& [key, held] : tcmu_) {
         in_use.push_back(held.id);
     }
-    auto swept = tcmu::detach_unused(options_.owner_tag, in_use);
+    auto swept = configfs().detach_unused(options_.owner_tag, in_use);
     if (!swept) {
         return std::move(swept).error().within("detach unused TCMU devices");
     }
