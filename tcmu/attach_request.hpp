@@ -29,11 +29,14 @@ struct AttachRequest {
 };
 
 // What a device id was attached for: the values attach writes as dev_config and dev_size, read
-// back from attrib/ before an attached id is reused or detached.
+// back from attrib/ before an attached id is reused or detached. Also the origin by which
+// OriginRegistry shares and counts devices.
 struct DeviceIdentity {
     std::string handler;
     std::string config_path;
     std::optional<std::uint64_t> size_bytes;
+
+    auto operator<=>(const DeviceIdentity&) const = default;
 };
 
 inline DeviceIdentity identity_of(const AttachRequest& req) {

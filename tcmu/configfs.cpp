@@ -46,4 +46,8 @@ Result<ExistingDevice> Configfs::inspect_existing(std::string_view id) const {
     return queries().inspect_existing(id);
 }
 
+Result<std::uint64_t> Configfs::disk_size(const std::string& disk) const {
+    return queries().disk_size(disk);
+}
+
 }  // namespace wrenn::tcmu

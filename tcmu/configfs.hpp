@@ -7,7 +7,8 @@
 //   attach_log      the log of an attach and overlaybd's result file
 //   detach          detach and recovery's sweep (Detacher)
 //   queries         what configfs and sysfs say about a device (DeviceQueries)
-// config_file opens backstore configs beneath an allowed folder.
+// config_file opens backstore configs beneath an allowed folder; origin_registry shares and
+// counts the devices of the agent's sandboxes.
 
 #include <cstdint>
 #include <optional>
@@ -50,6 +51,7 @@ class Configfs {
     Result<std::string> attached_serial(std::string_view id) const;
     Result<void> check_attached(std::string_view id, const DeviceIdentity& expected) const;
     Result<ExistingDevice> inspect_existing(std::string_view id) const;
+    Result<std::uint64_t> disk_size(const std::string& disk) const;
 
     [[nodiscard]] const ConfigfsOptions& options() const { return options_; }
 

@@ -150,4 +150,22 @@ Result<std::string> DeviceQueries::attached_config(std::string_view id) const {
     return config;
 }
 
+Result<std::uint64_t> DeviceQueries::disk_size(const std::string& disk) const {
+    const std::string name = disk.substr(disk.rfind('/') + 1);
+    const std::string path = options_.sys_root + "/class/block/" + name + "/size";
+    const std::string action = "read size of " + disk;
+    auto text = ops_.read_file(path);
+    if (!text) {
+        return Error(action, text.error().code(), path);
+    }
+    const std::string sectors_text = trim_attribute(*text);
+    std::uint64_t sectors = 0;
+    const auto parsed =
+        std::from_chars(sectors_text.data(), sectors_text.data() + sectors_text.size(), sectors);
+    if (parsed.ec != std::errc() || parsed.ptr == sectors_text.data()) {
+        return Error(action, EIO, path);
+    }
+    return sectors * 512;
+}
+
 }  // namespace wrenn::tcmu

@@ -47,6 +47,8 @@ class DeviceQueries {
     Result<void> check_attached(std::string_view id, const DeviceIdentity& expected) const;
     // Reads an existing id's ExistingDevice from configfs (ENOENT when there is no such device).
     Result<ExistingDevice> inspect_existing(std::string_view id) const;
+    // A disk's size in bytes, from <sys>/class/block/<name>/size (512-byte sectors).
+    Result<std::uint64_t> disk_size(const std::string& disk) const;
 
   private:
     ConfigfsOps& ops_;

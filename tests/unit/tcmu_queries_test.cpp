@@ -43,6 +43,22 @@ TEST_CASE("an attached id is reused only for the origin it was attached for", "[
     CHECK(*configfs(kernel).find_attached("123") == kDev + "/sda");
 }
 
+TEST_CASE("disk_size reads a disk's size from sysfs, in 512-byte sectors", "[tcmu]") {
+    FakeKernel kernel;
+    kernel.nodes[kSys + "/class/block/sda/size"] = {FakeKernel::Type::file, "2048\n", true};
+    auto size = configfs(kernel).disk_size(kDev + "/sda");
+    REQUIRE(size.ok());
+    CHECK(*size == 2048 * 512);
+
+    auto missing = configfs(kernel).disk_size(kDev + "/sdb");
+    REQUIRE_FALSE(missing.ok());
+    CHECK(missing.error().code() == ENOENT);
+    CHECK_THAT(missing.error().message(), Catch::Contains("read size of " + kDev + "/sdb"));
+
+    kernel.nodes[kSys + "/class/block/sdc/size"] = {FakeKernel::Type::file, "many\n", true};
+    CHECK(configfs(kernel).disk_size(kDev + "/sdc").error().code() == EIO);
+}
+
 TEST_CASE("list_attached lists valid ids only, and none before any device was made", "[tcmu]") {
     FakeKernel kernel;
     CHECK(configfs(kernel).list_attached()->empty());
