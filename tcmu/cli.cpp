@@ -34,11 +34,12 @@ bool parse(const std::vector<std::string>& args, const po::options_description& 
 }  // namespace
 
 int run_cli(std::vector<std::string> args, std::ostream& out, std::ostream& err) {
-    return run_cli(std::move(args), out, err, real_configfs_ops(), AttachOptions{});
+    Configfs configfs;
+    return run_cli(std::move(args), out, err, configfs);
 }
 
-int run_cli(std::vector<std::string> args, std::ostream& out, std::ostream& err, ConfigfsOps& ops,
-            const AttachOptions& opts) {
+int run_cli(std::vector<std::string> args, std::ostream& out, std::ostream& err,
+            Configfs& configfs) {
     if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
         (args.empty() ? err : out) << kUsage;
         return args.empty() ? 2 : 0;
@@ -79,7 +80,7 @@ int run_cli(std::vector<std::string> args, std::ostream& out, std::ostream& err,
         // device (and the agent, given the same spec, the same id).
         req.id =
             vm.count("id") != 0 ? id : id_for_origin(req.handler, req.config_path, req.size_bytes);
-        auto disk = attach(ops, req, opts);
+        auto disk = configfs.attach(req);
         if (!disk) {
             err << "wrenn-agent tcmu: " << disk.error().message() << "\n";
             return 1;
@@ -104,7 +105,7 @@ int run_cli(std::vector<std::string> args, std::ostream& out, std::ostream& err,
         if (verbose) {
             spdlog::set_level(spdlog::level::debug);
         }
-        Result<void> r = detach(ops, id, opts);
+        Result<void> r = configfs.detach(id);
         if (!r) {
             err << "wrenn-agent tcmu: " << r.error().message() << "\n";
             return 1;

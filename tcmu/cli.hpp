@@ -1,6 +1,6 @@
 #pragma once
 
-// `wrenn-agent tcmu attach|detach`: the command-line face of configfs.hpp.
+// `wrenn-agent tcmu attach|detach`: the command-line face of tcmu::Configfs.
 
 #include <iosfwd>
 #include <string>
@@ -20,8 +20,8 @@ namespace wrenn::tcmu {
 // usage error). -v raises the spdlog level to debug.
 int run_cli(std::vector<std::string> args, std::ostream& out, std::ostream& err);
 
-// The same over given ops and options (tests use a fake configfs).
-int run_cli(std::vector<std::string> args, std::ostream& out, std::ostream& err, ConfigfsOps& ops,
-            const AttachOptions& opts);
+// The same over a given Configfs (tests use one over a fake ConfigfsOps).
+int run_cli(std::vector<std::string> args, std::ostream& out, std::ostream& err,
+            Configfs& configfs);
 
 }  // namespace wrenn::tcmu

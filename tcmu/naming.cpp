@@ -124,7 +124,7 @@ std::string origin_spec_bytes(std::string_view handler, std::string_view config_
 // them (the birthday bound). That is not out of reach of a determined attacker with a GPU, so
 // the id is not what keeps disks apart: before any attached id is reused or detached, its
 // dev_config (and dev_size) is read back from configfs and must equal what this spec writes
-// (configfs.cpp, check_attached). A collision therefore ends in an error naming both specs,
+// (DeviceQueries::check_attached). A collision therefore ends in an error naming both specs,
 // never in one caller getting another's disk.
 std::string id_for_origin(std::string_view handler, std::string_view config_path,
                           std::optional<std::uint64_t> size_bytes) {

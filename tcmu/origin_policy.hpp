@@ -2,7 +2,7 @@
 
 // Which TCMU origins a caller of the agent's API may ask for, and which values may be written
 // into configfs at all. Pure functions over strings (the file-system side, which opens the
-// config without following symlinks, is open_config_beneath in configfs.hpp). Errors carry
+// config without following symlinks, is open_config_beneath in config_file.hpp). Errors carry
 // EINVAL for a malformed value (the API answers 400) and EACCES for a refusal by policy (403).
 
 #include <sys/types.h>

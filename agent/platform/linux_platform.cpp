@@ -8,15 +8,13 @@
 
 #include <cerrno>
 #include <cstdio>
-#include <fstream>
 
 #include "agent/state/template_image.hpp"
 #include "dm/snapshot_format.hpp"
 #include "flatten/exception_store.hpp"
 #include "flatten/flatten.hpp"
 #include "loop/loop_device.hpp"
-#include "tcmu/configfs.hpp"
-#include "tcmu/naming.hpp"
+#include "tcmu/config_file.hpp"
 
 namespace wrenn::agent {
 
@@ -27,18 +25,6 @@ bool path_exists(const char* path) {
     return ::stat(path, &st) == 0;
 }
 
-// A block device's size from sysfs (/sys/class/block/<name>/size is in 512-byte sectors).
-Result<std::uint64_t> block_device_size(const std::string& device) {
-    const std::string name = device.substr(device.rfind('/') + 1);
-    const std::string path = "/sys/class/block/" + name + "/size";
-    std::ifstream in(path);
-    std::uint64_t sectors = 0;
-    if (!(in >> sectors)) {
-        return Error("read size of " + device, errno != 0 ? errno : EIO, path);
-    }
-    return sectors * 512;
-}
-
 tcmu::DeviceIdentity identity_of(const OriginSpec& origin) {
     return tcmu::DeviceIdentity{origin.handler, origin.path, origin.size_bytes};
 }
@@ -46,7 +32,10 @@ tcmu::DeviceIdentity identity_of(const OriginSpec& origin) {
 }  // namespace
 
 LinuxPlatform::LinuxPlatform(Options options)
-    : options_(std::move(options)), loops_(loop::make_kernel_image_attacher()) {
+    : options_(std::move(options)),
+      loops_(loop::make_kernel_image_attacher()),
+      tcmu_origins_(tcmu::make_configfs_origin_devices(),
+                    tcmu::OriginRegistry::Options{options_.owner_tag, options_.tcmu_policy}) {
     auto mapper = dm::DeviceMapper::open();
     if (mapper) {
         dm_.emplace(std::move(mapper).value());
@@ -80,7 +69,7 @@ KernelSupport LinuxPlatform::support() {
 Platform::OriginCounts LinuxPlatform::attached_origins() {
     OriginCounts counts;
     counts.loops = loops_.attached();
-    counts.tcmu = tcmu_attached_.load();
+    counts.tcmu = tcmu_origins_.attached();
     return counts;
 }
 
@@ -127,66 +116,11 @@ Result<AttachedOrigin> LinuxPlatform::acquire_origin(const OriginSpec& origin) {
         return AttachedOrigin{device->device, device->size_bytes};
     }
 
-    std::lock_guard lock(tcmu_mu_);
-    auto it = tcmu_.find(origin.key());
-    if (it != tcmu_.end()) {
-        ++it->second.references;
-        return AttachedOrigin{it->second.device, it->second.size_bytes};
+    auto disk = tcmu_origins_.acquire(identity_of(origin));
+    if (!disk) {
+        return std::move(disk).error();
     }
-    TcmuOrigin entry;
-    entry.id = tcmu::id_for_origin(origin.handler, origin.path, origin.size_bytes);
-    auto found = tcmu::find_attached(entry.id);
-    if (found && !found->has_value()) {
-        // An agent from before SHA-256 ids attached it under the config's old id (a sandbox
-        // running across the upgrade): that device, if it is exactly this origin, is the one.
-        if (auto legacy = find_legacy_tcmu(origin)) {
-            entry.id = legacy->first;
-            found = std::optional<std::string>(legacy->second);
-        }
-    }
-    bool attached_here = false;
-    if (found && found->has_value()) {
-        // Attached by an earlier run of the agent, or by someone else under a colliding id:
-        // reused only when it was configured for exactly this origin.
-        if (auto same = tcmu::check_attached(entry.id, identity_of(origin)); !same) {
-            return std::move(same).error().within("use TCMU origin " + origin.path);
-        }
-        entry.device = **found;
-    } else {
-        attached_here = true;
-        tcmu::AttachRequest request;
-        request.id = entry.id;
-        request.config_path = origin.path;
-        request.handler = origin.handler;
-        request.size_bytes = origin.size_bytes;
-        // The agent attaches for the API: its log stays inside the config's folder.
-        request.api_policy = options_.tcmu_policy;
-        // Our mark, so that recovery can tell the device is ours once no record says so.
-        if (!options_.owner_tag.empty()) {
-            request.serial = tcmu::owner_serial(options_.owner_tag, entry.id);
-        }
-        auto device = tcmu::attach(request);
-        if (!device) {
-            return std::move(device).error();
-        }
-        entry.device = *device;
-    }
-    auto size = block_device_size(entry.device);
-    if (!size) {
-        // Nobody will hold this origin: a device attached just now goes again.
-        if (attached_here) {
-            if (auto undone = tcmu::detach(entry.id, identity_of(origin)); !undone) {
-                spdlog::error("undo TCMU attach of {}: {}", origin.path, undone.error().message());
-            }
-        }
-        return std::move(size).error().within("use TCMU origin " + origin.path);
-    }
-    entry.size_bytes = *size;
-    entry.references = 1;
-    AttachedOrigin attached{entry.device, entry.size_bytes};
-    tcmu_.emplace(origin.key(), std::move(entry));
-    tcmu_attached_ = tcmu_.size();
-    return attached;
+    return AttachedOrigin{disk->device, disk->size_bytes};
 }
 
 Result<void> LinuxPlatform::check_tcmu_origin(const OriginSpec& origin) {
@@ -223,20 +157,7 @@ void LinuxPlatform::release_origin(const OriginSpec& origin) {
         loops_.release(loop::ImageFile{origin.path, -1, st.st_dev, st.st_ino}.key());
         return;
     }
-    std::lock_guard lock(tcmu_mu_);
-    auto it = tcmu_.find(origin.key());
-    if (it == tcmu_.end()) {
-        spdlog::warn("release of TCMU origin {} that is not held", origin.path);
-        return;
-    }
-    if (--it->second.references > 0) {
-        return;
-    }
-    if (auto detached = tcmu::detach(it->second.id, identity_of(origin)); !detached) {
-        spdlog::error("detach TCMU origin {}: {}", origin.path, detached.error().message());
-    }
-    tcmu_.erase(it);
-    tcmu_attached_ = tcmu_.size();
+    tcmu_origins_.release(identity_of(origin));
 }
 
 Result<std::string> LinuxPlatform::create_snapshot(const std::string& id,
@@ -449,63 +370,19 @@ Result<std::size_t> LinuxPlatform::release_loops_under(const std::string& dir) {
     return released;
 }
 
-std::optional<std::pair<std::string, std::string>> LinuxPlatform::find_legacy_tcmu(
-    const OriginSpec& origin) {
-    const std::string id = tcmu::legacy_id_for_config(origin.path);
-    auto found = tcmu::find_attached(id);
-    if (!found || !found->has_value()) {
-        return std::nullopt;
-    }
-    if (auto same = tcmu::check_attached(id, identity_of(origin)); !same) {
-        spdlog::debug("TCMU id {} (the old id of {}) is another origin's: {}", id, origin.path,
-                      same.error().message());
-        return std::nullopt;
-    }
-    spdlog::info("TCMU origin {}: found under its pre-SHA-256 id {}; reusing it", origin.path, id);
-    return std::make_pair(id, **found);
-}
-
 Result<std::size_t> LinuxPlatform::detach_tcmu_origins(const std::vector<OriginSpec>& origins) {
-    std::size_t detached = 0;
-    std::lock_guard lock(tcmu_mu_);
+    std::vector<tcmu::DeviceIdentity> identities;
     for (const auto& origin : origins) {
-        std::string id = tcmu::id_for_origin(origin.handler, origin.path, origin.size_bytes);
-        auto found = tcmu::find_attached(id);
-        if (!found) {
-            return std::move(found).error();
-        }
-        if (!found->has_value()) {
-            auto legacy = find_legacy_tcmu(origin);
-            if (!legacy) {
-                continue;
-            }
-            id = legacy->first;
-        }
-        if (auto same = tcmu::check_attached(id, identity_of(origin)); !same) {
-            // Not ours (another origin under the same id): never detach another's disk.
-            spdlog::warn("cleanup: leaving TCMU device {} alone: {}", id, same.error().message());
-            continue;
-        }
-        if (auto done = tcmu::detach(id, identity_of(origin)); !done) {
-            return std::move(done).error();
-        }
-        tcmu_.erase(origin.key());
-        tcmu_attached_ = tcmu_.size();
-        ++detached;
+        identities.push_back(identity_of(origin));
     }
-    return detached;
+    return tcmu_origins_.detach(identities);
 }
 
 Result<std::size_t> LinuxPlatform::detach_unused_tcmu(std::vector<std::string>& problems) {
     if (!support_.tcmu) {
         return std::size_t{0};  // no TCMU in this kernel: no device can exist
     }
-    std::lock_guard lock(tcmu_mu_);
-    std::vector<std::string> in_use;
-    for (const auto& [key, held] : tcmu_) {
-        in_use.push_back(held.id);
-    }
-    auto swept = tcmu::detach_unused(options_.owner_tag, in_use);
+    auto swept = tcmu_origins_.detach_unused();
     if (!swept) {
         return std::move(swept).error().within("detach unused TCMU devices");
     }

@@ -2,25 +2,22 @@
 
 #include <sys/types.h>
 
-#include <atomic>
 #include <chrono>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
-#include <utility>
 
 #include "agent/platform/platform.hpp"
 #include "dm/device_mapper.hpp"
 #include "loop/loop_registry.hpp"
 #include "tcmu/origin_policy.hpp"
+#include "tcmu/origin_registry.hpp"
 
 namespace wrenn::agent {
 
 // The Platform over the real kernel: template loops through loop::LoopRegistry, snapshots
-// through dm::DeviceMapper, TCMU origins through tcmu/, flatten through flatten/. What the kernel
-// lacks is learned once at start and reported by support(); the agent still starts, so that
-// /healthz can say what is missing.
+// through dm::DeviceMapper, TCMU origins through tcmu::OriginRegistry, flatten through
+// flatten/. What the kernel lacks is learned once at start and reported by support(); the agent
+// still starts, so that /healthz can say what is missing.
 class LinuxPlatform final : public Platform {
   public:
     struct Options {
@@ -66,26 +63,12 @@ class LinuxPlatform final : public Platform {
 
   private:
     Result<dm::DeviceMapper*> mapper();
-    // A device an agent from before SHA-256 ids attached for this origin (its old FNV id, and a
-    // dev_config that reads back as exactly this spec): (id, "/dev/sdX"). tcmu_mu_ held.
-    std::optional<std::pair<std::string, std::string>> find_legacy_tcmu(const OriginSpec& origin);
 
     Options options_;
     KernelSupport support_;
     std::optional<dm::DeviceMapper> dm_;
     loop::LoopRegistry loops_;
-
-    struct TcmuOrigin {
-        std::string id;
-        std::string device;
-        std::uint64_t size_bytes = 0;
-        std::size_t references = 0;
-    };
-    std::mutex tcmu_mu_;  // held across attach/detach: one TCMU origin changes at a time
-    std::map<std::string, TcmuOrigin> tcmu_;  // by OriginSpec::key()
-    // tcmu_.size(), readable without tcmu_mu_: /metrics answers on the io_context and must not
-    // wait behind an attach that holds the mutex for seconds.
-    std::atomic<std::size_t> tcmu_attached_{0};
+    tcmu::OriginRegistry tcmu_origins_;
 };
 
 }  // namespace wrenn::agent

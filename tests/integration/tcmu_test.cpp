@@ -1,6 +1,6 @@
-// tcmu::attach/detach against the real kernel: Debian's tcmu-runner with its qcow handler is the
-// backstore (overlaybd's is not packaged). The no-runner case runs first: once a tcmu-runner has
-// told the kernel it answers netlink commands, the kernel waits for its reply on every enable.
+// tcmu::Configfs attach/detach against the real kernel: Debian's tcmu-runner with its qcow handler
+// is the backstore (overlaybd's is not packaged). The no-runner case runs first: once a tcmu-runner
+// has told the kernel it answers netlink commands, the kernel waits for its reply on every enable.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -193,8 +193,9 @@ void expect_bounded_failure_without_backstore() {
     REQUIRE(::geteuid() == 0);
     REQUIRE_FALSE(runner_running());
     Image image;
+    const tcmu::Configfs configfs;
     const std::string id = tcmu::id_for_origin("qcow", image.qcow.string(), kImageBytes);
-    REQUIRE_FALSE(tcmu::find_attached(id)->has_value());
+    REQUIRE_FALSE(configfs.find_attached(id)->has_value());
 
     std::ostringstream out, err;
     const auto start = std::chrono::steady_clock::now();
@@ -214,7 +215,7 @@ void expect_bounded_failure_without_backstore() {
     CHECK_THAT(err.str(), Catch::Contains("start tcmu-runner, the backstore of the qcow handler"));
     CHECK(took < 15000);
     require_configfs_empty();
-    CHECK(tcmu::list_attached()->empty());
+    CHECK(configfs.list_attached()->empty());
 }
 
 }  // namespace
@@ -236,23 +237,24 @@ TEST_CASE("tcmu attach over tcmu-runner's qcow handler gives a disk with the ima
     req.handler = "qcow";
     req.size_bytes = kImageBytes;
     req.id = tcmu::id_for_origin(req.handler, req.config_path, req.size_bytes);
-    REQUIRE_FALSE(tcmu::find_attached(req.id)->has_value());
-    tcmu::AttachOptions opts;
+    tcmu::ConfigfsOptions opts;
     opts.attempts = 3;
     opts.disk_wait = 30s;  // the VM runs under TCG
+    tcmu::Configfs configfs(opts);
+    REQUIRE_FALSE(configfs.find_attached(req.id)->has_value());
 
     const auto start = std::chrono::steady_clock::now();
-    auto disk = tcmu::attach(req, opts);
+    auto disk = configfs.attach(req);
     INFO("tcmu-runner log:\n" << read_text(runner.log_dir / "tcmu-runner.log"));
     REQUIRE(disk.ok());
     WARN("attach over tcmu-runner took " << millis_since(start) << " ms");
     CHECK(disk->rfind("/dev/sd", 0) == 0);
     CHECK(read_device(*disk, kImageBytes) == image.bytes);
 
-    CHECK(*tcmu::find_attached(req.id) == std::optional<std::string>(*disk));
-    CHECK(*tcmu::list_attached() == std::vector<std::string>{req.id});
-    CHECK(*tcmu::attached_config(req.id) == req.config_path);
-    auto again = tcmu::attach(req, opts);
+    CHECK(*configfs.find_attached(req.id) == std::optional<std::string>(*disk));
+    CHECK(*configfs.list_attached() == std::vector<std::string>{req.id});
+    CHECK(*configfs.attached_config(req.id) == req.config_path);
+    auto again = configfs.attach(req);
     REQUIRE_FALSE(again.ok());
     CHECK(again.error().code() == EEXIST);
 
@@ -260,18 +262,18 @@ TEST_CASE("tcmu attach over tcmu-runner's qcow handler gives a disk with the ima
     const std::string holder = prefix() + "-tcmu-holder";
     REQUIRE(run({"env", "DM_DISABLE_UDEV=1", "dmsetup", "create", holder, "--table",
                  "0 " + std::to_string(kImageBytes / 512) + " linear " + *disk + " 0"}) == 0);
-    auto busy = tcmu::detach(req.id);
+    auto busy = configfs.detach(req.id);
     CHECK(run({"env", "DM_DISABLE_UDEV=1", "dmsetup", "remove", holder}) == 0);
     REQUIRE_FALSE(busy.ok());
     CHECK(busy.error().code() == EBUSY);
     CHECK_THAT(busy.error().message(), Catch::Contains(*disk + " is held by dm-"));
-    CHECK(*tcmu::find_attached(req.id) == std::optional<std::string>(*disk));
+    CHECK(*configfs.find_attached(req.id) == std::optional<std::string>(*disk));
 
     // An exclusive opener (as mount is) makes the disk busy too, though it adds no holder.
     {
         wrenn::UniqueFd claim(::open(disk->c_str(), O_RDONLY | O_EXCL | O_CLOEXEC));
         REQUIRE(claim.valid());
-        auto claimed = tcmu::detach(req.id, tcmu::identity_of(req));
+        auto claimed = configfs.detach(req.id, tcmu::identity_of(req));
         REQUIRE_FALSE(claimed.ok());
         CHECK(claimed.error().code() == EBUSY);
         CHECK_THAT(claimed.error().message(),
@@ -280,18 +282,18 @@ TEST_CASE("tcmu attach over tcmu-runner's qcow handler gives a disk with the ima
     // The id read back with another origin's values: never detached for it.
     auto other = tcmu::identity_of(req);
     other.size_bytes = kImageBytes * 2;
-    auto foreign = tcmu::detach(req.id, other);
+    auto foreign = configfs.detach(req.id, other);
     REQUIRE_FALSE(foreign.ok());
     CHECK(foreign.error().code() == EEXIST);
     CHECK_THAT(foreign.error().message(),
                Catch::Contains("dev_size is " + std::to_string(kImageBytes)));
-    CHECK(tcmu::check_attached(req.id, tcmu::identity_of(req)).ok());
-    CHECK(*tcmu::find_attached(req.id) == std::optional<std::string>(*disk));
+    CHECK(configfs.check_attached(req.id, tcmu::identity_of(req)).ok());
+    CHECK(*configfs.find_attached(req.id) == std::optional<std::string>(*disk));
 
-    REQUIRE(tcmu::detach(req.id, tcmu::identity_of(req)).ok());
+    REQUIRE(configfs.detach(req.id, tcmu::identity_of(req)).ok());
     require_configfs_empty();
-    CHECK_FALSE(tcmu::find_attached(req.id)->has_value());
-    CHECK(tcmu::detach(req.id).ok());  // idempotent
+    CHECK_FALSE(configfs.find_attached(req.id)->has_value());
+    CHECK(configfs.detach(req.id).ok());  // idempotent
 
     // The same through the CLI the agent's `wrenn-agent tcmu` subcommands call.
     std::ostringstream out, err;
@@ -325,19 +327,20 @@ TEST_CASE("an attach killed at random moments never blocks the next attach of th
     req.id = tcmu::id_for_origin(req.handler, req.config_path, req.size_bytes);
     // As the agent would: a serial, so that the sweep's part is exercised too.
     req.serial = tcmu::owner_serial("00000000feedf00d", req.id);
-    tcmu::AttachOptions opts;
+    tcmu::ConfigfsOptions opts;
     opts.disk_wait = 30s;  // the VM runs under TCG
+    tcmu::Configfs configfs(opts);
 
     // How long a whole attach takes here, to kill the next ones inside it. Not the first attach:
     // one attach can take several times as long as the rest (seen in the VM: 5 s, then 0.5 to
     // 1.5 s for each of the next 45), and kills spread over a yardstick that long mostly land
     // after the attach has finished, leaving no half-made device to recover from.
-    REQUIRE(tcmu::attach(req, opts).ok());
-    REQUIRE(tcmu::detach(req.id).ok());
+    REQUIRE(configfs.attach(req).ok());
+    REQUIRE(configfs.detach(req.id).ok());
     auto start = std::chrono::steady_clock::now();
-    REQUIRE(tcmu::attach(req, opts).ok());
+    REQUIRE(configfs.attach(req).ok());
     const long long whole = millis_since(start);
-    REQUIRE(tcmu::detach(req.id).ok());
+    REQUIRE(configfs.detach(req.id).ok());
     require_configfs_empty();
 
     // Where the kills land, by design rather than by chance: a few in the first milliseconds
@@ -362,7 +365,7 @@ TEST_CASE("an attach killed at random moments never blocks the next attach of th
         pid_t child = ::fork();
         REQUIRE(child >= 0);
         if (child == 0) {
-            auto attached = tcmu::attach(req, opts);
+            auto attached = configfs.attach(req);
             ::_exit(attached.ok() ? 0 : 1);
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(kill_after));
@@ -376,15 +379,15 @@ TEST_CASE("an attach killed at random moments never blocks the next attach of th
         const bool core_left =
             !entries("/sys/kernel/config/target/core/user_999999999", "dev_" + req.id).empty();
         start = std::chrono::steady_clock::now();
-        auto disk = tcmu::attach(req, opts);
+        auto disk = configfs.attach(req);
         if (!disk.ok() && disk.error().code() == EEXIST) {
             // Killed after linking the LUN: the kernel finished the disk by itself, and the next
             // attach says the id is attached instead of taking it over.
             ++left_complete;
             CHECK_THAT(disk.error().message(),
                        Catch::Contains("in use by a device for this same origin; detach it first"));
-            REQUIRE(tcmu::detach(req.id, tcmu::identity_of(req)).ok());
-            disk = tcmu::attach(req, opts);
+            REQUIRE(configfs.detach(req.id, tcmu::identity_of(req)).ok());
+            disk = configfs.attach(req);
         } else if (core_left) {
             ++left_half_made;
         }
@@ -392,7 +395,7 @@ TEST_CASE("an attach killed at random moments never blocks the next attach of th
         REQUIRE(disk.ok());
         CHECK(millis_since(start) < 3 * whole + 5000);
         CHECK(read_device(*disk, kImageBytes) == image.bytes);
-        REQUIRE(tcmu::detach(req.id, tcmu::identity_of(req)).ok());
+        REQUIRE(configfs.detach(req.id, tcmu::identity_of(req)).ok());
         require_configfs_empty();
     }
     WARN(moments.size() << " killed attaches: " << left_half_made << " left a half-made device, "
@@ -406,7 +409,7 @@ TEST_CASE("an attach killed at random moments never blocks the next attach of th
     pid_t child = ::fork();
     REQUIRE(child >= 0);
     if (child == 0) {
-        auto attached = tcmu::attach(req, opts);
+        auto attached = configfs.attach(req);
         ::_exit(attached.ok() ? 0 : 1);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(whole / 3));
@@ -415,7 +418,7 @@ TEST_CASE("an attach killed at random moments never blocks the next attach of th
     // A third of the way in, the device is made and marked: the sweep has something to clear.
     REQUIRE_FALSE(
         entries("/sys/kernel/config/target/core/user_999999999", "dev_" + req.id).empty());
-    auto swept = tcmu::detach_unused("00000000feedf00d", {});
+    auto swept = configfs.detach_unused("00000000feedf00d", {});
     REQUIRE(swept.ok());
     CHECK(swept->detached == std::vector<std::string>{req.id});
     CHECK(swept->left.empty());

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "tcmu/configfs.hpp"
+#include "tcmu/config_file.hpp"
 #include "tcmu/origin_policy.hpp"
 
 namespace tcmu = wrenn::tcmu;
