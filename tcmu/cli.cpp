@@ -6,7 +6,7 @@
 #include <boost/program_options.hpp>
 #include <ostream>
 
-#include "tcmu/naming.hpp"
+#include "tcmu/configfs/naming.hpp"
 
 namespace wrenn::tcmu {
 

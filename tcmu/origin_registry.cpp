@@ -2,7 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include "tcmu/naming.hpp"
+#include "tcmu/configfs/naming.hpp"
 
 namespace wrenn::tcmu {
 

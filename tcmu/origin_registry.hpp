@@ -13,9 +13,9 @@
 #include <vector>
 
 #include "common/result.hpp"
-#include "tcmu/attach_request.hpp"
-#include "tcmu/detach.hpp"
-#include "tcmu/origin_policy.hpp"
+#include "tcmu/configfs/origin_policy.hpp"
+#include "tcmu/device/attach_request.hpp"
+#include "tcmu/device/detach.hpp"
 
 namespace wrenn::tcmu {
 

@@ -5,7 +5,7 @@
 #include <sstream>
 
 #include "agent/daemon/version.hpp"
-#include "tcmu/origin_policy.hpp"
+#include "tcmu/configfs/origin_policy.hpp"
 
 namespace wrenn::agent {
 

@@ -14,7 +14,7 @@
 #include "flatten/exception_store.hpp"
 #include "flatten/flatten.hpp"
 #include "loop/loop_device.hpp"
-#include "tcmu/config_file.hpp"
+#include "tcmu/configfs/config_file.hpp"
 
 namespace wrenn::agent {
 

@@ -9,7 +9,7 @@
 #include "agent/platform/platform.hpp"
 #include "dm/device_mapper.hpp"
 #include "loop/loop_registry.hpp"
-#include "tcmu/origin_policy.hpp"
+#include "tcmu/configfs/origin_policy.hpp"
 #include "tcmu/origin_registry.hpp"
 
 namespace wrenn::agent {

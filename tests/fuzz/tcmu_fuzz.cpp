@@ -11,8 +11,8 @@
 #include <string>
 #include <string_view>
 
-#include "tcmu/naming.hpp"
-#include "tcmu/origin_policy.hpp"
+#include "tcmu/configfs/naming.hpp"
+#include "tcmu/configfs/origin_policy.hpp"
 
 namespace {
 

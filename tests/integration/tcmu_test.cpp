@@ -22,7 +22,7 @@
 #include "common/unique_fd.hpp"
 #include "tcmu/cli.hpp"
 #include "tcmu/configfs.hpp"
-#include "tcmu/naming.hpp"
+#include "tcmu/configfs/naming.hpp"
 
 namespace tcmu = wrenn::tcmu;
 namespace fs = std::filesystem;

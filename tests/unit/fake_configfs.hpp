@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "tcmu/configfs.hpp"
-#include "tcmu/naming.hpp"
+#include "tcmu/configfs/naming.hpp"
 
 namespace wrenn::tcmu::testing {
 

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "tcmu/configfs.hpp"
-#include "tcmu/naming.hpp"
+#include "tcmu/configfs/naming.hpp"
 #include "unit/fake_configfs.hpp"
 
 namespace tcmu = wrenn::tcmu;

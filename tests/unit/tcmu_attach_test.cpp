@@ -8,7 +8,7 @@
 
 #include "tcmu/cli.hpp"
 #include "tcmu/configfs.hpp"
-#include "tcmu/naming.hpp"
+#include "tcmu/configfs/naming.hpp"
 #include "unit/fake_configfs.hpp"
 
 namespace tcmu = wrenn::tcmu;

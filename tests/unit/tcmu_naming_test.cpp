@@ -6,7 +6,7 @@
 #include <fstream>
 #include <optional>
 
-#include "tcmu/naming.hpp"
+#include "tcmu/configfs/naming.hpp"
 
 namespace tcmu = wrenn::tcmu;
 

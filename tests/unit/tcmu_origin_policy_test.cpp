@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "tcmu/config_file.hpp"
-#include "tcmu/origin_policy.hpp"
+#include "tcmu/configfs/config_file.hpp"
+#include "tcmu/configfs/origin_policy.hpp"
 
 namespace tcmu = wrenn::tcmu;
 namespace fs = std::filesystem;

@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-#include "tcmu/naming.hpp"
+#include "tcmu/configfs/naming.hpp"
 #include "tcmu/origin_registry.hpp"
 
 namespace {

@@ -11,7 +11,7 @@
 #include "common/error.hpp"
 #include "common/result.hpp"
 #include "common/unique_fd.hpp"
-#include "tcmu/origin_policy.hpp"
+#include "tcmu/configfs/origin_policy.hpp"
 
 namespace wrenn::tcmu {
 

@@ -1,4 +1,4 @@
-#include "tcmu/detach.hpp"
+#include "tcmu/device/detach.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -7,8 +7,8 @@
 #include <iterator>
 #include <span>
 
-#include "tcmu/naming.hpp"
-#include "tcmu/queries.hpp"
+#include "tcmu/configfs/naming.hpp"
+#include "tcmu/device/queries.hpp"
 
 namespace wrenn::tcmu {
 

@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "common/result.hpp"
-#include "tcmu/attach_request.hpp"
-#include "tcmu/configfs_ops.hpp"
-#include "tcmu/device_paths.hpp"
+#include "tcmu/configfs/configfs_ops.hpp"
+#include "tcmu/configfs/device_paths.hpp"
+#include "tcmu/device/attach_request.hpp"
 
 namespace wrenn::tcmu {
 

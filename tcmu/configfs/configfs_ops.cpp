@@ -1,4 +1,4 @@
-#include "tcmu/configfs_ops.hpp"
+#include "tcmu/configfs/configfs_ops.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>

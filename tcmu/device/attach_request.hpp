@@ -6,7 +6,7 @@
 #include <optional>
 #include <string>
 
-#include "tcmu/origin_policy.hpp"
+#include "tcmu/configfs/origin_policy.hpp"
 
 namespace wrenn::tcmu {
 

@@ -1,4 +1,4 @@
-#include "tcmu/attach_log.hpp"
+#include "tcmu/device/attach_log.hpp"
 
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
@@ -9,8 +9,8 @@
 
 #include "common/file.hpp"
 #include "common/unique_fd.hpp"
-#include "tcmu/config_file.hpp"
-#include "tcmu/naming.hpp"
+#include "tcmu/configfs/config_file.hpp"
+#include "tcmu/configfs/naming.hpp"
 
 namespace wrenn::tcmu {
 

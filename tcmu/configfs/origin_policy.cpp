@@ -1,4 +1,4 @@
-#include "tcmu/origin_policy.hpp"
+#include "tcmu/configfs/origin_policy.hpp"
 
 #include <cerrno>
 

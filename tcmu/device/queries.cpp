@@ -1,10 +1,10 @@
-#include "tcmu/queries.hpp"
+#include "tcmu/device/queries.hpp"
 
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
 
-#include "tcmu/naming.hpp"
+#include "tcmu/configfs/naming.hpp"
 
 namespace wrenn::tcmu {
 

@@ -7,10 +7,10 @@
 #include <string>
 
 #include "common/result.hpp"
-#include "tcmu/attach_request.hpp"
-#include "tcmu/configfs_ops.hpp"
-#include "tcmu/device_paths.hpp"
-#include "tcmu/queries.hpp"
+#include "tcmu/configfs/configfs_ops.hpp"
+#include "tcmu/configfs/device_paths.hpp"
+#include "tcmu/device/attach_request.hpp"
+#include "tcmu/device/queries.hpp"
 
 namespace wrenn::tcmu {
 

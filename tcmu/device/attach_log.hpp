@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "tcmu/attach_request.hpp"
+#include "tcmu/device/attach_request.hpp"
 
 namespace wrenn::tcmu {
 

@@ -1,4 +1,4 @@
-#include "tcmu/config_file.hpp"
+#include "tcmu/configfs/config_file.hpp"
 
 #include <fcntl.h>
 #include <linux/openat2.h>

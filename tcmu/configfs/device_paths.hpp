@@ -9,7 +9,7 @@
 #include <string_view>
 
 #include "common/error.hpp"
-#include "tcmu/configfs_ops.hpp"
+#include "tcmu/configfs/configfs_ops.hpp"
 
 namespace wrenn::tcmu {
 

@@ -1,12 +1,12 @@
-#include "tcmu/attach_waits.hpp"
+#include "tcmu/device/attach_waits.hpp"
 
 #include <cerrno>
 #include <cstdio>
 #include <optional>
 #include <vector>
 
-#include "tcmu/naming.hpp"
-#include "tcmu/origin_policy.hpp"
+#include "tcmu/configfs/naming.hpp"
+#include "tcmu/configfs/origin_policy.hpp"
 
 namespace wrenn::tcmu {
 

@@ -6,9 +6,9 @@
 #include <string>
 
 #include "common/result.hpp"
-#include "tcmu/attach_log.hpp"
-#include "tcmu/configfs_ops.hpp"
-#include "tcmu/device_paths.hpp"
+#include "tcmu/configfs/configfs_ops.hpp"
+#include "tcmu/configfs/device_paths.hpp"
+#include "tcmu/device/attach_log.hpp"
 
 namespace wrenn::tcmu {
 

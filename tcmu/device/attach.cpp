@@ -1,4 +1,4 @@
-#include "tcmu/attach.hpp"
+#include "tcmu/device/attach.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -8,11 +8,11 @@
 #include <utility>
 #include <vector>
 
-#include "tcmu/attach_log.hpp"
-#include "tcmu/attach_waits.hpp"
-#include "tcmu/detach.hpp"
-#include "tcmu/naming.hpp"
-#include "tcmu/origin_policy.hpp"
+#include "tcmu/configfs/naming.hpp"
+#include "tcmu/configfs/origin_policy.hpp"
+#include "tcmu/device/attach_log.hpp"
+#include "tcmu/device/attach_waits.hpp"
+#include "tcmu/device/detach.hpp"
 
 namespace wrenn::tcmu {
 

@@ -1,8 +1,8 @@
-#include "tcmu/device_paths.hpp"
+#include "tcmu/configfs/device_paths.hpp"
 
 #include <cerrno>
 
-#include "tcmu/naming.hpp"
+#include "tcmu/configfs/naming.hpp"
 
 namespace wrenn::tcmu {
 

@@ -1,4 +1,4 @@
-#include "tcmu/naming.hpp"
+#include "tcmu/configfs/naming.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>
