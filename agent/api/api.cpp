@@ -7,6 +7,7 @@
 #include <memory>
 #include <string_view>
 
+#include "agent/api/api_views.hpp"
 #include "archive/format.hpp"
 #include "http/url.hpp"
 
@@ -95,71 +96,6 @@ std::optional<std::string> string_field(const json::object& obj, std::string_vie
     return std::string(v->as_string());
 }
 
-json::object health_json(const KernelSupport& k) {
-    auto part = [](bool ok, const std::string& reason) {
-        json::object o{{"usable", ok}};
-        if (!ok) {
-            o["reason"] = reason;
-        }
-        return o;
-    };
-    return json::object{{"status", k.device_mapper && k.loop ? "ok" : "unavailable"},
-                        {"device_mapper", part(k.device_mapper, k.device_mapper_reason)},
-                        {"loop", part(k.loop, k.loop_reason)},
-                        {"tcmu", part(k.tcmu, k.tcmu_reason)}};
-}
-
-json::object space_json(const SpaceStatus& s) {
-    json::object out{{"level", to_string(s.level)}, {"suspended_sandboxes", s.suspended}};
-    if (s.known) {
-        out["free_bytes"] = s.space.free_bytes;
-        out["size_bytes"] = s.space.size_bytes;
-        out["min_free_bytes"] = s.min_free_bytes;
-        out["critical_free_bytes"] = s.critical_free_bytes;
-    }
-    if (!s.error.empty()) {
-        out["error"] = s.error;
-    }
-    if (s.level == SpaceLevel::Low) {
-        out["message"] = "below --min-free: creates and resumes answer 507 insufficient_storage";
-    } else if (s.level == SpaceLevel::Critical) {
-        out["message"] =
-            "below --critical-free: running sandboxes' I/O is suspended until space is back "
-            "above --min-free";
-    } else if (s.suspended > 0) {
-        out["message"] = "sandboxes' I/O is suspended for space; resuming";
-    }
-    return out;
-}
-
-// "digest": the template's digest, "pending" while the agent reads it in the background, null
-// for an image it refuses; "sha256": the whole image's SHA-256 hex, null unless computed (only
-// for an archive or record of an earlier agent).
-json::value digest_json(const TemplateInfo& t) {
-    if (!t.problem.empty()) {
-        return nullptr;
-    }
-    return t.digest.empty() ? json::value("pending") : json::value(t.digest);
-}
-json::value whole_sha256_json(const TemplateInfo& t) {
-    const auto colon = t.sha256.find(':');
-    return colon == std::string::npos ? json::value(nullptr)
-                                      : json::value(t.sha256.substr(colon + 1));
-}
-
-json::object template_json(const TemplateInfo& t) {
-    json::object out{{"name", t.name},
-                     {"path", t.path},
-                     {"size_bytes", t.size_bytes},
-                     {"digest", digest_json(t)},
-                     {"sha256", whole_sha256_json(t)},
-                     {"sandboxes", t.sandboxes}};
-    if (!t.problem.empty()) {
-        out["problem"] = t.problem;
-    }
-    return out;
-}
-
 }  // namespace
 
 HttpResponse json_error(const HttpRequest& request, unsigned status, std::string_view code,
@@ -204,23 +140,11 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
             return method_not_allowed("GET");
         }
         const KernelSupport support = platform_.support();
+        const std::optional<SpaceStatus> space =
+            options_.space ? std::optional(options_.space()) : std::nullopt;
         const bool ok = support.device_mapper && support.loop;
-        json::object health = health_json(support);
-        if (options_.space) {
-            const SpaceStatus space = options_.space();
-            health["space"] = space_json(space);
-            if (ok && space.degraded()) {
-                // Still 200: the agent serves; what it cannot do now is in "space".
-                health["status"] = "degraded";
-            }
-        }
-        health["insecure_tcp"] = options_.insecure_tcp;
-        if (options_.insecure_tcp) {
-            health["warning"] =
-                "serving TCP without a token (--insecure-tcp): anyone who can connect may "
-                "create and destroy sandboxes";
-        }
-        return respond(json_response(req, ok ? 200 : 503, health));
+        return respond(
+            json_response(req, ok ? 200 : 503, health_json(support, space, options_.insecure_tcp)));
     }
     if (parts.size() == 1 && parts[0] == "metrics") {
         if (verb != http::verb::get) {
@@ -250,11 +174,7 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
                 if (!out) {
                     return respond(failure_response(*request, out.error()));
                 }
-                json::array list;
-                for (const auto& t : out.value()) {
-                    list.push_back(template_json(t));
-                }
-                respond(json_response(*request, 200, json::object{{"templates", std::move(list)}}));
+                respond(json_response(*request, 200, templates_json(out.value())));
             });
     }
     if (parts.empty() || parts[0] != "sandboxes" || parts.size() > 3) {
@@ -272,11 +192,7 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
     }
     if (parts.size() == 1) {
         if (verb == http::verb::get) {
-            json::array list;
-            for (const auto& sb : manager_.list()) {
-                list.push_back(api_view(sb));
-            }
-            return respond(json_response(req, 200, json::object{{"sandboxes", std::move(list)}}));
+            return respond(json_response(req, 200, sandboxes_json(manager_.list())));
         }
         if (verb != http::verb::post) {
             return method_not_allowed("GET, POST");
@@ -448,11 +364,7 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
         if (!out) {
             return respond(failure_response(*request, out.error()));
         }
-        respond(json_response(*request, 201,
-                              json::object{{"template", out->name},
-                                           {"path", out->path},
-                                           {"size_bytes", out->size_bytes},
-                                           {"digest", digest_json(out.value())}}));
+        respond(json_response(*request, 201, flattened_json(out.value())));
     });
 }
 
