@@ -8,6 +8,8 @@
 #include <string_view>
 
 #include "agent/api/api_views.hpp"
+#include "agent/api/create_request.hpp"
+#include "agent/api/json_body.hpp"
 #include "archive/format.hpp"
 #include "http/url.hpp"
 
@@ -40,60 +42,6 @@ HttpResponse json_response(const HttpRequest& request, unsigned status, const js
 HttpResponse failure_response(const HttpRequest& request, const Failure& f) {
     return json_error(request, failure_http_status(f.kind), failure_code(f.kind),
                       f.error.message());
-}
-
-// Parses a JSON object body and refuses fields it does not know, naming them. An empty body
-// counts as {} for operations whose fields are all optional.
-struct Body {
-    json::object object;
-    std::optional<std::string> problem;
-};
-
-Body parse_body(const HttpRequest& request, std::initializer_list<std::string_view> known,
-                bool allow_empty) {
-    Body body;
-    if (request.body().empty()) {
-        if (!allow_empty) {
-            body.problem = "the request needs a JSON object body";
-        }
-        return body;
-    }
-    boost::system::error_code ec;
-    json::value value = json::parse(request.body(), ec);
-    if (ec) {
-        body.problem = "the body is not valid JSON: " + ec.message();
-        return body;
-    }
-    if (!value.is_object()) {
-        body.problem = "the body must be a JSON object";
-        return body;
-    }
-    body.object = std::move(value.as_object());
-    for (const auto& field : body.object) {
-        bool ok = false;
-        for (auto k : known) {
-            ok = ok || field.key() == k;
-        }
-        if (!ok) {
-            body.problem = "unknown field '" + std::string(field.key()) + "'";
-            return body;
-        }
-    }
-    return body;
-}
-
-// Reads an optional string field; sets problem when it is there but not a string.
-std::optional<std::string> string_field(const json::object& obj, std::string_view key,
-                                        std::optional<std::string>& problem) {
-    const auto* v = obj.if_contains(key);
-    if (v == nullptr || v->is_null()) {
-        return std::nullopt;
-    }
-    if (!v->is_string()) {
-        problem = "field '" + std::string(key) + "' must be a string";
-        return std::nullopt;
-    }
-    return std::string(v->as_string());
 }
 
 }  // namespace
@@ -197,89 +145,11 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
         if (verb != http::verb::post) {
             return method_not_allowed("GET, POST");
         }
-        Body body = parse_body(req, {"id", "template", "origin"}, false);
-        if (body.problem) {
-            return bad_request(*body.problem);
+        auto create = parse_create_request(req.body());
+        if (!create) {
+            return respond(failure_response(req, create.error()));
         }
-        CreateRequest create;
-        std::optional<std::string> problem;
-        const auto id = string_field(body.object, "id", problem);
-        auto template_name = string_field(body.object, "template", problem);
-        if (problem) {
-            return bad_request(*problem);
-        }
-        // Only an absent id asks for a generated one; "" is a mistake, not a wish.
-        if (id && id->empty()) {
-            return bad_request(
-                "field 'id' is empty; leave it out to get a generated id, or give one that "
-                "matches [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
-        }
-        create.id = id.value_or("");
-        if (!create.id.empty() && !is_valid_name(create.id)) {
-            return bad_request("field 'id' must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
-        }
-        const auto* origin = body.object.if_contains("origin");
-        if (origin != nullptr && !origin->is_null()) {
-            if (template_name) {
-                return bad_request("give either 'template' or 'origin', not both");
-            }
-            if (!origin->is_object()) {
-                return bad_request("field 'origin' must be an object");
-            }
-            const auto& o = origin->as_object();
-            for (const auto& field : o) {
-                const auto k = field.key();
-                if (k != "type" && k != "config" && k != "handler" && k != "size_bytes") {
-                    return bad_request("unknown field 'origin." + std::string(k) + "'");
-                }
-            }
-            auto type = string_field(o, "type", problem);
-            auto config = string_field(o, "config", problem);
-            auto handler = string_field(o, "handler", problem);
-            if (problem) {
-                return bad_request(*problem);
-            }
-            if (type.value_or("") != "tcmu") {
-                return bad_request(
-                    "field 'origin.type' must be \"tcmu\" (for a template, give 'template')");
-            }
-            if (!config || config->empty() || (*config)[0] != '/') {
-                return bad_request(
-                    "field 'origin.config' must be an absolute path to the backstore's config");
-            }
-            OriginSpec spec{OriginSpec::Type::Tcmu, *config, handler.value_or("overlaybd"),
-                            std::nullopt, std::nullopt};
-            if (spec.handler.empty() || spec.handler.find('/') != std::string::npos) {
-                return bad_request(
-                    "field 'origin.handler' must be a handler name like \"overlaybd\"");
-            }
-            if (const auto* size = o.if_contains("size_bytes");
-                size != nullptr && !size->is_null()) {
-                // At most 4 EiB: the CoW is sized from it (dm::cow_size_for_origin), which
-                // wraps around for sizes near 2^64 and must fit in an off_t for ftruncate.
-                constexpr std::uint64_t kMaxOriginBytes = std::uint64_t{1} << 62;
-                if (size->is_uint64() && size->as_uint64() > 0 &&
-                    size->as_uint64() <= kMaxOriginBytes) {
-                    spec.size_bytes = size->as_uint64();
-                } else if (size->is_int64() && size->as_int64() > 0 &&
-                           static_cast<std::uint64_t>(size->as_int64()) <= kMaxOriginBytes) {
-                    spec.size_bytes = static_cast<std::uint64_t>(size->as_int64());
-                } else {
-                    return bad_request(
-                        "field 'origin.size_bytes' must be a positive integer up to 2^62");
-                }
-            }
-            create.tcmu_origin = std::move(spec);
-        } else {
-            if (!template_name) {
-                return bad_request("field 'template' is required (or 'origin' for a TCMU origin)");
-            }
-            if (!is_valid_name(*template_name)) {
-                return bad_request("field 'template' must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
-            }
-            create.template_name = *template_name;
-        }
-        return manager_.create(std::move(create), answer_sandbox(201));
+        return manager_.create(std::move(create).value(), answer_sandbox(201));
     }
 
     const std::string id(parts[1]);
@@ -321,12 +191,12 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
         return method_not_allowed("POST");
     }
     if (action == "fork") {
-        Body body = parse_body(req, {"id"}, true);
-        if (body.problem) {
-            return bad_request(*body.problem);
+        auto body = parse_json_body(req.body(), {"id"}, true);
+        if (!body) {
+            return respond(failure_response(req, body.error()));
         }
         std::optional<std::string> problem;
-        const auto new_id = string_field(body.object, "id", problem);
+        const auto new_id = string_field(*body, "id", problem);
         if (problem) {
             return bad_request(*problem);
         }
@@ -338,21 +208,20 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
         return manager_.fork(id, new_id.value_or(""), answer_sandbox(201));
     }
     if (action == "pause" || action == "resume") {
-        Body body = parse_body(req, {}, true);
-        if (body.problem) {
-            return bad_request(*body.problem);
+        if (auto body = parse_json_body(req.body(), {}, true); !body) {
+            return respond(failure_response(req, body.error()));
         }
         if (action == "pause") {
             return manager_.pause(id, answer_sandbox(200));
         }
         return manager_.resume(id, answer_sandbox(200));
     }
-    Body body = parse_body(req, {"template"}, false);
-    if (body.problem) {
-        return bad_request(*body.problem);
+    auto body = parse_json_body(req.body(), {"template"}, false);
+    if (!body) {
+        return respond(failure_response(req, body.error()));
     }
     std::optional<std::string> problem;
-    auto name = string_field(body.object, "template", problem);
+    auto name = string_field(*body, "template", problem);
     if (problem) {
         return bad_request(*problem);
     }
