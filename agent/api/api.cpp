@@ -2,14 +2,15 @@
 
 #include <boost/beast/http/field.hpp>
 #include <boost/beast/http/status.hpp>
-#include <boost/beast/http/verb.hpp>
 #include <boost/json.hpp>
 #include <memory>
 #include <string_view>
+#include <vector>
 
 #include "agent/api/api_views.hpp"
 #include "agent/api/create_request.hpp"
 #include "agent/api/json_body.hpp"
+#include "agent/table/checks.hpp"
 #include "archive/format.hpp"
 #include "http/url.hpp"
 
@@ -21,6 +22,30 @@ using wrenn::http::printable_path;
 using wrenn::http::query_param;
 using wrenn::http::split_path;
 using wrenn::http::strip_query;
+
+std::span<const Api::Route> Api::routes() {
+    using enum http::verb;
+    // Tried in order. A path that some route matches but not with the request's method is a 405
+    // listing the methods of the first pattern that matches it; a path none matches, a 404.
+    static const Route kRoutes[] = {
+        {get, "/healthz", &Api::health},
+        {get, "/metrics", &Api::metrics},
+        {get, "/templates", &Api::list_templates},
+        {get, "/sandboxes", &Api::list_sandboxes},
+        {post, "/sandboxes", &Api::create_sandbox},
+        {get, "/sandboxes/{id}", &Api::get_sandbox},
+        {delete_, "/sandboxes/{id}", &Api::destroy_sandbox},
+        // After /sandboxes/{id}: "import" is an id like any other for GET and DELETE.
+        {post, "/sandboxes/import", &Api::import_without_archive},
+        {post, "/sandboxes/{id}/pause", &Api::pause_sandbox},
+        {post, "/sandboxes/{id}/resume", &Api::resume_sandbox},
+        {post, "/sandboxes/{id}/flatten", &Api::flatten_sandbox},
+        {post, "/sandboxes/{id}/fork", &Api::fork_sandbox},
+        {get, "/sandboxes/{id}/export", &Api::export_sandbox},
+        {std::nullopt, "/sandboxes/{id}/*", &Api::no_such_action},
+    };
+    return kRoutes;
+}
 
 namespace {
 
@@ -44,6 +69,50 @@ HttpResponse failure_response(const HttpRequest& request, const Failure& f) {
                       f.error.message());
 }
 
+// Answers an operation's outcome: `view` of its value with `status`, or its failure.
+template <class T, class View>
+Callback<T> answer_json(std::shared_ptr<HttpRequest> request, Respond respond, unsigned status,
+                        View view) {
+    return [request = std::move(request), respond = std::move(respond), status,
+            view](Result<T, Failure> out) {
+        if (!out) {
+            return respond(failure_response(*request, out.error()));
+        }
+        respond(json_response(*request, status, view(out.value())));
+    };
+}
+
+HttpResponse method_not_allowed(const HttpRequest& request, const std::string& allow) {
+    HttpResponse res =
+        json_error(request, 405, "method_not_allowed",
+                   std::string(request.method_string()) + " is not allowed on " +
+                       printable_path(request.target()) + " (allowed: " + allow + ")");
+    res.set(http::field::allow, allow);
+    return res;
+}
+
+// Whether `pattern` matches a path's segments: "{id}" and "*" match any one segment, any other
+// segment of the pattern itself only. On a match, `id` is the segment "{id}" matched, if any.
+bool matches(std::string_view pattern, const std::vector<std::string_view>& parts,
+             std::optional<std::string_view>& id) {
+    const auto want = split_path(pattern);
+    if (want.size() != parts.size()) {
+        return false;
+    }
+    std::optional<std::string_view> captured;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+        if (want[i] == "{id}") {
+            captured = parts[i];
+        } else if (want[i] != "*" && want[i] != parts[i]) {
+            return false;
+        }
+    }
+    if (captured) {
+        id = captured;
+    }
+    return true;
+}
+
 }  // namespace
 
 HttpResponse json_error(const HttpRequest& request, unsigned status, std::string_view code,
@@ -56,190 +125,179 @@ Api::Api(SandboxManager& manager, Platform& platform, Metrics& metrics, ApiOptio
     : manager_(manager), platform_(platform), metrics_(metrics), options_(std::move(options)) {}
 
 void Api::handle(HttpRequest&& request_in, Respond respond) {
-    // The request outlives this call: answers may come from the worker pool.
-    auto request = std::make_shared<HttpRequest>(std::move(request_in));
-    const auto& req = *request;
+    Call call{std::make_shared<HttpRequest>(std::move(request_in)), {}, std::move(respond)};
+    const HttpRequest& req = *call.request;
     const auto parts = split_path(strip_query(req.target()));
-    const http::verb verb = req.method();
 
-    auto method_not_allowed = [&](std::string_view allow) {
-        HttpResponse res =
-            json_error(req, 405, "method_not_allowed",
-                       std::string(req.method_string()) + " is not allowed on " +
-                           printable_path(req.target()) + " (allowed: " + std::string(allow) + ")");
-        res.set(http::field::allow, allow);
-        respond(std::move(res));
-    };
-    auto bad_request = [&](std::string_view message) {
-        respond(json_error(req, 400, "invalid_request", message));
-    };
-    auto answer_sandbox = [request, respond](unsigned status) {
-        return [request, respond, status](Result<Sandbox, Failure> outcome) {
-            if (!outcome) {
-                respond(failure_response(*request, outcome.error()));
-                return;
+    // The routes whose pattern matches the path; those for any method only where none else does.
+    std::vector<const Route*> matching;
+    std::optional<std::string_view> id;
+    for (const bool any_method : {false, true}) {
+        for (const Route& route : routes()) {
+            if (route.method.has_value() != any_method && matches(route.pattern, parts, id)) {
+                matching.push_back(&route);
             }
-            respond(json_response(*request, status, api_view(outcome.value())));
-        };
-    };
-
-    if (parts.size() == 1 && parts[0] == "healthz") {
-        if (verb != http::verb::get) {
-            return method_not_allowed("GET");
         }
-        const KernelSupport support = platform_.support();
-        const std::optional<SpaceStatus> space =
-            options_.space ? std::optional(options_.space()) : std::nullopt;
-        const bool ok = support.device_mapper && support.loop;
-        return respond(
-            json_response(req, ok ? 200 : 503, health_json(support, space, options_.insecure_tcp)));
+        if (!matching.empty()) {
+            break;
+        }
     }
-    if (parts.size() == 1 && parts[0] == "metrics") {
-        if (verb != http::verb::get) {
-            return method_not_allowed("GET");
-        }
-        Metrics::Gauges gauges;
-        gauges.sandboxes_by_state = manager_.count_by_state();
-        const auto counts = platform_.attached_origins();
-        gauges.loops_attached = counts.loops;
-        gauges.tcmu_origins_attached = counts.tcmu;
-        if (options_.connections) {
-            gauges.connections = options_.connections();
-        }
-        if (options_.space) {
-            gauges.space = options_.space();
-        }
-        gauges.cow_disk_bytes = manager_.cow_disk_usage();
-        return respond(make_response(req, 200, metrics_.render(gauges),
-                                     "text/plain; version=0.0.4; charset=utf-8"));
-    }
-    if (parts.size() == 1 && parts[0] == "templates") {
-        if (verb != http::verb::get) {
-            return method_not_allowed("GET");
-        }
-        return manager_.list_templates(
-            [request, respond](Result<std::vector<TemplateInfo>, Failure> out) {
-                if (!out) {
-                    return respond(failure_response(*request, out.error()));
-                }
-                respond(json_response(*request, 200, templates_json(out.value())));
-            });
-    }
-    if (parts.empty() || parts[0] != "sandboxes" || parts.size() > 3) {
-        return respond(
+    if (matching.empty()) {
+        return call.respond(
             json_error(req, 404, "not_found",
                        "no route " + printable_path(req.target()) + " (see docs/api.md)"));
     }
-
-    if (parts.size() == 2 && parts[1] == "import" && verb == http::verb::post) {
-        // Only a transport that streams this route's body reaches here without one.
-        return respond(json_error(req, 415, "unsupported_media_type",
-                                  std::string("POST /sandboxes/import takes the archive as its "
-                                              "body, sent with \"Content-Type: ") +
-                                      archive::kContentType + "\""));
-    }
-    if (parts.size() == 1) {
-        if (verb == http::verb::get) {
-            return respond(json_response(req, 200, sandboxes_json(manager_.list())));
+    // A path that names a sandbox needs a well-formed id, whatever the method.
+    if (id) {
+        if (!is_valid_name(*id)) {
+            return call.respond(
+                json_error(req, 400, "invalid_request",
+                           "sandbox id in the path must match " + std::string(kNameRule)));
         }
-        if (verb != http::verb::post) {
-            return method_not_allowed("GET, POST");
-        }
-        auto create = parse_create_request(req.body());
-        if (!create) {
-            return respond(failure_response(req, create.error()));
-        }
-        return manager_.create(std::move(create).value(), answer_sandbox(201));
+        call.id = std::string(*id);
     }
-
-    const std::string id(parts[1]);
-    if (!is_valid_name(id)) {
-        return bad_request("sandbox id in the path must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
-    }
-    if (parts.size() == 2) {
-        if (verb == http::verb::get) {
-            return manager_.get_live(id, answer_sandbox(200));
+    for (const Route* route : matching) {
+        if (!route->method || *route->method == req.method()) {
+            return (this->*route->answer)(call);
         }
-        if (verb == http::verb::delete_) {
-            return manager_.destroy(id, [request, respond](Result<Done, Failure> out) {
-                if (!out) {
-                    return respond(failure_response(*request, out.error()));
-                }
-                HttpResponse res{http::status::no_content, request->version()};
-                res.set(http::field::server, "wrenn-agent");
-                res.keep_alive(request->keep_alive());
-                res.prepare_payload();
-                respond(std::move(res));
-            });
+    }
+    // 405, with the methods of the first pattern that matches.
+    std::string allow;
+    for (const Route* route : matching) {
+        if (route->pattern == matching.front()->pattern) {
+            allow += (allow.empty() ? "" : ", ") + std::string(http::to_string(*route->method));
         }
-        return method_not_allowed("GET, DELETE");
     }
-
-    const std::string_view action = parts[2];
-    if (action == "export") {
-        if (verb != http::verb::get) {
-            return method_not_allowed("GET");
-        }
-        return export_sandbox(request, id, respond);
-    }
-    if (action != "pause" && action != "resume" && action != "flatten" && action != "fork") {
-        return respond(json_error(req, 404, "not_found",
-                                  "no route " + printable_path(req.target()) +
-                                      " (actions: pause, resume, flatten, fork, export)"));
-    }
-    if (verb != http::verb::post) {
-        return method_not_allowed("POST");
-    }
-    if (action == "fork") {
-        auto body = parse_json_body(req.body(), {"id"}, true);
-        if (!body) {
-            return respond(failure_response(req, body.error()));
-        }
-        std::optional<std::string> problem;
-        const auto new_id = string_field(*body, "id", problem);
-        if (problem) {
-            return bad_request(*problem);
-        }
-        if (new_id && (new_id->empty() || !is_valid_name(*new_id))) {
-            return bad_request(
-                "field 'id' must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}; leave it out to get a "
-                "generated id");
-        }
-        return manager_.fork(id, new_id.value_or(""), answer_sandbox(201));
-    }
-    if (action == "pause" || action == "resume") {
-        if (auto body = parse_json_body(req.body(), {}, true); !body) {
-            return respond(failure_response(req, body.error()));
-        }
-        if (action == "pause") {
-            return manager_.pause(id, answer_sandbox(200));
-        }
-        return manager_.resume(id, answer_sandbox(200));
-    }
-    auto body = parse_json_body(req.body(), {"template"}, false);
-    if (!body) {
-        return respond(failure_response(req, body.error()));
-    }
-    std::optional<std::string> problem;
-    auto name = string_field(*body, "template", problem);
-    if (problem) {
-        return bad_request(*problem);
-    }
-    if (!name || !is_valid_name(*name)) {
-        return bad_request(
-            "field 'template' is required and must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
-    }
-    manager_.flatten(id, *name, [request, respond](Result<TemplateInfo, Failure> out) {
-        if (!out) {
-            return respond(failure_response(*request, out.error()));
-        }
-        respond(json_response(*request, 201, flattened_json(out.value())));
-    });
+    call.respond(method_not_allowed(req, allow));
 }
 
-}  // namespace wrenn::agent
+void Api::health(const Call& call) {
+    const KernelSupport support = platform_.support();
+    const std::optional<SpaceStatus> space =
+        options_.space ? std::optional(options_.space()) : std::nullopt;
+    const bool ok = support.device_mapper && support.loop;
+    call.respond(json_response(*call.request, ok ? 200 : 503,
+                               health_json(support, space, options_.insecure_tcp)));
+}
 
-namespace wrenn::agent {
+void Api::metrics(const Call& call) {
+    Metrics::Gauges gauges;
+    gauges.sandboxes_by_state = manager_.count_by_state();
+    const auto counts = platform_.attached_origins();
+    gauges.loops_attached = counts.loops;
+    gauges.tcmu_origins_attached = counts.tcmu;
+    if (options_.connections) {
+        gauges.connections = options_.connections();
+    }
+    if (options_.space) {
+        gauges.space = options_.space();
+    }
+    gauges.cow_disk_bytes = manager_.cow_disk_usage();
+    call.respond(make_response(*call.request, 200, metrics_.render(gauges),
+                               "text/plain; version=0.0.4; charset=utf-8"));
+}
+
+void Api::list_templates(const Call& call) {
+    manager_.list_templates(
+        answer_json<std::vector<TemplateInfo>>(call.request, call.respond, 200, templates_json));
+}
+
+void Api::list_sandboxes(const Call& call) {
+    call.respond(json_response(*call.request, 200, sandboxes_json(manager_.list())));
+}
+
+void Api::create_sandbox(const Call& call) {
+    auto create = parse_create_request(call.request->body());
+    if (!create) {
+        return call.respond(failure_response(*call.request, create.error()));
+    }
+    manager_.create(std::move(create).value(),
+                    answer_json<Sandbox>(call.request, call.respond, 201, api_view));
+}
+
+void Api::import_without_archive(const Call& call) {
+    // Only a transport that streams this route's body (streamed_body) reaches here without one.
+    call.respond(json_error(*call.request, 415, "unsupported_media_type",
+                            std::string("POST /sandboxes/import takes the archive as its body, "
+                                        "sent with \"Content-Type: ") +
+                                archive::kContentType + "\""));
+}
+
+void Api::get_sandbox(const Call& call) {
+    manager_.get_live(call.id, answer_json<Sandbox>(call.request, call.respond, 200, api_view));
+}
+
+void Api::destroy_sandbox(const Call& call) {
+    manager_.destroy(call.id,
+                     [request = call.request, respond = call.respond](Result<Done, Failure> out) {
+                         if (!out) {
+                             return respond(failure_response(*request, out.error()));
+                         }
+                         HttpResponse res{http::status::no_content, request->version()};
+                         res.set(http::field::server, "wrenn-agent");
+                         res.keep_alive(request->keep_alive());
+                         res.prepare_payload();
+                         respond(std::move(res));
+                     });
+}
+
+void Api::pause_sandbox(const Call& call) {
+    if (auto body = parse_json_body(call.request->body(), {}, true); !body) {
+        return call.respond(failure_response(*call.request, body.error()));
+    }
+    manager_.pause(call.id, answer_json<Sandbox>(call.request, call.respond, 200, api_view));
+}
+
+void Api::resume_sandbox(const Call& call) {
+    if (auto body = parse_json_body(call.request->body(), {}, true); !body) {
+        return call.respond(failure_response(*call.request, body.error()));
+    }
+    manager_.resume(call.id, answer_json<Sandbox>(call.request, call.respond, 200, api_view));
+}
+
+void Api::flatten_sandbox(const Call& call) {
+    auto body = parse_json_body(call.request->body(), {"template"}, false);
+    if (!body) {
+        return call.respond(failure_response(*call.request, body.error()));
+    }
+    std::optional<std::string> problem;
+    const auto name = string_field(*body, "template", problem);
+    if (problem) {
+        return call.respond(failure_response(*call.request, invalid_request(*problem)));
+    }
+    if (!name || !is_valid_name(*name)) {
+        return call.respond(failure_response(
+            *call.request, invalid_request("field 'template' is required and must match " +
+                                           std::string(kNameRule))));
+    }
+    manager_.flatten(call.id, *name,
+                     answer_json<TemplateInfo>(call.request, call.respond, 201, flattened_json));
+}
+
+void Api::fork_sandbox(const Call& call) {
+    auto body = parse_json_body(call.request->body(), {"id"}, true);
+    if (!body) {
+        return call.respond(failure_response(*call.request, body.error()));
+    }
+    std::optional<std::string> problem;
+    const auto new_id = string_field(*body, "id", problem);
+    if (problem) {
+        return call.respond(failure_response(*call.request, invalid_request(*problem)));
+    }
+    if (new_id && (new_id->empty() || !is_valid_name(*new_id))) {
+        return call.respond(failure_response(
+            *call.request, invalid_request("field 'id' must match " + std::string(kNameRule) +
+                                           "; leave it out to get a generated id")));
+    }
+    manager_.fork(call.id, new_id.value_or(""),
+                  answer_json<Sandbox>(call.request, call.respond, 201, api_view));
+}
+
+void Api::no_such_action(const Call& call) {
+    call.respond(json_error(*call.request, 404, "not_found",
+                            "no route " + printable_path(call.request->target()) +
+                                " (actions: pause, resume, flatten, fork, export)"));
+}
 
 namespace {
 
@@ -253,9 +311,11 @@ struct ExportPipe {
 
 }  // namespace
 
-void Api::export_sandbox(const std::shared_ptr<HttpRequest>& request, const std::string& id,
-                         const Respond& respond) {
-    const auto& req = *request;
+void Api::export_sandbox(const Call& call) {
+    const auto& req = *call.request;
+    const auto& request = call.request;
+    const auto& respond = call.respond;
+    const auto& id = call.id;
     bool compress = true;
     if (const auto value = query_param(req.target(), "compress")) {
         if (*value == "false" || *value == "0") {
