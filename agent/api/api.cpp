@@ -256,15 +256,11 @@ void Api::resume_sandbox(const Call& call) {
 }
 
 void Api::flatten_sandbox(const Call& call) {
-    auto body = parse_json_body(call.request->body(), {"template"}, false);
+    auto body = parse_one_string_field(call.request->body(), "template", false);
     if (!body) {
         return call.respond(failure_response(*call.request, body.error()));
     }
-    std::optional<std::string> problem;
-    const auto name = string_field(*body, "template", problem);
-    if (problem) {
-        return call.respond(failure_response(*call.request, invalid_request(*problem)));
-    }
+    const std::optional<std::string>& name = body.value();
     if (!name || !is_valid_name(*name)) {
         return call.respond(failure_response(
             *call.request, invalid_request("field 'template' is required and must match " +
@@ -275,15 +271,11 @@ void Api::flatten_sandbox(const Call& call) {
 }
 
 void Api::fork_sandbox(const Call& call) {
-    auto body = parse_json_body(call.request->body(), {"id"}, true);
+    auto body = parse_one_string_field(call.request->body(), "id", true);
     if (!body) {
         return call.respond(failure_response(*call.request, body.error()));
     }
-    std::optional<std::string> problem;
-    const auto new_id = string_field(*body, "id", problem);
-    if (problem) {
-        return call.respond(failure_response(*call.request, invalid_request(*problem)));
-    }
+    const std::optional<std::string>& new_id = body.value();
     if (new_id && (new_id->empty() || !is_valid_name(*new_id))) {
         return call.respond(failure_response(
             *call.request, invalid_request("field 'id' must match " + std::string(kNameRule) +

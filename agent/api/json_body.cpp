@@ -49,4 +49,19 @@ std::optional<std::string> string_field(const json::object& object, std::string_
     return std::string(v->as_string());
 }
 
+Result<std::optional<std::string>, Failure> parse_one_string_field(std::string_view body,
+                                                                   std::string_view key,
+                                                                   bool allow_empty) {
+    auto object = parse_json_body(body, {key}, allow_empty);
+    if (!object) {
+        return std::move(object).error();
+    }
+    std::optional<std::string> problem;
+    auto value = string_field(*object, key, problem);
+    if (problem) {
+        return invalid_request(*problem);
+    }
+    return value;
+}
+
 }  // namespace wrenn::agent

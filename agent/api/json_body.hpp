@@ -26,4 +26,10 @@ Result<boost::json::object, Failure> parse_json_body(std::string_view body,
 std::optional<std::string> string_field(const boost::json::object& object, std::string_view key,
                                         std::optional<std::string>& problem);
 
+// A body whose one field is the optional string `key` ({"id": "sb2"}): its value, nullopt when
+// it is absent or null; refused as parse_json_body refuses, or when the field is not a string.
+Result<std::optional<std::string>, Failure> parse_one_string_field(std::string_view body,
+                                                                   std::string_view key,
+                                                                   bool allow_empty);
+
 }  // namespace wrenn::agent

@@ -158,6 +158,24 @@ TEST_CASE("parse_create_request: every refusal of a TCMU origin", "[create_reque
     }
 }
 
+TEST_CASE("parse_one_string_field: the body of a fork or a flatten", "[create_request]") {
+    auto id = parse_one_string_field(R"({"id": "sb2"})", "id", true);
+    REQUIRE(id.ok());
+    CHECK(id.value() == "sb2");
+    auto none = parse_one_string_field("", "id", true);
+    REQUIRE(none.ok());
+    CHECK_FALSE(none.value());
+    auto null = parse_one_string_field(R"({"template": null})", "template", false);
+    REQUIRE(null.ok());
+    CHECK_FALSE(null.value());
+    CHECK(parse_one_string_field("", "template", false).error().error.message() ==
+          "the request needs a JSON object body");
+    CHECK(parse_one_string_field(R"({"id": 7})", "id", true).error().error.message() ==
+          "field 'id' must be a string");
+    CHECK(parse_one_string_field(R"({"id": "a"})", "template", true).error().error.message() ==
+          "unknown field 'id'");
+}
+
 TEST_CASE("parse_json_body: an object with known fields, or why not", "[create_request]") {
     auto empty = parse_json_body("", {"id"}, true);
     REQUIRE(empty.ok());
