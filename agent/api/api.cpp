@@ -2,17 +2,50 @@
 
 #include <boost/beast/http/field.hpp>
 #include <boost/beast/http/status.hpp>
-#include <boost/beast/http/verb.hpp>
 #include <boost/json.hpp>
 #include <memory>
 #include <string_view>
+#include <vector>
 
+#include "agent/api/api_views.hpp"
+#include "agent/api/create_request.hpp"
+#include "agent/api/json_body.hpp"
+#include "agent/table/checks.hpp"
 #include "archive/format.hpp"
+#include "http/url.hpp"
 
 namespace wrenn::agent {
 
 namespace http = boost::beast::http;
 namespace json = boost::json;
+using wrenn::http::printable_path;
+using wrenn::http::query_param;
+using wrenn::http::split_path;
+using wrenn::http::strip_query;
+
+std::span<const Api::Route> Api::routes() {
+    using enum http::verb;
+    // Tried in order. A path that some route matches but not with the request's method is a 405
+    // listing the methods of the first pattern that matches it; a path none matches, a 404.
+    static const Route kRoutes[] = {
+        {get, "/healthz", &Api::health},
+        {get, "/metrics", &Api::metrics},
+        {get, "/templates", &Api::list_templates},
+        {get, "/sandboxes", &Api::list_sandboxes},
+        {post, "/sandboxes", &Api::create_sandbox},
+        {get, "/sandboxes/{id}", &Api::get_sandbox},
+        {delete_, "/sandboxes/{id}", &Api::destroy_sandbox},
+        // After /sandboxes/{id}: "import" is an id like any other for GET and DELETE.
+        {post, "/sandboxes/import", &Api::import_without_archive},
+        {post, "/sandboxes/{id}/pause", &Api::pause_sandbox},
+        {post, "/sandboxes/{id}/resume", &Api::resume_sandbox},
+        {post, "/sandboxes/{id}/flatten", &Api::flatten_sandbox},
+        {post, "/sandboxes/{id}/fork", &Api::fork_sandbox},
+        {get, "/sandboxes/{id}/export", &Api::export_sandbox},
+        {std::nullopt, "/sandboxes/{id}/*", &Api::no_such_action},
+    };
+    return kRoutes;
+}
 
 namespace {
 
@@ -36,193 +69,48 @@ HttpResponse failure_response(const HttpRequest& request, const Failure& f) {
                       f.error.message());
 }
 
-// Parses a JSON object body and refuses fields it does not know, naming them. An empty body
-// counts as {} for operations whose fields are all optional.
-struct Body {
-    json::object object;
-    std::optional<std::string> problem;
-};
-
-Body parse_body(const HttpRequest& request, std::initializer_list<std::string_view> known,
-                bool allow_empty) {
-    Body body;
-    if (request.body().empty()) {
-        if (!allow_empty) {
-            body.problem = "the request needs a JSON object body";
+// Answers an operation's outcome: `view` of its value with `status`, or its failure.
+template <class T, class View>
+Callback<T> answer_json(std::shared_ptr<HttpRequest> request, Respond respond, unsigned status,
+                        View view) {
+    return [request = std::move(request), respond = std::move(respond), status,
+            view](Result<T, Failure> out) {
+        if (!out) {
+            return respond(failure_response(*request, out.error()));
         }
-        return body;
-    }
-    boost::system::error_code ec;
-    json::value value = json::parse(request.body(), ec);
-    if (ec) {
-        body.problem = "the body is not valid JSON: " + ec.message();
-        return body;
-    }
-    if (!value.is_object()) {
-        body.problem = "the body must be a JSON object";
-        return body;
-    }
-    body.object = std::move(value.as_object());
-    for (const auto& field : body.object) {
-        bool ok = false;
-        for (auto k : known) {
-            ok = ok || field.key() == k;
-        }
-        if (!ok) {
-            body.problem = "unknown field '" + std::string(field.key()) + "'";
-            return body;
-        }
-    }
-    return body;
-}
-
-// Reads an optional string field; sets problem when it is there but not a string.
-std::optional<std::string> string_field(const json::object& obj, std::string_view key,
-                                        std::optional<std::string>& problem) {
-    const auto* v = obj.if_contains(key);
-    if (v == nullptr || v->is_null()) {
-        return std::nullopt;
-    }
-    if (!v->is_string()) {
-        problem = "field '" + std::string(key) + "' must be a string";
-        return std::nullopt;
-    }
-    return std::string(v->as_string());
-}
-
-// The path of a request target. An absolute-form target ("http://host/path"), which RFC 9112
-// section 3.2.2 says a server must accept, is routed by its path.
-std::string_view strip_query(std::string_view target) {
-    if (const auto scheme = target.find("://");
-        !target.starts_with('/') && scheme != std::string_view::npos) {
-        const auto path = target.find_first_of("/?", scheme + 3);
-        target = path == std::string_view::npos ? std::string_view("/") : target.substr(path);
-    }
-    return target.substr(0, target.find('?'));
-}
-
-// The target's path for an error message. Beast lets bytes 0x80-0xFF through (obs-text), and
-// echoing them raw would make the JSON body invalid UTF-8, so they are percent-encoded.
-std::string printable_path(std::string_view target) {
-    static constexpr char kHex[] = "0123456789ABCDEF";
-    std::string out;
-    for (const char c : strip_query(target)) {
-        const auto u = static_cast<unsigned char>(c);
-        if (u >= 0x20 && u < 0x7f) {
-            out += c;
-        } else {
-            out += '%';
-            out += kHex[u >> 4];
-            out += kHex[u & 0xf];
-        }
-    }
-    return out;
-}
-
-std::vector<std::string_view> split_path(std::string_view path) {
-    std::vector<std::string_view> parts;
-    std::size_t pos = 0;
-    while (pos < path.size()) {
-        if (path[pos] == '/') {
-            ++pos;
-            continue;
-        }
-        auto end = path.find('/', pos);
-        if (end == std::string_view::npos) {
-            end = path.size();
-        }
-        parts.push_back(path.substr(pos, end - pos));
-        pos = end;
-    }
-    return parts;
-}
-
-// The value of `key` in the target's query ("?id=sb1&x=y"); nullopt when absent. Values are
-// taken as they are: the ones the API reads (ids, true/false) need no percent-decoding.
-std::optional<std::string_view> query_param(std::string_view target, std::string_view key) {
-    const auto mark = target.find('?');
-    if (mark == std::string_view::npos) {
-        return std::nullopt;
-    }
-    std::string_view query = target.substr(mark + 1);
-    while (!query.empty()) {
-        const auto amp = query.find('&');
-        const std::string_view pair = query.substr(0, amp);
-        const auto eq = pair.find('=');
-        if (pair.substr(0, eq) == key) {
-            return eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
-        }
-        if (amp == std::string_view::npos) {
-            break;
-        }
-        query.remove_prefix(amp + 1);
-    }
-    return std::nullopt;
-}
-
-json::object health_json(const KernelSupport& k) {
-    auto part = [](bool ok, const std::string& reason) {
-        json::object o{{"usable", ok}};
-        if (!ok) {
-            o["reason"] = reason;
-        }
-        return o;
+        respond(json_response(*request, status, view(out.value())));
     };
-    return json::object{{"status", k.device_mapper && k.loop ? "ok" : "unavailable"},
-                        {"device_mapper", part(k.device_mapper, k.device_mapper_reason)},
-                        {"loop", part(k.loop, k.loop_reason)},
-                        {"tcmu", part(k.tcmu, k.tcmu_reason)}};
 }
 
-json::object space_json(const SpaceStatus& s) {
-    json::object out{{"level", to_string(s.level)}, {"suspended_sandboxes", s.suspended}};
-    if (s.known) {
-        out["free_bytes"] = s.space.free_bytes;
-        out["size_bytes"] = s.space.size_bytes;
-        out["min_free_bytes"] = s.min_free_bytes;
-        out["critical_free_bytes"] = s.critical_free_bytes;
-    }
-    if (!s.error.empty()) {
-        out["error"] = s.error;
-    }
-    if (s.level == SpaceLevel::Low) {
-        out["message"] = "below --min-free: creates and resumes answer 507 insufficient_storage";
-    } else if (s.level == SpaceLevel::Critical) {
-        out["message"] =
-            "below --critical-free: running sandboxes' I/O is suspended until space is back "
-            "above --min-free";
-    } else if (s.suspended > 0) {
-        out["message"] = "sandboxes' I/O is suspended for space; resuming";
-    }
-    return out;
+HttpResponse method_not_allowed(const HttpRequest& request, const std::string& allow) {
+    HttpResponse res =
+        json_error(request, 405, "method_not_allowed",
+                   std::string(request.method_string()) + " is not allowed on " +
+                       printable_path(request.target()) + " (allowed: " + allow + ")");
+    res.set(http::field::allow, allow);
+    return res;
 }
 
-// "digest": the template's digest, "pending" while the agent reads it in the background, null
-// for an image it refuses; "sha256": the whole image's SHA-256 hex, null unless computed (only
-// for an archive or record of an earlier agent).
-json::value digest_json(const TemplateInfo& t) {
-    if (!t.problem.empty()) {
-        return nullptr;
+// Whether `pattern` matches a path's segments: "{id}" and "*" match any one segment, any other
+// segment of the pattern itself only. On a match, `id` is the segment "{id}" matched, if any.
+bool matches(std::string_view pattern, const std::vector<std::string_view>& parts,
+             std::optional<std::string_view>& id) {
+    const auto want = split_path(pattern);
+    if (want.size() != parts.size()) {
+        return false;
     }
-    return t.digest.empty() ? json::value("pending") : json::value(t.digest);
-}
-json::value whole_sha256_json(const TemplateInfo& t) {
-    const auto colon = t.sha256.find(':');
-    return colon == std::string::npos ? json::value(nullptr)
-                                      : json::value(t.sha256.substr(colon + 1));
-}
-
-json::object template_json(const TemplateInfo& t) {
-    json::object out{{"name", t.name},
-                     {"path", t.path},
-                     {"size_bytes", t.size_bytes},
-                     {"digest", digest_json(t)},
-                     {"sha256", whole_sha256_json(t)},
-                     {"sandboxes", t.sandboxes}};
-    if (!t.problem.empty()) {
-        out["problem"] = t.problem;
+    std::optional<std::string_view> captured;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+        if (want[i] == "{id}") {
+            captured = parts[i];
+        } else if (want[i] != "*" && want[i] != parts[i]) {
+            return false;
+        }
     }
-    return out;
+    if (captured) {
+        id = captured;
+    }
+    return true;
 }
 
 }  // namespace
@@ -237,293 +125,171 @@ Api::Api(SandboxManager& manager, Platform& platform, Metrics& metrics, ApiOptio
     : manager_(manager), platform_(platform), metrics_(metrics), options_(std::move(options)) {}
 
 void Api::handle(HttpRequest&& request_in, Respond respond) {
-    // The request outlives this call: answers may come from the worker pool.
-    auto request = std::make_shared<HttpRequest>(std::move(request_in));
-    const auto& req = *request;
+    Call call{std::make_shared<HttpRequest>(std::move(request_in)), {}, std::move(respond)};
+    const HttpRequest& req = *call.request;
     const auto parts = split_path(strip_query(req.target()));
-    const http::verb verb = req.method();
 
-    auto method_not_allowed = [&](std::string_view allow) {
-        HttpResponse res =
-            json_error(req, 405, "method_not_allowed",
-                       std::string(req.method_string()) + " is not allowed on " +
-                           printable_path(req.target()) + " (allowed: " + std::string(allow) + ")");
-        res.set(http::field::allow, allow);
-        respond(std::move(res));
-    };
-    auto bad_request = [&](std::string_view message) {
-        respond(json_error(req, 400, "invalid_request", message));
-    };
-    auto answer_sandbox = [request, respond](unsigned status) {
-        return [request, respond, status](Result<Sandbox, Failure> outcome) {
-            if (!outcome) {
-                respond(failure_response(*request, outcome.error()));
-                return;
-            }
-            respond(json_response(*request, status, api_view(outcome.value())));
-        };
-    };
-
-    if (parts.size() == 1 && parts[0] == "healthz") {
-        if (verb != http::verb::get) {
-            return method_not_allowed("GET");
-        }
-        const KernelSupport support = platform_.support();
-        const bool ok = support.device_mapper && support.loop;
-        json::object health = health_json(support);
-        if (options_.space) {
-            const SpaceStatus space = options_.space();
-            health["space"] = space_json(space);
-            if (ok && space.degraded()) {
-                // Still 200: the agent serves; what it cannot do now is in "space".
-                health["status"] = "degraded";
+    // The routes whose pattern matches the path; those for any method only where none else does.
+    std::vector<const Route*> matching;
+    std::optional<std::string_view> id;
+    for (const bool any_method : {false, true}) {
+        for (const Route& route : routes()) {
+            if (route.method.has_value() != any_method && matches(route.pattern, parts, id)) {
+                matching.push_back(&route);
             }
         }
-        health["insecure_tcp"] = options_.insecure_tcp;
-        if (options_.insecure_tcp) {
-            health["warning"] =
-                "serving TCP without a token (--insecure-tcp): anyone who can connect may "
-                "create and destroy sandboxes";
+        if (!matching.empty()) {
+            break;
         }
-        return respond(json_response(req, ok ? 200 : 503, health));
     }
-    if (parts.size() == 1 && parts[0] == "metrics") {
-        if (verb != http::verb::get) {
-            return method_not_allowed("GET");
-        }
-        Metrics::Gauges gauges;
-        gauges.sandboxes_by_state = manager_.count_by_state();
-        const auto counts = platform_.attached_origins();
-        gauges.loops_attached = counts.loops;
-        gauges.tcmu_origins_attached = counts.tcmu;
-        if (options_.connections) {
-            gauges.connections = options_.connections();
-        }
-        if (options_.space) {
-            gauges.space = options_.space();
-        }
-        gauges.cow_disk_bytes = manager_.cow_disk_usage();
-        return respond(make_response(req, 200, metrics_.render(gauges),
-                                     "text/plain; version=0.0.4; charset=utf-8"));
-    }
-    if (parts.size() == 1 && parts[0] == "templates") {
-        if (verb != http::verb::get) {
-            return method_not_allowed("GET");
-        }
-        return manager_.list_templates(
-            [request, respond](Result<std::vector<TemplateInfo>, Failure> out) {
-                if (!out) {
-                    return respond(failure_response(*request, out.error()));
-                }
-                json::array list;
-                for (const auto& t : out.value()) {
-                    list.push_back(template_json(t));
-                }
-                respond(json_response(*request, 200, json::object{{"templates", std::move(list)}}));
-            });
-    }
-    if (parts.empty() || parts[0] != "sandboxes" || parts.size() > 3) {
-        return respond(
+    if (matching.empty()) {
+        return call.respond(
             json_error(req, 404, "not_found",
                        "no route " + printable_path(req.target()) + " (see docs/api.md)"));
     }
-
-    if (parts.size() == 2 && parts[1] == "import" && verb == http::verb::post) {
-        // Only a transport that streams this route's body reaches here without one.
-        return respond(json_error(req, 415, "unsupported_media_type",
-                                  std::string("POST /sandboxes/import takes the archive as its "
-                                              "body, sent with \"Content-Type: ") +
-                                      archive::kContentType + "\""));
+    // A path that names a sandbox needs a well-formed id, whatever the method.
+    if (id) {
+        if (!is_valid_name(*id)) {
+            return call.respond(
+                json_error(req, 400, "invalid_request",
+                           "sandbox id in the path must match " + std::string(kNameRule)));
+        }
+        call.id = std::string(*id);
     }
-    if (parts.size() == 1) {
-        if (verb == http::verb::get) {
-            json::array list;
-            for (const auto& sb : manager_.list()) {
-                list.push_back(api_view(sb));
-            }
-            return respond(json_response(req, 200, json::object{{"sandboxes", std::move(list)}}));
+    for (const Route* route : matching) {
+        if (!route->method || *route->method == req.method()) {
+            return (this->*route->answer)(call);
         }
-        if (verb != http::verb::post) {
-            return method_not_allowed("GET, POST");
-        }
-        Body body = parse_body(req, {"id", "template", "origin"}, false);
-        if (body.problem) {
-            return bad_request(*body.problem);
-        }
-        CreateRequest create;
-        std::optional<std::string> problem;
-        const auto id = string_field(body.object, "id", problem);
-        auto template_name = string_field(body.object, "template", problem);
-        if (problem) {
-            return bad_request(*problem);
-        }
-        // Only an absent id asks for a generated one; "" is a mistake, not a wish.
-        if (id && id->empty()) {
-            return bad_request(
-                "field 'id' is empty; leave it out to get a generated id, or give one that "
-                "matches [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
-        }
-        create.id = id.value_or("");
-        if (!create.id.empty() && !is_valid_name(create.id)) {
-            return bad_request("field 'id' must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
-        }
-        const auto* origin = body.object.if_contains("origin");
-        if (origin != nullptr && !origin->is_null()) {
-            if (template_name) {
-                return bad_request("give either 'template' or 'origin', not both");
-            }
-            if (!origin->is_object()) {
-                return bad_request("field 'origin' must be an object");
-            }
-            const auto& o = origin->as_object();
-            for (const auto& field : o) {
-                const auto k = field.key();
-                if (k != "type" && k != "config" && k != "handler" && k != "size_bytes") {
-                    return bad_request("unknown field 'origin." + std::string(k) + "'");
-                }
-            }
-            auto type = string_field(o, "type", problem);
-            auto config = string_field(o, "config", problem);
-            auto handler = string_field(o, "handler", problem);
-            if (problem) {
-                return bad_request(*problem);
-            }
-            if (type.value_or("") != "tcmu") {
-                return bad_request(
-                    "field 'origin.type' must be \"tcmu\" (for a template, give 'template')");
-            }
-            if (!config || config->empty() || (*config)[0] != '/') {
-                return bad_request(
-                    "field 'origin.config' must be an absolute path to the backstore's config");
-            }
-            OriginSpec spec{OriginSpec::Type::Tcmu, *config, handler.value_or("overlaybd"),
-                            std::nullopt, std::nullopt};
-            if (spec.handler.empty() || spec.handler.find('/') != std::string::npos) {
-                return bad_request(
-                    "field 'origin.handler' must be a handler name like \"overlaybd\"");
-            }
-            if (const auto* size = o.if_contains("size_bytes");
-                size != nullptr && !size->is_null()) {
-                // At most 4 EiB: the CoW is sized from it (dm::cow_size_for_origin), which
-                // wraps around for sizes near 2^64 and must fit in an off_t for ftruncate.
-                constexpr std::uint64_t kMaxOriginBytes = std::uint64_t{1} << 62;
-                if (size->is_uint64() && size->as_uint64() > 0 &&
-                    size->as_uint64() <= kMaxOriginBytes) {
-                    spec.size_bytes = size->as_uint64();
-                } else if (size->is_int64() && size->as_int64() > 0 &&
-                           static_cast<std::uint64_t>(size->as_int64()) <= kMaxOriginBytes) {
-                    spec.size_bytes = static_cast<std::uint64_t>(size->as_int64());
-                } else {
-                    return bad_request(
-                        "field 'origin.size_bytes' must be a positive integer up to 2^62");
-                }
-            }
-            create.tcmu_origin = std::move(spec);
-        } else {
-            if (!template_name) {
-                return bad_request("field 'template' is required (or 'origin' for a TCMU origin)");
-            }
-            if (!is_valid_name(*template_name)) {
-                return bad_request("field 'template' must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
-            }
-            create.template_name = *template_name;
-        }
-        return manager_.create(std::move(create), answer_sandbox(201));
     }
-
-    const std::string id(parts[1]);
-    if (!is_valid_name(id)) {
-        return bad_request("sandbox id in the path must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
-    }
-    if (parts.size() == 2) {
-        if (verb == http::verb::get) {
-            return manager_.get_live(id, answer_sandbox(200));
+    // 405, with the methods of the first pattern that matches.
+    std::string allow;
+    for (const Route* route : matching) {
+        if (route->pattern == matching.front()->pattern) {
+            allow += (allow.empty() ? "" : ", ") + std::string(http::to_string(*route->method));
         }
-        if (verb == http::verb::delete_) {
-            return manager_.destroy(id, [request, respond](Result<Done, Failure> out) {
-                if (!out) {
-                    return respond(failure_response(*request, out.error()));
-                }
-                HttpResponse res{http::status::no_content, request->version()};
-                res.set(http::field::server, "wrenn-agent");
-                res.keep_alive(request->keep_alive());
-                res.prepare_payload();
-                respond(std::move(res));
-            });
-        }
-        return method_not_allowed("GET, DELETE");
     }
-
-    const std::string_view action = parts[2];
-    if (action == "export") {
-        if (verb != http::verb::get) {
-            return method_not_allowed("GET");
-        }
-        return export_sandbox(request, id, respond);
-    }
-    if (action != "pause" && action != "resume" && action != "flatten" && action != "fork") {
-        return respond(json_error(req, 404, "not_found",
-                                  "no route " + printable_path(req.target()) +
-                                      " (actions: pause, resume, flatten, fork, export)"));
-    }
-    if (verb != http::verb::post) {
-        return method_not_allowed("POST");
-    }
-    if (action == "fork") {
-        Body body = parse_body(req, {"id"}, true);
-        if (body.problem) {
-            return bad_request(*body.problem);
-        }
-        std::optional<std::string> problem;
-        const auto new_id = string_field(body.object, "id", problem);
-        if (problem) {
-            return bad_request(*problem);
-        }
-        if (new_id && (new_id->empty() || !is_valid_name(*new_id))) {
-            return bad_request(
-                "field 'id' must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}; leave it out to get a "
-                "generated id");
-        }
-        return manager_.fork(id, new_id.value_or(""), answer_sandbox(201));
-    }
-    if (action == "pause" || action == "resume") {
-        Body body = parse_body(req, {}, true);
-        if (body.problem) {
-            return bad_request(*body.problem);
-        }
-        if (action == "pause") {
-            return manager_.pause(id, answer_sandbox(200));
-        }
-        return manager_.resume(id, answer_sandbox(200));
-    }
-    Body body = parse_body(req, {"template"}, false);
-    if (body.problem) {
-        return bad_request(*body.problem);
-    }
-    std::optional<std::string> problem;
-    auto name = string_field(body.object, "template", problem);
-    if (problem) {
-        return bad_request(*problem);
-    }
-    if (!name || !is_valid_name(*name)) {
-        return bad_request(
-            "field 'template' is required and must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}");
-    }
-    manager_.flatten(id, *name, [request, respond](Result<TemplateInfo, Failure> out) {
-        if (!out) {
-            return respond(failure_response(*request, out.error()));
-        }
-        respond(json_response(*request, 201,
-                              json::object{{"template", out->name},
-                                           {"path", out->path},
-                                           {"size_bytes", out->size_bytes},
-                                           {"digest", digest_json(out.value())}}));
-    });
+    call.respond(method_not_allowed(req, allow));
 }
 
-}  // namespace wrenn::agent
+void Api::health(const Call& call) {
+    const KernelSupport support = platform_.support();
+    const std::optional<SpaceStatus> space =
+        options_.space ? std::optional(options_.space()) : std::nullopt;
+    const bool ok = support.device_mapper && support.loop;
+    call.respond(json_response(*call.request, ok ? 200 : 503,
+                               health_json(support, space, options_.insecure_tcp)));
+}
 
-namespace wrenn::agent {
+void Api::metrics(const Call& call) {
+    Metrics::Gauges gauges;
+    gauges.sandboxes_by_state = manager_.count_by_state();
+    const auto counts = platform_.attached_origins();
+    gauges.loops_attached = counts.loops;
+    gauges.tcmu_origins_attached = counts.tcmu;
+    if (options_.connections) {
+        gauges.connections = options_.connections();
+    }
+    if (options_.space) {
+        gauges.space = options_.space();
+    }
+    gauges.cow_disk_bytes = manager_.cow_disk_usage();
+    call.respond(make_response(*call.request, 200, metrics_.render(gauges),
+                               "text/plain; version=0.0.4; charset=utf-8"));
+}
+
+void Api::list_templates(const Call& call) {
+    manager_.list_templates(
+        answer_json<std::vector<TemplateInfo>>(call.request, call.respond, 200, templates_json));
+}
+
+void Api::list_sandboxes(const Call& call) {
+    call.respond(json_response(*call.request, 200, sandboxes_json(manager_.list())));
+}
+
+void Api::create_sandbox(const Call& call) {
+    auto create = parse_create_request(call.request->body());
+    if (!create) {
+        return call.respond(failure_response(*call.request, create.error()));
+    }
+    manager_.create(std::move(create).value(),
+                    answer_json<Sandbox>(call.request, call.respond, 201, api_view));
+}
+
+void Api::import_without_archive(const Call& call) {
+    // Only a transport that streams this route's body (streamed_body) reaches here without one.
+    call.respond(json_error(*call.request, 415, "unsupported_media_type",
+                            std::string("POST /sandboxes/import takes the archive as its body, "
+                                        "sent with \"Content-Type: ") +
+                                archive::kContentType + "\""));
+}
+
+void Api::get_sandbox(const Call& call) {
+    manager_.get_live(call.id, answer_json<Sandbox>(call.request, call.respond, 200, api_view));
+}
+
+void Api::destroy_sandbox(const Call& call) {
+    manager_.destroy(call.id,
+                     [request = call.request, respond = call.respond](Result<Done, Failure> out) {
+                         if (!out) {
+                             return respond(failure_response(*request, out.error()));
+                         }
+                         HttpResponse res{http::status::no_content, request->version()};
+                         res.set(http::field::server, "wrenn-agent");
+                         res.keep_alive(request->keep_alive());
+                         res.prepare_payload();
+                         respond(std::move(res));
+                     });
+}
+
+void Api::pause_sandbox(const Call& call) {
+    if (auto body = parse_json_body(call.request->body(), {}, true); !body) {
+        return call.respond(failure_response(*call.request, body.error()));
+    }
+    manager_.pause(call.id, answer_json<Sandbox>(call.request, call.respond, 200, api_view));
+}
+
+void Api::resume_sandbox(const Call& call) {
+    if (auto body = parse_json_body(call.request->body(), {}, true); !body) {
+        return call.respond(failure_response(*call.request, body.error()));
+    }
+    manager_.resume(call.id, answer_json<Sandbox>(call.request, call.respond, 200, api_view));
+}
+
+void Api::flatten_sandbox(const Call& call) {
+    auto body = parse_one_string_field(call.request->body(), "template", false);
+    if (!body) {
+        return call.respond(failure_response(*call.request, body.error()));
+    }
+    const std::optional<std::string>& name = body.value();
+    if (!name || !is_valid_name(*name)) {
+        return call.respond(failure_response(
+            *call.request, invalid_request("field 'template' is required and must match " +
+                                           std::string(kNameRule))));
+    }
+    manager_.flatten(call.id, *name,
+                     answer_json<TemplateInfo>(call.request, call.respond, 201, flattened_json));
+}
+
+void Api::fork_sandbox(const Call& call) {
+    auto body = parse_one_string_field(call.request->body(), "id", true);
+    if (!body) {
+        return call.respond(failure_response(*call.request, body.error()));
+    }
+    const std::optional<std::string>& new_id = body.value();
+    if (new_id && (new_id->empty() || !is_valid_name(*new_id))) {
+        return call.respond(failure_response(
+            *call.request, invalid_request("field 'id' must match " + std::string(kNameRule) +
+                                           "; leave it out to get a generated id")));
+    }
+    manager_.fork(call.id, new_id.value_or(""),
+                  answer_json<Sandbox>(call.request, call.respond, 201, api_view));
+}
+
+void Api::no_such_action(const Call& call) {
+    call.respond(json_error(*call.request, 404, "not_found",
+                            "no route " + printable_path(call.request->target()) +
+                                " (actions: pause, resume, flatten, fork, export)"));
+}
 
 namespace {
 
@@ -537,9 +303,11 @@ struct ExportPipe {
 
 }  // namespace
 
-void Api::export_sandbox(const std::shared_ptr<HttpRequest>& request, const std::string& id,
-                         const Respond& respond) {
-    const auto& req = *request;
+void Api::export_sandbox(const Call& call) {
+    const auto& req = *call.request;
+    const auto& request = call.request;
+    const auto& respond = call.respond;
+    const auto& id = call.id;
     bool compress = true;
     if (const auto value = query_param(req.target(), "compress")) {
         if (*value == "false" || *value == "0") {

@@ -2,7 +2,13 @@
 
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/verb.hpp>
 #include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
 
 #include "agent/platform/metrics.hpp"
 #include "agent/sandboxes/sandbox_manager.hpp"
@@ -44,8 +50,38 @@ class Api {
     void handle_import(HttpRequest&& request, http::BodyReader body, Respond respond);
 
   private:
-    void export_sandbox(const std::shared_ptr<HttpRequest>& request, const std::string& id,
-                        const Respond& respond);
+    // One request on its way through a route: the request (shared: answers may come from the
+    // worker pool), the sandbox id its path names ("" where it names none), where the answer goes.
+    struct Call {
+        std::shared_ptr<HttpRequest> request;
+        std::string id;
+        Respond respond;
+    };
+    // A method, a path pattern ("/sandboxes/{id}/pause") and the function that answers it. No
+    // method: the route answers any method on a path that no route with a method matches.
+    struct Route {
+        std::optional<boost::beast::http::verb> method;
+        std::string_view pattern;
+        void (Api::*answer)(const Call&);
+    };
+    // The table handle() routes by (api.cpp).
+    static std::span<const Route> routes();
+
+    // The routes, one function each.
+    void health(const Call& call);
+    void metrics(const Call& call);
+    void list_templates(const Call& call);
+    void list_sandboxes(const Call& call);
+    void create_sandbox(const Call& call);
+    void import_without_archive(const Call& call);
+    void get_sandbox(const Call& call);
+    void destroy_sandbox(const Call& call);
+    void pause_sandbox(const Call& call);
+    void resume_sandbox(const Call& call);
+    void flatten_sandbox(const Call& call);
+    void fork_sandbox(const Call& call);
+    void export_sandbox(const Call& call);
+    void no_such_action(const Call& call);
 
     SandboxManager& manager_;
     Platform& platform_;
