@@ -176,8 +176,9 @@ void Api::health(const Call& call) {
     const std::optional<SpaceStatus> space =
         options_.space ? std::optional(options_.space()) : std::nullopt;
     const bool ok = support.device_mapper && support.loop;
-    call.respond(json_response(*call.request, ok ? 200 : 503,
-                               health_json(support, space, options_.insecure_tcp)));
+    call.respond(json_response(
+        *call.request, ok ? 200 : 503,
+        health_json(support, space, manager_.resumes_failing(), options_.insecure_tcp)));
 }
 
 void Api::metrics(const Call& call) {
@@ -193,6 +194,8 @@ void Api::metrics(const Call& call) {
         gauges.space = options_.space();
     }
     gauges.cow_disk_bytes = manager_.cow_disk_usage();
+    gauges.io_suspended_by = manager_.io_suspended_by();
+    gauges.io_resumes_failing = manager_.resumes_failing();
     call.respond(make_response(*call.request, 200, metrics_.render(gauges),
                                "text/plain; version=0.0.4; charset=utf-8"));
 }
@@ -370,9 +373,9 @@ void Api::handle_import(HttpRequest&& request_in, wrenn::http::BodyReader body, 
     const auto id = query_param(request->target(), "id");
     if (!id || id->empty() || !is_valid_name(*id)) {
         // The body reader goes with this call: the server stops reading the body.
-        return respond(json_error(*request, 400, "invalid_request",
-                                  "POST /sandboxes/import needs ?id=ID, an id matching "
-                                  "[A-Za-z0-9][A-Za-z0-9_-]{0,63}"));
+        return respond(json_error(
+            *request, 400, "invalid_request",
+            "POST /sandboxes/import needs ?id=ID, an id matching " + std::string(kNameRule)));
     }
     auto reader = std::make_shared<wrenn::http::BodyReader>(std::move(body));
     SandboxManager::ImportOptions options;

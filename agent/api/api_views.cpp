@@ -36,7 +36,7 @@ json::value whole_sha256_json(const TemplateInfo& t) {
 }  // namespace
 
 json::object health_json(const KernelSupport& k, const std::optional<SpaceStatus>& space,
-                         bool insecure_tcp) {
+                         std::size_t resumes_failing, bool insecure_tcp) {
     const bool ok = k.device_mapper && k.loop;
     json::object health{{"status", ok ? "ok" : "unavailable"},
                         {"device_mapper", kernel_part(k.device_mapper, k.device_mapper_reason)},
@@ -45,6 +45,17 @@ json::object health_json(const KernelSupport& k, const std::optional<SpaceStatus
     if (space) {
         health["space"] = space_json(*space);
         if (ok && space->degraded()) {
+            health["status"] = "degraded";
+        }
+    }
+    if (resumes_failing > 0) {
+        health["io"] = json::object{
+            {"resumes_failing", resumes_failing},
+            {"message", "the I/O of " + std::to_string(resumes_failing) +
+                            " sandbox(es) stays suspended because resuming their device failed; "
+                            "the agent retries every second, and GET /sandboxes shows each one's "
+                            "io_error"}};
+        if (ok) {
             health["status"] = "degraded";
         }
     }

@@ -14,11 +14,13 @@
 namespace wrenn::agent {
 
 // GET /healthz: "status" is "ok", "unavailable" (no device-mapper or loop; the API answers 503)
-// or "degraded" (usable, but short of space: the API still answers 200); each kernel part with
-// the reason it is not usable; the state filesystem's space when watched; whether TCP is served
-// without a token, with a warning when it is.
+// or "degraded" (usable, but short of space, or some sandbox's device failed to resume: the API
+// still answers 200); each kernel part with the reason it is not usable; the state filesystem's
+// space when watched; the resumes being retried; whether TCP is served without a token, with a
+// warning when it is.
 boost::json::object health_json(const KernelSupport& kernel,
-                                const std::optional<SpaceStatus>& space, bool insecure_tcp);
+                                const std::optional<SpaceStatus>& space,
+                                std::size_t resumes_failing, bool insecure_tcp);
 // The state filesystem's space and what the agent refuses or holds because of it.
 boost::json::object space_json(const SpaceStatus& space);
 

@@ -76,6 +76,17 @@ std::string Metrics::render(const Gauges& gauges) const {
                "Times the state filesystem fell below --critical-free.", gauges.space->suspensions);
     }
     out +=
+        "# HELP wrenn_sandboxes_io_suspended Running sandboxes whose I/O is held suspended, by "
+        "who holds it.\n"
+        "# TYPE wrenn_sandboxes_io_suspended gauge\n";
+    for (const auto& [reason, count] : gauges.io_suspended_by) {
+        out += "wrenn_sandboxes_io_suspended{reason=\"" + reason + "\"} " + std::to_string(count) +
+               "\n";
+    }
+    single("wrenn_sandboxes_io_resume_failing", "gauge",
+           "Sandboxes whose device failed to resume; the agent retries every second.",
+           gauges.io_resumes_failing);
+    out +=
         "# HELP wrenn_sandbox_cow_disk_bytes Disk space a sandbox's CoW file takes.\n"
         "# TYPE wrenn_sandbox_cow_disk_bytes gauge\n";
     for (const auto& [id, bytes] : gauges.cow_disk_bytes) {

@@ -39,6 +39,10 @@ class Metrics {
         std::optional<SpaceStatus> space;  // the state filesystem (none: not watched)
         // Disk space each sandbox's CoW file takes (allocated blocks), by sandbox id.
         std::vector<std::pair<std::string, std::uint64_t>> cow_disk_bytes;
+        // Running sandboxes whose I/O is held suspended, by who holds it ("fork", "export",
+        // "space"), and those whose device failed to resume and is being retried.
+        std::map<std::string, std::size_t> io_suspended_by;
+        std::size_t io_resumes_failing = 0;
     };
     [[nodiscard]] std::string render(const Gauges& gauges) const;
 

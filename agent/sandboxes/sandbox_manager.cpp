@@ -231,6 +231,19 @@ std::map<std::string, std::size_t> SandboxManager::count_by_state() const {
     return counts;
 }
 
+std::map<std::string, std::size_t> SandboxManager::io_suspended_by() const {
+    std::map<std::string, std::size_t> counts;
+    for (std::size_t r = 0; r < kSuspendReasons; ++r) {
+        counts[std::string(to_string(static_cast<SuspendReason>(r)))] = 0;
+    }
+    for (const auto& sb : list()) {
+        for (const auto& reason : sb.io_suspended_by) {
+            ++counts[reason];
+        }
+    }
+    return counts;
+}
+
 std::size_t SandboxManager::suspend_for_space() {
     return agent::suspend_for_space(context_);
 }

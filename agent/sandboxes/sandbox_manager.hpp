@@ -76,6 +76,8 @@ class SandboxManager : public SpaceActions {
     [[nodiscard]] std::size_t suspended_for_space() const override;
     // Sandboxes whose device could not be resumed and is being retried (healthz: degraded).
     [[nodiscard]] std::size_t resumes_failing() const { return suspensions_.failing(); }
+    // Running sandboxes whose I/O is held suspended, by who holds it (every reason listed).
+    [[nodiscard]] std::map<std::string, std::size_t> io_suspended_by() const;
     // Disk space each sandbox's CoW file takes now (allocated blocks), by sandbox id.
     [[nodiscard]] std::vector<std::pair<std::string, std::uint64_t>> cow_disk_usage() const;
 

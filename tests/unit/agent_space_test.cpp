@@ -334,6 +334,8 @@ TEST_CASE("/healthz says degraded and /metrics shows the space", "[space][api]")
     CHECK(metrics.find("wrenn_sandboxes_suspended_for_space 1\n") != std::string::npos);
     CHECK(metrics.find("wrenn_space_suspensions_total 1\n") != std::string::npos);
     CHECK(metrics.find("wrenn_sandbox_cow_disk_bytes{sandbox=\"sb1\"} 0\n") != std::string::npos);
+    CHECK(metrics.find("wrenn_sandboxes_io_suspended{reason=\"space\"} 1\n") != std::string::npos);
+    CHECK(metrics.find("wrenn_sandboxes_io_suspended{reason=\"fork\"} 0\n") != std::string::npos);
 
     auto created = call("/sandboxes");  // a GET: lists, not refused
     CHECK(created.result_int() == 200);

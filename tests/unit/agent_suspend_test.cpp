@@ -1,10 +1,13 @@
 // One owner of suspension per sandbox (table/suspensions.hpp): fork, export and the space
 // watcher hold a device suspended for their reasons, and it runs again only when the last lets
 // go; a resume that fails is retried and shown.
+#include <boost/json.hpp>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <future>
 #include <thread>
 
+#include "agent/api/api.hpp"
 #include "agent_fixture.hpp"
 
 using namespace wrenn::agent;
@@ -14,6 +17,16 @@ using wrenn::Result;
 namespace {
 
 struct SuspendFixture : AgentFixture {
+    Api api{*manager, platform, metrics};
+    HttpResponse get(std::string target) {
+        HttpRequest req{boost::beast::http::verb::get, target, 11};
+        auto answer = std::make_shared<std::promise<HttpResponse>>();
+        auto future = answer->get_future();
+        api.handle(std::move(req), [answer](wrenn::http::Reply res) {
+            answer->set_value(std::move(res.response()));
+        });
+        return future.get();
+    }
     Result<Sandbox, Failure> fork(const std::string& id, const std::string& new_id) {
         return wait<Sandbox>([&](auto cb) { manager->fork(id, new_id, cb); });
     }
@@ -82,6 +95,11 @@ TEST_CASE("a resume that keeps failing is shown, counted and retried until it wo
     CHECK_THAT(std::string(view.at("io_error").as_string()),
                Catch::Contains("resume wrenn-src") && Catch::Contains("retries"));
     CHECK(f.manager->resumes_failing() == 1);
+    auto health = boost::json::parse(f.get("/healthz").body()).as_object();
+    CHECK(health.at("status") == "degraded");
+    CHECK(health.at("io").at("resumes_failing") == 1);
+    CHECK(f.get("/metrics").body().find("wrenn_sandboxes_io_resume_failing 1\n") !=
+          std::string::npos);
     // The background retries every second; the third attempt works.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     while (f.device_suspended("src") && std::chrono::steady_clock::now() < deadline) {
@@ -92,6 +110,7 @@ TEST_CASE("a resume that keeps failing is shown, counted and retried until it wo
     view = api_view(*f.manager->get("src"));
     CHECK(view.at("io") == "active");
     CHECK_FALSE(view.contains("io_error"));
+    CHECK(boost::json::parse(f.get("/healthz").body()).at("status") == "ok");
 }
 
 TEST_CASE("a pause drops every hold: its device is gone", "[agent][suspend]") {
