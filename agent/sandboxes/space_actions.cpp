@@ -44,9 +44,10 @@ std::size_t resume_after_space(OperationContext& ctx) {
         if (ctx.suspensions.release(entry, SuspendReason::Space)) {
             ++resumed;
             if (ctx.table.with(entry, [](const Entry& e) { return e.suspended(); })) {
-                spdlog::info("sandbox={} op=resume-after-space space let go; a fork or export "
-                             "still holds its I/O",
-                             id);
+                spdlog::info(
+                    "sandbox={} op=resume-after-space space let go; a fork or export "
+                    "still holds its I/O",
+                    id);
             } else {
                 spdlog::info("sandbox={} op=resume-after-space its I/O runs again", id);
             }

@@ -43,8 +43,9 @@ TEST_CASE("the cleanup-stale, help and version flags, and usage errors", "[cli]"
                Catch::Contains("--cleanup-stale") && Catch::Contains("curl"));
     auto version = parse_command_line({"--version"});
     // The release and the revision the binary was built from (git describe, or "unknown").
-    CHECK_THAT(std::get<PrintAndExit>(version).text,
-               Catch::Matches("wrenn-agent [0-9]+\\.[0-9]+\\.[0-9]+ \\(revision [0-9A-Za-z._-]+\\)\n"));
+    CHECK_THAT(
+        std::get<PrintAndExit>(version).text,
+        Catch::Matches("wrenn-agent [0-9]+\\.[0-9]+\\.[0-9]+ \\(revision [0-9A-Za-z._-]+\\)\n"));
     auto bad = parse_command_line({"--no-such-flag"});
     REQUIRE(std::holds_alternative<PrintAndExit>(bad));
     CHECK(std::get<PrintAndExit>(bad).status == 2);
