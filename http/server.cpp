@@ -26,7 +26,6 @@
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/write.hpp>
-#include <boost/json.hpp>
 #include <cerrno>
 #include <cstdint>
 #include <limits>
@@ -136,17 +135,6 @@ std::string printable(std::string_view value) {
 }
 
 }  // namespace
-
-Response error_response(unsigned version, bhttp::status status, std::string_view code,
-                        std::string_view message, bool keep_alive) {
-    Response res{status, version};
-    res.set(bhttp::field::content_type, "application/json");
-    const boost::json::object error{{"code", code}, {"message", message}};
-    res.body() = boost::json::serialize(boost::json::object{{"error", error}});
-    res.keep_alive(keep_alive);
-    res.prepare_payload();
-    return res;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Shared state, sessions and listeners.
