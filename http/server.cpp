@@ -33,6 +33,7 @@
 #include <unordered_map>
 
 #include "common/unique_fd.hpp"
+#include "http/request_policy.hpp"
 #include "http/socket_dir.hpp"
 
 namespace wrenn::http {
@@ -42,99 +43,6 @@ namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 using tcp = boost::asio::ip::tcp;
 using unix_socket = boost::asio::local::stream_protocol;
-
-// ---------------------------------------------------------------------------------------------
-// Pure helpers.
-
-namespace {
-
-// Takes time that depends only on the length of `expected` (the secret), not on where the
-// first difference is, so a client cannot find the token byte by byte by timing 401s.
-bool constant_time_equal(std::string_view given, std::string_view expected) {
-    std::size_t diff = given.size() ^ expected.size();
-    for (std::size_t i = 0; i < expected.size(); ++i) {
-        const unsigned char g = i < given.size() ? static_cast<unsigned char>(given[i]) : 0;
-        diff |= g ^ static_cast<unsigned char>(expected[i]);
-    }
-    return diff == 0;
-}
-
-bool iequals_ascii(std::string_view a, std::string_view b) {
-    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-               return (x | 0x20) == (y | 0x20);
-           });
-}
-
-bool expects_continue(const bhttp::request_header<>& req) {
-    const auto it = req.find(bhttp::field::expect);
-    return req.version() >= 11 && it != req.end() && iequals_ascii(it->value(), "100-continue");
-}
-
-std::string_view target_path(std::string_view target) {
-    return target.substr(0, target.find('?'));
-}
-
-bool authorized(const std::optional<std::string>& token, const bhttp::request_header<>& req) {
-    if (!token) {
-        return true;
-    }
-    // Health checks come from load balancers and supervisors that hold no token.
-    if (req.method() == bhttp::verb::get && target_path(req.target()) == "/healthz") {
-        return true;
-    }
-    const auto it = req.find(bhttp::field::authorization);
-    if (it == req.end()) {
-        return false;
-    }
-    std::string_view value = it->value();
-    constexpr std::string_view scheme = "Bearer ";
-    // RFC 9110 section 11.1: the auth scheme is case-insensitive.
-    if (value.size() < scheme.size() || !iequals_ascii(value.substr(0, scheme.size()), scheme)) {
-        return false;
-    }
-    value.remove_prefix(scheme.size());
-    while (!value.empty() && value.front() == ' ') {
-        value.remove_prefix(1);
-    }
-    return constant_time_equal(value, *token);
-}
-
-// RFC 9110 section 8.3.1: type and subtype are case-insensitive; parameters (charset=utf-8)
-// follow a ';'.
-bool is_media_type(std::string_view value, std::string_view wanted) {
-    std::string_view type = value.substr(0, value.find(';'));
-    while (!type.empty() && (type.front() == ' ' || type.front() == '\t')) {
-        type.remove_prefix(1);
-    }
-    while (!type.empty() && (type.back() == ' ' || type.back() == '\t')) {
-        type.remove_suffix(1);
-    }
-    return iequals_ascii(type, wanted);
-}
-
-bool is_json_media_type(std::string_view value) {
-    return is_media_type(value, "application/json");
-}
-
-// A header value to quote in a message: header values may carry bytes 0x80-0xFF (obs-text),
-// which would make the JSON error body invalid UTF-8, so they are percent-encoded.
-std::string printable(std::string_view value) {
-    static constexpr char kHex[] = "0123456789ABCDEF";
-    std::string out;
-    for (const char c : value.substr(0, 100)) {
-        const auto u = static_cast<unsigned char>(c);
-        if (u >= 0x20 && u < 0x7f && c != '"') {
-            out += c;
-        } else {
-            out += '%';
-            out += kHex[u >> 4];
-            out += kHex[u & 0xf];
-        }
-    }
-    return value.size() > 100 ? out + "..." : out;
-}
-
-}  // namespace
 
 // ---------------------------------------------------------------------------------------------
 // Shared state, sessions and listeners.
@@ -193,70 +101,6 @@ struct ListenerInfo {
     std::optional<ListenAddress> tcp;
     std::atomic<std::size_t> connections{0};
 };
-
-// Why the transport refuses a request, from its header alone (so before a body is invited).
-struct Refusal {
-    bhttp::status status;
-    std::string_view code;
-    std::string message;
-};
-
-// The transport's rules, in order: no Origin header (only browsers send one, and no web page
-// may drive the server), an allowed Host on a TCP listener without a token (DNS rebinding),
-// the bearer token, and JSON for a body or any Content-Type (a browser's cross-origin "simple"
-// POST can only be text/plain, form-urlencoded or multipart, so it cannot pass).
-// A streamed request's body must be of its own media type instead.
-std::optional<Refusal> refusal(const ServerOptions& opts, const ListenerInfo& listener,
-                               const bhttp::request_header<>& req, bool has_body,
-                               const StreamedBody* streamed = nullptr) {
-    if (req.find(bhttp::field::origin) != req.end()) {
-        return Refusal{bhttp::status::forbidden, "origin_refused",
-                       "requests with an Origin header are refused: browsers send one, and no "
-                       "web page may drive the agent; call the API from a program (curl, a "
-                       "client library), which sends none"};
-    }
-    if (listener.tcp && !opts.bearer_token) {
-        const auto it = req.find(bhttp::field::host);
-        // HTTP/1.0 may leave Host out, and no browser does: nothing to rebind then.
-        const std::string_view host =
-            it == req.end() ? std::string_view() : std::string_view(it->value());
-        const bool bare_http10 = it == req.end() && req.version() < 11;
-        if (!bare_http10 && !host_header_allowed(host, *listener.tcp)) {
-            return Refusal{
-                bhttp::status::forbidden, "host_refused",
-                (it == req.end() ? std::string("a request without a Host header")
-                                 : "Host \"" + printable(host) + "\"") +
-                    " is refused: without a token this listener takes only a Host naming a "
-                    "loopback address or " +
-                    listener.tcp->to_string() + " (this stops DNS rebinding); use http://" +
-                    listener.tcp->to_string() + "/ or run the agent with --token-file"};
-        }
-    }
-    if (!authorized(opts.bearer_token, req)) {
-        return Refusal{bhttp::status::unauthorized, "unauthorized",
-                       "missing or wrong bearer token"};
-    }
-    const auto type = req.find(bhttp::field::content_type);
-    if (streamed != nullptr) {
-        if (type == req.end() || !is_media_type(type->value(), streamed->media_type)) {
-            return Refusal{bhttp::status::unsupported_media_type, "unsupported_media_type",
-                           "this route takes a body sent with \"Content-Type: " +
-                               streamed->media_type + "\"; got " +
-                               (type == req.end() ? std::string("no Content-Type")
-                                                  : "\"" + printable(type->value()) + "\"")};
-        }
-        return std::nullopt;
-    }
-    if ((type != req.end() && !is_json_media_type(type->value())) ||
-        (type == req.end() && has_body)) {
-        return Refusal{bhttp::status::unsupported_media_type, "unsupported_media_type",
-                       "a request body must be JSON sent with \"Content-Type: application/json\" "
-                       "(curl: --json '{...}'); got " +
-                           (type == req.end() ? std::string("no Content-Type")
-                                              : "\"" + printable(type->value()) + "\"")};
-    }
-    return std::nullopt;
-}
 
 // One listening socket and its accept loop.
 class ListenerBase {
@@ -412,8 +256,9 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     // request before its body, else invite the body.
     void answer_expect_continue() {
         const auto& header = parser_->get();
-        const bool has_body = parser_->chunked() || parser_->content_length().value_or(0) > 0;
-        if (auto refused = refusal(opts(), *listener_, header, has_body)) {
+        const bool has_body =
+            announces_body(parser_->chunked(), parser_->content_length().value_or(0));
+        if (auto refused = refusal(opts().bearer_token, listener_->tcp, header, has_body)) {
             request_version_ = header.version();
             write(refused_response(header, *refused, false), false);
             return;
@@ -523,8 +368,10 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
         request_is_head_ = false;
         streamed_request_ = true;
         const std::uint64_t seq = ++seq_;
-        const bool has_body = parser_->chunked() || parser_->content_length().value_or(0) > 0;
-        if (auto refused = refusal(opts(), *listener_, header, has_body, &streamed)) {
+        const bool has_body =
+            announces_body(parser_->chunked(), parser_->content_length().value_or(0));
+        if (auto refused =
+                refusal(opts().bearer_token, listener_->tcp, header, has_body, &streamed)) {
             write(refused_response(header, *refused, false), false);
             return;
         }
@@ -727,7 +574,8 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
         request_is_head_ = req.method() == bhttp::verb::head;
         const std::uint64_t seq = ++seq_;
 
-        if (auto refused = refusal(opts(), *listener_, req, !req.body().empty() || req.chunked())) {
+        if (auto refused = refusal(opts().bearer_token, listener_->tcp, req,
+                                   !req.body().empty() || req.chunked())) {
             on_response(seq, refused_response(req, *refused, request_keep_alive_));
             return;
         }
@@ -749,12 +597,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
                               bool keep_alive) {
         spdlog::warn("http: connection {} from {}: {} {}: {}", id_, peer_,
                      printable(req.method_string()), printable(req.target()), refused.message);
-        auto res = error_response(req.version(), refused.status, refused.code, refused.message,
-                                  keep_alive);
-        if (refused.status == bhttp::status::unauthorized) {
-            res.set(bhttp::field::www_authenticate, "Bearer");
-        }
-        return res;
+        return refusal_response(req, refused, keep_alive);
     }
 
     void on_response(std::uint64_t seq, Reply reply) {

@@ -788,19 +788,6 @@ TEST_CASE("http server: a cut at every byte of a request leaves the server servi
     CHECK(ts.wait_connections(0));
 }
 
-TEST_CASE("http server: error_response is JSON with escaped text", "[http]") {
-    auto res = wrenn::http::error_response(11, bhttp::status::not_found, "not_found",
-                                           "no \"sb1\"\n\\ here\x01", true);
-    CHECK(res.result() == bhttp::status::not_found);
-    CHECK(res[bhttp::field::content_type] == "application/json");
-    CHECK(res.body() ==
-          "{\"error\":{\"code\":\"not_found\",\"message\":\"no \\\"sb1\\\"\\n\\\\ here\\u0001\"}}");
-    CHECK(res.keep_alive());
-    CHECK(res[bhttp::field::content_length] == std::to_string(res.body().size()));
-    auto closing = wrenn::http::error_response(10, bhttp::status::bad_request, "x", "y", false);
-    CHECK_FALSE(closing.keep_alive());
-}
-
 // ---------------------------------------------------------------------------------------------
 // Request hygiene: what a browser, a DNS-rebinding page or a careless client sends is refused.
 
