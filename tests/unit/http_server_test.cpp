@@ -28,6 +28,7 @@
 #include "common/unique_fd.hpp"
 #include "http/server.hpp"
 #include "http/socket_dir.hpp"
+#include "http_test_client.hpp"
 
 namespace bhttp = boost::beast::http;
 namespace net = boost::asio;
@@ -40,6 +41,8 @@ using wrenn::http::Respond;
 using wrenn::http::Response;
 using wrenn::http::Server;
 using wrenn::http::ServerOptions;
+using wrenn::http::testing::Client;
+using wrenn::http::testing::IoThreads;
 
 namespace {
 
@@ -111,10 +114,8 @@ struct Workers {
 
 // A server running on two io_context threads, as the agent may run it.
 struct TestServer {
-    net::io_context ioc;
-    std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
+    IoThreads io;
     std::unique_ptr<Server> server;
-    std::vector<std::thread> threads;
 
     TestServer(ServerOptions opts, Handler handler) : saved_level(spdlog::get_level()) {
         // The failure tests provoke hundreds of warnings by design.
@@ -122,15 +123,12 @@ struct TestServer {
         if (opts.listen.empty()) {
             opts.listen.push_back(loopback_any_port());
         }
-        auto created = Server::create(ioc, std::move(opts), std::move(handler));
+        auto created = Server::create(io.ioc, std::move(opts), std::move(handler));
         if (!created.ok()) {
             FAIL("create: " << created.error().message());
         }
         server = std::move(*created);
-        work.emplace(ioc.get_executor());
-        for (int i = 0; i < 2; ++i) {
-            threads.emplace_back([this] { ioc.run(); });
-        }
+        io.start();
     }
     ~TestServer() {
         shutdown();
@@ -140,17 +138,7 @@ struct TestServer {
 
     void shutdown() {
         server.reset();
-        work.reset();
-        // Sessions close at once when the server goes; give them a moment, then stop anyway.
-        const auto deadline = std::chrono::steady_clock::now() + 5s;
-        while (!ioc.stopped() && std::chrono::steady_clock::now() < deadline) {
-            std::this_thread::sleep_for(5ms);
-        }
-        ioc.stop();
-        for (auto& t : threads) {
-            t.join();
-        }
-        threads.clear();
+        io.stop();
     }
 
     std::uint16_t port() const { return server->bound().at(0).port; }
@@ -166,143 +154,6 @@ struct TestServer {
         }
         return true;
     }
-};
-
-// A blocking test client on a raw socket, with poll() deadlines so a broken server fails the
-// test instead of hanging it.
-class Client {
-  public:
-    static int connect_tcp(std::uint16_t port, UniqueFd& out) {
-        UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-        sockaddr_in addr{};
-        addr.sin_family = AF_INET;
-        addr.sin_port = htons(port);
-        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-            return errno;
-        }
-        out = std::move(fd);
-        return 0;
-    }
-    static int connect_unix(const std::string& path, UniqueFd& out) {
-        UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-        sockaddr_un addr{};
-        addr.sun_family = AF_UNIX;
-        path.copy(addr.sun_path, sizeof addr.sun_path - 1);
-        if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-            return errno;
-        }
-        out = std::move(fd);
-        return 0;
-    }
-
-    explicit Client(std::uint16_t port) {
-        const int err = connect_tcp(port, fd_);
-        INFO("connect: " << std::strerror(err));
-        REQUIRE(err == 0);
-    }
-    explicit Client(const std::string& unix_path) {
-        const int err = connect_unix(unix_path, fd_);
-        INFO("connect: " << std::strerror(err));
-        REQUIRE(err == 0);
-    }
-
-    // Sends all of data; false when the server has closed or reset the connection.
-    bool send(std::string_view data) {
-        while (!data.empty()) {
-            const ssize_t n = ::send(fd_.get(), data.data(), data.size(), MSG_NOSIGNAL);
-            if (n < 0) {
-                if (errno == EINTR) {
-                    continue;
-                }
-                return false;
-            }
-            data.remove_prefix(static_cast<std::size_t>(n));
-        }
-        return true;
-    }
-
-    // Reads one response; nullopt on EOF, reset, timeout or a malformed response.
-    std::optional<Response> read_response(std::chrono::milliseconds timeout = 5s) {
-        bhttp::response_parser<bhttp::string_body> parser;
-        parser.eager(true);
-        const auto deadline = std::chrono::steady_clock::now() + timeout;
-        while (!parser.is_done()) {
-            if (!buffer_.empty()) {
-                boost::beast::error_code ec;
-                const auto used = parser.put(net::buffer(buffer_), ec);
-                buffer_.erase(0, used);
-                if (ec && ec != bhttp::error::need_more) {
-                    return std::nullopt;
-                }
-                if (parser.is_done()) {
-                    break;
-                }
-                if (used > 0 && !ec) {
-                    continue;
-                }
-            }
-            const int got = receive(deadline);
-            if (got <= 0) {
-                return std::nullopt;
-            }
-        }
-        return parser.release();
-    }
-
-    // Whether the server closes the connection (EOF or reset) before the timeout, discarding
-    // anything it still sends.
-    bool closed_by_server(std::chrono::milliseconds timeout = 5s) {
-        const auto deadline = std::chrono::steady_clock::now() + timeout;
-        for (;;) {
-            const int got = receive(deadline);
-            if (got == 0 || got == -ECONNRESET) {
-                return true;
-            }
-            if (got == -ETIMEDOUT) {
-                return false;
-            }
-            if (got < 0) {
-                return true;
-            }
-        }
-    }
-
-    // Abortive close: RST instead of FIN.
-    void reset() {
-        linger lg{1, 0};
-        ::setsockopt(fd_.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-        fd_.reset();
-    }
-    void close() { fd_.reset(); }
-
-  private:
-    // >0 bytes appended to buffer_, 0 on EOF, -errno on error, -ETIMEDOUT at the deadline.
-    int receive(std::chrono::steady_clock::time_point deadline) {
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-            deadline - std::chrono::steady_clock::now());
-        if (left.count() <= 0) {
-            return -ETIMEDOUT;
-        }
-        pollfd pfd{fd_.get(), POLLIN, 0};
-        const int ready = ::poll(&pfd, 1, static_cast<int>(left.count()));
-        if (ready == 0) {
-            return -ETIMEDOUT;
-        }
-        if (ready < 0) {
-            return -errno;
-        }
-        char chunk[16384];
-        const ssize_t n = ::recv(fd_.get(), chunk, sizeof chunk, 0);
-        if (n < 0) {
-            return -errno;
-        }
-        buffer_.append(chunk, static_cast<std::size_t>(n));
-        return static_cast<int>(n);
-    }
-
-    UniqueFd fd_;
-    std::string buffer_;
 };
 
 std::string get(std::string_view target, std::string_view extra_headers = "") {
