@@ -2,18 +2,9 @@
 // on 127.0.0.1 port 0, fed raw bytes from a socket. Every case checks the status the server
 // answers and that it keeps serving; the traversal cases also check that no file outside the
 // state dir (a canary dir beside it, and everything else under the temp root) was touched.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
-#include <unistd.h>
 
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/beast/http/parser.hpp>
 #include <boost/json.hpp>
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -25,16 +16,17 @@
 #include <vector>
 
 #include "agent_fixture.hpp"
-#include "common/unique_fd.hpp"
 #include "http/server.hpp"
+#include "http_test_client.hpp"
 
 namespace bhttp = boost::beast::http;
-namespace net = boost::asio;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using namespace wrenn::agent;
 using wrenn::agent::testing::FakePlatform;
 using wrenn::agent::testing::TempDir;
+using wrenn::http::testing::Client;
+using wrenn::http::testing::IoThreads;
 
 namespace {
 
@@ -66,10 +58,8 @@ struct HostileServer {
     std::unique_ptr<StateStore> store;
     std::unique_ptr<SandboxManager> manager;
     std::unique_ptr<Api> api;
-    net::io_context ioc;
-    std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
+    IoThreads io;
     std::unique_ptr<wrenn::http::Server> server;
-    std::vector<std::thread> threads;
 
     explicit HostileServer(std::chrono::seconds read_timeout = 5s) {
         fs::create_directories(root() / "canary");
@@ -108,30 +98,20 @@ struct HostileServer {
             api->handle_import(std::move(req), std::move(body), std::move(respond));
         };
         auto created = wrenn::http::Server::create(
-            ioc, std::move(opts), [this](wrenn::http::Request&& req, wrenn::http::Respond respond) {
+            io.ioc, std::move(opts),
+            [this](wrenn::http::Request&& req, wrenn::http::Respond respond) {
                 api->handle(std::move(req), std::move(respond));
             });
         if (!created.ok()) {
             FAIL("create server: " << created.error().message());
         }
         server = std::move(*created);
-        work.emplace(ioc.get_executor());
-        for (int i = 0; i < 2; ++i) {
-            threads.emplace_back([this] { ioc.run(); });
-        }
+        io.start();
     }
 
     ~HostileServer() {
         server.reset();
-        work.reset();
-        const auto deadline = std::chrono::steady_clock::now() + 5s;
-        while (!ioc.stopped() && std::chrono::steady_clock::now() < deadline) {
-            std::this_thread::sleep_for(5ms);
-        }
-        ioc.stop();
-        for (auto& t : threads) {
-            t.join();
-        }
+        io.stop();
         manager->wait_idle();
     }
 
@@ -139,116 +119,6 @@ struct HostileServer {
     fs::path templates_dir() const { return root() / "agent" / "templates"; }
     std::uint16_t port() const { return server->bound().at(0).port; }
     std::string socket_path() const { return sock_dir.path() + "/agent.sock"; }
-};
-
-// A raw-socket client with poll() deadlines, so that a broken server fails instead of hanging.
-class Conn {
-  public:
-    explicit Conn(std::uint16_t port) : fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
-        REQUIRE(fd_.get() >= 0);
-        sockaddr_in addr{};
-        addr.sin_family = AF_INET;
-        addr.sin_port = htons(port);
-        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        REQUIRE(::connect(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    }
-    explicit Conn(const std::string& unix_path)
-        : fd_(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
-        REQUIRE(fd_.get() >= 0);
-        sockaddr_un addr{};
-        addr.sun_family = AF_UNIX;
-        unix_path.copy(addr.sun_path, sizeof addr.sun_path - 1);
-        REQUIRE(::connect(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    }
-
-    bool send(std::string_view data) {
-        while (!data.empty()) {
-            const ssize_t n = ::send(fd_.get(), data.data(), data.size(), MSG_NOSIGNAL);
-            if (n < 0 && errno == EINTR) {
-                continue;
-            }
-            if (n < 0) {
-                return false;
-            }
-            data.remove_prefix(static_cast<std::size_t>(n));
-        }
-        return true;
-    }
-
-    // One response; nullopt on EOF, reset, timeout or bytes that are not HTTP.
-    std::optional<wrenn::http::Response> read(std::chrono::milliseconds timeout = 5s) {
-        bhttp::response_parser<bhttp::string_body> parser;
-        parser.eager(true);
-        parser.body_limit(1 << 20);
-        const auto deadline = std::chrono::steady_clock::now() + timeout;
-        for (;;) {
-            if (!buffer_.empty()) {
-                boost::beast::error_code ec;
-                const auto used = parser.put(net::buffer(buffer_), ec);
-                buffer_.erase(0, used);
-                if (parser.is_done()) {
-                    return parser.release();
-                }
-                if (ec && ec != bhttp::error::need_more) {
-                    return std::nullopt;
-                }
-                if (used > 0) {
-                    continue;
-                }
-            }
-            if (receive(deadline) <= 0) {
-                return std::nullopt;
-            }
-        }
-    }
-
-    // Whether the server closes (EOF or reset) before the timeout; what it sends is discarded.
-    bool closed_by_server(std::chrono::milliseconds timeout) {
-        const auto deadline = std::chrono::steady_clock::now() + timeout;
-        for (;;) {
-            const int got = receive(deadline);
-            if (got == -ETIMEDOUT) {
-                return false;
-            }
-            if (got <= 0) {
-                return true;
-            }
-        }
-    }
-
-    void reset() {
-        linger lg{1, 0};
-        ::setsockopt(fd_.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-        fd_.reset();
-    }
-
-  private:
-    // >0 bytes read, 0 on EOF, -errno on error, -ETIMEDOUT at the deadline.
-    int receive(std::chrono::steady_clock::time_point deadline) {
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-            deadline - std::chrono::steady_clock::now());
-        if (left.count() <= 0) {
-            return -ETIMEDOUT;
-        }
-        pollfd pfd{fd_.get(), POLLIN, 0};
-        const int ready = ::poll(&pfd, 1, static_cast<int>(left.count()));
-        if (ready == 0) {
-            return -ETIMEDOUT;
-        }
-        if (ready < 0) {
-            return -errno;
-        }
-        char chunk[16384];
-        const ssize_t n = ::recv(fd_.get(), chunk, sizeof chunk, 0);
-        if (n < 0) {
-            return -errno;
-        }
-        buffer_.append(chunk, static_cast<std::size_t>(n));
-        return static_cast<int>(n);
-    }
-
-    wrenn::UniqueFd fd_;
-    std::string buffer_;
 };
 
 // "+ path", "- path", "~ path" for what appeared, went or changed between two tree()s.
@@ -284,9 +154,9 @@ std::string request(std::string_view method, std::string_view target, std::strin
 
 // Sends raw bytes on a fresh connection and reads one response.
 wrenn::http::Response send_one(const HostileServer& s, const std::string& bytes) {
-    Conn c(s.port());
+    Client c(s.port());
     REQUIRE(c.send(bytes));
-    auto res = c.read();
+    auto res = c.read_response();
     INFO("request: " << bytes.substr(0, 200));
     REQUIRE(res.has_value());
     return std::move(*res);
@@ -487,7 +357,7 @@ TEST_CASE("hostile: headers over 8 KiB answer 431", "[hostile]") {
 TEST_CASE("hostile: a client sending a byte per 200 ms is cut off after the read timeout",
           "[hostile]") {
     HostileServer s(1s);
-    Conn c(s.port());
+    Client c(s.port());
     const std::string req = request("GET", "/healthz");
     const auto start = std::chrono::steady_clock::now();
     bool closed = false;
@@ -606,13 +476,13 @@ TEST_CASE("hostile: huge and negative numbers answer 400", "[hostile]") {
 
 TEST_CASE("hostile: pipelined requests are answered in order", "[hostile]") {
     HostileServer s;
-    Conn c(s.port());
+    Client c(s.port());
     REQUIRE(c.send(request("GET", "/healthz") +
                    request("POST", "/sandboxes", create_body("\"sb1\"")) +
                    request("GET", "/sandboxes/sb1") + request("POST", "/sandboxes", "{") +
                    request("DELETE", "/sandboxes/sb1") + request("GET", "/sandboxes/sb1")));
     for (unsigned expected : {200u, 201u, 200u, 400u, 204u, 404u}) {
-        auto res = c.read();
+        auto res = c.read_response();
         REQUIRE(res.has_value());
         CHECK(res->result_int() == expected);
     }
@@ -620,9 +490,9 @@ TEST_CASE("hostile: pipelined requests are answered in order", "[hostile]") {
 
 TEST_CASE("hostile: HTTP/1.0 is answered in 1.0 and closed", "[hostile]") {
     HostileServer s;
-    Conn c(s.port());
+    Client c(s.port());
     REQUIRE(c.send("GET /healthz HTTP/1.0\r\n\r\n"));
-    auto res = c.read();
+    auto res = c.read_response();
     REQUIRE(res.has_value());
     CHECK(res->result_int() == 200);
     CHECK(res->version() == 10);
@@ -635,9 +505,9 @@ TEST_CASE("hostile: HTTP/1.0 is answered in 1.0 and closed", "[hostile]") {
     }
     SECTION("versions that do not exist") {
         for (const auto* version : {"HTTP/2.0", "HTTP/0.9", "HTTP/1.9", "HTTP/9.9", "HTTX/1.1"}) {
-            Conn v(s.port());
+            Client v(s.port());
             REQUIRE(v.send(std::string("GET /healthz ") + version + "\r\nHost: 127.0.0.1\r\n\r\n"));
-            auto r = v.read();
+            auto r = v.read_response();
             INFO(version);
             // Beast reads any HTTP/d.d; what it reads is answered, what it does not is a 400.
             if (r) {
@@ -689,9 +559,9 @@ TEST_CASE("hostile: PATCH, TRACE, CONNECT and unknown methods answer 405 or 404"
 TEST_CASE("hostile: 1000 connections opened and dropped leave the server answering", "[hostile]") {
     HostileServer s;
     for (int batch = 0; batch < 10; ++batch) {
-        std::vector<std::unique_ptr<Conn>> conns;
+        std::vector<std::unique_ptr<Client>> conns;
         for (int i = 0; i < 100; ++i) {
-            conns.push_back(std::make_unique<Conn>(s.port()));
+            conns.push_back(std::make_unique<Client>(s.port()));
             switch (i % 4) {
                 case 0:
                     break;  // nothing at all
@@ -822,9 +692,9 @@ TEST_CASE("hostile: 2000 idle connections neither exhaust fds nor lock out the u
     }
     {
         HostileServer s(30s);
-        std::vector<std::unique_ptr<Conn>> idle;
+        std::vector<std::unique_ptr<Client>> idle;
         for (int i = 0; i < 2000; ++i) {
-            idle.push_back(std::make_unique<Conn>(s.port()));
+            idle.push_back(std::make_unique<Client>(s.port()));
             if (i % 3 == 1) {
                 idle.back()->send("GET /sandb");  // half a request line
             }
@@ -838,17 +708,17 @@ TEST_CASE("hostile: 2000 idle connections neither exhaust fds nor lock out the u
         CHECK(s.server->connections_refused() == 2000 - 256);
         CHECK(s.server->connections() == 256);
         // A new connection on the other listener is answered, and the agent still creates.
-        Conn u(s.socket_path());
+        Client u(s.socket_path());
         const std::string body = create_body("\"after-flood\"");
         REQUIRE(
             u.send("POST /sandboxes HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
                    "application/json\r\nContent-Length: " +
                    std::to_string(body.size()) + "\r\n\r\n" + body));
-        auto created = u.read();
+        auto created = u.read_response();
         REQUIRE(created.has_value());
         CHECK(created->result_int() == 201);
         REQUIRE(u.send("GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"));
-        auto metrics = u.read();
+        auto metrics = u.read_response();
         REQUIRE(metrics.has_value());
         CHECK_THAT(metrics->body(), Catch::Contains("wrenn_connections_refused_total 1744") &&
                                         Catch::Contains("wrenn_connections_open 257"));
@@ -864,9 +734,9 @@ TEST_CASE("hostile: an archive upload cut anywhere leaves nothing; whole, it imp
           "[hostile][transfer]") {
     HostileServer hs;
     auto call = [&](const std::string& request) {
-        Conn c(hs.port());
+        Client c(hs.port());
         REQUIRE(c.send(request));
-        auto res = c.read();
+        auto res = c.read_response();
         REQUIRE(res);
         return *res;
     };
@@ -902,7 +772,7 @@ TEST_CASE("hostile: an archive upload cut anywhere leaves nothing; whole, it imp
                             archive.size() - 1}) {
         CAPTURE(cut);
         const std::string request = archive_post("/sandboxes/import?id=sb2", archive);
-        Conn c(hs.port());
+        Client c(hs.port());
         REQUIRE(c.send(request.substr(0, request.size() - archive.size() + cut)));
         std::this_thread::sleep_for(20ms);
         c.reset();

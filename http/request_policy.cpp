@@ -1,0 +1,174 @@
+#include "http/request_policy.hpp"
+
+#include <algorithm>
+#include <boost/beast/core/error.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/field.hpp>
+
+namespace wrenn::http {
+
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+
+bool iequals_ascii(std::string_view a, std::string_view b) {
+    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+               return (x | 0x20) == (y | 0x20);
+           });
+}
+
+bool constant_time_equal(std::string_view given, std::string_view expected) {
+    std::size_t diff = given.size() ^ expected.size();
+    for (std::size_t i = 0; i < expected.size(); ++i) {
+        const unsigned char g = i < given.size() ? static_cast<unsigned char>(given[i]) : 0;
+        diff |= g ^ static_cast<unsigned char>(expected[i]);
+    }
+    return diff == 0;
+}
+
+bool expects_continue(const RequestHeader& req) {
+    const auto it = req.find(bhttp::field::expect);
+    return req.version() >= 11 && it != req.end() && iequals_ascii(it->value(), "100-continue");
+}
+
+std::string_view target_path(std::string_view target) {
+    return target.substr(0, target.find('?'));
+}
+
+bool authorized(const std::optional<std::string>& token, const RequestHeader& req) {
+    if (!token) {
+        return true;
+    }
+    if (req.method() == bhttp::verb::get && target_path(req.target()) == "/healthz") {
+        return true;
+    }
+    const auto it = req.find(bhttp::field::authorization);
+    if (it == req.end()) {
+        return false;
+    }
+    std::string_view value = it->value();
+    constexpr std::string_view scheme = "Bearer ";
+    // RFC 9110 section 11.1: the auth scheme is case-insensitive.
+    if (value.size() < scheme.size() || !iequals_ascii(value.substr(0, scheme.size()), scheme)) {
+        return false;
+    }
+    value.remove_prefix(scheme.size());
+    while (!value.empty() && value.front() == ' ') {
+        value.remove_prefix(1);
+    }
+    return constant_time_equal(value, *token);
+}
+
+bool is_media_type(std::string_view value, std::string_view wanted) {
+    std::string_view type = value.substr(0, value.find(';'));
+    while (!type.empty() && (type.front() == ' ' || type.front() == '\t')) {
+        type.remove_prefix(1);
+    }
+    while (!type.empty() && (type.back() == ' ' || type.back() == '\t')) {
+        type.remove_suffix(1);
+    }
+    return iequals_ascii(type, wanted);
+}
+
+std::string printable(std::string_view value) {
+    static constexpr char kHex[] = "0123456789ABCDEF";
+    std::string out;
+    for (const char c : value.substr(0, 100)) {
+        const auto u = static_cast<unsigned char>(c);
+        if (u >= 0x20 && u < 0x7f && c != '"') {
+            out += c;
+        } else {
+            out += '%';
+            out += kHex[u >> 4];
+            out += kHex[u & 0xf];
+        }
+    }
+    return value.size() > 100 ? out + "..." : out;
+}
+
+bool announces_body(bool chunked, std::uint64_t content_length) {
+    return chunked || content_length > 0;
+}
+
+std::optional<Refusal> refusal(const std::optional<std::string>& bearer_token,
+                               const std::optional<ListenAddress>& tcp_listener,
+                               const RequestHeader& req, bool has_body,
+                               const StreamedBody* streamed) {
+    if (req.find(bhttp::field::origin) != req.end()) {
+        return Refusal{bhttp::status::forbidden, "origin_refused",
+                       "requests with an Origin header are refused: browsers send one, and no "
+                       "web page may drive the agent; call the API from a program (curl, a "
+                       "client library), which sends none"};
+    }
+    if (tcp_listener && !bearer_token) {
+        const auto it = req.find(bhttp::field::host);
+        // HTTP/1.0 may leave Host out, and no browser does: nothing to rebind then.
+        const std::string_view host =
+            it == req.end() ? std::string_view() : std::string_view(it->value());
+        const bool bare_http10 = it == req.end() && req.version() < 11;
+        if (!bare_http10 && !host_header_allowed(host, *tcp_listener)) {
+            return Refusal{
+                bhttp::status::forbidden, "host_refused",
+                (it == req.end() ? std::string("a request without a Host header")
+                                 : "Host \"" + printable(host) + "\"") +
+                    " is refused: without a token this listener takes only a Host naming a "
+                    "loopback address or " +
+                    tcp_listener->to_string() + " (this stops DNS rebinding); use http://" +
+                    tcp_listener->to_string() + "/ or run the agent with --token-file"};
+        }
+    }
+    if (!authorized(bearer_token, req)) {
+        return Refusal{bhttp::status::unauthorized, "unauthorized",
+                       "missing or wrong bearer token"};
+    }
+    const auto type = req.find(bhttp::field::content_type);
+    if (streamed != nullptr) {
+        if (type == req.end() || !is_media_type(type->value(), streamed->media_type)) {
+            return Refusal{bhttp::status::unsupported_media_type, "unsupported_media_type",
+                           "this route takes a body sent with \"Content-Type: " +
+                               streamed->media_type + "\"; got " +
+                               (type == req.end() ? std::string("no Content-Type")
+                                                  : "\"" + printable(type->value()) + "\"")};
+        }
+        return std::nullopt;
+    }
+    if ((type != req.end() && !is_media_type(type->value(), "application/json")) ||
+        (type == req.end() && has_body)) {
+        return Refusal{bhttp::status::unsupported_media_type, "unsupported_media_type",
+                       "a request body must be JSON sent with \"Content-Type: application/json\" "
+                       "(curl: --json '{...}'); got " +
+                           (type == req.end() ? std::string("no Content-Type")
+                                              : "\"" + printable(type->value()) + "\"")};
+    }
+    return std::nullopt;
+}
+
+Response refusal_response(const RequestHeader& req, const Refusal& refused, bool keep_alive) {
+    auto res =
+        error_response(req.version(), refused.status, refused.code, refused.message, keep_alive);
+    if (refused.status == bhttp::status::unauthorized) {
+        res.set(bhttp::field::www_authenticate, "Bearer");
+    }
+    return res;
+}
+
+ReadFailure classify_read_failure(beast::error_code ec) {
+    if (ec == bhttp::error::end_of_stream) {
+        return ReadFailure::ClientClosed;
+    }
+    if (ec == beast::error::timeout) {
+        return ReadFailure::TimedOut;
+    }
+    if (ec == bhttp::error::body_limit) {
+        return ReadFailure::BodyTooLarge;
+    }
+    if (ec == bhttp::error::header_limit || ec == bhttp::error::buffer_overflow) {
+        return ReadFailure::HeaderTooLarge;
+    }
+    if (ec.category() == bhttp::make_error_code(bhttp::error::bad_method).category() &&
+        ec != bhttp::error::partial_message) {
+        return ReadFailure::Malformed;
+    }
+    return ReadFailure::Gone;
+}
+
+}  // namespace wrenn::http
