@@ -1,5 +1,6 @@
 #include "common/digest.hpp"
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include <boost/algorithm/hex.hpp>
@@ -69,6 +70,16 @@ std::string to_hex(const std::uint8_t* data, std::size_t size) {
     out.reserve(size * 2);
     boost::algorithm::hex_lower(data, data + size, std::back_inserter(out));
     return out;
+}
+
+bool same_secret(std::string_view given, std::string_view expected) {
+    Sha256 a;
+    a.update(given);
+    Sha256 b;
+    b.update(expected);
+    const auto x = a.digest();
+    const auto y = b.digest();
+    return CRYPTO_memcmp(x.data(), y.data(), x.size()) == 0;
 }
 
 }  // namespace wrenn

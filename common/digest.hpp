@@ -48,6 +48,11 @@ class Sha256 {
 // SHA-256 of `bytes` as 64 lowercase hex digits.
 std::string sha256_hex(std::string_view bytes);
 
+// Whether `given` equals the secret `expected`, in time that depends on neither's content nor
+// on where they differ: both are hashed and the digests compared with CRYPTO_memcmp, so not
+// even the secret's length shows.
+bool same_secret(std::string_view given, std::string_view expected);
+
 // Lowercase hex of a byte string.
 std::string to_hex(const std::uint8_t* data, std::size_t size);
 

@@ -2,8 +2,8 @@
 
 #include <cerrno>
 
-#include "http/listener.hpp"
-#include "http/server_state.hpp"
+#include "http/connection/listener.hpp"
+#include "http/connection/server_state.hpp"
 
 namespace wrenn::http {
 

@@ -7,9 +7,9 @@
 #include <vector>
 
 #include "common/result.hpp"
-#include "http/listen_address.hpp"
-#include "http/message.hpp"
-#include "http/server_options.hpp"
+#include "http/core/listen_address.hpp"
+#include "http/core/message.hpp"
+#include "http/core/server_options.hpp"
 
 namespace wrenn::http {
 

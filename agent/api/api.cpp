@@ -12,7 +12,7 @@
 #include "agent/api/json_body.hpp"
 #include "agent/table/checks.hpp"
 #include "archive/format.hpp"
-#include "http/url.hpp"
+#include "http/core/url.hpp"
 
 namespace wrenn::agent {
 

@@ -19,7 +19,7 @@
 #include "agent/platform/linux_platform.hpp"
 #include "agent/sandboxes/sandbox_manager.hpp"
 #include "agent/state/state_store.hpp"
-#include "http/listen_address.hpp"
+#include "http/core/listen_address.hpp"
 #include "http/server.hpp"
 
 namespace wrenn::agent {

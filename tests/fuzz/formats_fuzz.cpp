@@ -12,7 +12,7 @@
 #include <string_view>
 
 #include "agent/state/sandbox.hpp"
-#include "http/listen_address.hpp"
+#include "http/core/listen_address.hpp"
 
 namespace {
 

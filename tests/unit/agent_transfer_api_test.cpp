@@ -14,7 +14,7 @@
 #include "archive/reader.hpp"
 #include "flatten/exception_store.hpp"
 #include "flatten_cow_writer.hpp"
-#include "http/body_pipe.hpp"
+#include "http/core/body_pipe.hpp"
 
 using namespace wrenn::agent;
 using namespace wrenn::agent::testing;

@@ -1,7 +1,7 @@
 #include <catch2/catch.hpp>
 #include <cerrno>
 
-#include "http/listen_address.hpp"
+#include "http/core/listen_address.hpp"
 
 using wrenn::http::ListenAddress;
 using wrenn::http::parse_listen_address;

@@ -15,7 +15,7 @@
 #include <string>
 #include <thread>
 
-#include "http/body_pipe.hpp"
+#include "http/core/body_pipe.hpp"
 #include "http/server.hpp"
 #include "http_test_server.hpp"
 

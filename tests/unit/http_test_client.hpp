@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "common/unique_fd.hpp"
-#include "http/message.hpp"
+#include "http/core/message.hpp"
 
 namespace wrenn::http::testing {
 

@@ -14,8 +14,8 @@
 #include <string>
 
 #include "common/unique_fd.hpp"
+#include "http/connection/socket_dir.hpp"
 #include "http/server.hpp"
-#include "http/socket_dir.hpp"
 #include "http_test_server.hpp"
 
 namespace bhttp = boost::beast::http;

@@ -3,7 +3,7 @@
 #include <string_view>
 #include <vector>
 
-#include "http/url.hpp"
+#include "http/core/url.hpp"
 
 using wrenn::http::printable_path;
 using wrenn::http::query_param;

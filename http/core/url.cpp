@@ -1,4 +1,4 @@
-#include "http/url.hpp"
+#include "http/core/url.hpp"
 
 namespace wrenn::http {
 

@@ -1,4 +1,4 @@
-#include "http/socket_dir.hpp"
+#include "http/connection/socket_dir.hpp"
 
 #include <fcntl.h>
 #include <grp.h>

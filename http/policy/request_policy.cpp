@@ -1,9 +1,12 @@
-#include "http/request_policy.hpp"
+#include "http/policy/request_policy.hpp"
 
 #include <algorithm>
 #include <boost/beast/core/error.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/field.hpp>
+
+#include "common/digest.hpp"
+#include "http/core/url.hpp"
 
 namespace wrenn::http {
 
@@ -16,29 +19,16 @@ bool iequals_ascii(std::string_view a, std::string_view b) {
            });
 }
 
-bool constant_time_equal(std::string_view given, std::string_view expected) {
-    std::size_t diff = given.size() ^ expected.size();
-    for (std::size_t i = 0; i < expected.size(); ++i) {
-        const unsigned char g = i < given.size() ? static_cast<unsigned char>(given[i]) : 0;
-        diff |= g ^ static_cast<unsigned char>(expected[i]);
-    }
-    return diff == 0;
-}
-
 bool expects_continue(const RequestHeader& req) {
     const auto it = req.find(bhttp::field::expect);
     return req.version() >= 11 && it != req.end() && iequals_ascii(it->value(), "100-continue");
-}
-
-std::string_view target_path(std::string_view target) {
-    return target.substr(0, target.find('?'));
 }
 
 bool authorized(const std::optional<std::string>& token, const RequestHeader& req) {
     if (!token) {
         return true;
     }
-    if (req.method() == bhttp::verb::get && target_path(req.target()) == "/healthz") {
+    if (req.method() == bhttp::verb::get && strip_query(req.target()) == "/healthz") {
         return true;
     }
     const auto it = req.find(bhttp::field::authorization);
@@ -55,7 +45,7 @@ bool authorized(const std::optional<std::string>& token, const RequestHeader& re
     while (!value.empty() && value.front() == ' ') {
         value.remove_prefix(1);
     }
-    return constant_time_equal(value, *token);
+    return same_secret(value, *token);
 }
 
 bool is_media_type(std::string_view value, std::string_view wanted) {

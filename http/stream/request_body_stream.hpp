@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "common/result.hpp"
-#include "http/body_pipe.hpp"
-#include "http/connection_stream.hpp"
+#include "http/core/body_pipe.hpp"
+#include "http/stream/connection_stream.hpp"
 
 namespace wrenn::http::detail {
 

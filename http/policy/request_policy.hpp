@@ -11,24 +11,17 @@
 #include <string>
 #include <string_view>
 
-#include "http/listen_address.hpp"
-#include "http/message.hpp"
+#include "http/core/listen_address.hpp"
+#include "http/core/message.hpp"
 
 namespace wrenn::http {
 
 // ASCII letters compared without case, as header values that name a scheme or a type are.
 bool iequals_ascii(std::string_view a, std::string_view b);
 
-// Takes time that depends only on the length of `expected` (the secret), not on where the
-// first difference is, so a client cannot find the token byte by byte by timing 401s.
-bool constant_time_equal(std::string_view given, std::string_view expected);
-
 // Whether the client waits for "100 Continue" before it sends the body (RFC 9110 section
 // 10.1.1): "Expect: 100-continue" in any case, on HTTP/1.1 or later.
 bool expects_continue(const RequestHeader& req);
-
-// A request target without its query: "/healthz?x=1" -> "/healthz".
-std::string_view target_path(std::string_view target);
 
 // Whether the request carries the bearer token, when there is one ("Bearer" in any case).
 // GET /healthz passes without it: health checks come from load balancers that hold no token.

@@ -1,4 +1,4 @@
-#include "http/message.hpp"
+#include "http/core/message.hpp"
 
 #include <boost/json.hpp>
 

@@ -10,9 +10,9 @@
 #include <unordered_map>
 #include <vector>
 
-#include "http/listen_address.hpp"
-#include "http/message.hpp"
-#include "http/server_options.hpp"
+#include "http/core/listen_address.hpp"
+#include "http/core/message.hpp"
+#include "http/core/server_options.hpp"
 
 namespace wrenn::http::detail {
 

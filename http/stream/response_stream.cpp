@@ -1,4 +1,4 @@
-#include "http/response_stream.hpp"
+#include "http/stream/response_stream.hpp"
 
 #include <spdlog/spdlog.h>
 

@@ -16,12 +16,12 @@
 #include <string_view>
 #include <vector>
 
-#include "http/connection_stream.hpp"
-#include "http/message.hpp"
-#include "http/request_body_stream.hpp"
-#include "http/request_policy.hpp"
-#include "http/response_stream.hpp"
-#include "http/server_state.hpp"
+#include "http/connection/server_state.hpp"
+#include "http/core/message.hpp"
+#include "http/policy/request_policy.hpp"
+#include "http/stream/connection_stream.hpp"
+#include "http/stream/request_body_stream.hpp"
+#include "http/stream/response_stream.hpp"
 
 namespace wrenn::http::detail {
 

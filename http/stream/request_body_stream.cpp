@@ -1,4 +1,4 @@
-#include "http/request_body_stream.hpp"
+#include "http/stream/request_body_stream.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -11,7 +11,7 @@
 #include <string_view>
 
 #include "common/unique_fd.hpp"
-#include "http/request_policy.hpp"
+#include "http/policy/request_policy.hpp"
 
 namespace wrenn::http::detail {
 

@@ -12,7 +12,7 @@
 #include <string_view>
 #include <variant>
 
-#include "http/body_pipe.hpp"
+#include "http/core/body_pipe.hpp"
 
 namespace wrenn::http {
 

@@ -4,8 +4,8 @@
 #include <memory>
 
 #include "common/result.hpp"
-#include "http/listen_address.hpp"
-#include "http/server_state.hpp"
+#include "http/connection/server_state.hpp"
+#include "http/core/listen_address.hpp"
 
 namespace wrenn::http::detail {
 

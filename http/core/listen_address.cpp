@@ -1,4 +1,4 @@
-#include "http/listen_address.hpp"
+#include "http/core/listen_address.hpp"
 
 #include <sys/un.h>
 

@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "http/listen_address.hpp"
-#include "http/message.hpp"
+#include "http/core/listen_address.hpp"
+#include "http/core/message.hpp"
 
 namespace wrenn::http {
 

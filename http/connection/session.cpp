@@ -1,4 +1,4 @@
-#include "http/session.hpp"
+#include "http/connection/session.hpp"
 
 #include <spdlog/spdlog.h>
 

@@ -1,4 +1,4 @@
-#include "http/body_pipe.hpp"
+#include "http/core/body_pipe.hpp"
 
 #include <sys/socket.h>
 

@@ -1,4 +1,4 @@
-#include "http/listener.hpp"
+#include "http/connection/listener.hpp"
 
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
@@ -20,8 +20,8 @@
 #include <string>
 
 #include "common/unique_fd.hpp"
-#include "http/session.hpp"
-#include "http/socket_dir.hpp"
+#include "http/connection/session.hpp"
+#include "http/connection/socket_dir.hpp"
 
 namespace wrenn::http::detail {
 

@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
-#include "http/body_pipe.hpp"
-#include "http/connection_stream.hpp"
-#include "http/message.hpp"
+#include "http/core/body_pipe.hpp"
+#include "http/core/message.hpp"
+#include "http/stream/connection_stream.hpp"
 
 namespace wrenn::http::detail {
 
