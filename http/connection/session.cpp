@@ -195,6 +195,11 @@ void Session::on_read_error(beast::error_code ec) {
 // a streamed route takes the request over; any other gets the JSON body limit. True when
 // the request was taken over.
 bool Session::on_header() {
+    if (auto refused = framing_refusal(parser_->get(), parser_->chunked())) {
+        request_version_ = parser_->get().version();
+        write(refused_response(parser_->get(), *refused, false), false);
+        return true;
+    }
     if (opts().streamed_body) {
         if (auto streamed = opts().streamed_body(parser_->get())) {
             start_streamed(std::move(*streamed));

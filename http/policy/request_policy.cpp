@@ -79,6 +79,17 @@ bool announces_body(bool chunked, std::uint64_t content_length) {
     return chunked || content_length > 0;
 }
 
+std::optional<Refusal> framing_refusal(const RequestHeader& req, bool chunked) {
+    const auto it = req.find(bhttp::field::transfer_encoding);
+    if (it == req.end() || chunked) {
+        return std::nullopt;
+    }
+    return Refusal{bhttp::status::bad_request, "bad_transfer_encoding",
+                   "Transfer-Encoding \"" + printable(it->value()) +
+                       "\" does not end in \"chunked\", so the body has no length (RFC 9112 "
+                       "section 6.3); send the body chunked or with a Content-Length"};
+}
+
 std::optional<Refusal> refusal(const std::optional<std::string>& bearer_token,
                                const std::optional<ListenAddress>& tcp_listener,
                                const RequestHeader& req, bool has_body,

@@ -47,6 +47,12 @@ struct Refusal {
     std::string message;
 };
 
+// A Transfer-Encoding whose last coding is not "chunked" leaves a request's body without a
+// length: Beast would read it as no body and the body as the next request (request smuggling
+// behind a proxy that reads it the other way). RFC 9112 section 6.3 asks for 400 and a closed
+// connection. `chunked` is what the parser made of the header.
+std::optional<Refusal> framing_refusal(const RequestHeader& req, bool chunked);
+
 // The transport's rules, in order: no Origin header (only browsers send one, and no web page
 // may drive the server), an allowed Host on a TCP listener without a token (DNS rebinding),
 // the bearer token, and JSON for a body or any Content-Type (a browser's cross-origin "simple"

@@ -488,6 +488,34 @@ TEST_CASE("hostile: pipelined requests are answered in order", "[hostile]") {
     }
 }
 
+TEST_CASE("hostile: a Transfer-Encoding not ending in chunked answers 400 and closes",
+          "[hostile]") {
+    HostileServer s;
+    for (const auto* coding : {"gzip", "chunked, gzip", "identity", "chunked , x"}) {
+        INFO(coding);
+        Client c(s.port());
+        // Read as no body, the body would be a second request: a GET that must never be answered.
+        const std::string smuggled = request("GET", "/sandboxes");
+        REQUIRE(c.send(std::string("POST /sandboxes HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                   "Content-Type: application/json\r\nTransfer-Encoding: ") +
+                       coding + "\r\n\r\n" + smuggled));
+        auto res = c.read_response();
+        REQUIRE(res.has_value());
+        CHECK(res->result_int() == 400);
+        CHECK(res->body().find("bad_transfer_encoding") != std::string::npos);
+        // No answer to the smuggled GET: the connection ends after the 400.
+        CHECK_FALSE(c.read_response(3s).has_value());
+        CHECK(c.closed_by_server(3s));
+    }
+    // Chunked last is the framing HTTP/1.1 defines, and still works.
+    auto created = send_one(s,
+                            "POST /sandboxes HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            "13\r\n{\"template\":\"base\"}\r\n0\r\n\r\n");
+    CHECK(created.result_int() == 201);
+    CHECK(s.manager->list().size() == 1);
+}
+
 TEST_CASE("hostile: HTTP/1.0 is answered in 1.0 and closed", "[hostile]") {
     HostileServer s;
     Client c(s.port());

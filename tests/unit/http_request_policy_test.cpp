@@ -226,3 +226,22 @@ TEST_CASE("http server: error_response is JSON with escaped text", "[http]") {
     auto closing = wrenn::http::error_response(10, bhttp::status::bad_request, "x", "y", false);
     CHECK_FALSE(closing.keep_alive());
 }
+
+TEST_CASE("request policy: framing_refusal", "[http][policy]") {
+    using wrenn::http::framing_refusal;
+    const auto te = [](std::string_view value) {
+        return header(bhttp::verb::post, "/x", {{bhttp::field::transfer_encoding, value}});
+    };
+    CHECK_FALSE(framing_refusal(header(bhttp::verb::post, "/x"), false));
+    CHECK_FALSE(framing_refusal(te("chunked"), true));
+    CHECK_FALSE(framing_refusal(te("gzip, chunked"), true));
+    const auto refused = framing_refusal(te("gzip"), false);
+    REQUIRE(refused);
+    CHECK(refused->status == bhttp::status::bad_request);
+    CHECK(refused->code == "bad_transfer_encoding");
+    CHECK(refused->message.find("\"gzip\"") != std::string::npos);
+    // Bytes that are not ASCII come back percent-encoded, so the JSON body stays valid.
+    const auto odd = framing_refusal(te("\xff\n"), false);
+    REQUIRE(odd);
+    CHECK(odd->message.find('\xff') == std::string::npos);
+}
