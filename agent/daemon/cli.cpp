@@ -72,8 +72,13 @@ po::options_description serve_options(ServeOptions& o) {
         "shown in /healthz. The Host header must then name loopback or the --listen address")(
         "max-connections", po::value(&o.max_connections)->value_name("N"),
         "connections each listener holds at a time; beyond it new ones are closed at once "
-        "and counted in /metrics (default 256)")("workers", po::value(&o.workers)->value_name("N"),
-                                                 "threads for kernel operations (default 16)")(
+        "and counted in /metrics, except that with --token-file a new one first takes the "
+        "slot of the oldest connection that has not shown the token (default 256)")(
+        "auth-timeout", po::value<std::string>()->value_name("TIME"),
+        "with --token-file: a connection with no request showing the token within TIME is "
+        "closed, e.g. 10s (default 10s; GET /healthz does not count)")(
+        "workers", po::value(&o.workers)->value_name("N"),
+        "threads for kernel operations (default 16)")(
         "cleanup-stale", po::bool_switch(&o.cleanup_stale),
         "clean up stale devices for boot, then exit (see above)");
     // Space on the state filesystem (docs/api.md, "Space").
@@ -181,6 +186,15 @@ Command parse_command_line(const std::vector<std::string>& args_in) {
                 "wrenn-agent: --" + std::string(flag) + ": " + parsed.error().message() + "\n", 2};
         }
         *threshold = *parsed;
+    }
+    if (vm.count("auth-timeout") != 0) {
+        auto timeout = parse_duration(vm["auth-timeout"].as<std::string>());
+        if (!timeout || *timeout < std::chrono::seconds(1) || *timeout > std::chrono::hours(1) ||
+            *timeout % std::chrono::seconds(1) != std::chrono::milliseconds(0)) {
+            return PrintAndExit{
+                "wrenn-agent: --auth-timeout: whole seconds from 1s to 3600s, like 10s\n", 2};
+        }
+        options.auth_timeout = std::chrono::duration_cast<std::chrono::seconds>(*timeout);
     }
     if (vm.count("fork-max-stall") != 0) {
         auto stall = parse_duration(vm["fork-max-stall"].as<std::string>());

@@ -23,6 +23,8 @@ struct ServeOptions {
     // --insecure-tcp: serve TCP without a token (only on a network that is private itself).
     bool insecure_tcp = false;
     std::size_t max_connections = 256;  // per listener
+    // --auth-timeout: with a token, how long a connection may go without showing it.
+    std::chrono::seconds auth_timeout{10};
     unsigned workers = 16;
     bool cleanup_stale = false;  // --cleanup-stale: clean up for boot and exit
     // TCMU origins the API may attach: configs beneath these folders (none: refused) ...

@@ -126,6 +126,7 @@ namespace {
 int serve_locked(const ServeOptions& options, Platform& platform) {
     http::ServerOptions server_options;
     server_options.max_connections = options.max_connections;
+    server_options.auth_timeout = options.auth_timeout;
     std::optional<std::string> first_tcp;
     for (const auto& text : options.listen) {
         auto address = http::parse_listen_address(text);

@@ -125,6 +125,19 @@ class Listener final : public ListenerBase,
             ::fcntl(socket.native_handle(), F_SETFD, FD_CLOEXEC);
             // Only this accept loop adds to the count, one accept at a time, so it never
             // overshoots. A refused connection costs an fd for a moment, not for a timeout.
+            // When full, the oldest connection that has not shown the token gives up its slot.
+            if (info_->connections.load() >= state_->opts.max_connections) {
+                if (auto oldest = info_->take_oldest_unauthenticated()) {
+                    oldest->evict();
+                    if (++evicted_ == 1 || evicted_ % 1000 == 0) {
+                        spdlog::warn(
+                            "http: {} is full (--max-connections {}); a new connection "
+                            "closes the oldest one that has not shown the bearer token "
+                            "({} so far)",
+                            name_, state_->opts.max_connections, evicted_);
+                    }
+                }
+            }
             if (info_->connections.load() >= state_->opts.max_connections) {
                 const std::uint64_t refused = state_->refused.fetch_add(1) + 1;
                 boost::system::error_code ignored;
@@ -170,6 +183,7 @@ class Listener final : public ListenerBase,
     Acceptor acceptor_;
     net::steady_timer retry_timer_;
     bool closed_ = false;
+    std::uint64_t evicted_ = 0;  // touched by the accept loop only
     SocketDir socket_dir_;
     dev_t socket_dev_ = 0;
     ino_t socket_ino_ = 0;

@@ -3,11 +3,13 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "http/core/listen_address.hpp"
@@ -24,6 +26,9 @@ class SessionBase {
     virtual void drain() = 0;
     // Close now, dropping any response still pending.
     virtual void close_now() = 0;
+    // Give up the connection's slot on its listener at once and close: a new connection
+    // takes it (the server has a token and this one has not shown it).
+    virtual void evict() = 0;
 };
 
 // What the server and its sessions share. Sessions keep it alive, so it outlives the Server
@@ -67,6 +72,33 @@ struct ListenerInfo {
     // Set for a TCP listener: the address a Host header may name besides loopback.
     std::optional<ListenAddress> tcp;
     std::atomic<std::size_t> connections{0};
+
+    // The connections that have not shown the bearer token yet, oldest first (empty when
+    // the server has no token).
+    void add_unauthenticated(std::uint64_t id, std::weak_ptr<SessionBase> session) {
+        std::lock_guard lock(mutex);
+        unauthenticated.emplace_back(id, std::move(session));
+    }
+    void authenticated(std::uint64_t id) {
+        std::lock_guard lock(mutex);
+        std::erase_if(unauthenticated, [id](const auto& entry) { return entry.first == id; });
+    }
+    // Takes the oldest unauthenticated connection still alive off the list; null if none.
+    std::shared_ptr<SessionBase> take_oldest_unauthenticated() {
+        std::lock_guard lock(mutex);
+        while (!unauthenticated.empty()) {
+            auto session = unauthenticated.front().second.lock();
+            unauthenticated.pop_front();
+            if (session) {
+                return session;
+            }
+        }
+        return nullptr;
+    }
+
+  private:
+    std::mutex mutex;
+    std::list<std::pair<std::uint64_t, std::weak_ptr<SessionBase>>> unauthenticated;
 };
 
 }  // namespace wrenn::http::detail

@@ -33,21 +33,63 @@ Session::Session(std::shared_ptr<ServerState> state, std::shared_ptr<ListenerInf
       who_("connection " + std::to_string(id_) + " from " + peer_),
       strand_(socket.get_executor()),
       stream_(std::move(socket)),
-      handler_timer_(strand_) {
+      handler_timer_(strand_),
+      auth_timer_(strand_) {
     state_->connections.fetch_add(1);
 }
 
 Session::~Session() {
+    if (!authenticated_) {
+        listener_->authenticated(id_);
+    }
     state_->remove(id_);
     state_->connections.fetch_sub(1);
-    listener_->connections.fetch_sub(1);
+    if (!evicted_.load()) {
+        listener_->connections.fetch_sub(1);
+    }
     spdlog::debug("http: {} closed", who_);
 }
 
 void Session::run() {
     state_->add(id_, weak_from_this());
     spdlog::debug("http: {} accepted", who_);
-    net::dispatch(strand_, [self = shared_from_this()] { self->start_read(); });
+    if (opts().bearer_token) {
+        listener_->add_unauthenticated(id_, weak_from_this());
+    } else {
+        authenticated_ = true;
+    }
+    net::dispatch(strand_, [self = shared_from_this()] {
+        self->arm_auth_timer();
+        self->start_read();
+    });
+}
+
+void Session::arm_auth_timer() {
+    if (authenticated_) {
+        return;
+    }
+    auth_timer_.expires_after(opts().auth_timeout);
+    // A weak reference: the timer must not keep a closed connection's slot for its length.
+    auth_timer_.async_wait([weak = weak_from_this()](beast::error_code ec) {
+        auto self = weak.lock();
+        if (!ec && self && !self->authenticated_ && self->phase_ != Phase::Closing) {
+            spdlog::debug(
+                "http: {}: no request with the bearer token within {} s "
+                "(--auth-timeout), closing",
+                self->who_, self->opts().auth_timeout.count());
+            self->close();
+        }
+    });
+}
+
+void Session::note_authenticated() {
+    if (authenticated_ || !opts().bearer_token ||
+        !carries_token(*opts().bearer_token, parser_->get())) {
+        return;
+    }
+    authenticated_ = true;
+    auth_timer_.cancel();
+    listener_->authenticated(id_);
 }
 
 void Session::drain() {
@@ -56,6 +98,20 @@ void Session::drain() {
 
 void Session::close_now() {
     net::post(strand_, [self = shared_from_this()] { self->close(); });
+}
+
+void Session::evict() {
+    if (evicted_.exchange(true)) {
+        return;
+    }
+    listener_->connections.fetch_sub(1);
+    net::post(strand_, [self = shared_from_this()] {
+        spdlog::debug(
+            "http: {}: {} is full and this connection has not shown the bearer token; "
+            "closing it for a new one",
+            self->who_, self->listener_->name);
+        self->close();
+    });
 }
 
 void Session::start_read() {
@@ -200,6 +256,7 @@ bool Session::on_header() {
         write(refused_response(parser_->get(), *refused, false), false);
         return true;
     }
+    note_authenticated();
     if (opts().streamed_body) {
         if (auto streamed = opts().streamed_body(parser_->get())) {
             start_streamed(std::move(*streamed));
@@ -498,6 +555,7 @@ void Session::linger() {
 void Session::close() {
     phase_ = Phase::Closing;
     handler_timer_.cancel();
+    auth_timer_.cancel();
     if (body_) {
         body_->abort(Error("read body", ECONNRESET, "the connection closed"));
         body_->close_pipe();

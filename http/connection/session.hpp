@@ -1,6 +1,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -46,6 +47,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     void run();
     void drain() override;
     void close_now() override;
+    void evict() override;
 
   private:
     enum class Phase { Reading, Handling, Writing, Closing };
@@ -60,6 +62,8 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     void answer_expect_continue();
     void on_read_error(boost::beast::error_code ec);
     bool on_header();
+    void arm_auth_timer();
+    void note_authenticated();
 
     // Handing it over and waiting for the response.
     Respond make_respond(std::uint64_t seq);
@@ -93,6 +97,8 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     const boost::asio::any_io_executor strand_;
     ConnectionStream stream_;
     boost::asio::steady_timer handler_timer_;
+    // Closes the connection if no request has shown the bearer token by then.
+    boost::asio::steady_timer auth_timer_;
     boost::beast::flat_buffer buffer_;
     std::optional<boost::beast::http::request_parser<boost::beast::http::string_body>> parser_;
     std::optional<Response> response_;
@@ -107,6 +113,8 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     std::array<char, 16 * 1024> linger_buffer_{};
     std::size_t lingered_ = 0;
     Phase phase_ = Phase::Reading;
+    std::atomic<bool> evicted_{false};  // its slot on the listener is given up already
+    bool authenticated_ = false;        // a request showed the token, or the server has none
     bool first_request_ = true;
     bool request_started_ = false;
     bool continue_handled_ = false;

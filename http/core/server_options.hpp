@@ -34,6 +34,11 @@ struct ServerOptions {
     // is accepted and closed at once (counted in connections_refused()), so idle sockets on
     // one listener can neither use up the process's file descriptors nor lock out the others.
     std::size_t max_connections = 256;
+    // With a bearer token, a connection counts as unauthenticated until a request on it shows
+    // the token. One that has not within auth_timeout is closed, and when a listener is full a
+    // new connection closes the oldest unauthenticated one instead of being refused: clients
+    // without the token can hold slots only briefly and never lock out those with it.
+    std::chrono::seconds auth_timeout{10};
     // Unix sockets get this group and mode 0660 when the group exists, else mode 0600; a
     // directory the server creates for a socket is 0750, with that group.
     std::string unix_socket_group = "wrenn";

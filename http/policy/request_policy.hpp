@@ -27,6 +27,9 @@ bool expects_continue(const RequestHeader& req);
 // GET /healthz passes without it: health checks come from load balancers that hold no token.
 bool authorized(const std::optional<std::string>& token, const RequestHeader& req);
 
+// Whether the request shows the token ("Authorization: Bearer <token>"), whatever its route.
+bool carries_token(const std::string& token, const RequestHeader& req);
+
 // Whether a Content-Type value is `wanted`: RFC 9110 section 8.3.1, type and subtype are
 // case-insensitive and parameters (charset=utf-8) follow a ';'.
 bool is_media_type(std::string_view value, std::string_view wanted);

@@ -13,6 +13,7 @@ TEST_CASE("serve is the default and has the documented defaults", "[cli]") {
         CHECK(o.listen == std::vector<std::string>{"unix:/run/wrenn/agent.sock"});
         CHECK_FALSE(o.insecure_tcp);
         CHECK(o.max_connections == 256);
+        CHECK(o.auth_timeout == std::chrono::seconds(10));
         CHECK(o.state_dir == "/var/lib/wrenn");
         CHECK(o.templates_dir == "/var/lib/wrenn/templates");
         CHECK_FALSE(o.cleanup_stale);
@@ -74,6 +75,22 @@ TEST_CASE("the flags --insecure-tcp and --max-connections", "[cli]") {
     CHECK_THAT(help, Catch::Contains("--insecure-tcp") && Catch::Contains("--max-connections") &&
                          Catch::Contains("curl --unix-socket /run/wrenn/agent.sock") &&
                          Catch::Contains("group \"wrenn\"") && Catch::Contains("415"));
+}
+
+TEST_CASE("the flag --auth-timeout takes whole seconds", "[cli]") {
+    for (const auto& [text, seconds] : {std::pair{"3s", 3}, std::pair{"45", 45}, {"2000ms", 2}}) {
+        INFO(text);
+        auto cmd = parse_command_line({"--auth-timeout", text});
+        REQUIRE(std::holds_alternative<ServeOptions>(cmd));
+        CHECK(std::get<ServeOptions>(cmd).auth_timeout == std::chrono::seconds(seconds));
+    }
+    for (const char* bad : {"0", "500ms", "1500ms", "3601s", "soon"}) {
+        INFO(bad);
+        auto refused = parse_command_line({"--auth-timeout", bad});
+        REQUIRE(std::holds_alternative<PrintAndExit>(refused));
+        CHECK(std::get<PrintAndExit>(refused).status == 2);
+        CHECK_THAT(std::get<PrintAndExit>(refused).text, Catch::Contains("--auth-timeout"));
+    }
 }
 
 TEST_CASE("flatten and tcmu take the rest of the arguments", "[cli]") {
