@@ -103,8 +103,9 @@ po::options_description serve_options(ServeOptions& o) {
     desc.add_options()("tcmu-config-dir",
                        po::value(&o.tcmu_config_dirs)->composing()->value_name("DIR"),
                        "allow TCMU origins whose config is a root-owned file beneath DIR, "
-                       "reached without symlinks (repeatable; without it the API refuses TCMU "
-                       "origins)")(
+                       "reached without symlinks, with DIR and every folder on the way "
+                       "root-owned and not group or world writable (repeatable; without it the "
+                       "API refuses TCMU origins)")(
         "tcmu-handler", po::value<std::vector<std::string>>()->composing()->value_name("NAME"),
         "allow this TCMU handler (repeatable; default overlaybd)");
     return desc;

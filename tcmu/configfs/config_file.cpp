@@ -84,27 +84,71 @@ Error beneath_error(const std::string& action, int code) {
     }
 }
 
+namespace {
+
+std::string owner_name(uid_t uid) {
+    return uid == 0 ? std::string("root") : "uid " + std::to_string(uid);
+}
+
+// A folder on the way to a config: the handler opens the config by its path after the agent has
+// checked it, so whoever may write a folder on that path could swap the file in between. Each
+// must be owned by `owner_uid` and not writable by group or others.
+Result<void> check_folder(int fd, const std::string& shown, uid_t owner_uid,
+                          const std::string& action) {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+        return errno_error(action);
+    }
+    const std::string why =
+        "; every folder from --tcmu-config-dir down to a TCMU config must be owned by " +
+        owner_name(owner_uid) +
+        " and writable by nobody else, so that the config cannot be swapped between the "
+        "agent's check and the handler's open";
+    if (st.st_uid != owner_uid) {
+        return Error(action, EACCES,
+                     "folder " + escape_for_log(shown) + " is owned by uid " +
+                         std::to_string(st.st_uid) + why);
+    }
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+        return Error(action, EACCES,
+                     "folder " + escape_for_log(shown) + " has mode " + octal_mode(st.st_mode) +
+                         why + ": chmod go-w " + escape_for_log(shown));
+    }
+    return success();
+}
+
+}  // namespace
+
 Result<OpenedConfig> open_config_beneath(const ConfigLocation& location, uid_t owner_uid) {
     const std::string path = location.dir + "/" + location.relative;
     const std::string action = "open TCMU config " + escape_for_log(path);
     // The allowed folder itself is the operator's choice and may be reached through symlinks.
-    UniqueFd root(::open(location.dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-    if (!root) {
+    UniqueFd folder(::open(location.dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!folder) {
         return errno_error("open --tcmu-config-dir " + location.dir).within(action);
     }
-    OpenedConfig out;
-    const auto slash = location.relative.rfind('/');
-    if (slash == std::string::npos) {
-        out.dir = std::move(root);
-        out.name = location.relative;
-    } else {
-        out.dir = UniqueFd(
-            open_beneath(root.get(), location.relative.substr(0, slash), O_PATH | O_DIRECTORY, 0));
-        if (!out.dir) {
+    std::string shown = location.dir;
+    if (auto checked = check_folder(folder.get(), shown, owner_uid, action); !checked) {
+        return std::move(checked).error();
+    }
+    // Beneath it, one folder at a time, never through a symlink, each checked as it is opened.
+    std::size_t pos = 0;
+    for (auto slash = location.relative.find('/'); slash != std::string::npos;
+         pos = slash + 1, slash = location.relative.find('/', pos)) {
+        const std::string part = location.relative.substr(pos, slash - pos);
+        UniqueFd next(open_beneath(folder.get(), part, O_PATH | O_DIRECTORY, 0));
+        if (!next) {
             return beneath_error(action, errno);
         }
-        out.name = location.relative.substr(slash + 1);
+        shown += "/" + part;
+        if (auto checked = check_folder(next.get(), shown, owner_uid, action); !checked) {
+            return std::move(checked).error();
+        }
+        folder = std::move(next);
     }
+    OpenedConfig out;
+    out.dir = std::move(folder);
+    out.name = location.relative.substr(pos);
     // O_NONBLOCK: a FIFO put in place of the config must not hang the worker in open().
     out.file = UniqueFd(open_beneath(out.dir.get(), out.name, O_RDONLY | O_NONBLOCK | O_NOCTTY, 0));
     if (!out.file) {
@@ -118,10 +162,9 @@ Result<OpenedConfig> open_config_beneath(const ConfigLocation& location, uid_t o
         return Error(action, EACCES, "not a regular file");
     }
     if (st.st_uid != owner_uid) {
-        return Error(
-            action, EACCES,
-            "owned by uid " + std::to_string(st.st_uid) + "; a TCMU config must be owned by " +
-                (owner_uid == 0 ? std::string("root") : "uid " + std::to_string(owner_uid)));
+        return Error(action, EACCES,
+                     "owned by uid " + std::to_string(st.st_uid) +
+                         "; a TCMU config must be owned by " + owner_name(owner_uid));
     }
     if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
         return Error(

@@ -167,6 +167,18 @@ refused "a config others may write" 403 \
     "{\"origin\": {\"type\": \"tcmu\", \"config\": \"$OBD/loose/config.v1.json\"}}"
 refused "a config not owned by root" 403 \
     "{\"origin\": {\"type\": \"tcmu\", \"config\": \"$OBD/foreign/config.v1.json\"}}"
+mkdir -p "$OBD/loosedir" "$OBD/foreigndir"
+printf '{}' >"$OBD/loosedir/config.v1.json"
+printf '{}' >"$OBD/foreigndir/config.v1.json"
+chmod 644 "$OBD/loosedir/config.v1.json" "$OBD/foreigndir/config.v1.json"
+chmod 775 "$OBD/loosedir"
+chown 65534 "$OBD/foreigndir"
+refused "a config in a folder the group may write" 403 \
+    "{\"origin\": {\"type\": \"tcmu\", \"config\": \"$OBD/loosedir/config.v1.json\"}}"
+expect_true "the error names the folder and the fix" grep -q "chmod go-w $OBD/loosedir" <<<"$BODY"
+refused "a config in a folder not owned by root" 403 \
+    "{\"origin\": {\"type\": \"tcmu\", \"config\": \"$OBD/foreigndir/config.v1.json\"}}"
+expect_true "the error names the folder's owner" grep -q "folder $OBD/foreigndir is owned by uid 65534" <<<"$BODY"
 refused "a handler not allowed" 403 \
     "{\"origin\": {\"type\": \"tcmu\", \"config\": \"$OBD/qcow/origin.qcow2\", \"handler\": \"file\"}}"
 expect_true "the error names the allowed handlers" grep -q "qcow, overlaybd" <<<"$BODY"

@@ -31,10 +31,19 @@ struct TempTree {
         std::error_code ec;
         fs::remove_all(root, ec);
     }
+    // Folders made 0755 whatever the umask: the config checks refuse group-writable ones.
+    void folder(const fs::path& relative) const {
+        fs::path at = root;
+        for (const auto& part : relative) {
+            at /= part;
+            fs::create_directories(at);
+            REQUIRE(::chmod(at.c_str(), 0755) == 0);
+        }
+    }
     fs::path file(const std::string& relative, const std::string& text = "{}",
                   mode_t mode = 0644) const {
         const fs::path path = root / relative;
-        fs::create_directories(path.parent_path());
+        folder(fs::path(relative).parent_path());
         std::ofstream(path) << text;
         REQUIRE(::chmod(path.c_str(), mode) == 0);
         return path;
@@ -196,6 +205,39 @@ TEST_CASE("a config with a foreign owner or a loose mode is refused", "[tcmu][po
     CHECK_THAT(foreign.error().message(), Catch::Contains("owned by uid"));
 }
 
+TEST_CASE("every folder from the allowed one down must be the owner's and not group/other-writable",
+          "[tcmu][policy]") {
+    TempTree t;
+    const auto deep = t.file("allowed/a/b/config.json");
+    auto policy = policy_for(t.root / "allowed");
+    REQUIRE(tcmu::open_allowed_config(policy, deep.string()).ok());
+    for (const std::string folder : {"allowed", "allowed/a", "allowed/a/b"}) {
+        for (const mode_t loose : {0775, 0757, 01777}) {
+            INFO(folder << " " << std::oct << loose);
+            REQUIRE(::chmod((t.root / folder).c_str(), loose) == 0);
+            auto r = tcmu::open_allowed_config(policy, deep.string());
+            REQUIRE_FALSE(r.ok());
+            CHECK(r.error().code() == EACCES);
+            CHECK_THAT(r.error().message(), Catch::Contains((t.root / folder).string()) &&
+                                                Catch::Contains("chmod go-w") &&
+                                                Catch::Contains("--tcmu-config-dir"));
+            REQUIRE(::chmod((t.root / folder).c_str(), 0755) == 0);
+        }
+    }
+    // A folder above the allowed one is the operator's choice: the temp root is 0700 here, and
+    // a loose one does not matter either.
+    REQUIRE(::chmod(t.root.c_str(), 0777) == 0);
+    CHECK(tcmu::open_allowed_config(policy, deep.string()).ok());
+    REQUIRE(::chmod(t.root.c_str(), 0700) == 0);
+    // Owned by someone else (the policy's owner is not us): the allowed folder is named.
+    policy.owner_uid = ::getuid() + 1;
+    auto foreign = tcmu::open_allowed_config(policy, deep.string());
+    REQUIRE_FALSE(foreign.ok());
+    CHECK(foreign.error().code() == EACCES);
+    CHECK_THAT(foreign.error().message(),
+               Catch::Contains("folder " + (t.root / "allowed").string() + " is owned by uid"));
+}
+
 TEST_CASE("symlinks at any level beneath the allowed folder are refused", "[tcmu][policy]") {
     TempTree t;
     const auto outside = t.file("outside/secret.json");
@@ -203,7 +245,7 @@ TEST_CASE("symlinks at any level beneath the allowed folder are refused", "[tcmu
     fs::create_symlink(outside, t.root / "allowed/link.json");                  // final file
     fs::create_symlink(t.root / "outside", t.root / "allowed/linkdir");         // folder, out
     fs::create_symlink(t.root / "allowed/real", t.root / "allowed/innerlink");  // folder, in
-    fs::create_directories(t.root / "allowed/real/deeper");
+    t.folder("allowed/real/deeper");
     std::ofstream(t.root / "allowed/real/deeper/c.json") << "{}";
     fs::create_symlink(t.root / "allowed/real/deeper", t.root / "allowed/real/mid");  // middle
     fs::create_symlink("config.json", t.root / "allowed/real/rel.json");  // relative, inside
@@ -226,7 +268,7 @@ TEST_CASE("symlinks at any level beneath the allowed folder are refused", "[tcmu
 
 TEST_CASE("a config that is not a regular file is refused without blocking", "[tcmu][policy]") {
     TempTree t;
-    fs::create_directories(t.root / "allowed/dir.json");
+    t.folder("allowed/dir.json");
     REQUIRE(::mkfifo((t.root / "allowed/fifo.json").c_str(), 0600) == 0);
     auto policy = policy_for(t.root / "allowed");
     for (const char* name : {"dir.json", "fifo.json"}) {
