@@ -44,6 +44,10 @@ Server::Server(std::shared_ptr<detail::ServerState> state,
 
 Server::~Server() {
     stop_accepting();
+    close_connections();
+}
+
+void Server::close_connections() {
     for (auto& session : state_->live()) {
         session->close_now();
     }

@@ -36,6 +36,9 @@ class Server {
     // connections close at once; busy ones finish their current request, answer it with
     // "Connection: close" and close. Safe to call from any thread, more than once.
     void stop_accepting();
+    // Closes every connection now, dropping responses still pending and cutting streamed
+    // bodies both ways (their readers and writers see an error): the end of a shutdown's grace.
+    void close_connections();
     // Live connections, including those waiting for a handler's response.
     std::size_t connections() const;
     // Connections closed at once because their listener already held max_connections.

@@ -297,7 +297,8 @@ void Api::no_such_action(const Call& call) {
 namespace {
 
 // One export's pipe: the worker writes the archive into its writer while the server sends
-// what the reader gets. `started` once the 200 went out (only the strand's thread touches it).
+// what the reader gets. `started` once the 200 went out (begin and done run one after the other on
+// the transfer's thread).
 struct ExportPipe {
     explicit ExportPipe(wrenn::http::BodyPipe p) : pipe(std::move(p)) {}
     wrenn::http::BodyPipe pipe;

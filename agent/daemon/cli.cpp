@@ -98,7 +98,17 @@ po::options_description serve_options(ServeOptions& o) {
         "max-import-bytes", po::value(&o.max_import_bytes)->value_name("N"),
         "the largest archive POST /sandboxes/import takes, in bytes; a larger one is refused "
         "with 413 (default 0: no fixed cap, but an archive is always refused once it passes "
-        "its template's size plus 1% and 1 MiB)");
+        "its template's size plus 1% and 1 MiB)")(
+        "max-transfers", po::value(&o.max_transfers)->value_name("N"),
+        "exports and imports that may stream at once, each on a thread of its own apart from "
+        "the workers; one more is refused with 503 too_many_transfers (default 8)")(
+        "min-transfer-rate", po::value(&o.min_transfer_rate)->value_name("BYTES"),
+        "bytes per second an export or import must average over every 30 s, else it is cut "
+        "(408 transfer_too_slow for an upload), so that a trickling client cannot hold a "
+        "transfer for ever (default 65536; 0: no floor)")(
+        "shutdown-grace", po::value<std::string>()->value_name("TIME"),
+        "on SIGTERM, how long operations in flight may finish before the transfers still "
+        "streaming are cut and their files removed, e.g. 20s (default 20s)");
     // TCMU origins from the API: an allowlist (docs/api.md, "TCMU origins").
     desc.add_options()("tcmu-config-dir",
                        po::value(&o.tcmu_config_dirs)->composing()->value_name("DIR"),
@@ -197,6 +207,14 @@ Command parse_command_line(const std::vector<std::string>& args_in) {
         }
         options.auth_timeout = std::chrono::duration_cast<std::chrono::seconds>(*timeout);
     }
+    if (vm.count("shutdown-grace") != 0) {
+        auto grace = parse_duration(vm["shutdown-grace"].as<std::string>());
+        if (!grace || *grace > std::chrono::minutes(10)) {
+            return PrintAndExit{
+                "wrenn-agent: --shutdown-grace: a time from 0s to 600s, like 20s or 500ms\n", 2};
+        }
+        options.shutdown_grace = *grace;
+    }
     if (vm.count("fork-max-stall") != 0) {
         auto stall = parse_duration(vm["fork-max-stall"].as<std::string>());
         if (!stall || *stall <= std::chrono::milliseconds(0) ||
@@ -226,6 +244,9 @@ Command parse_command_line(const std::vector<std::string>& args_in) {
     }
     if (options.max_connections == 0 || options.max_connections > 65536) {
         return PrintAndExit{"wrenn-agent: --max-connections must be between 1 and 65536\n", 2};
+    }
+    if (options.max_transfers == 0 || options.max_transfers > 1024) {
+        return PrintAndExit{"wrenn-agent: --max-transfers must be between 1 and 1024\n", 2};
     }
     if (options.workers == 0 || options.workers > 1024) {
         return PrintAndExit{"wrenn-agent: --workers must be between 1 and 1024\n", 2};

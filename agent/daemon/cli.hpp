@@ -38,6 +38,12 @@ struct ServeOptions {
     // --max-import-bytes: the largest archive POST /sandboxes/import takes (0: no fixed cap;
     // each archive is bounded by its template's size plus 1% anyway).
     std::uint64_t max_import_bytes = 0;
+    // --max-transfers: exports and imports streaming at once (beyond: 503).
+    std::size_t max_transfers = 8;
+    // --min-transfer-rate: bytes per second a transfer must average over each 30 s (0: none).
+    std::uint64_t min_transfer_rate = 64 * 1024;
+    // --shutdown-grace: how long SIGTERM waits for operations before it cuts transfers.
+    std::chrono::milliseconds shutdown_grace{20000};
 };
 
 // What the command line asks for: serve (or --cleanup-stale), a subcommand that takes the rest

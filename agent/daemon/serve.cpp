@@ -87,6 +87,15 @@ Result<StateDirClaim> claim_state_dir(const std::string& state_dir) {
 
 int serve_locked(const ServeOptions& options, Platform& platform);
 
+SandboxManager::Options manager_options(const ServeOptions& options) {
+    SandboxManager::Options out;
+    out.templates_dir = options.templates_dir;
+    out.fork_max_stall = options.fork_max_stall;
+    out.max_transfers = options.max_transfers;
+    out.min_transfer_rate = options.min_transfer_rate;
+    return out;
+}
+
 // What serving starts with: logging, then the state dir's lock, held while `serve` runs.
 // Returns serve's exit status, or 2 (logging) or 1 (the lock) when those fail.
 template <class Serve>
@@ -190,9 +199,7 @@ int serve_locked(const ServeOptions& options, Platform& platform) {
     }
     Metrics metrics;
     asio::thread_pool workers(options.workers);
-    SandboxManager manager(platform, *store,
-                           SandboxManager::Options{options.templates_dir, options.fork_max_stall},
-                           workers, metrics);
+    SandboxManager manager(platform, *store, manager_options(options), workers, metrics);
     auto recovered = manager.recover();
     if (!recovered) {
         spdlog::error("{}", recovered.error().message());
@@ -263,7 +270,16 @@ int serve_locked(const ServeOptions& options, Platform& platform) {
                      manager.in_flight());
         (*server)->stop_accepting();
         drainer = std::thread([&] {
-            manager.wait_idle();
+            // Transfers may stream for long: after the grace, their connections are cut, which
+            // fails them, and each removes what it wrote.
+            if (!manager.wait_idle_for(options.shutdown_grace)) {
+                spdlog::warn(
+                    "{} operation(s) still in flight after --shutdown-grace {} ms: "
+                    "closing every connection, which cuts the transfers",
+                    manager.in_flight(), options.shutdown_grace.count());
+                (*server)->close_connections();
+                manager.wait_idle();
+            }
             // Let the last responses reach their sockets.
             for (int i = 0; i < 50 && (*server)->connections() > 0; ++i) {
                 std::this_thread::sleep_for(std::chrono::milliseconds(20));

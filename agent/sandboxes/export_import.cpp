@@ -19,12 +19,14 @@
 #include <vector>
 
 #include "agent/sandboxes/operations.hpp"
+#include "agent/transfer/rate_floor.hpp"
 #include "dm/snapshot_format.hpp"
 
 namespace wrenn::agent {
 
-Result<TransferStats, Failure> export_sandbox(OperationContext& ctx, const EntryPtr& entry,
-                                              bool compress, const ExportBegin& begin) {
+Result<OperationRunner::Prepared<PreparedExport>, Failure> prepare_export(OperationContext& ctx,
+                                                                          const EntryPtr& entry,
+                                                                          bool compress) {
     const Sandbox sb = ctx.table.record(entry);
     const std::string what = "export " + sb.id;
     if (auto missing = check_kernel(ctx.platform, what)) {
@@ -54,8 +56,9 @@ Result<TransferStats, Failure> export_sandbox(OperationContext& ctx, const Entry
         digest = *read;
     }
     ExportSource source{sb.cow_path, sb.origin_size_bytes, digest, sb.template_name + ".img"};
-    SpaceReservation reservation;  // declared before the copy: held until the copy is gone
-    std::unique_ptr<PendingCopy> copy;
+    auto prepared = std::make_shared<PreparedExport>();
+    prepared->id = sb.id;
+    prepared->compress = compress;
     if (sb.state == SandboxState::Paused) {
         if (auto live = check_no_live_device(ctx.platform, sb.id, what, "export")) {
             return *live;
@@ -71,14 +74,14 @@ Result<TransferStats, Failure> export_sandbox(OperationContext& ctx, const Entry
         if (!reserved) {
             return reserved.error();
         }
-        reservation = std::move(reserved).value();
+        prepared->reservation = std::move(reserved).value();
         auto copied = copy_source_cow(ctx, entry, sb, ctx.store.export_copy_path(sb.id), what,
                                       SuspendReason::Export);
         if (!copied) {
             return copied.error();
         }
-        copy = std::move(copied.value());
-        source.cow_path = copy->path();
+        prepared->copy = std::move(copied.value());
+        source.cow_path = prepared->copy->path();
     }
     // The store is read and checked before the client is promised anything: a CoW that cannot
     // be exported is an error status, not a 200 and a cut stream.
@@ -89,15 +92,37 @@ Result<TransferStats, Failure> export_sandbox(OperationContext& ctx, const Entry
                                      : FailureKind::Internal;
         return Failure{kind, std::move(exporter).error().within(what)};
     }
+    prepared->exporter.emplace(std::move(exporter).value());
+    // A paused sandbox is read from its own CoW: held until the archive is sent. A running one
+    // is read from the copy, which the exporter has open: its sandbox is free from here on (a
+    // destroy removes the copy's name, not the open file).
+    return OperationRunner::Prepared<PreparedExport>{std::move(prepared),
+                                                     sb.state != SandboxState::Running};
+}
+
+Result<TransferStats, Failure> stream_export(OperationContext& ctx, PreparedExport& prepared,
+                                             const ExportBegin& begin) {
+    const std::string what = "export " + prepared.id;
     // From here on the client has a 200 and a byte stream: an error aborts that stream.
     const archive::ByteSink sink = begin();
-    auto stats = exporter->write(sink);
-    copy.reset();  // the point-in-time copy goes, whatever happened
+    RateFloor floor(ctx.options.min_transfer_rate, ctx.options.transfer_rate_window,
+                    RateFloor::Clock::now());
+    bool too_slow = false;
+    auto stats = prepared.exporter->write([&](std::span<const std::byte> bytes) -> Result<void> {
+        auto written = sink(bytes);
+        if (written && !floor.moved(bytes.size(), RateFloor::Clock::now())) {
+            too_slow = true;
+            return Error("send", ETIMEDOUT, "the client read slower than --min-transfer-rate");
+        }
+        return written;
+    });
+    prepared.copy.reset();  // the point-in-time copy goes, whatever happened
     if (!stats) {
-        return internal(std::move(stats).error().within(what));
+        const FailureKind kind = too_slow ? FailureKind::TransferTooSlow : FailureKind::Internal;
+        return Failure{kind, std::move(stats).error().within(what)};
     }
-    spdlog::info("sandbox={} op=export {} changed chunks, {} bytes{}", sb.id, stats->chunks,
-                 stats->archive_bytes, compress ? " (zstd)" : "");
+    spdlog::info("sandbox={} op=export {} changed chunks, {} bytes{}", prepared.id, stats->chunks,
+                 stats->archive_bytes, prepared.compress ? " (zstd)" : "");
     return *stats;
 }
 
@@ -197,6 +222,8 @@ Result<Sandbox, Failure> import_sandbox(OperationContext& ctx, const EntryPtr& e
     });
     std::vector<std::byte> buffer(1 << 20);
     std::uint64_t received = 0;
+    RateFloor floor(ctx.options.min_transfer_rate, ctx.options.transfer_rate_window,
+                    RateFloor::Clock::now());
     auto fail = [&](Failure f) {
         remove_files();
         return f;
@@ -216,6 +243,14 @@ Result<Sandbox, Failure> import_sandbox(OperationContext& ctx, const EntryPtr& e
             break;
         }
         received += *n;
+        if (!floor.moved(*n, RateFloor::Clock::now())) {
+            return fail(failure(FailureKind::TransferTooSlow, what, ETIMEDOUT,
+                                "the upload was slower than --min-transfer-rate (" +
+                                    std::to_string(floor.bytes_per_second()) + " bytes/s over " +
+                                    std::to_string(floor.window().count() / 1000) + " s) after " +
+                                    std::to_string(received) +
+                                    " bytes; send it over a faster link"));
+        }
         if (received > limit) {
             return fail(failure(FailureKind::PayloadTooLarge, what, EFBIG,
                                 "the archive is larger than " + std::to_string(limit) +

@@ -63,6 +63,11 @@ struct SandboxOptions {
     std::string templates_dir;
     // The longest a fork may hold a running source's I/O suspended for its copy.
     std::chrono::milliseconds fork_max_stall{2000};
+    // Exports and imports that may stream at once, each on a thread of its own.
+    std::size_t max_transfers = 8;
+    // The slowest a transfer may move, in bytes per second averaged over each window (0: none).
+    std::uint64_t min_transfer_rate = 64 * 1024;
+    std::chrono::milliseconds transfer_rate_window{30000};
 };
 
 // Export: called once every check passed, before the first byte; returns where the bytes go.
@@ -120,8 +125,21 @@ Result<Done, Failure> make_sandbox_dir(OperationContext& ctx, const std::string&
                                        const std::string& what);
 
 // ---- export_import.cpp ----
-Result<TransferStats, Failure> export_sandbox(OperationContext& ctx, const EntryPtr& entry,
-                                              bool compress, const ExportBegin& begin);
+// An export in two steps: checks, the template's digest, a running sandbox's point-in-time
+// copy and the store's check on its strand (prepare_export, which holds the entry for the
+// stream only when the sandbox is paused), then the stream on the transfer pool.
+struct PreparedExport {
+    std::string id;
+    bool compress = true;
+    SpaceReservation reservation;  // the copy's room, held until the copy is gone
+    std::unique_ptr<PendingCopy> copy;
+    std::optional<ArchiveExport> exporter;
+};
+Result<OperationRunner::Prepared<PreparedExport>, Failure> prepare_export(OperationContext& ctx,
+                                                                          const EntryPtr& entry,
+                                                                          bool compress);
+Result<TransferStats, Failure> stream_export(OperationContext& ctx, PreparedExport& prepared,
+                                             const ExportBegin& begin);
 Result<Sandbox, Failure> import_sandbox(OperationContext& ctx, const EntryPtr& entry,
                                         const ImportOptions& options, const ReadBody& read_body);
 

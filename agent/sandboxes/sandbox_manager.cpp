@@ -31,7 +31,8 @@ SandboxManager::SandboxManager(Platform& platform, StateStore& store, Options op
       suspensions_(table_, platform),
       digests_(store.state_dir(), platform),
       context_{platform,     store,    table_,  runner_,
-               suspensions_, digests_, metrics, std::move(options)} {
+               suspensions_, digests_, metrics, std::move(options)},
+      transfers_(context_.options.max_transfers) {
     digests_.start([this](const std::string& path, const TemplateIdentity& version) {
         record_digest(context_, path, version);
     });
@@ -44,6 +45,7 @@ SandboxManager::~SandboxManager() {
 void SandboxManager::shutdown() {
     digests_.stop();  // no digest is recorded from here on: the next start asks again
     wait_idle();
+    transfers_.join();
     queries_.join();
     suspensions_.stop();  // a device still failing to resume is resumed by the next start
 }
@@ -163,24 +165,72 @@ void SandboxManager::fork(const std::string& id, std::string new_id, Callback<Sa
         std::move(done));
 }
 
+template <class T>
+std::optional<Callback<T>> SandboxManager::take_transfer_slot(const std::string& what,
+                                                              Callback<T>& done) {
+    auto slot = transfers_.try_acquire();
+    if (!slot) {
+        done(failure(FailureKind::TooManyTransfers, what, EBUSY,
+                     std::to_string(transfers_.max()) +
+                         " exports and imports are running, as many as --max-transfers "
+                         "allows; retry when one has ended"));
+        return std::nullopt;
+    }
+    // The slot comes back before the answer goes out, so that a client may start the next
+    // transfer as soon as it has it (copies of the callback share one holder).
+    auto holder = std::make_shared<std::optional<TransferSlots::Slot>>(std::move(*slot));
+    return Callback<T>([holder, done = std::move(done)](Result<T, Failure> result) {
+        holder->reset();
+        done(std::move(result));
+    });
+}
+
 void SandboxManager::export_sandbox(const std::string& id, bool compress, ExportBegin begin,
                                     Callback<TransferStats> done) {
-    run_existing<TransferStats>(
-        id, "export",
-        [this, compress, begin = std::move(begin)](const EntryPtr& entry) {
-            return agent::export_sandbox(context_, entry, compress, begin);
+    auto entry = table_.find(id);
+    if (!entry) {
+        done(failure(FailureKind::NotFound, "export " + id, 0, "no such sandbox"));
+        return;
+    }
+    auto answer = take_transfer_slot("export " + id, done);
+    if (!answer) {
+        return;
+    }
+    runner_.run_transfer<TransferStats, PreparedExport>(
+        entry, "export", transfers_.pool(),
+        [this, entry, compress] { return prepare_export(context_, entry, compress); },
+        [this, begin = std::move(begin)](PreparedExport& prepared) {
+            return stream_export(context_, prepared, begin);
         },
-        std::move(done));
+        std::move(*answer));
 }
 
 void SandboxManager::import_sandbox(const std::string& id, ImportOptions options,
                                     ReadBody read_body, Callback<Sandbox> done) {
-    run_new<Sandbox>(
-        id, "import", "import " + id,
-        [this, options, read_body = std::move(read_body)](const EntryPtr& entry) {
-            return agent::import_sandbox(context_, entry, options, read_body);
+    const std::string what = "import " + id;
+    auto answer = take_transfer_slot(what, done);
+    if (!answer) {
+        return;
+    }
+    auto reserved = table_.reserve(id, what);
+    if (!reserved) {
+        (*answer)(std::move(reserved).error());
+        return;
+    }
+    const EntryPtr entry = reserved.value();
+    // The new entry is invisible until the import succeeds; held, so that a digest recorded
+    // meanwhile waits for the record.
+    runner_.run_transfer<Sandbox, Done>(
+        entry, "import", transfers_.pool(),
+        [] {
+            return OperationRunner::Prepared<Done>{std::make_shared<Done>(), true};
         },
-        std::move(done));
+        [this, entry, options, read_body = std::move(read_body)](Done&) {
+            auto result = agent::import_sandbox(context_, entry, options, read_body);
+            table_.settle(entry, result.ok());
+            return result;
+        },
+        std::move(*answer));
 }
 
 void SandboxManager::get_live(const std::string& id, Callback<Sandbox> done) {
@@ -262,6 +312,10 @@ std::vector<std::pair<std::string, std::uint64_t>> SandboxManager::cow_disk_usag
 
 void SandboxManager::wait_idle() {
     runner_.wait_idle();
+}
+
+bool SandboxManager::wait_idle_for(std::chrono::milliseconds limit) {
+    return runner_.wait_idle_for(limit);
 }
 
 std::size_t SandboxManager::in_flight() const {

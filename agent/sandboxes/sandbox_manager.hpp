@@ -1,12 +1,14 @@
 #pragma once
 
 #include <boost/asio/thread_pool.hpp>
+#include <chrono>
 #include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "agent/sandboxes/operations.hpp"
+#include "agent/table/transfer_slots.hpp"
 
 namespace wrenn::agent {
 
@@ -49,15 +51,16 @@ class SandboxManager : public SpaceActions {
     // a point-in-time copy of the source's CoW. A running source's I/O is suspended only while
     // its CoW is copied, at most Options::fork_max_stall. Runs on the source's strand.
     void fork(const std::string& id, std::string new_id, Callback<Sandbox> done);
-    // Streams the sandbox's archive (docs/archive.md), holding its strand throughout; a
-    // running one is exported from a point-in-time copy of its CoW. `begin` is called once
-    // every check passed; `done` then reports how the stream ended. A failure before `begin`
-    // means nothing was sent.
+    // Streams the sandbox's archive (docs/archive.md) on the transfer pool (at most
+    // Options::max_transfers at once, else 503). A paused sandbox is held throughout (its
+    // resume, destroy and flatten wait); a running one only while a point-in-time copy of its
+    // CoW is made, which the stream then reads. `begin` is called once every check passed;
+    // `done` then reports how the stream ended. A failure before `begin` means nothing was sent.
     void export_sandbox(const std::string& id, bool compress, ExportBegin begin,
                         Callback<TransferStats> done);
     // A new paused sandbox `id` from an archive read through `read_body` (blocking reads on the
-    // worker pool), over the local template with the archive's digest. A refused or broken
-    // archive leaves nothing; the record is written last.
+    // transfer pool, at most Options::max_transfers at once), over the local template with the
+    // archive's digest. A refused or broken archive leaves nothing; the record is written last.
     void import_sandbox(const std::string& id, ImportOptions options, ReadBody read_body,
                         Callback<Sandbox> done);
     // The sandbox with live CoW usage from the kernel (runs on the query pool, not the strand).
@@ -83,6 +86,8 @@ class SandboxManager : public SpaceActions {
 
     // Blocks until no operation is in flight (SIGTERM: stop accepting, then drain).
     void wait_idle();
+    // The same for at most `limit`: whether nothing is in flight.
+    [[nodiscard]] bool wait_idle_for(std::chrono::milliseconds limit);
     // Waits for operations and queries in flight and stops the query pool: call before the
     // io_context their callbacks answer on is destroyed.
     void shutdown();
@@ -99,12 +104,17 @@ class SandboxManager : public SpaceActions {
     // Runs `fn` on the strand of the existing sandbox `id`, or answers 404.
     template <class T, class Fn>
     void run_existing(const std::string& id, const std::string& op, Fn fn, Callback<T> done);
+    // A transfer slot for `done`'s operation: `done` wrapped to give it back, or nullopt once
+    // `done` has answered 503 too_many_transfers.
+    template <class T>
+    std::optional<Callback<T>> take_transfer_slot(const std::string& what, Callback<T>& done);
 
     SandboxTable table_;
     OperationRunner runner_;
     Suspensions suspensions_;
     TemplateDigests digests_;
     OperationContext context_;
+    TransferSlots transfers_;
     boost::asio::thread_pool queries_{2};
 };
 

@@ -32,6 +32,10 @@ std::string_view failure_code(FailureKind kind) {
             return "invalid_archive";
         case FailureKind::PayloadTooLarge:
             return "payload_too_large";
+        case FailureKind::TransferTooSlow:
+            return "transfer_too_slow";
+        case FailureKind::TooManyTransfers:
+            return "too_many_transfers";
         case FailureKind::InsufficientStorage:
             return "insufficient_storage";
         case FailureKind::Unavailable:
@@ -70,12 +74,15 @@ unsigned failure_http_status(FailureKind kind) {
         case FailureKind::TemplateChanged:
         case FailureKind::TemplateMismatch:
             return 409;
+        case FailureKind::TransferTooSlow:
+            return 408;
         case FailureKind::PayloadTooLarge:
             return 413;
         case FailureKind::InsufficientStorage:
             return 507;
         case FailureKind::Unavailable:
         case FailureKind::BackstoreUnavailable:
+        case FailureKind::TooManyTransfers:
             return 503;
         case FailureKind::Internal:
             return 500;

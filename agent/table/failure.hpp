@@ -25,6 +25,8 @@ enum class FailureKind {
     TemplateMismatch,      // 409 template_mismatch: no local template has an archive's digest
     InvalidArchive,        // 400 invalid_archive: a truncated, corrupt or oversized archive
     PayloadTooLarge,       // 413 payload_too_large: an archive over its import limit
+    TransferTooSlow,       // 408 transfer_too_slow: an upload under --min-transfer-rate
+    TooManyTransfers,      // 503 too_many_transfers: --max-transfers are running
     InsufficientStorage,   // 507 insufficient_storage: the state filesystem is below --min-free
     Unavailable,           // 503 unavailable
     BackstoreUnavailable,  // 503 backstore_unavailable: no userspace handler took a TCMU device

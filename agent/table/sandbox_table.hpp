@@ -45,6 +45,11 @@ struct Entry {
     std::array<unsigned, kSuspendReasons> holds{};
     std::string resume_error;
     std::mutex suspend_mu;
+    // A transfer holds the entry while it streams on the transfer pool (a paused sandbox's
+    // export, an import): jobs that reach the strand meanwhile wait here, without a thread,
+    // and run in order once it lets go. Touched only on the strand.
+    bool held_by_transfer = false;
+    std::vector<std::function<void()>> after_transfer;
 
     [[nodiscard]] bool held(SuspendReason reason) const {
         return holds[static_cast<std::size_t>(reason)] > 0;

@@ -53,8 +53,10 @@ struct AgentFixture {
     boost::asio::thread_pool workers{4};
     std::unique_ptr<StateStore> store;
     std::unique_ptr<SandboxManager> manager;
+    // What start() gives the manager (its templates_dir is always templates_dir()).
+    SandboxManager::Options options;
 
-    AgentFixture() {
+    explicit AgentFixture(SandboxManager::Options o = {}) : options(std::move(o)) {
         std::filesystem::create_directories(templates_dir());
         write_file(templates_dir() + "/base.img", platform.origin_size);
         start();
@@ -67,8 +69,8 @@ struct AgentFixture {
         auto opened = StateStore::open(tmp.path() + "/state");
         REQUIRE(opened.ok());
         store = std::make_unique<StateStore>(std::move(opened).value());
-        manager = std::make_unique<SandboxManager>(
-            platform, *store, SandboxManager::Options{templates_dir()}, workers, metrics);
+        options.templates_dir = templates_dir();
+        manager = std::make_unique<SandboxManager>(platform, *store, options, workers, metrics);
     }
     // As a restart of the agent: a new manager over the same state dir and "kernel".
     void stop() {

@@ -264,13 +264,18 @@ class FakePlatform : public Platform {
     int fail_copy_errno = 0;
     class FakeCopy : public PendingCopy {
       public:
-        explicit FakeCopy(std::string path) : path_(std::move(path)) {}
+        // As the real one: the copy is written under a pending name beside `to` (what
+        // recovery and destroy recognise), renamed to it by commit().
+        FakeCopy(std::string path, std::string to) : path_(std::move(path)), to_(std::move(to)) {}
         ~FakeCopy() override {
             if (!committed_) {
                 ::unlink(path_.c_str());
             }
         }
         Result<void> commit() override {
+            if (::rename(path_.c_str(), to_.c_str()) != 0) {
+                return errno_error("rename " + path_);
+            }
             committed_ = true;
             return success();
         }
@@ -279,6 +284,7 @@ class FakePlatform : public Platform {
 
       private:
         std::string path_;
+        std::string to_;
         bool committed_ = false;
     };
     Result<std::unique_ptr<PendingCopy>> copy_cow(
@@ -301,11 +307,17 @@ class FakePlatform : public Platform {
         std::string head(1 << 20, '\0');
         in.read(head.data(), static_cast<std::streamsize>(head.size()));
         head.resize(static_cast<std::size_t>(in.gcount()));
-        std::ofstream out(to, std::ios::binary | std::ios::trunc);
+        std::string pending = to + ".tmp-XXXXXX";
+        const int fd = ::mkstemp(pending.data());
+        if (fd < 0) {
+            return errno_error("copy " + from);
+        }
+        ::close(fd);
+        std::ofstream out(pending, std::ios::binary | std::ios::trunc);
         out.write(head.data(), static_cast<std::streamsize>(head.size()));
         out.close();
-        std::filesystem::resize_file(to, std::filesystem::file_size(from));
-        return std::unique_ptr<PendingCopy>(std::make_unique<FakeCopy>(to));
+        std::filesystem::resize_file(pending, std::filesystem::file_size(from));
+        return std::unique_ptr<PendingCopy>(std::make_unique<FakeCopy>(pending, to));
     }
 
     Result<FlattenResult> flatten(const std::string&, const std::string&,
