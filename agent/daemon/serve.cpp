@@ -15,6 +15,7 @@
 #include "agent/api/api.hpp"
 #include "agent/daemon/fd_limit.hpp"
 #include "agent/daemon/logging.hpp"
+#include "agent/daemon/service_notify.hpp"
 #include "agent/daemon/state_dir_lock.hpp"
 #include "agent/platform/linux_platform.hpp"
 #include "agent/sandboxes/sandbox_manager.hpp"
@@ -253,10 +254,19 @@ int serve_locked(const ServeOptions& options, Platform& platform) {
         return 1;
     }
     serving = server->get();
+    std::string addresses;
     for (const auto& address : (*server)->bound()) {
         spdlog::info("wrenn-agent serving on {} (state {}, templates {})", address.to_string(),
                      store->state_dir(), options.templates_dir);
+        addresses += (addresses.empty() ? "" : ", ") + address.to_string();
     }
+    const auto states = manager.count_by_state();
+    const auto count = [&states](const char* state) {
+        const auto it = states.find(state);
+        return it == states.end() ? std::size_t{0} : it->second;
+    };
+    notify_ready("serving on " + addresses + "; " + std::to_string(count("running")) +
+                 " sandbox(es) running, " + std::to_string(count("paused")) + " paused");
 
     // SIGINT/SIGTERM: stop accepting; a helper thread waits for operations in flight (never
     // the io_context, which must keep writing their responses), then stops the loop.
@@ -269,6 +279,8 @@ int serve_locked(const ServeOptions& options, Platform& platform) {
         spdlog::info("signal {}: no new connections; finishing {} operation(s) in flight", signal,
                      manager.in_flight());
         (*server)->stop_accepting();
+        notify_stopping("stopping: finishing " + std::to_string(manager.in_flight()) +
+                        " operation(s) in flight");
         drainer = std::thread([&] {
             // Transfers may stream for long: after the grace, their connections are cut, which
             // fails them, and each removes what it wrote.

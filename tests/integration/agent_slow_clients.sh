@@ -72,13 +72,30 @@ for i in 0 1 2 3; do
 done
 exec {STALL_IN}>&-
 
-step "after a restart: the sandboxes are there, no upload is"
-require "agent starts again" start_agent
+step "after a restart, under a service manager: READY=1 with a status, then STOPPING=1"
+# What systemd's Type=notify reads: datagrams on $NOTIFY_SOCKET (sd_notify(3)).
+python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+with open(sys.argv[2], "w") as out:
+    while True:
+        out.write(s.recv(4096).decode() + "\n---\n")
+        out.flush()
+' "$WORK/notify.sock" "$WORK/notify.log" &
+NOTIFY_PID=$!
+for _ in $(seq 50); do [ -S "$WORK/notify.sock" ] && break; sleep 0.1; done
+NOTIFY_SOCKET=$WORK/notify.sock require "agent starts again" start_agent
 api GET /sandboxes
 expect_eq "src and b, nothing else" "$(ids | tr '\n' ' ')" "b src "
+expect_true "it told the service manager it is ready" grep -qx "READY=1" "$WORK/notify.log"
+expect_true "with a status naming its socket and sandboxes" \
+    grep -q "^STATUS=serving on unix:$SOCK; 1 sandbox(es) running, 1 paused$" "$WORK/notify.log"
 api DELETE /sandboxes/b
 expect_eq "destroy b" "$STATUS" 204
 api DELETE /sandboxes/src
 expect_eq "destroy src" "$STATUS" 204
 expect_true "SIGTERM exits 0" stop_agent
+expect_true "and it said it was stopping first" grep -qx "STOPPING=1" "$WORK/notify.log"
+kill "$NOTIFY_PID"
 finish

@@ -1,0 +1,43 @@
+#include "agent/daemon/service_notify.hpp"
+
+#include <spdlog/spdlog.h>
+#include <systemd/sd-daemon.h>
+
+#include <cstring>
+
+namespace wrenn::agent {
+
+namespace {
+
+void notify(const std::string& state) {
+    const int sent = ::sd_notify(0, state.c_str());
+    if (sent < 0) {
+        spdlog::debug("sd_notify: {}", std::strerror(-sent));
+    }
+}
+
+// A STATUS= value is one line.
+std::string one_line(std::string text) {
+    for (char& c : text) {
+        if (c == '\n' || c == '\r') {
+            c = ' ';
+        }
+    }
+    return text;
+}
+
+}  // namespace
+
+void notify_ready(const std::string& status) {
+    notify("READY=1\nSTATUS=" + one_line(status));
+}
+
+void notify_status(const std::string& status) {
+    notify("STATUS=" + one_line(status));
+}
+
+void notify_stopping(const std::string& status) {
+    notify("STOPPING=1\nSTATUS=" + one_line(status));
+}
+
+}  // namespace wrenn::agent
