@@ -5,7 +5,7 @@
 #include <variant>
 #include <vector>
 
-#include "agent/daemon/cli.hpp"
+#include "agent/cli/cli.hpp"
 #include "agent/daemon/logging.hpp"
 #include "agent/daemon/serve.hpp"
 #include "agent/transfer/transfer.hpp"

@@ -67,6 +67,10 @@ void Server::stop_accepting() {
     }
 }
 
+void Server::set_bearer_token(std::string token) {
+    state_->set_token(std::move(token));
+}
+
 std::size_t Server::connections() const {
     return state_->connections.load();
 }

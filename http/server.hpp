@@ -39,6 +39,10 @@ class Server {
     // Closes every connection now, dropping responses still pending and cutting streamed
     // bodies both ways (their readers and writers see an error): the end of a shutdown's grace.
     void close_connections();
+    // Replaces the bearer token (a server started with one): requests read from now on must
+    // carry the new one. No connection is dropped; one that showed the old token stays
+    // counted as authenticated. Safe from any thread.
+    void set_bearer_token(std::string token);
     // Live connections, including those waiting for a handler's response.
     std::size_t connections() const;
     // Connections closed at once because their listener already held max_connections.

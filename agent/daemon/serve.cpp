@@ -8,6 +8,7 @@
 #include <boost/asio/thread_pool.hpp>
 #include <csignal>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <sstream>
 #include <thread>
@@ -268,6 +269,26 @@ int serve_locked(const ServeOptions& options, Platform& platform) {
     notify_ready("serving on " + addresses + "; " + std::to_string(count("running")) +
                  " sandbox(es) running, " + std::to_string(count("paused")) + " paused");
 
+    // SIGHUP (systemctl reload): re-read --token-file, so that rotating the token drops no
+    // connection. A file that cannot be read, or holds no valid token, keeps the old one.
+    asio::signal_set reload(ioc, SIGHUP);
+    std::function<void(const boost::system::error_code&, int)> on_reload =
+        [&](const boost::system::error_code& ec, int) {
+            if (ec) {
+                return;
+            }
+            if (!options.token_file) {
+                spdlog::info("SIGHUP: nothing to reload (no --token-file)");
+            } else if (auto token = read_token(*options.token_file); !token) {
+                spdlog::error("SIGHUP: {}; the old token stays in use", token.error().message());
+            } else {
+                (*server)->set_bearer_token(*token);
+                spdlog::info("SIGHUP: token reloaded from {}", *options.token_file);
+            }
+            reload.async_wait(on_reload);
+        };
+    reload.async_wait(on_reload);
+
     // SIGINT/SIGTERM: stop accepting; a helper thread waits for operations in flight (never
     // the io_context, which must keep writing their responses), then stops the loop.
     std::thread drainer;
@@ -279,6 +300,7 @@ int serve_locked(const ServeOptions& options, Platform& platform) {
         spdlog::info("signal {}: no new connections; finishing {} operation(s) in flight", signal,
                      manager.in_flight());
         (*server)->stop_accepting();
+        reload.cancel();
         notify_stopping("stopping: finishing " + std::to_string(manager.in_flight()) +
                         " operation(s) in flight");
         drainer = std::thread([&] {

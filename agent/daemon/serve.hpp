@@ -1,6 +1,6 @@
 #pragma once
 
-#include "agent/daemon/cli.hpp"
+#include "agent/cli/cli.hpp"
 #include "agent/platform/platform.hpp"
 
 namespace wrenn::agent {

@@ -34,7 +34,8 @@ class SessionBase {
 // What the server and its sessions share. Sessions keep it alive, so it outlives the Server
 // object when connections are still closing.
 struct ServerState {
-    ServerState(ServerOptions o, Handler h) : opts(std::move(o)), handler(std::move(h)) {}
+    ServerState(ServerOptions o, Handler h)
+        : opts(std::move(o)), handler(std::move(h)), token_(opts.bearer_token) {}
 
     const ServerOptions opts;
     const Handler handler;
@@ -54,6 +55,16 @@ struct ServerState {
         std::lock_guard lock(mutex);
         sessions.erase(id);
     }
+    // The bearer token now: opts.bearer_token at first, then what set_token() put there.
+    std::optional<std::string> token() const {
+        std::lock_guard lock(token_mu_);
+        return token_;
+    }
+    void set_token(std::string token) {
+        std::lock_guard lock(token_mu_);
+        token_ = std::move(token);
+    }
+
     std::vector<std::shared_ptr<SessionBase>> live() {
         std::vector<std::shared_ptr<SessionBase>> out;
         std::lock_guard lock(mutex);
@@ -64,6 +75,10 @@ struct ServerState {
         }
         return out;
     }
+
+  private:
+    mutable std::mutex token_mu_;
+    std::optional<std::string> token_;
 };
 
 // What the sessions of one listener share with it.

@@ -53,7 +53,7 @@ Session::~Session() {
 void Session::run() {
     state_->add(id_, weak_from_this());
     spdlog::debug("http: {} accepted", who_);
-    if (opts().bearer_token) {
+    if (state_->token()) {
         listener_->add_unauthenticated(id_, weak_from_this());
     } else {
         authenticated_ = true;
@@ -83,8 +83,11 @@ void Session::arm_auth_timer() {
 }
 
 void Session::note_authenticated() {
-    if (authenticated_ || !opts().bearer_token ||
-        !carries_token(*opts().bearer_token, parser_->get())) {
+    if (authenticated_) {
+        return;
+    }
+    const auto token = state_->token();
+    if (!token || !carries_token(*token, parser_->get())) {
         return;
     }
     authenticated_ = true;
@@ -192,7 +195,7 @@ void Session::on_read(beast::error_code ec, std::size_t) {
 void Session::answer_expect_continue() {
     const auto& header = parser_->get();
     const bool has_body = announces_body(parser_->chunked(), parser_->content_length().value_or(0));
-    if (auto refused = refusal(opts().bearer_token, listener_->tcp, header, has_body)) {
+    if (auto refused = refusal(state_->token(), listener_->tcp, header, has_body)) {
         request_version_ = header.version();
         write(refused_response(header, *refused, false), false);
         return;
@@ -303,7 +306,7 @@ void Session::start_streamed(StreamedBody streamed) {
     streamed_request_ = true;
     const std::uint64_t seq = ++seq_;
     const bool has_body = announces_body(parser_->chunked(), parser_->content_length().value_or(0));
-    if (auto refused = refusal(opts().bearer_token, listener_->tcp, header, has_body, &streamed)) {
+    if (auto refused = refusal(state_->token(), listener_->tcp, header, has_body, &streamed)) {
         write(refused_response(header, *refused, false), false);
         return;
     }
@@ -398,8 +401,8 @@ void Session::handle_request() {
     request_is_head_ = req.method() == bhttp::verb::head;
     const std::uint64_t seq = ++seq_;
 
-    if (auto refused = refusal(opts().bearer_token, listener_->tcp, req,
-                               !req.body().empty() || req.chunked())) {
+    if (auto refused =
+            refusal(state_->token(), listener_->tcp, req, !req.body().empty() || req.chunked())) {
         on_response(seq, refused_response(req, *refused, request_keep_alive_));
         return;
     }

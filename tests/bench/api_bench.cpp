@@ -14,7 +14,7 @@
 #include <variant>
 #include <vector>
 
-#include "agent/daemon/cli.hpp"
+#include "agent/cli/cli.hpp"
 #include "agent/daemon/serve.hpp"
 #include "unit/fake_platform.hpp"
 

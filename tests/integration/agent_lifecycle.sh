@@ -246,6 +246,43 @@ CURL=(curl --unix-socket "$SOCK" -H "@$WORK/auth-header")
 api GET /sandboxes/sb1
 expect_eq "the unix socket with the token" "$STATUS" 200
 expect_eq "sb1 untouched by the refused pause and DELETE" "$(json state)" "$sb1_state"
+# systemctl reload (SIGHUP) rotates the token; a connection kept open across it is not dropped.
+head -c 32 /dev/urandom | base64 | tr -d '/+=\n' >"$WORK/token.new"
+python3 - "$PORT" "$AGENT_PID" "$TOKEN" "$WORK/token.new" >"$WORK/rotate.out" 2>&1 <<'PY'
+import http.client, signal, os, sys, time
+port, pid, path, new_path = sys.argv[1:]
+old, new = open(path).read().strip(), open(new_path).read().strip()
+conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=30)
+def status(token):
+    conn.request("GET", "/sandboxes", headers={"Authorization": "Bearer " + token})
+    res = conn.getresponse()
+    res.read()
+    return res.status
+print("before", status(old))
+with open(path, "w") as f:  # the file keeps its mode 0600
+    f.write(new + "\n")
+os.kill(int(pid), signal.SIGHUP)
+for _ in range(100):
+    time.sleep(0.1)
+    if status(new) == 200:
+        break
+print("old", status(old))
+print("new", status(new))
+with open(path, "w") as f:
+    f.write("short\n")
+os.kill(int(pid), signal.SIGHUP)
+time.sleep(1)
+print("after a bad file", status(new))
+PY
+expect_eq "reload: the old token works before" "$(grep '^before' "$WORK/rotate.out")" "before 200"
+expect_eq "reload: the old token is refused after, on the same connection" \
+    "$(grep '^old' "$WORK/rotate.out")" "old 401"
+expect_eq "reload: the new token works on it" "$(grep '^new' "$WORK/rotate.out")" "new 200"
+expect_eq "reload: a bad token file keeps the token in use" \
+    "$(grep '^after' "$WORK/rotate.out")" "after a bad file 200"
+expect_true "reload: logged" grep -q "SIGHUP: token reloaded from $TOKEN" "$AGENT_LOG"
+expect_true "reload: the bad file is logged" grep -q "SIGHUP: .*at least 16 characters" "$AGENT_LOG"
+expect_true "the agent still runs" kill -0 "$AGENT_PID"
 expect_true "SIGTERM after the token checks" stop_agent
 
 LISTEN=(--listen "unix:$SOCK" --listen "127.0.0.1:$PORT" --insecure-tcp)

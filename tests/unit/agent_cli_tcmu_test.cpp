@@ -1,7 +1,7 @@
 // The serve flags that allow TCMU origins from the API.
 #include <catch2/catch.hpp>
 
-#include "agent/daemon/cli.hpp"
+#include "agent/cli/cli.hpp"
 
 using namespace wrenn::agent;
 

@@ -1,6 +1,6 @@
 #include <catch2/catch.hpp>
 
-#include "agent/daemon/cli.hpp"
+#include "agent/cli/cli.hpp"
 #include "agent/daemon/logging.hpp"
 
 using namespace wrenn::agent;

@@ -3,7 +3,7 @@
 #include <fstream>
 #include <optional>
 
-#include "agent/daemon/cli.hpp"
+#include "agent/cli/cli.hpp"
 #include "agent/platform/space.hpp"
 #include "agent_fixture.hpp"
 

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/daemon/cli.hpp"
+#include "agent/cli/cli.hpp"
 #include "agent/transfer/transfer.hpp"
 #include "common/digest.hpp"
 #include "dm/snapshot_format.hpp"

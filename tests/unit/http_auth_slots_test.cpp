@@ -116,3 +116,19 @@ TEST_CASE("http auth: without a token nothing is closed for being unauthenticate
     CHECK(ts.server->connections_refused() == 1);
     CHECK(ask(b, get("/b")) == "GET /b");
 }
+
+TEST_CASE("http auth: a new token takes effect at once and drops no connection", "[http]") {
+    TestServer ts(token_options(16, 60s), echo);
+    Client kept(ts.port());
+    CHECK(ask(kept, get_with_token("/before")) == "GET /before");
+    const std::string rotated = "fedcba9876543210";
+    ts.server->set_bearer_token(rotated);
+    // The same connection: the old token is refused now, the new one passes.
+    REQUIRE(kept.send(get_with_token("/old")));
+    auto old = kept.read_response();
+    REQUIRE(old);
+    CHECK(old->result_int() == 401);
+    CHECK(ask(kept, get("/new", "Authorization: Bearer " + rotated + "\r\n")) == "GET /new");
+    Client fresh(ts.port());
+    CHECK(ask(fresh, get("/fresh", "Authorization: Bearer " + rotated + "\r\n")) == "GET /fresh");
+}

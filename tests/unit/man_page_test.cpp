@@ -7,8 +7,8 @@
 #include <sstream>
 #include <string>
 
-#include "agent/daemon/cli.hpp"
-#include "agent/daemon/version.hpp"
+#include "agent/cli/cli.hpp"
+#include "agent/cli/version.hpp"
 
 using namespace wrenn::agent;
 

@@ -1,10 +1,10 @@
-#include "agent/daemon/cli.hpp"
+#include "agent/cli/cli.hpp"
 
 #include <boost/program_options.hpp>
 #include <charconv>
 #include <sstream>
 
-#include "agent/daemon/version.hpp"
+#include "agent/cli/version.hpp"
 #include "tcmu/configfs/origin_policy.hpp"
 
 namespace wrenn::agent {

@@ -1,4 +1,4 @@
-#include "agent/daemon/version.hpp"
+#include "agent/cli/version.hpp"
 
 #include "revision.hpp"  // generated at build time: cmake/revision.cmake
 
