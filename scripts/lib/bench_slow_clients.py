@@ -7,7 +7,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from agentclient import AgentProcess, download, median  # noqa: E402
+from agentclient import AgentProcess, download, median, upload  # noqa: E402
 from results import result  # noqa: E402
 
 build, runs, stalled, prefix = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -78,11 +78,14 @@ def main():
     idle = timed_creates(agent, "idle")
     step(f"{runs} creates with {stalled} stalled uploads open")
     uploads = StalledUploads(agent.sock, archive, stalled)
-    # Every slot is taken once one more transfer is refused.
+    # Every slot is taken once one more transfer is refused (until then, one more may get in).
     for _ in range(500):
-        status = agent.api.call("POST", "/sandboxes/import?id=extra")[0]
+        status = upload(agent.sock, "/sandboxes/import?id=extra", archive,
+                        "application/vnd.wrenn.sandbox")[0]
         if status == 503:
             break
+        if status == 201:
+            agent.destroy("extra")
         time.sleep(0.02)
     if status != 503:
         sys.exit(f"bench-slow-clients: the {stalled} uploads never filled --max-transfers")
