@@ -5,6 +5,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <csignal>
 #include <fstream>
@@ -269,6 +270,23 @@ int serve_locked(const ServeOptions& options, Platform& platform) {
     notify_ready("serving on " + addresses + "; " + std::to_string(count("running")) +
                  " sandbox(es) running, " + std::to_string(count("paused")) + " paused");
 
+    // The watchdog (WatchdogSec= in the unit): WATCHDOG=1 from the event loop itself, so that
+    // an io_context that stops turning is restarted by systemd.
+    asio::steady_timer watchdog(ioc);
+    std::function<void(const boost::system::error_code&)> on_watchdog;
+    if (const auto interval = watchdog_interval()) {
+        spdlog::info("systemd watchdog: WATCHDOG=1 every {} ms", interval->count() / 1000);
+        on_watchdog = [&, every = *interval](const boost::system::error_code& ec) {
+            if (ec) {
+                return;
+            }
+            notify_watchdog();
+            watchdog.expires_after(every);
+            watchdog.async_wait(on_watchdog);
+        };
+        on_watchdog({});
+    }
+
     // SIGHUP (systemctl reload): re-read --token-file, so that rotating the token drops no
     // connection. A file that cannot be read, or holds no valid token, keeps the old one.
     asio::signal_set reload(ioc, SIGHUP);
@@ -301,6 +319,7 @@ int serve_locked(const ServeOptions& options, Platform& platform) {
                      manager.in_flight());
         (*server)->stop_accepting();
         reload.cancel();
+        watchdog.cancel();
         notify_stopping("stopping: finishing " + std::to_string(manager.in_flight()) +
                         " operation(s) in flight");
         drainer = std::thread([&] {

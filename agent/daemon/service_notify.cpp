@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <systemd/sd-daemon.h>
 
+#include <cstdint>
 #include <cstring>
 
 namespace wrenn::agent {
@@ -38,6 +39,18 @@ void notify_status(const std::string& status) {
 
 void notify_stopping(const std::string& status) {
     notify("STOPPING=1\nSTATUS=" + one_line(status));
+}
+
+std::optional<std::chrono::microseconds> watchdog_interval() {
+    std::uint64_t usec = 0;
+    if (::sd_watchdog_enabled(0, &usec) <= 0 || usec == 0) {
+        return std::nullopt;
+    }
+    return std::chrono::microseconds(usec / 2);
+}
+
+void notify_watchdog() {
+    notify("WATCHDOG=1");
 }
 
 }  // namespace wrenn::agent

@@ -72,7 +72,7 @@ for i in 0 1 2 3; do
 done
 exec {STALL_IN}>&-
 
-step "after a restart, under a service manager: READY=1 with a status, then STOPPING=1"
+step "after a restart, under a service manager: READY=1 with a status, the watchdog, then STOPPING=1"
 # What systemd's Type=notify reads: datagrams on $NOTIFY_SOCKET (sd_notify(3)).
 python3 -c '
 import socket, sys
@@ -85,12 +85,15 @@ with open(sys.argv[2], "w") as out:
 ' "$WORK/notify.sock" "$WORK/notify.log" &
 NOTIFY_PID=$!
 for _ in $(seq 50); do [ -S "$WORK/notify.sock" ] && break; sleep 0.1; done
-NOTIFY_SOCKET=$WORK/notify.sock require "agent starts again" start_agent
+NOTIFY_SOCKET=$WORK/notify.sock WATCHDOG_USEC=1000000 require "agent starts again" start_agent
 api GET /sandboxes
 expect_eq "src and b, nothing else" "$(ids | tr '\n' ' ')" "b src "
 expect_true "it told the service manager it is ready" grep -qx "READY=1" "$WORK/notify.log"
 expect_true "with a status naming its socket and sandboxes" \
     grep -q "^STATUS=serving on unix:$SOCK; 1 sandbox(es) running, 1 paused$" "$WORK/notify.log"
+sleep 2
+expect_true "it feeds the watchdog (WatchdogSec=1s: every 0.5 s)" \
+    test "$(grep -cx "WATCHDOG=1" "$WORK/notify.log")" -ge 3
 api DELETE /sandboxes/b
 expect_eq "destroy b" "$STATUS" 204
 api DELETE /sandboxes/src
