@@ -151,6 +151,19 @@ api GET /sandboxes/sb2
 expect_eq "after restart, sb2 says suspended" "$(json io)" suspended_no_space
 expect_true "recovery found them" grep -q '4 found suspended for space' "$AGENT_LOG"
 
+step "a fork and an export while suspended for space leave the space hold in place"
+# One owner of suspension (issue 27): a fork or an export suspends and resumes the device
+# itself; refused here (the disk is below --min-free), neither may resume it for space.
+api POST /sandboxes/sb1/fork '{"id": "sb1kid"}'
+expect_eq "fork while full" "$STATUS" 507
+api GET /sandboxes/sb1/export
+expect_eq "export while full" "$STATUS" 507
+expect_eq "still suspended in the kernel" "$(kernel_suspended)" 4
+api GET /sandboxes/sb1
+expect_eq "sb1 still says suspended for space" "$(json io)" suspended_no_space
+expect_eq "held for space alone" "$(json io_suspended_by.0)$(json io_suspended_by.1)" space
+expect_true "no folder left by the fork" test ! -e "$STATE/sandboxes/sb1kid"
+
 step "a file deleted: I/O resumes by itself"
 rm -f "$SMALL/ballast"
 wait_for 300 "the writers finish" writers_done
