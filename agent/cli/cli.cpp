@@ -103,9 +103,10 @@ po::options_description serve_options(ServeOptions& o) {
         "exports and imports that may stream at once, each on a thread of its own apart from "
         "the workers; one more is refused with 503 too_many_transfers (default 8)")(
         "min-transfer-rate", po::value(&o.min_transfer_rate)->value_name("BYTES"),
-        "bytes per second an export or import must average over every 30 s, else it is cut "
-        "(408 transfer_too_slow for an upload), so that a trickling client cannot hold a "
-        "transfer for ever (default 65536; 0: no floor)")(
+        "bytes per second a client must move an export or import at, averaged over every 30 s "
+        "the agent spends waiting on it, else the transfer is cut (408 transfer_too_slow for "
+        "an upload), so that a trickling client cannot hold a transfer for ever (default "
+        "65536; 0: no floor)")(
         "shutdown-grace", po::value<std::string>()->value_name("TIME"),
         "on SIGTERM, how long operations in flight may finish before the transfers still "
         "streaming are cut and their files removed, e.g. 20s (default 20s)");

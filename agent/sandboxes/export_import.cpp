@@ -105,12 +105,12 @@ Result<TransferStats, Failure> stream_export(OperationContext& ctx, PreparedExpo
     const std::string what = "export " + prepared.id;
     // From here on the client has a 200 and a byte stream: an error aborts that stream.
     const archive::ByteSink sink = begin();
-    RateFloor floor(ctx.options.min_transfer_rate, ctx.options.transfer_rate_window,
-                    RateFloor::Clock::now());
+    RateFloor floor(ctx.options.min_transfer_rate, ctx.options.transfer_rate_window);
     bool too_slow = false;
     auto stats = prepared.exporter->write([&](std::span<const std::byte> bytes) -> Result<void> {
+        const auto start = RateFloor::Clock::now();
         auto written = sink(bytes);
-        if (written && !floor.moved(bytes.size(), RateFloor::Clock::now())) {
+        if (written && !floor.moved(bytes.size(), RateFloor::Clock::now() - start)) {
             too_slow = true;
             return Error("send", ETIMEDOUT, "the client read slower than --min-transfer-rate");
         }
@@ -222,14 +222,15 @@ Result<Sandbox, Failure> import_sandbox(OperationContext& ctx, const EntryPtr& e
     });
     std::vector<std::byte> buffer(1 << 20);
     std::uint64_t received = 0;
-    RateFloor floor(ctx.options.min_transfer_rate, ctx.options.transfer_rate_window,
-                    RateFloor::Clock::now());
+    RateFloor floor(ctx.options.min_transfer_rate, ctx.options.transfer_rate_window);
     auto fail = [&](Failure f) {
         remove_files();
         return f;
     };
     for (;;) {
+        const auto waiting = RateFloor::Clock::now();
         auto n = read_body(buffer);
+        const auto waited = RateFloor::Clock::now() - waiting;
         if (!n) {
             // The client went away, sent more than the server's limit, or stalled.
             const int code = n.error().code();
@@ -243,7 +244,7 @@ Result<Sandbox, Failure> import_sandbox(OperationContext& ctx, const EntryPtr& e
             break;
         }
         received += *n;
-        if (!floor.moved(*n, RateFloor::Clock::now())) {
+        if (!floor.moved(*n, waited)) {
             return fail(failure(FailureKind::TransferTooSlow, what, ETIMEDOUT,
                                 "the upload was slower than --min-transfer-rate (" +
                                     std::to_string(floor.bytes_per_second()) + " bytes/s over " +
