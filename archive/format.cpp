@@ -44,6 +44,9 @@ Result<void> check_header(const Header& h) {
     if (h.version != kVersion && h.version != kWholeSha256Version) {
         return bad("version " + std::to_string(h.version) + " is not 1 or 2");
     }
+    if (h.image && h.version != kVersion) {
+        return bad("a template image stream is version 2");
+    }
     if (h.chunk_bytes < kMinChunkBytes || h.chunk_bytes > kMaxChunkBytes ||
         (h.chunk_bytes & (h.chunk_bytes - 1)) != 0) {
         return bad("chunk size " + std::to_string(h.chunk_bytes) +

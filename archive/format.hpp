@@ -21,6 +21,9 @@ inline constexpr std::array<std::uint8_t, 8> kEndMagic{'W', 'R', 'E', 'N', 'N', 
 inline constexpr std::uint32_t kVersion = 2;
 inline constexpr std::uint32_t kWholeSha256Version = 1;
 inline constexpr std::uint32_t kFlagCompressed = 1;
+// A template image stream: the records are an image's chunks over zeros, not a sandbox's over a
+// template, and template_digest is the image's own digest (docs/archive.md).
+inline constexpr std::uint32_t kFlagImage = 2;
 inline constexpr std::size_t kFixedHeaderBytes = 72;  // the header before the template name
 inline constexpr std::size_t kMaxNameBytes = 255;
 inline constexpr std::uint32_t kMinChunkBytes = 512;
@@ -32,12 +35,17 @@ inline constexpr std::size_t kTrailerBytes = 40;           // end magic + SHA-25
 inline constexpr std::size_t kDigestBytes = 32;
 // MIME type of the stream (the API's export and import routes).
 inline constexpr const char* kContentType = "application/vnd.wrenn.sandbox";
+// MIME type of a template image stream (GET /templates/{name}/image, PUT /templates/{name}).
+inline constexpr const char* kImageContentType = "application/vnd.wrenn.template";
 
 // What an archive's header says. The writer takes one (version 2, or 1 to name the template by
 // its whole SHA-256); the reader yields one.
 struct Header {
     std::uint32_t version = kVersion;
     bool compressed = true;
+    // A template image stream (kFlagImage): chunks not in it are zeros, and template_digest and
+    // template_name are the image's own.
+    bool image = false;
     std::uint32_t chunk_bytes = 4096;
     std::uint64_t origin_bytes = 0;
     std::uint64_t chunk_count = 0;

@@ -158,11 +158,17 @@ Result<void> Reader::complete_part() {
                                    "it: upgrade this one)");
             }
             const auto flags = load_le<std::uint32_t>(b + 12);
-            if ((flags & ~kFlagCompressed) != 0) {
+            if ((flags & ~(kFlagCompressed | kFlagImage)) != 0) {
                 return fail(12, "flags " + std::to_string(flags) +
-                                    " has unknown bits set (only bit 0, compressed, is defined)");
+                                    " has unknown bits set (only bit 0, compressed, and bit 1, "
+                                    "image, are defined)");
             }
             h.compressed = (flags & kFlagCompressed) != 0;
+            h.image = (flags & kFlagImage) != 0;
+            if (h.image && h.version != kVersion) {
+                return fail(12, "a template image stream (flag bit 1) in a version " +
+                                    std::to_string(h.version) + " header; only version 2 has one");
+            }
             h.chunk_bytes = load_le<std::uint32_t>(b + 16);
             if (h.chunk_bytes < kMinChunkBytes || h.chunk_bytes > kMaxChunkBytes ||
                 (h.chunk_bytes & (h.chunk_bytes - 1)) != 0) {

@@ -43,7 +43,7 @@ Result<Writer> Writer::create(Header header, ByteSink sink) {
     std::copy(kMagic.begin(), kMagic.end(), reinterpret_cast<std::uint8_t*>(bytes.data()));
     store_le<std::uint32_t>(&bytes[8], h.version);
     store_le<std::uint32_t>(&bytes[12],
-                            static_cast<std::uint32_t>(h.compressed ? kFlagCompressed : 0));
+                            (h.compressed ? kFlagCompressed : 0) | (h.image ? kFlagImage : 0));
     store_le<std::uint32_t>(&bytes[16], h.chunk_bytes);
     store_le<std::uint32_t>(&bytes[20], static_cast<std::uint32_t>(h.template_name.size()));
     store_le<std::uint64_t>(&bytes[24], h.origin_bytes);

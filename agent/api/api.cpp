@@ -13,6 +13,7 @@
 #include "agent/table/checks.hpp"
 #include "archive/format.hpp"
 #include "http/core/url.hpp"
+#include "http/policy/request_policy.hpp"
 
 namespace wrenn::agent {
 
@@ -31,6 +32,11 @@ std::span<const Api::Route> Api::routes() {
         {get, "/healthz", &Api::health},
         {get, "/metrics", &Api::metrics},
         {get, "/templates", &Api::list_templates},
+        {get, "/templates/{id}", &Api::get_template},
+        {put, "/templates/{id}", &Api::upload_without_body},
+        {delete_, "/templates/{id}", &Api::delete_template},
+        {get, "/templates/{id}/image", &Api::download_template},
+        {std::nullopt, "/templates/{id}/*", &Api::no_such_template_action},
         {get, "/sandboxes", &Api::list_sandboxes},
         {post, "/sandboxes", &Api::create_sandbox},
         {get, "/sandboxes/{id}", &Api::get_sandbox},
@@ -147,12 +153,13 @@ void Api::handle(HttpRequest&& request_in, Respond respond) {
             json_error(req, 404, "not_found",
                        "no route " + printable_path(req.target()) + " (see docs/api.md)"));
     }
-    // A path that names a sandbox needs a well-formed id, whatever the method.
+    // A path that names a sandbox or a template needs a well-formed name, whatever the method.
     if (id) {
         if (!is_valid_name(*id)) {
-            return call.respond(
-                json_error(req, 400, "invalid_request",
-                           "sandbox id in the path must match " + std::string(kNameRule)));
+            return call.respond(json_error(
+                req, 400, "invalid_request",
+                std::string(parts.front() == "templates" ? "template name" : "sandbox id") +
+                    " in the path must match " + std::string(kNameRule)));
         }
         call.id = std::string(*id);
     }
@@ -294,10 +301,41 @@ void Api::no_such_action(const Call& call) {
                                 " (actions: pause, resume, flatten, fork, export)"));
 }
 
+void Api::get_template(const Call& call) {
+    manager_.template_info(call.id,
+                           answer_json<TemplateInfo>(call.request, call.respond, 200, template_users_json));
+}
+
+void Api::upload_without_body(const Call& call) {
+    // Only a transport that streams this route's body (streamed_body) reaches here.
+    call.respond(json_error(*call.request, 500, "internal",
+                            "PUT /templates/{name} needs a transport that streams its body"));
+}
+
+void Api::delete_template(const Call& call) {
+    manager_.delete_template(call.id, [request = call.request,
+                                       respond = call.respond](Result<Done, Failure> out) {
+        if (!out) {
+            return respond(failure_response(*request, out.error()));
+        }
+        HttpResponse res{http::status::no_content, request->version()};
+        res.set(http::field::server, "wrenn-agent");
+        res.keep_alive(request->keep_alive());
+        res.prepare_payload();
+        respond(std::move(res));
+    });
+}
+
+void Api::no_such_template_action(const Call& call) {
+    call.respond(json_error(*call.request, 404, "not_found",
+                            "no route " + printable_path(call.request->target()) +
+                                " (a template has one: image)"));
+}
+
 namespace {
 
-// One export's pipe: the worker writes the archive into its writer while the server sends
-// what the reader gets. `started` once the 200 went out (begin and done run one after the other on
+// One streamed answer's pipe: the worker writes into its writer while the server sends what
+// the reader gets. `started` once the 200 went out (begin and done run one after the other on
 // the transfer's thread).
 struct ExportPipe {
     explicit ExportPipe(wrenn::http::BodyPipe p) : pipe(std::move(p)) {}
@@ -305,37 +343,42 @@ struct ExportPipe {
     bool started = false;
 };
 
-}  // namespace
-
-void Api::export_sandbox(const Call& call) {
-    const auto& req = *call.request;
-    const auto& request = call.request;
-    const auto& respond = call.respond;
-    const auto& id = call.id;
-    bool compress = true;
-    if (const auto value = query_param(req.target(), "compress")) {
-        if (*value == "false" || *value == "0") {
-            compress = false;
-        } else if (*value != "true" && *value != "1") {
-            return respond(json_error(req, 400, "invalid_request",
-                                      "query parameter 'compress' must be true or false"));
-        }
+// ?compress= (default true), or nullopt once a 400 has answered.
+std::optional<bool> compress_param(const std::shared_ptr<HttpRequest>& request,
+                                   const Respond& respond) {
+    const auto value = query_param(request->target(), "compress");
+    if (!value || *value == "true" || *value == "1") {
+        return true;
     }
+    if (*value == "false" || *value == "0") {
+        return false;
+    }
+    respond(json_error(*request, 400, "invalid_request",
+                       "query parameter 'compress' must be true or false"));
+    return std::nullopt;
+}
+
+// Answers with a stream of `content_type` named `filename`: `start` gets the begin that sends
+// the 200 (and returns where the bytes go) and the callback that ends the stream, or answers the
+// failure when nothing was sent yet.
+void answer_stream(const std::shared_ptr<HttpRequest>& request, const Respond& respond,
+                   std::string content_type, std::string filename,
+                   const std::function<void(ExportBegin, Callback<TransferStats>)>& start) {
     auto pipe = wrenn::http::make_body_pipe();
     if (!pipe) {
-        return respond(json_error(req, 500, "internal", pipe.error().message()));
+        return respond(json_error(*request, 500, "internal", pipe.error().message()));
     }
     auto shared = std::make_shared<ExportPipe>(std::move(pipe).value());
-    manager_.export_sandbox(
-        id, compress,
-        [shared, request, respond, id]() -> archive::ByteSink {
+    start(
+        [shared, respond, content_type = std::move(content_type),
+         filename = std::move(filename)]() -> archive::ByteSink {
             shared->started = true;
             wrenn::http::StreamedResponse res{{}, std::move(shared->pipe.reader)};
             res.header.result(http::status::ok);
             res.header.set(http::field::server, "wrenn-agent");
-            res.header.set(http::field::content_type, archive::kContentType);
+            res.header.set(http::field::content_type, content_type);
             res.header.set(http::field::content_disposition,
-                           "attachment; filename=\"" + id + ".wrenn\"");
+                           "attachment; filename=\"" + filename + "\"");
             respond(std::move(res));
             return [shared](std::span<const std::byte> bytes) {
                 return shared->pipe.writer.write(bytes);
@@ -346,7 +389,7 @@ void Api::export_sandbox(const Call& call) {
                 if (!out) {
                     return respond(failure_response(*request, out.error()));
                 }
-                return respond(json_error(*request, 500, "internal", "the export sent nothing"));
+                return respond(json_error(*request, 500, "internal", "the stream sent nothing"));
             }
             if (!out) {
                 // The client has a 200 already: the server aborts the transfer (no last chunk).
@@ -355,6 +398,32 @@ void Api::export_sandbox(const Call& call) {
                 shared->pipe.writer.finish();
             }
         });
+}
+
+}  // namespace
+
+void Api::export_sandbox(const Call& call) {
+    const auto compress = compress_param(call.request, call.respond);
+    if (!compress) {
+        return;
+    }
+    answer_stream(call.request, call.respond, archive::kContentType, call.id + ".wrenn",
+                  [this, id = call.id, compress](ExportBegin begin, Callback<TransferStats> done) {
+                      manager_.export_sandbox(id, *compress, std::move(begin), std::move(done));
+                  });
+}
+
+void Api::download_template(const Call& call) {
+    const auto compress = compress_param(call.request, call.respond);
+    if (!compress) {
+        return;
+    }
+    answer_stream(call.request, call.respond, archive::kImageContentType,
+                  call.id + ".wrenn-template",
+                  [this, name = call.id, compress](ExportBegin begin, Callback<TransferStats> done) {
+                      manager_.download_template(name, *compress, std::move(begin),
+                                                 std::move(done));
+                  });
 }
 
 std::optional<wrenn::http::StreamedBody> Api::streamed_body(
@@ -366,11 +435,67 @@ std::optional<wrenn::http::StreamedBody> Api::streamed_body(
                                                                     ? UINT64_MAX
                                                                     : options_.max_import_bytes};
     }
+    if (header.method() == http::verb::put && parts.size() == 2 && parts[0] == "templates" &&
+        is_valid_name(parts[1])) {
+        // The image, with room for a stream's framing (8 bytes per 4 KiB chunk) and zstd's
+        // worst case; the image's own size is held to the limit as it arrives.
+        const std::uint64_t max = options_.max_template_bytes;
+        return wrenn::http::StreamedBody{archive::kImageContentType,
+                                         max + max / 100 + (1 << 20),
+                                         {"application/octet-stream", "application/zstd"},
+                                         true};
+    }
     return std::nullopt;
 }
 
-void Api::handle_import(HttpRequest&& request_in, wrenn::http::BodyReader body, Respond respond) {
+void Api::handle_streamed(HttpRequest&& request_in, wrenn::http::BodyReader body,
+                          Respond respond) {
     auto request = std::make_shared<HttpRequest>(std::move(request_in));
+    const auto parts = split_path(strip_query(request->target()));
+    if (request->method() == http::verb::put && parts.size() == 2 && parts[0] == "templates") {
+        return upload_template(std::move(request), std::string(parts[1]), std::move(body),
+                               std::move(respond));
+    }
+    import_sandbox(std::move(request), std::move(body), std::move(respond));
+}
+
+void Api::upload_template(std::shared_ptr<HttpRequest> request, std::string name,
+                          wrenn::http::BodyReader body, Respond respond) {
+    UploadRequest upload;
+    upload.name = std::move(name);
+    upload.digest = std::string(query_param(request->target(), "digest").value_or(""));
+    const auto type = request->find(http::field::content_type);
+    if (type == request->end()) {
+        upload.form = ImageForm::Detect;
+    } else if (wrenn::http::is_media_type(type->value(), "application/octet-stream")) {
+        upload.form = ImageForm::Raw;
+    } else if (wrenn::http::is_media_type(type->value(), "application/zstd")) {
+        upload.form = ImageForm::Zstd;
+    } else {
+        upload.form = ImageForm::Stream;
+    }
+    if (const auto length = request->find(http::field::content_length);
+        length != request->end()) {
+        try {
+            upload.content_length = std::stoull(std::string(length->value()));
+        } catch (const std::exception&) {
+            // The transport parsed it already; an unparsable one never reaches here.
+        }
+    }
+    auto reader = std::make_shared<wrenn::http::BodyReader>(std::move(body));
+    manager_.upload_template(
+        std::move(upload), [reader](std::span<std::byte> buffer) { return reader->read(buffer); },
+        [request, respond, reader](Result<TemplateInfo, Failure> out) {
+            reader->close();  // a refusal before the end: the server stops reading the body
+            if (!out) {
+                return respond(failure_response(*request, out.error()));
+            }
+            respond(json_response(*request, out->existed ? 200 : 201, uploaded_json(out.value())));
+        });
+}
+
+void Api::import_sandbox(std::shared_ptr<HttpRequest> request, wrenn::http::BodyReader body,
+                         Respond respond) {
     const auto id = query_param(request->target(), "id");
     if (!id || id->empty() || !is_valid_name(*id)) {
         // The body reader goes with this call: the server stops reading the body.

@@ -29,6 +29,8 @@ struct ApiOptions {
     std::function<ConnectionCounts()> connections;
     // The state filesystem's space, for /healthz and /metrics; none when not watched.
     std::function<SpaceStatus()> space;
+    // The largest image PUT /templates/{name} takes (--max-template-bytes).
+    std::uint64_t max_template_bytes = 256ull << 30;
     // The largest archive POST /sandboxes/import takes (--max-import-bytes; 0: no fixed
     // cap). Whatever this says, an archive is refused once it passes its template's size plus
     // 1% and 1 MiB, the most an archive of that template can honestly hold.
@@ -43,11 +45,12 @@ class Api {
     Api(SandboxManager& manager, Platform& platform, Metrics& metrics, ApiOptions options = {});
     void handle(HttpRequest&& request, Respond respond);
     // Which requests stream their body (the transport's ServerOptions::streamed_body): POST
-    // /sandboxes/import, whose body is an archive of type application/vnd.wrenn.sandbox.
+    // /sandboxes/import, whose body is an archive of type application/vnd.wrenn.sandbox, and
+    // PUT /templates/{name}, whose body is an image.
     [[nodiscard]] std::optional<http::StreamedBody> streamed_body(
         const http::RequestHeader& header) const;
-    // POST /sandboxes/import?id=ID, its body read through `body` on the worker pool.
-    void handle_import(HttpRequest&& request, http::BodyReader body, Respond respond);
+    // A request streamed_body picked, its body read through `body` on the transfer pool.
+    void handle_streamed(HttpRequest&& request, http::BodyReader body, Respond respond);
 
   private:
     // One request on its way through a route: the request (shared: answers may come from the
@@ -82,6 +85,17 @@ class Api {
     void fork_sandbox(const Call& call);
     void export_sandbox(const Call& call);
     void no_such_action(const Call& call);
+    void get_template(const Call& call);
+    void upload_without_body(const Call& call);
+    void download_template(const Call& call);
+    void delete_template(const Call& call);
+    void no_such_template_action(const Call& call);
+
+    // The streamed routes.
+    void import_sandbox(std::shared_ptr<HttpRequest> request, http::BodyReader body,
+                        Respond respond);
+    void upload_template(std::shared_ptr<HttpRequest> request, std::string name,
+                         http::BodyReader body, Respond respond);
 
     SandboxManager& manager_;
     Platform& platform_;

@@ -120,6 +120,22 @@ json::object template_json(const TemplateInfo& t) {
     return out;
 }
 
+json::object template_users_json(const TemplateInfo& t) {
+    json::object out = template_json(t);
+    json::array users;
+    for (const auto& user : t.users) {
+        users.push_back(json::object{{"id", user.id}, {"state", to_string(user.state)}});
+    }
+    out["users"] = std::move(users);
+    return out;
+}
+
+json::object uploaded_json(const TemplateInfo& t) {
+    json::object out = flattened_json(t);
+    out["allocated_bytes"] = t.allocated_bytes.value_or(0);
+    return out;
+}
+
 json::object flattened_json(const TemplateInfo& t) {
     return json::object{{"template", t.name},
                         {"path", t.path},

@@ -33,5 +33,9 @@ boost::json::object templates_json(const std::vector<TemplateInfo>& templates);
 boost::json::object template_json(const TemplateInfo& info);
 // POST /sandboxes/{id}/flatten: the new template's name, path, size and digest.
 boost::json::object flattened_json(const TemplateInfo& info);
+// GET /templates/{name}: template_json and "users", the sandboxes made over it.
+boost::json::object template_users_json(const TemplateInfo& info);
+// PUT /templates/{name}: flattened_json and "allocated_bytes".
+boost::json::object uploaded_json(const TemplateInfo& info);
 
 }  // namespace wrenn::agent

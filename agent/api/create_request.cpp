@@ -6,6 +6,7 @@
 #include <string>
 
 #include "agent/api/json_body.hpp"
+#include "agent/state/template_blocks.hpp"
 #include "agent/table/checks.hpp"
 
 namespace wrenn::agent {
@@ -102,8 +103,9 @@ Result<CreateRequest, Failure> parse_create_request(std::string_view body_text) 
     if (!template_name) {
         return invalid_request("field 'template' is required (or 'origin' for a TCMU origin)");
     }
-    if (!is_valid_name(*template_name)) {
-        return invalid_request("field 'template' must match " + std::string(kNameRule));
+    if (!is_valid_name(*template_name) && !is_blocks_digest(*template_name)) {
+        return invalid_request("field 'template' must match " + std::string(kNameRule) +
+                               ", or be a template's digest (\"blocks-sha256-4k:<64 hex>\")");
     }
     create.template_name = *template_name;
     return create;

@@ -99,8 +99,11 @@ po::options_description serve_options(ServeOptions& o) {
         "the largest archive POST /sandboxes/import takes, in bytes; a larger one is refused "
         "with 413 (default 0: no fixed cap, but an archive is always refused once it passes "
         "its template's size plus 1% and 1 MiB)")(
+        "max-template-bytes", po::value<std::string>()->value_name("SIZE"),
+        "the largest template image PUT /templates/{name} takes, e.g. 64GiB; a larger one is "
+        "refused with 413 (default 256GiB)")(
         "max-transfers", po::value(&o.max_transfers)->value_name("N"),
-        "exports and imports that may stream at once, each on a thread of its own apart from "
+        "exports, imports and template uploads and downloads that may stream at once, each on a thread of its own apart from "
         "the workers; one more is refused with 503 too_many_transfers (default 8)")(
         "min-transfer-rate", po::value(&o.min_transfer_rate)->value_name("BYTES"),
         "bytes per second a client must move an export or import at, averaged over every 30 s "
@@ -224,6 +227,15 @@ Command parse_command_line(const std::vector<std::string>& args_in) {
                 "wrenn-agent: --fork-max-stall: a time from 1ms to 60s, like 2s or 500ms\n", 2};
         }
         options.fork_max_stall = *stall;
+    }
+    if (vm.count("max-template-bytes") != 0) {
+        auto size = parse_space_threshold(vm["max-template-bytes"].as<std::string>());
+        if (!size || size->percent != 0 || size->bytes == 0) {
+            return PrintAndExit{
+                "wrenn-agent: --max-template-bytes: a size in bytes, like 68719476736 or 64GiB\n",
+                2};
+        }
+        options.max_template_bytes = size->bytes;
     }
     if (options.space.min_free.disabled() && vm.count("critical-free") == 0) {
         options.space.critical_free = {};  // --min-free 0 turns watching off altogether

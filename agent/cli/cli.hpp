@@ -38,6 +38,8 @@ struct ServeOptions {
     // --max-import-bytes: the largest archive POST /sandboxes/import takes (0: no fixed cap;
     // each archive is bounded by its template's size plus 1% anyway).
     std::uint64_t max_import_bytes = 0;
+    // --max-template-bytes: the largest image PUT /templates/{name} takes.
+    std::uint64_t max_template_bytes = 256ull << 30;
     // --max-transfers: exports and imports streaming at once (beyond: 503).
     std::size_t max_transfers = 8;
     // --min-transfer-rate: bytes per second a transfer must average over each 30 s (0: none).

@@ -96,6 +96,7 @@ SandboxManager::Options manager_options(const ServeOptions& options) {
     out.fork_max_stall = options.fork_max_stall;
     out.max_transfers = options.max_transfers;
     out.min_transfer_rate = options.min_transfer_rate;
+    out.max_template_bytes = options.max_template_bytes;
     return out;
 }
 
@@ -237,14 +238,15 @@ int serve_locked(const ServeOptions& options, Platform& platform) {
                    : ConnectionCounts{serving->connections(), serving->connections_refused()};
     };
     api_options.max_import_bytes = options.max_import_bytes;
+    api_options.max_template_bytes = options.max_template_bytes;
     Api api(manager, platform, metrics, std::move(api_options));
-    // POST /sandboxes/import streams its body (an archive) to the worker pool.
+    // POST /sandboxes/import and PUT /templates/{name} stream their bodies to the transfer pool.
     server_options.streamed_body = [&api](const http::RequestHeader& header) {
         return api.streamed_body(header);
     };
     server_options.stream_handler = [&api](http::Request&& request, http::BodyReader body,
                                            http::Respond respond) {
-        api.handle_import(std::move(request), std::move(body), std::move(respond));
+        api.handle_streamed(std::move(request), std::move(body), std::move(respond));
     };
     asio::io_context ioc;
     auto server = http::Server::create(ioc, server_options,

@@ -370,6 +370,36 @@ Result<std::size_t> LinuxPlatform::release_loops_under(const std::string& dir) {
     return released;
 }
 
+Result<std::size_t> LinuxPlatform::release_loops_of(const std::string& path) {
+    auto bound = loop::LoopDevice::list_bound();
+    if (!bound) {
+        return std::move(bound).error();
+    }
+    std::size_t released = 0;
+    for (const auto& status : *bound) {
+        // The kernel shows a deleted backing file's path with " (deleted)" after it.
+        if (status.backing_file != path && status.backing_file != path + " (deleted)") {
+            continue;
+        }
+        const std::string key = std::to_string(status.backing_dev) + ":" +
+                                std::to_string(status.backing_ino);
+        if (loops_.references(key) > 0) {
+            continue;  // an origin we hold (the caller checked no sandbox uses it)
+        }
+        auto device = loop::LoopDevice::open_existing(status.backing_dev, status.backing_ino,
+                                                      status.backing_file, status.read_only);
+        if (!device || !device->has_value()) {
+            continue;  // gone meanwhile
+        }
+        if (auto detached = (*device)->detach(); !detached) {
+            return std::move(detached).error();
+        }
+        spdlog::info("released {} (backed by {})", status.device, status.backing_file);
+        ++released;
+    }
+    return released;
+}
+
 Result<std::size_t> LinuxPlatform::detach_tcmu_origins(const std::vector<OriginSpec>& origins) {
     std::vector<tcmu::DeviceIdentity> identities;
     for (const auto& origin : origins) {

@@ -58,6 +58,7 @@ class LinuxPlatform final : public Platform {
     Result<FlattenResult> flatten(const std::string& origin, const std::string& cow_path,
                                   const std::string& out) override;
     Result<std::size_t> release_loops_under(const std::string& dir) override;
+    Result<std::size_t> release_loops_of(const std::string& path) override;
     Result<std::size_t> detach_tcmu_origins(const std::vector<OriginSpec>& origins) override;
     Result<std::size_t> detach_unused_tcmu(std::vector<std::string>& problems) override;
 

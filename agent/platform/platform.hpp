@@ -170,6 +170,9 @@ class Platform {
     // whose dev_config is not this origin's is left alone).
     // Returns how many were released.
     virtual Result<std::size_t> release_loops_under(const std::string& dir) = 0;
+    // A deleted template: lets go of the loops whose backing file is exactly `path` that no
+    // origin held now uses. Returns how many were released.
+    virtual Result<std::size_t> release_loops_of(const std::string& path) = 0;
     virtual Result<std::size_t> detach_tcmu_origins(const std::vector<OriginSpec>& origins) = 0;
     // Startup recovery and cleanup: detaches every TCMU device that carries this state dir's
     // mark (its serial, see tcmu::owner_serial) and that no origin held now uses: left by a

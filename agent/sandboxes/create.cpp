@@ -34,19 +34,34 @@ Result<Sandbox, Failure> create_sandbox(OperationContext& ctx, const EntryPtr& e
     }
     Sandbox sb;
     sb.id = id;
+    // Held on the template's name until the record is written: a delete or upload of it waits.
+    std::optional<TemplateGuards::Hold> hold;
     if (request.tcmu_origin) {
         sb.origin = *request.tcmu_origin;
     } else {
-        if (auto bad = check_name(request.template_name, "template", what)) {
+        std::string name = request.template_name;
+        if (is_blocks_digest(name)) {
+            // Whichever image has this content, whatever its name.
+            auto found = find_template_by_digest(ctx, DigestSearch{name, 0, {}, false}, what);
+            if (!found) {
+                return found.error();
+            }
+            name = found->name;
+        } else if (auto bad = check_name(name, "template", what)) {
             return *bad;
         }
-        sb.template_name = request.template_name;
-        auto identity = identify_template(ctx, request.template_name, what);
+        auto held = share_template(ctx, name, what);
+        if (!held) {
+            return held.error();
+        }
+        hold.emplace(std::move(held).value());
+        sb.template_name = name;
+        auto identity = identify_template(ctx, name, what);
         if (!identity) {
             return identity.error();
         }
         sb.origin = OriginSpec{OriginSpec::Type::Loop,
-                               ctx.template_path(request.template_name),
+                               ctx.template_path(name),
                                {},
                                std::nullopt,
                                identity.value()};

@@ -128,50 +128,27 @@ Result<TransferStats, Failure> stream_export(OperationContext& ctx, PreparedExpo
 
 namespace {
 
-struct TemplateMatch {
-    std::string name;
-    TemplateIdentity identity;  // with its digest
-};
-
 // The template in templates_dir whose content has the archive's digest, or 409
 // template_mismatch naming the digest.
-Result<TemplateMatch, Failure> find_template_by_digest(OperationContext& ctx,
-                                                       const archive::Header& header,
-                                                       const std::string& what) {
+Result<TemplateMatch, Failure> archive_template(OperationContext& ctx,
+                                                const archive::Header& header,
+                                                const std::string& what) {
     const std::string needed = header.template_digest_name();
-    const bool whole = header.version == archive::kWholeSha256Version;
-    auto listed = template_names(ctx);
-    if (!listed) {
-        return internal(std::move(listed).error().within(what));
-    }
-    std::vector<std::string> names = std::move(listed).value();
-    // The archive's own name first: the usual case, and the only digest computed when the
-    // digests are cached already.
+    // The archive's own name first: the usual case.
     const std::string own = header.template_name.ends_with(".img")
                                 ? header.template_name.substr(0, header.template_name.size() - 4)
                                 : header.template_name;
-    std::stable_partition(names.begin(), names.end(), [&](const auto& n) { return n == own; });
-    for (const auto& name : names) {
-        const std::string path = ctx.template_path(name);
-        auto identity = ctx.platform.inspect_template(path);
-        if (!identity || identity->served_bytes() != header.origin_bytes) {
-            continue;  // not usable as a template (see GET /templates), or another size
-        }
-        // A version 1 archive names the whole image's SHA-256, computed here on demand (once
-        // per template version, then cached).
-        auto digest =
-            whole ? ctx.digests.whole_sha256(path, *identity) : ctx.digests.wait(path, *identity);
-        if (digest && *digest == needed) {
-            TemplateIdentity matched = *identity;
-            matched.digest = whole ? ctx.digests.known_or_request(path, *identity) : *digest;
-            return TemplateMatch{name, matched};
-        }
+    auto found = find_template_by_digest(ctx, DigestSearch{needed, header.origin_bytes, own, true},
+                                         what);
+    if (!found && found.error().kind == FailureKind::TemplateNotFound) {
+        return failure(FailureKind::TemplateMismatch, what, 0,
+                       "the archive needs template \"" + header.template_name + "\" with digest " +
+                           needed + "; no template in " + ctx.options.templates_dir +
+                           " has that content: upload the exporting host's image (GET "
+                           "/templates/{name}/image there, PUT /templates/{name}?digest=" +
+                           needed + " here) and retry");
     }
-    return failure(FailureKind::TemplateMismatch, what, 0,
-                   "the archive needs template \"" + header.template_name + "\" with digest " +
-                       needed + "; no template in " + ctx.options.templates_dir +
-                       " has that content: copy the exporting host's image there (any name) "
-                       "and retry");
+    return found;
 }
 
 }  // namespace
@@ -194,16 +171,24 @@ Result<Sandbox, Failure> import_sandbox(OperationContext& ctx, const EntryPtr& e
         }
     };
     std::optional<TemplateMatch> match;
+    std::optional<TemplateGuards::Hold> hold;  // on the template's name, until the record is in
     std::optional<Failure> refused;  // a refusal of ours from inside the archive's callbacks
     SpaceReservation reservation;    // the new CoW's room, held until the import ends
     std::uint64_t limit = options.max_bytes;
     ArchiveImport import([&](const archive::Header& h) -> Result<ImportTarget> {
-        auto found = find_template_by_digest(ctx, h, what);
+        auto found = archive_template(ctx, h, what);
         if (!found) {
             refused = found.error();
             return found.error().error;
         }
         match = found.value();
+        // Until the record is written, a delete or an upload of the template waits its turn.
+        auto held = share_template(ctx, match->name, what);
+        if (!held) {
+            refused = held.error();
+            return held.error().error;
+        }
+        hold.emplace(std::move(held).value());
         // The CoW the archive's chunks make, held against --min-free while it is written.
         auto reserved =
             reserve_space(ctx.space, dm::persistent_store_allocated_bytes(h.chunk_count), what);

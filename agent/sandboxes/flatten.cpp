@@ -66,7 +66,10 @@ Result<TemplateInfo, Failure> flatten_sandbox(OperationContext& ctx, const Entry
                                                                  : FailureKind::Internal;
         return Failure{kind, std::move(result).error().within(what)};
     }
-    TemplateInfo made{name, out, result->size_bytes, 0, {}, {}, {}};
+    TemplateInfo made;
+    made.name = name;
+    made.path = out;
+    made.size_bytes = result->size_bytes;
     // The new image's digest is the origin's lists with only the changed chunks hashed (they
     // were just written, so read from the page cache) and their groups rehashed: O(changed).
     // Without the origin's list (its digest still pending, or a TCMU origin) the new image is read

@@ -13,17 +13,11 @@
 #include <utility>
 #include <vector>
 
-#include "agent/platform/metrics.hpp"
-#include "agent/platform/platform.hpp"
-#include "agent/platform/space.hpp"
+#include "agent/catalog/catalog.hpp"
 #include "agent/state/sandbox.hpp"
-#include "agent/state/state_store.hpp"
 #include "agent/table/checks.hpp"
 #include "agent/table/failure.hpp"
-#include "agent/table/operation_runner.hpp"
-#include "agent/table/sandbox_table.hpp"
-#include "agent/table/suspensions.hpp"
-#include "agent/templates/template_digests.hpp"
+#include "agent/table/operation_context.hpp"
 #include "agent/transfer/transfer.hpp"
 #include "archive/format.hpp"
 
@@ -31,20 +25,10 @@ namespace wrenn::agent {
 
 struct CreateRequest {
     std::string id;                         // empty: the agent makes one
-    std::string template_name;              // a loop origin from <templates-dir>/<name>.img
+    // A loop origin from <templates-dir>/<name>.img, or the image whose digest this is
+    // ("blocks-sha256-4k:<hex>"), whatever its name.
+    std::string template_name;
     std::optional<OriginSpec> tcmu_origin;  // or a TCMU origin
-};
-
-struct TemplateInfo {
-    std::string name;
-    std::string path;
-    std::uint64_t size_bytes = 0;
-    std::size_t sandboxes = 0;
-    // "blocks-sha256-4k:<hex>"; empty while the agent reads it in the background, or when the
-    // image cannot be used (see problem).
-    std::string digest;
-    std::string problem;  // why the agent refuses this image, e.g. a symlink or a foreign owner
-    std::string sha256;   // the whole image's "sha256:<hex>", known only once something needed it
 };
 
 struct RecoveryReport {
@@ -59,42 +43,9 @@ struct RecoveryReport {
     std::vector<std::string> problems;   // what could not be repaired, in words
 };
 
-struct SandboxOptions {
-    std::string templates_dir;
-    // The longest a fork may hold a running source's I/O suspended for its copy.
-    std::chrono::milliseconds fork_max_stall{2000};
-    // Exports and imports that may stream at once, each on a thread of its own.
-    std::size_t max_transfers = 8;
-    // The slowest a transfer may move, in bytes per second averaged over each window (0: none).
-    std::uint64_t min_transfer_rate = 64 * 1024;
-    std::chrono::milliseconds transfer_rate_window{30000};
-};
-
-// Export: called once every check passed, before the first byte; returns where the bytes go.
-using ExportBegin = std::function<archive::ByteSink()>;
-// Import: blocking reads of the archive (0 at its end, an error when it was cut short).
-using ReadBody = std::function<Result<std::size_t>(std::span<std::byte>)>;
 struct ImportOptions {
     // Bytes an archive may have at most; also at most its template's size plus 1%.
     std::uint64_t max_bytes = UINT64_MAX;
-};
-
-// What every operation works over: the kernel, the records, the table and the services.
-struct OperationContext {
-    Platform& platform;
-    StateStore& store;
-    SandboxTable& table;
-    OperationRunner& runner;
-    Suspensions& suspensions;
-    TemplateDigests& digests;
-    Metrics& metrics;
-    SandboxOptions options;
-    SpaceWatcher* space = nullptr;  // none: space is not watched
-
-    // <templates-dir>/<name>.img
-    [[nodiscard]] std::string template_path(const std::string& name) const {
-        return options.templates_dir + "/" + name + ".img";
-    }
 };
 
 // ---- create.cpp, pause.cpp, resume.cpp, destroy.cpp, flatten.cpp ----
@@ -142,23 +93,6 @@ Result<TransferStats, Failure> stream_export(OperationContext& ctx, PreparedExpo
                                              const ExportBegin& begin);
 Result<Sandbox, Failure> import_sandbox(OperationContext& ctx, const EntryPtr& entry,
                                         const ImportOptions& options, const ReadBody& read_body);
-
-// ---- templates.cpp ----
-// The image a create of `name` uses now, checked, with its digest if known (never waits).
-Result<TemplateIdentity, Failure> identify_template(OperationContext& ctx, const std::string& name,
-                                                    const std::string& what);
-// Whether a loop-origin sandbox's template is still the image it was made over: the identity
-// to record from now on (nullopt for other origins), or 409 template_changed.
-Result<std::optional<TemplateIdentity>, Failure> verify_template(OperationContext& ctx,
-                                                                 const Sandbox& sb,
-                                                                 const std::string& what);
-// TemplateDigests' callback: writes a version's new-found digest into its sandboxes' records,
-// each on its strand.
-void record_digest(OperationContext& ctx, const std::string& path, const TemplateIdentity& version);
-// The names of the templates in templates_dir (<name>.img with a valid name), sorted.
-Result<std::vector<std::string>> template_names(const OperationContext& ctx);
-// Every template in templates_dir, as GET /templates shows it; never reads an image.
-Result<std::vector<TemplateInfo>, Failure> list_templates(OperationContext& ctx);
 
 // ---- recovery.cpp ----
 Result<RecoveryReport> recover(OperationContext& ctx);

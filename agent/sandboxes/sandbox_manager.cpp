@@ -30,8 +30,8 @@ SandboxManager::SandboxManager(Platform& platform, StateStore& store, Options op
       runner_(table_, metrics),
       suspensions_(table_, platform),
       digests_(store.state_dir(), platform),
-      context_{platform,     store,    table_,  runner_,
-               suspensions_, digests_, metrics, std::move(options)},
+      context_{platform, store,   table_,  runner_,           suspensions_,
+               digests_, guards_, metrics, std::move(options)},
       transfers_(context_.options.max_transfers) {
     digests_.start([this](const std::string& path, const TemplateIdentity& version) {
         record_digest(context_, path, version);
@@ -172,7 +172,8 @@ std::optional<Callback<T>> SandboxManager::take_transfer_slot(const std::string&
     if (!slot) {
         done(failure(FailureKind::TooManyTransfers, what, EBUSY,
                      std::to_string(transfers_.max()) +
-                         " exports and imports are running, as many as --max-transfers "
+                         " transfers (exports, imports, template uploads and downloads) are "
+                         "running, as many as --max-transfers "
                          "allows; retry when one has ended"));
         return std::nullopt;
     }
@@ -271,6 +272,47 @@ std::vector<Sandbox> SandboxManager::list() const {
 void SandboxManager::list_templates(Callback<std::vector<TemplateInfo>> done) {
     boost::asio::post(queries_,
                       [this, done = std::move(done)] { done(agent::list_templates(context_)); });
+}
+
+void SandboxManager::template_info(const std::string& name, Callback<TemplateInfo> done) {
+    boost::asio::post(queries_, [this, name, done = std::move(done)] {
+        done(agent::template_info(context_, name));
+    });
+}
+
+void SandboxManager::upload_template(UploadRequest request, ReadBody read_body,
+                                     Callback<TemplateInfo> done) {
+    auto answer = take_transfer_slot("upload template " + request.name, done);
+    if (!answer) {
+        return;
+    }
+    boost::asio::post(transfers_.pool(), [this, request = std::move(request),
+                                          read_body = std::move(read_body),
+                                          done = std::move(*answer)] {
+        done(agent::upload_template(context_, request, read_body));
+    });
+}
+
+void SandboxManager::download_template(const std::string& name, bool compress, ExportBegin begin,
+                                       Callback<TransferStats> done) {
+    auto answer = take_transfer_slot("download template " + name, done);
+    if (!answer) {
+        return;
+    }
+    boost::asio::post(transfers_.pool(), [this, name, compress, begin = std::move(begin),
+                                          done = std::move(*answer)] {
+        auto prepared = prepare_download(context_, name, compress);
+        if (!prepared) {
+            return done(prepared.error());
+        }
+        done(stream_download(context_, *prepared, begin));
+    });
+}
+
+void SandboxManager::delete_template(const std::string& name, Callback<Done> done) {
+    boost::asio::post(queries_, [this, name, done = std::move(done)] {
+        done(agent::delete_template(context_, name));
+    });
 }
 
 std::map<std::string, std::size_t> SandboxManager::count_by_state() const {

@@ -68,7 +68,16 @@ class SandboxManager : public SpaceActions {
 
     [[nodiscard]] std::optional<Sandbox> get(const std::string& id) const;
     [[nodiscard]] std::vector<Sandbox> list() const;
+    // The template routes (agent/catalog): reads on the query pool, the image's bytes on the
+    // transfer pool (at most Options::max_transfers at once with exports and imports, else 503).
     void list_templates(Callback<std::vector<TemplateInfo>> done);
+    void template_info(const std::string& name, Callback<TemplateInfo> done);
+    void upload_template(UploadRequest request, ReadBody read_body, Callback<TemplateInfo> done);
+    // `begin` is called once the checks passed and the digest is known; a failure before it
+    // means nothing was sent.
+    void download_template(const std::string& name, bool compress, ExportBegin begin,
+                           Callback<TransferStats> done);
+    void delete_template(const std::string& name, Callback<Done> done);
     [[nodiscard]] std::map<std::string, std::size_t> count_by_state() const;
 
     // With a watcher set, creates, resumes and flattens answer 507 insufficient_storage while
@@ -113,6 +122,7 @@ class SandboxManager : public SpaceActions {
     OperationRunner runner_;
     Suspensions suspensions_;
     TemplateDigests digests_;
+    TemplateGuards guards_;
     OperationContext context_;
     TransferSlots transfers_;
     boost::asio::thread_pool queries_{2};

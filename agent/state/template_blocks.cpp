@@ -234,6 +234,73 @@ Result<void> rehash_part(int fd, std::uint64_t size, BlockList& base, int leaves
 
 }  // namespace
 
+Result<void> BlockHasher::add(std::uint64_t leaf, std::span<const std::byte> data) {
+    if ((last_leaf_ && leaf <= *last_leaf_) || data.size() > kLeafBytes || data.empty()) {
+        return Error("hash an image's leaves", EINVAL,
+                     "leaf " + std::to_string(leaf) + " of " + std::to_string(data.size()) +
+                         " bytes is not after leaf " +
+                         (last_leaf_ ? std::to_string(*last_leaf_) : std::string("none")) +
+                         " or not 1 to 4096 bytes long");
+    }
+    const std::uint64_t group = leaf / kLeavesPerGroup;
+    if (open_ && *open_ != group) {
+        if (auto closed = close_group(kGroupBytes); !closed) {  // a later leaf: a whole group
+            return closed;
+        }
+    }
+    if (!open_) {
+        open_ = group;
+        added_.fill(false);
+    }
+    page_[leaf % kLeavesPerGroup] = hash_of(data.data(), data.size());
+    added_[leaf % kLeavesPerGroup] = true;
+    last_leaf_ = leaf;
+    end_ = leaf * kLeafBytes + data.size();
+    return {};
+}
+
+Result<void> BlockHasher::close_group(std::uint64_t bytes) {
+    const std::uint64_t g = *open_;
+    const auto zeros = zero_leaves(bytes);
+    for (std::size_t i = 0; i < zeros.size(); ++i) {
+        if (!added_[i]) {
+            page_[i] = zeros[i];
+        }
+    }
+    const std::uint64_t page_bytes = zeros.size() * sizeof(Hash256);
+    groups_.resize(g, hole_group_hash(kGroupBytes, 0));  // whole groups between: holes
+    groups_.push_back(hash_of(page_.data(), page_bytes));
+    open_.reset();
+    if (leaves_fd_ >= 0) {
+        return write_pages(leaves_fd_, page_.data(), page_bytes, g * kLeafPageBytes,
+                           "write a template's leaf hashes");
+    }
+    return {};
+}
+
+Result<BlockList> BlockHasher::finish(std::uint64_t image_bytes) {
+    if (image_bytes < end_) {
+        return Error("hash an image's leaves", EINVAL,
+                     "the image is " + std::to_string(image_bytes) + " bytes, its leaves cover " +
+                         std::to_string(end_));
+    }
+    if (open_) {
+        const std::uint64_t bytes = group_bytes(image_bytes, *open_);
+        if (*open_ * kGroupBytes + bytes < end_) {
+            return Error("hash an image's leaves", EINVAL, "a leaf lies past the image's end");
+        }
+        if (auto closed = close_group(bytes); !closed) {
+            return std::move(closed).error();
+        }
+    }
+    BlockList list = all_holes(image_bytes);
+    if (groups_.size() > list.groups.size()) {
+        return Error("hash an image's leaves", EINVAL, "leaves lie past the image's end");
+    }
+    std::copy(groups_.begin(), groups_.end(), list.groups.begin());
+    return list;
+}
+
 std::uint64_t group_count(std::uint64_t image_bytes) {
     return (image_bytes + kGroupBytes - 1) / kGroupBytes;
 }

@@ -90,6 +90,31 @@ Result<BlockList> rehash_blocks(const std::string& path, const TemplateImage& im
 // SHA-256 of the whole image as "sha256:<hex>" (records and archives of earlier agents).
 Result<std::string> hash_whole(const std::string& path, const TemplateImage& image);
 
+// The list of an image that arrives in order (an upload), without reading it back: add() its
+// leaves in increasing order, each as long as the image has it (4 KiB, the last one maybe
+// shorter); a leaf never added is zeros. Each finished group's leaf page goes to leaves_fd (none
+// when -1), as hash_blocks writes it; a group with no leaf added is a hole and writes nothing.
+class BlockHasher {
+  public:
+    explicit BlockHasher(int leaves_fd = -1) : leaves_fd_(leaves_fd) {}
+    // EINVAL for a leaf not after the last one, or longer than a leaf.
+    Result<void> add(std::uint64_t leaf, std::span<const std::byte> data);
+    // The list of an image of `image_bytes` (at least what the added leaves cover).
+    Result<BlockList> finish(std::uint64_t image_bytes);
+
+  private:
+    // Hashes the open group as one of `bytes` bytes and writes its page.
+    Result<void> close_group(std::uint64_t bytes);
+
+    int leaves_fd_;
+    std::vector<Hash256> groups_;  // the groups closed so far, holes included
+    std::optional<std::uint64_t> open_;  // the group whose leaves are being added
+    std::array<Hash256, kLeavesPerGroup> page_{};
+    std::array<bool, kLeavesPerGroup> added_{};
+    std::optional<std::uint64_t> last_leaf_;
+    std::uint64_t end_ = 0;  // bytes the added leaves cover
+};
+
 // The leaves that chunks of `chunk_bytes` with these indices overlap, sorted, each once.
 std::vector<std::uint64_t> leaves_of_chunks(std::span<const std::uint64_t> chunks,
                                             std::uint64_t chunk_bytes, std::uint64_t image_bytes);

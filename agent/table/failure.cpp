@@ -28,8 +28,18 @@ std::string_view failure_code(FailureKind kind) {
             return "template_changed";
         case FailureKind::TemplateMismatch:
             return "template_mismatch";
+        case FailureKind::TemplateInUse:
+            return "template_in_use";
+        case FailureKind::TemplateBusy:
+            return "template_busy";
         case FailureKind::InvalidArchive:
             return "invalid_archive";
+        case FailureKind::InvalidImage:
+            return "invalid_image";
+        case FailureKind::DigestMismatch:
+            return "digest_mismatch";
+        case FailureKind::DigestPending:
+            return "digest_pending";
         case FailureKind::PayloadTooLarge:
             return "payload_too_large";
         case FailureKind::TransferTooSlow:
@@ -60,6 +70,8 @@ unsigned failure_http_status(FailureKind kind) {
     switch (kind) {
         case FailureKind::InvalidRequest:
         case FailureKind::InvalidArchive:
+        case FailureKind::InvalidImage:
+        case FailureKind::DigestMismatch:
             return 400;
         case FailureKind::TcmuNotAllowed:
             return 403;
@@ -73,6 +85,8 @@ unsigned failure_http_status(FailureKind kind) {
         case FailureKind::SnapshotInvalid:
         case FailureKind::TemplateChanged:
         case FailureKind::TemplateMismatch:
+        case FailureKind::TemplateInUse:
+        case FailureKind::TemplateBusy:
             return 409;
         case FailureKind::TransferTooSlow:
             return 408;
@@ -83,6 +97,7 @@ unsigned failure_http_status(FailureKind kind) {
         case FailureKind::Unavailable:
         case FailureKind::BackstoreUnavailable:
         case FailureKind::TooManyTransfers:
+        case FailureKind::DigestPending:
             return 503;
         case FailureKind::Internal:
             return 500;

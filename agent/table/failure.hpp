@@ -23,7 +23,12 @@ enum class FailureKind {
     SnapshotInvalid,       // 409 snapshot_invalid
     TemplateChanged,       // 409 template_changed
     TemplateMismatch,      // 409 template_mismatch: no local template has an archive's digest
+    TemplateInUse,         // 409 template_in_use: a delete of a template sandboxes use
+    TemplateBusy,          // 409 template_busy: an upload or delete of the name is running
     InvalidArchive,        // 400 invalid_archive: a truncated, corrupt or oversized archive
+    InvalidImage,          // 400 invalid_image: an upload's body is no well-formed image
+    DigestMismatch,        // 400 digest_mismatch: an upload is not the image its digest names
+    DigestPending,         // 503 digest_pending: a template's digest is still being read
     PayloadTooLarge,       // 413 payload_too_large: an archive over its import limit
     TransferTooSlow,       // 408 transfer_too_slow: an upload under --min-transfer-rate
     TooManyTransfers,      // 503 too_many_transfers: --max-transfers are running

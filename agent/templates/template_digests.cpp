@@ -461,6 +461,39 @@ Result<std::string> TemplateDigests::derive(const std::string& origin_path,
     return digest;
 }
 
+Result<flatten::PendingOutput> TemplateDigests::new_leaf_file() {
+    return flatten::PendingOutput::create(building_path(), 0600);
+}
+
+void TemplateDigests::adopt(const std::string& path, const TemplateIdentity& version,
+                            const BlockList& list, flatten::PendingOutput& leaves) {
+    const std::string digest = list.digest();
+    keep_leaves(leaves, digest);
+    remember(path, version, list, digest);
+}
+
+void TemplateDigests::forget(const std::string& path) {
+    std::lock_guard lock(mu_);
+    std::set<std::string> dropped;
+    for (const auto& v : versions_) {
+        if (v.path == path && !v.identity.digest.empty()) {
+            dropped.insert(hex_of(v.identity.digest));
+        }
+    }
+    std::erase_if(versions_, [&](const Version& v) { return v.path == path; });
+    std::erase_if(queue_, [&](const Version& v) { return v.path == path; });
+    for (const auto& v : versions_) {
+        if (!v.identity.digest.empty()) {
+            dropped.erase(hex_of(v.identity.digest));  // another path has the same content
+        }
+    }
+    for (const auto& hex : dropped) {
+        ::unlink((blocks_dir_ + "/" + hex).c_str());
+        ::unlink((blocks_dir_ + "/" + hex + ".leaves").c_str());
+    }
+    save_locked();
+}
+
 void TemplateDigests::save_locked() {
     // Keep the newest kVersionsPerPath versions of each path.
     std::map<std::string, std::size_t> seen;

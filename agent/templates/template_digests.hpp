@@ -64,6 +64,17 @@ class TemplateDigests {
                                const std::string& out_path, const TemplateIdentity& out,
                                std::span<const std::uint64_t> changed_leaves);
 
+    // An upload's leaf file: a new, empty file in the state dir for its leaf pages
+    // (BlockHasher), removed unless adopt() keeps it.
+    Result<flatten::PendingOutput> new_leaf_file();
+    // A version whose list was computed as it was written (an upload): remembered as if read,
+    // with `leaves` (from new_leaf_file) as its leaf file.
+    void adopt(const std::string& path, const TemplateIdentity& version, const BlockList& list,
+               flatten::PendingOutput& leaves);
+    // Every version of `path` forgotten, and the lists no other version uses removed (a
+    // deleted template).
+    void forget(const std::string& path);
+
   private:
     struct Version {
         std::string path;

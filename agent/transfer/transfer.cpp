@@ -104,6 +104,11 @@ struct ArchiveImport::State {
                  }) {}
 
     Result<void> on_header(const archive::Header& h) {
+        if (h.image) {
+            return Error("archive header", EBADMSG,
+                         "this is a template image stream (docs/archive.md), not a sandbox "
+                         "archive: upload it with PUT /templates/{name}");
+        }
         auto chosen = choose(h);
         if (!chosen) {
             return std::move(chosen).error();

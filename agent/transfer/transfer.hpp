@@ -17,6 +17,13 @@
 
 namespace wrenn::agent {
 
+// A download (an export, a template image): called once every check passed, before the first
+// byte; returns where the bytes go.
+using ExportBegin = std::function<archive::ByteSink()>;
+// An upload (an import, a template image): blocking reads of the body (0 at its end, an error
+// when it was cut short).
+using ReadBody = std::function<Result<std::size_t>(std::span<std::byte>)>;
+
 // The paused sandbox to export and the template it was made over.
 struct ExportSource {
     std::string cow_path;

@@ -11,6 +11,7 @@
 #include <string>
 #include <string_view>
 #include <variant>
+#include <vector>
 
 #include "http/core/body_pipe.hpp"
 
@@ -55,11 +56,15 @@ using Respond = std::function<void(Reply)>;
 // has its connection closed after handler_timeout.
 using Handler = std::function<void(Request&&, Respond)>;
 
-// A request whose body the handler reads as it arrives instead of whole: the one media type
-// its Content-Type must be (else 415) and the most bytes it may have (else 413).
+// A request whose body the handler reads as it arrives instead of whole: the media type its
+// Content-Type must be (else 415) and the most bytes it may have (else 413).
 struct StreamedBody {
     std::string media_type;
     std::uint64_t limit = 0;
+    // Other types the body may be sent as, and whether it may come without a Content-Type (the
+    // handler then tells its form from its bytes).
+    std::vector<std::string> other_types{};
+    bool untyped = false;
 };
 // Handles the requests ServerOptions::streamed_body picked. The request carries the header
 // only; the body's bytes arrive through `body` (read it on a worker thread: reads block). The

@@ -127,10 +127,19 @@ std::optional<Refusal> refusal(const std::optional<std::string>& bearer_token,
     }
     const auto type = req.find(bhttp::field::content_type);
     if (streamed != nullptr) {
-        if (type == req.end() || !is_media_type(type->value(), streamed->media_type)) {
+        if (type == req.end() && streamed->untyped) {
+            return std::nullopt;
+        }
+        const bool other = type != req.end() &&
+                           std::any_of(streamed->other_types.begin(), streamed->other_types.end(),
+                                       [&](const auto& t) { return is_media_type(type->value(), t); });
+        if (type == req.end() || (!is_media_type(type->value(), streamed->media_type) && !other)) {
+            std::string types = "\"Content-Type: " + streamed->media_type + "\"";
+            for (const auto& t : streamed->other_types) {
+                types += " or \"" + t + "\"";
+            }
             return Refusal{bhttp::status::unsupported_media_type, "unsupported_media_type",
-                           "this route takes a body sent with \"Content-Type: " +
-                               streamed->media_type + "\"; got " +
+                           "this route takes a body sent with " + types + "; got " +
                                (type == req.end() ? std::string("no Content-Type")
                                                   : "\"" + printable(type->value()) + "\"")};
         }

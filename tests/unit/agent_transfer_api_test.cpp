@@ -121,7 +121,7 @@ struct TransferFixture : AgentFixture {
                 }
             }
         });
-        api.handle_import(std::move(req), std::move(pipe->reader),
+        api.handle_streamed(std::move(req), std::move(pipe->reader),
                           [promise](wrenn::http::Reply reply) {
                               promise->set_value(std::move(reply.response()));
                           });
@@ -442,7 +442,7 @@ TEST_CASE("import refusals leave no record, CoW or folder", "[api][transfer]") {
         });
         auto promise = std::make_shared<std::promise<HttpResponse>>();
         auto future = promise->get_future();
-        small.handle_import(HttpRequest{http::verb::post, "/sandboxes/import?id=sb2", 11},
+        small.handle_streamed(HttpRequest{http::verb::post, "/sandboxes/import?id=sb2", 11},
                             std::move(pipe->reader), [promise](wrenn::http::Reply reply) {
                                 promise->set_value(std::move(reply.response()));
                             });

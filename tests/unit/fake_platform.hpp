@@ -331,6 +331,12 @@ class FakePlatform : public Platform {
         released_dirs.insert(dir);
         return std::size_t{0};
     }
+    std::vector<std::string> loops_released_of;  // release_loops_of's paths, in order
+    Result<std::size_t> release_loops_of(const std::string& path) override {
+        std::lock_guard lock(mu);
+        loops_released_of.push_back(path);
+        return std::size_t{0};
+    }
     Result<std::size_t> detach_tcmu_origins(const std::vector<OriginSpec>& origins) override {
         tcmu_detached += origins.size();
         return std::size_t{0};

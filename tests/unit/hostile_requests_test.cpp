@@ -95,7 +95,7 @@ struct HostileServer {
         };
         opts.stream_handler = [this](wrenn::http::Request&& req, wrenn::http::BodyReader body,
                                      wrenn::http::Respond respond) {
-            api->handle_import(std::move(req), std::move(body), std::move(respond));
+            api->handle_streamed(std::move(req), std::move(body), std::move(respond));
         };
         auto created = wrenn::http::Server::create(
             io.ioc, std::move(opts),

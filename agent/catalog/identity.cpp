@@ -1,12 +1,10 @@
-// The sandbox manager's side of templates: which image a create uses, whether a sandbox's
-// template is still the image it was made over, and the list the API shows.
-#include <dirent.h>
+// Which image a create uses, and whether a sandbox's template is still the image it was made
+// over.
 #include <spdlog/spdlog.h>
 
-#include <algorithm>
 #include <cerrno>
 
-#include "agent/sandboxes/operations.hpp"
+#include "agent/catalog/catalog.hpp"
 
 namespace wrenn::agent {
 
@@ -28,28 +26,6 @@ Failure template_refused(const std::string& name, const std::string& path, Error
 }
 
 }  // namespace
-
-Result<std::vector<std::string>> template_names(const OperationContext& ctx) {
-    std::vector<std::string> names;
-    const std::string& dir_path = ctx.options.templates_dir;
-    DIR* dir = ::opendir(dir_path.c_str());
-    if (dir == nullptr) {
-        if (errno == ENOENT) {
-            return names;
-        }
-        return errno_error("list templates in " + dir_path);
-    }
-    while (const dirent* e = ::readdir(dir)) {
-        const std::string_view file = e->d_name;
-        if (file.size() > 4 && file.ends_with(".img") &&
-            is_valid_name(file.substr(0, file.size() - 4))) {
-            names.emplace_back(file.substr(0, file.size() - 4));
-        }
-    }
-    ::closedir(dir);
-    std::sort(names.begin(), names.end());
-    return names;
-}
 
 Result<TemplateIdentity, Failure> identify_template(OperationContext& ctx, const std::string& name,
                                                     const std::string& what) {
@@ -167,36 +143,6 @@ void record_digest(OperationContext& ctx, const std::string& path,
             }
         });
     }
-}
-
-Result<std::vector<TemplateInfo>, Failure> list_templates(OperationContext& ctx) {
-    std::map<std::string, std::size_t> users;
-    for (const auto& sb : ctx.table.list()) {
-        if (!sb.template_name.empty()) {
-            ++users[sb.template_name];
-        }
-    }
-    auto names = template_names(ctx);
-    if (!names) {
-        return internal(std::move(names).error());
-    }
-    std::vector<TemplateInfo> out;
-    for (const auto& name : *names) {
-        TemplateInfo info{name, ctx.template_path(name), 0, users[name], {}, {}, {}};
-        auto identity = ctx.platform.inspect_template(info.path);
-        if (!identity) {
-            if (identity.error().code() == ENOENT) {
-                continue;  // removed while we looked
-            }
-            info.problem = identity.error().message();
-        } else {
-            info.size_bytes = identity->size_bytes;
-            // Never read here: a version not yet known shows as pending.
-            info.digest = ctx.digests.known_or_request(info.path, *identity);
-        }
-        out.push_back(std::move(info));
-    }
-    return out;
 }
 
 }  // namespace wrenn::agent
