@@ -28,7 +28,7 @@ int main(int argc, char** argv) {
             if (sub->name == "flatten") {
                 return wrenn::flatten::run_cli(sub->args, std::cout, std::cerr);
             }
-            if (sub->name == "export" || sub->name == "import") {
+            if (sub->name == "export" || sub->name == "import" || sub->name == "digest") {
                 std::vector<std::string> transfer_args{sub->name};
                 transfer_args.insert(transfer_args.end(), sub->args.begin(), sub->args.end());
                 return run_transfer_cli(transfer_args, std::cout, std::cerr);

@@ -28,6 +28,7 @@ Usage:
                                         write a paused sandbox's changes as an archive
   wrenn-agent import --in FILE|- --origin FILE --cow FILE [--cow-size BYTES]
                                         make a CoW from an archive (same template digest)
+  wrenn-agent digest FILE               print a template image's digest, for PUT /templates
   wrenn-agent tcmu attach --id ID --config FILE [--handler NAME] [--size BYTES] [-v]
   wrenn-agent tcmu detach --id ID [-v]  attach or detach a TCMU block device (as overlaybd-attacher)
 
@@ -147,7 +148,8 @@ std::optional<std::chrono::milliseconds> parse_duration(std::string_view text) {
 Command parse_command_line(const std::vector<std::string>& args_in) {
     std::vector<std::string> args = args_in;
     if (!args.empty() &&
-        (args[0] == "flatten" || args[0] == "tcmu" || args[0] == "export" || args[0] == "import")) {
+        (args[0] == "flatten" || args[0] == "tcmu" || args[0] == "export" || args[0] == "import" ||
+         args[0] == "digest")) {
         return Subcommand{args[0], std::vector<std::string>(args.begin() + 1, args.end())};
     }
     if (!args.empty() && args[0] == "serve") {

@@ -1,5 +1,6 @@
 // `wrenn-agent export` and `wrenn-agent import`: the sandbox archive on hosts without the API
-// (or for an operator's script), over plain files, stdin and stdout.
+// (or for an operator's script), over plain files, stdin and stdout; `wrenn-agent digest`: a
+// template image's digest, for an upload.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -84,6 +85,31 @@ std::optional<int> parse(const std::string& command, const std::vector<std::stri
         return 2;
     }
     return std::nullopt;
+}
+
+int run_digest(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+    std::string image;
+    po::options_description options(
+        "digest: print a template image's blocks-sha256-4k digest, what PUT "
+        "/templates/{name}?digest= takes (docs/archive.md)");
+    options.add_options()("help,h", "show this help")(
+        "image", po::value(&image)->required()->value_name("FILE"),
+        "the image: a regular file, not a symlink, owned by this user and not writable by "
+        "others; also the first argument without --image");
+    std::vector<std::string> named = args;
+    if (!named.empty() && !named.front().starts_with("-")) {
+        named.front() = "--image=" + named.front();
+    }
+    if (auto status = parse("digest", named, options, out, err)) {
+        return *status;
+    }
+    auto identity = identify_template(image);
+    if (!identity) {
+        err << "digest: " << identity.error().message() << "\n";
+        return 1;
+    }
+    out << identity->digest << "\n";
+    return 0;
 }
 
 int run_export(const std::vector<std::string>& args, std::ostream& out, std::ostream& err,
@@ -230,6 +256,9 @@ int run_transfer_cli(std::vector<std::string> args, std::ostream& out, std::ostr
     }
     if (command == "import") {
         return run_import(args, out, err, stdin_fd);
+    }
+    if (command == "digest") {
+        return run_digest(args, out, err);
     }
     err << "wrenn-agent: unknown transfer command \"" << command << "\"\n";
     return 2;

@@ -179,19 +179,22 @@ struct ImageReceiver::State {
         bool full = false;
         while (in.pos < in.size || full) {
             ZSTD_outBuffer out{zstd_out.data(), zstd_out.size(), 0};
+            const std::size_t consumed = in.pos;
             const std::size_t ret = ZSTD_decompressStream(dctx.get(), &out, &in);
             if (ZSTD_isError(ret) != 0) {
                 return bad_image(std::string("the zstd stream is broken: ") +
                                  ZSTD_getErrorName(ret));
+            }
+            if (out.pos == 0 && in.pos == consumed) {
+                // Nothing left to flush (a frame that filled the buffer exactly): the call's
+                // hint is the next frame's, which is not coming.
+                break;
             }
             zstd_last = ret;
             zstd_any = true;
             full = out.pos == out.size;
             if (auto fed = feed_raw(std::span(zstd_out.data(), out.pos)); !fed) {
                 return fed;
-            }
-            if (out.pos == 0 && in.pos == in.size) {
-                break;
             }
         }
         return {};

@@ -92,7 +92,7 @@ class ArchiveImport {
     std::unique_ptr<State> state_;
 };
 
-// The CLI: `wrenn-agent export ...` and `wrenn-agent import ...` (args start with the
+// The CLI: `wrenn-agent export ...`, `import ...` and `digest FILE` (args start with the
 // subcommand's name). "-" means stdin_fd / stdout_fd. Returns the exit status.
 int run_transfer_cli(std::vector<std::string> args, std::ostream& out, std::ostream& err,
                      int stdin_fd = 0, int stdout_fd = 1);

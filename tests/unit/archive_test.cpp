@@ -268,7 +268,7 @@ TEST_CASE("archive: header fields out of range are refused at their offset", "[a
     const Case cases[] = {
         {0, 0x41, 1, "byte 0: bad message (not a wrenn sandbox archive"},
         {8, 3, 4, "byte 8: bad message (format version 3, this reader knows versions 1 and 2"},
-        {12, 2, 4, "byte 12: bad message (flags 2 has unknown bits set"},
+        {12, 4, 4, "byte 12: bad message (flags 4 has unknown bits set"},
         {16, 4000, 4, "byte 16: bad message (chunk size 4000, expected a power of two"},
         {16, 256, 4, "byte 16: bad message (chunk size 256"},
         {20, 0, 4, "byte 20: bad message (template name size 0"},

@@ -56,10 +56,16 @@ TEST_CASE("parse_create_request: ids and template names outside the rule", "[cre
           "field 'id' " + std::string(kNameMessage));
     CHECK(refusal(R"({"id": ")" + std::string(65, 'x') + R"(", "template": "base"})") ==
           "field 'id' " + std::string(kNameMessage));
-    CHECK(refusal(R"({"id": "sb1", "template": "../base"})") ==
-          "field 'template' " + std::string(kNameMessage));
-    CHECK(refusal(R"({"id": "sb1", "template": ""})") ==
-          "field 'template' " + std::string(kNameMessage));
+    const std::string template_rule = "field 'template' " + std::string(kNameMessage) +
+                                      ", or be a template's digest (\"blocks-sha256-4k:<64 hex>\")";
+    CHECK(refusal(R"({"id": "sb1", "template": "../base"})") == template_rule);
+    CHECK(refusal(R"({"id": "sb1", "template": ""})") == template_rule);
+    CHECK(refusal(R"({"id": "sb1", "template": "sha256:)" + std::string(64, 'a') + R"("})") ==
+          template_rule);
+    auto by_digest = wrenn::agent::parse_create_request(
+        R"({"id": "sb1", "template": "blocks-sha256-4k:)" + std::string(64, 'a') + R"("})");
+    REQUIRE(by_digest.ok());
+    CHECK(by_digest->template_name == "blocks-sha256-4k:" + std::string(64, 'a'));
     CHECK(refusal(R"({"id": "sb1"})") ==
           "field 'template' is required (or 'origin' for a TCMU origin)");
     CHECK(refusal(R"({"id": "sb1", "template": null})") ==
