@@ -302,8 +302,8 @@ void Api::no_such_action(const Call& call) {
 }
 
 void Api::get_template(const Call& call) {
-    manager_.template_info(call.id,
-                           answer_json<TemplateInfo>(call.request, call.respond, 200, template_users_json));
+    manager_.template_info(
+        call.id, answer_json<TemplateInfo>(call.request, call.respond, 200, template_users_json));
 }
 
 void Api::upload_without_body(const Call& call) {
@@ -313,23 +313,23 @@ void Api::upload_without_body(const Call& call) {
 }
 
 void Api::delete_template(const Call& call) {
-    manager_.delete_template(call.id, [request = call.request,
-                                       respond = call.respond](Result<Done, Failure> out) {
-        if (!out) {
-            return respond(failure_response(*request, out.error()));
-        }
-        HttpResponse res{http::status::no_content, request->version()};
-        res.set(http::field::server, "wrenn-agent");
-        res.keep_alive(request->keep_alive());
-        res.prepare_payload();
-        respond(std::move(res));
-    });
+    manager_.delete_template(
+        call.id, [request = call.request, respond = call.respond](Result<Done, Failure> out) {
+            if (!out) {
+                return respond(failure_response(*request, out.error()));
+            }
+            HttpResponse res{http::status::no_content, request->version()};
+            res.set(http::field::server, "wrenn-agent");
+            res.keep_alive(request->keep_alive());
+            res.prepare_payload();
+            respond(std::move(res));
+        });
 }
 
 void Api::no_such_template_action(const Call& call) {
-    call.respond(json_error(*call.request, 404, "not_found",
-                            "no route " + printable_path(call.request->target()) +
-                                " (a template has one: image)"));
+    call.respond(json_error(
+        *call.request, 404, "not_found",
+        "no route " + printable_path(call.request->target()) + " (a template has one: image)"));
 }
 
 namespace {
@@ -418,12 +418,11 @@ void Api::download_template(const Call& call) {
     if (!compress) {
         return;
     }
-    answer_stream(call.request, call.respond, archive::kImageContentType,
-                  call.id + ".wrenn-template",
-                  [this, name = call.id, compress](ExportBegin begin, Callback<TransferStats> done) {
-                      manager_.download_template(name, *compress, std::move(begin),
-                                                 std::move(done));
-                  });
+    answer_stream(
+        call.request, call.respond, archive::kImageContentType, call.id + ".wrenn-template",
+        [this, name = call.id, compress](ExportBegin begin, Callback<TransferStats> done) {
+            manager_.download_template(name, *compress, std::move(begin), std::move(done));
+        });
 }
 
 std::optional<wrenn::http::StreamedBody> Api::streamed_body(
@@ -448,8 +447,7 @@ std::optional<wrenn::http::StreamedBody> Api::streamed_body(
     return std::nullopt;
 }
 
-void Api::handle_streamed(HttpRequest&& request_in, wrenn::http::BodyReader body,
-                          Respond respond) {
+void Api::handle_streamed(HttpRequest&& request_in, wrenn::http::BodyReader body, Respond respond) {
     auto request = std::make_shared<HttpRequest>(std::move(request_in));
     const auto parts = split_path(strip_query(request->target()));
     if (request->method() == http::verb::put && parts.size() == 2 && parts[0] == "templates") {
@@ -474,8 +472,7 @@ void Api::upload_template(std::shared_ptr<HttpRequest> request, std::string name
     } else {
         upload.form = ImageForm::Stream;
     }
-    if (const auto length = request->find(http::field::content_length);
-        length != request->end()) {
+    if (const auto length = request->find(http::field::content_length); length != request->end()) {
         try {
             upload.content_length = std::stoull(std::string(length->value()));
         } catch (const std::exception&) {

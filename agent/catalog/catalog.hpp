@@ -37,7 +37,7 @@ struct TemplateInfo {
     std::string digest;
     std::string problem;  // why the agent refuses this image, e.g. a symlink or a foreign owner
     std::string sha256;   // the whole image's "sha256:<hex>", known only once something needed it
-    std::vector<TemplateUser> users;      // GET /templates/{name}: who uses it
+    std::vector<TemplateUser> users;               // GET /templates/{name}: who uses it
     std::optional<std::uint64_t> allocated_bytes;  // an upload: what the image takes on disk
     bool existed = false;  // an upload that found the same image there already (200)
 };
@@ -69,9 +69,9 @@ struct TemplateMatch {
 };
 // How find_template_by_digest looks.
 struct DigestSearch {
-    std::string digest;             // "blocks-sha256-4k:<hex>" or "sha256:<hex>"
+    std::string digest;              // "blocks-sha256-4k:<hex>" or "sha256:<hex>"
     std::uint64_t served_bytes = 0;  // only images of this size (0: any)
-    std::string first;              // the name to try first (an archive's own)
+    std::string first;               // the name to try first (an archive's own)
     // Read a version's digest when it is not known yet (an import, which is about those bytes);
     // else a pending one answers 503 digest_pending (a create never reads an image).
     bool read_pending = false;
@@ -82,8 +82,7 @@ Result<TemplateMatch, Failure> find_template_by_digest(OperationContext& ctx,
                                                        const DigestSearch& search,
                                                        const std::string& what);
 // A shared hold on a template name for a create or an import, or 409 template_busy.
-Result<TemplateGuards::Hold, Failure> share_template(OperationContext& ctx,
-                                                     const std::string& name,
+Result<TemplateGuards::Hold, Failure> share_template(OperationContext& ctx, const std::string& name,
                                                      const std::string& what);
 
 // ---- upload.cpp ----

@@ -26,15 +26,15 @@ Result<PreparedDownload, Failure> prepare_download(OperationContext& ctx, const 
     // The stream's header names the digest: known, or read now (this request is about the bytes).
     auto digest = ctx.digests.wait(path, *identity);
     if (!digest) {
-        return Failure{digest.error().code() == ESTALE ? FailureKind::TemplateChanged
-                                                       : FailureKind::Internal,
-                       std::move(digest).error().within(what)};
+        return Failure{
+            digest.error().code() == ESTALE ? FailureKind::TemplateChanged : FailureKind::Internal,
+            std::move(digest).error().within(what)};
     }
     auto image = ctx.platform.open_template_version(path, *identity);
     if (!image) {
-        return Failure{image.error().code() == ESTALE ? FailureKind::TemplateChanged
-                                                      : FailureKind::Internal,
-                       std::move(image).error().within(what)};
+        return Failure{
+            image.error().code() == ESTALE ? FailureKind::TemplateChanged : FailureKind::Internal,
+            std::move(image).error().within(what)};
     }
     return PreparedDownload{name, path, compress, std::move(image).value(), *digest};
 }

@@ -75,8 +75,7 @@ std::vector<TemplateUser> users_of(const OperationContext& ctx, const std::strin
             users.push_back(TemplateUser{sb.id, sb.state});
         }
     }
-    std::sort(users.begin(), users.end(),
-              [](const auto& a, const auto& b) { return a.id < b.id; });
+    std::sort(users.begin(), users.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
     return users;
 }
 
@@ -165,8 +164,7 @@ Result<TemplateMatch, Failure> find_template_by_digest(OperationContext& ctx,
                        ": upload it with PUT /templates/{name}?digest=" + search.digest);
 }
 
-Result<TemplateGuards::Hold, Failure> share_template(OperationContext& ctx,
-                                                     const std::string& name,
+Result<TemplateGuards::Hold, Failure> share_template(OperationContext& ctx, const std::string& name,
                                                      const std::string& what) {
     auto hold = ctx.guards.share(name);
     if (!hold) {

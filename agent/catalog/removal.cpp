@@ -38,20 +38,19 @@ Result<Done, Failure> delete_template(OperationContext& ctx, const std::string& 
                    ")";
         }
         return failure(FailureKind::TemplateInUse, what, EBUSY,
-                       std::to_string(info->users.size()) + " sandbox(es) are made over it: " +
-                           ids + "; destroy them first");
+                       std::to_string(info->users.size()) +
+                           " sandbox(es) are made over it: " + ids + "; destroy them first");
     }
     // A loop of it that nothing holds (left by an agent killed before letting go) would keep
     // its blocks allocated.
     auto released = ctx.platform.release_loops_of(info->path);
     if (!released) {
-        spdlog::warn("template {}: release its loops: {}", info->path,
-                     released.error().message());
+        spdlog::warn("template {}: release its loops: {}", info->path, released.error().message());
     }
     if (::unlink(info->path.c_str()) != 0) {
         const int code = errno;
-        return failure(code == ENOENT ? FailureKind::TemplateNotFound : FailureKind::Internal,
-                       what, code, "unlink " + info->path);
+        return failure(code == ENOENT ? FailureKind::TemplateNotFound : FailureKind::Internal, what,
+                       code, "unlink " + info->path);
     }
     // The name stays gone after a crash.
     if (UniqueFd dir(::open(ctx.options.templates_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
@@ -63,7 +62,7 @@ Result<Done, Failure> delete_template(OperationContext& ctx, const std::string& 
     spdlog::info("template {}: deleted (digest {}{})", info->path,
                  info->digest.empty() ? std::string("pending") : info->digest,
                  released && *released > 0 ? ", " + std::to_string(*released) + " loop(s) released"
-                                            : std::string());
+                                           : std::string());
     return Done{};
 }
 

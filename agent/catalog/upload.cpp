@@ -42,9 +42,8 @@ std::optional<Result<TemplateInfo, Failure>> already_there(OperationContext& ctx
     }
     if (*digest != request.digest) {
         return failure(FailureKind::TemplateExists, what, EEXIST,
-                       "template '" + request.name + "' exists with digest " + *digest +
-                           ", not " + request.digest +
-                           "; delete it first (DELETE /templates/" + request.name +
+                       "template '" + request.name + "' exists with digest " + *digest + ", not " +
+                           request.digest + "; delete it first (DELETE /templates/" + request.name +
                            ") or pick another name");
     }
     TemplateInfo info;
@@ -58,8 +57,8 @@ std::optional<Result<TemplateInfo, Failure>> already_there(OperationContext& ctx
 }
 
 // Whether the templates filesystem has `bytes` free (and `keep` beyond them).
-std::optional<Failure> short_of_room(OperationContext& ctx, std::uint64_t bytes,
-                                     std::uint64_t keep, const std::string& what) {
+std::optional<Failure> short_of_room(OperationContext& ctx, std::uint64_t bytes, std::uint64_t keep,
+                                     const std::string& what) {
     auto space = ctx.platform.free_space(ctx.options.templates_dir);
     if (!space) {
         return Failure{FailureKind::Internal, std::move(space).error().within(what)};
@@ -67,8 +66,9 @@ std::optional<Failure> short_of_room(OperationContext& ctx, std::uint64_t bytes,
     if (space->free_bytes < bytes + keep) {
         return failure(FailureKind::InsufficientStorage, what, ENOSPC,
                        human_bytes(space->free_bytes) + " free on " + ctx.options.templates_dir +
-                           " (" + human_bytes(space->size_bytes) + " filesystem), the image needs " +
-                           human_bytes(bytes) + (keep > 0 ? " and " + human_bytes(keep) + " left" : "") +
+                           " (" + human_bytes(space->size_bytes) +
+                           " filesystem), the image needs " + human_bytes(bytes) +
+                           (keep > 0 ? " and " + human_bytes(keep) + " left" : "") +
                            "; free space there or upload it to another host");
     }
     return std::nullopt;
@@ -148,8 +148,8 @@ Result<TemplateInfo, Failure> upload_template(OperationContext& ctx, const Uploa
     }
     auto out = flatten::PendingOutput::create(ctx.template_path(name), 0444);
     if (!out) {
-        const FailureKind kind =
-            out.error().code() == EEXIST ? FailureKind::TemplateExists : kind_of(out.error().code());
+        const FailureKind kind = out.error().code() == EEXIST ? FailureKind::TemplateExists
+                                                              : kind_of(out.error().code());
         return Failure{kind, std::move(out).error().within(what)};
     }
     auto leaves = ctx.digests.new_leaf_file();
@@ -228,8 +228,9 @@ Result<TemplateInfo, Failure> upload_template(OperationContext& ctx, const Uploa
     const std::uint64_t allocated =
         ::fstat(out->fd(), &st) == 0 ? static_cast<std::uint64_t>(st.st_blocks) * 512 : 0;
     if (auto committed = out->commit(); !committed) {
-        const FailureKind kind = committed.error().code() == EEXIST ? FailureKind::TemplateExists
-                                                                    : kind_of(committed.error().code());
+        const FailureKind kind = committed.error().code() == EEXIST
+                                     ? FailureKind::TemplateExists
+                                     : kind_of(committed.error().code());
         return Failure{kind, std::move(committed).error().within(what)};
     }
     const std::string path = ctx.template_path(name);
@@ -240,11 +241,11 @@ Result<TemplateInfo, Failure> upload_template(OperationContext& ctx, const Uploa
         spdlog::warn("template {}: uploaded but not usable: {}", path, identity.error().message());
     }
     const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
-    spdlog::info("template {}: uploaded ({}, {} bytes received, {} image bytes, {} of data, {} "
-                 "allocated, {:.2f} s), digest {}",
-                 path, to_string(receiver.form()), received, image->size_bytes,
-                 human_bytes(image->data_bytes), human_bytes(allocated), took.count(),
-                 image->digest);
+    spdlog::info(
+        "template {}: uploaded ({}, {} bytes received, {} image bytes, {} of data, {} "
+        "allocated, {:.2f} s), digest {}",
+        path, to_string(receiver.form()), received, image->size_bytes,
+        human_bytes(image->data_bytes), human_bytes(allocated), took.count(), image->digest);
     TemplateInfo info;
     info.name = name;
     info.path = path;

@@ -104,7 +104,8 @@ po::options_description serve_options(ServeOptions& o) {
         "the largest template image PUT /templates/{name} takes, e.g. 64GiB; a larger one is "
         "refused with 413 (default 256GiB)")(
         "max-transfers", po::value(&o.max_transfers)->value_name("N"),
-        "exports, imports and template uploads and downloads that may stream at once, each on a thread of its own apart from "
+        "exports, imports and template uploads and downloads that may stream at once, each on a "
+        "thread of its own apart from "
         "the workers; one more is refused with 503 too_many_transfers (default 8)")(
         "min-transfer-rate", po::value(&o.min_transfer_rate)->value_name("BYTES"),
         "bytes per second a client must move an export or import at, averaged over every 30 s "
@@ -147,9 +148,8 @@ std::optional<std::chrono::milliseconds> parse_duration(std::string_view text) {
 
 Command parse_command_line(const std::vector<std::string>& args_in) {
     std::vector<std::string> args = args_in;
-    if (!args.empty() &&
-        (args[0] == "flatten" || args[0] == "tcmu" || args[0] == "export" || args[0] == "import" ||
-         args[0] == "digest")) {
+    if (!args.empty() && (args[0] == "flatten" || args[0] == "tcmu" || args[0] == "export" ||
+                          args[0] == "import" || args[0] == "digest")) {
         return Subcommand{args[0], std::vector<std::string>(args.begin() + 1, args.end())};
     }
     if (!args.empty() && args[0] == "serve") {

@@ -381,8 +381,8 @@ Result<std::size_t> LinuxPlatform::release_loops_of(const std::string& path) {
         if (status.backing_file != path && status.backing_file != path + " (deleted)") {
             continue;
         }
-        const std::string key = std::to_string(status.backing_dev) + ":" +
-                                std::to_string(status.backing_ino);
+        const std::string key =
+            std::to_string(status.backing_dev) + ":" + std::to_string(status.backing_ino);
         if (loops_.references(key) > 0) {
             continue;  // an origin we hold (the caller checked no sandbox uses it)
         }

@@ -60,11 +60,8 @@ Result<Sandbox, Failure> create_sandbox(OperationContext& ctx, const EntryPtr& e
         if (!identity) {
             return identity.error();
         }
-        sb.origin = OriginSpec{OriginSpec::Type::Loop,
-                               ctx.template_path(name),
-                               {},
-                               std::nullopt,
-                               identity.value()};
+        sb.origin = OriginSpec{
+            OriginSpec::Type::Loop, ctx.template_path(name), {}, std::nullopt, identity.value()};
     }
 
     if (auto refused = check_tcmu(ctx.platform, sb.origin, what)) {

@@ -138,8 +138,8 @@ Result<TemplateMatch, Failure> archive_template(OperationContext& ctx,
     const std::string own = header.template_name.ends_with(".img")
                                 ? header.template_name.substr(0, header.template_name.size() - 4)
                                 : header.template_name;
-    auto found = find_template_by_digest(ctx, DigestSearch{needed, header.origin_bytes, own, true},
-                                         what);
+    auto found =
+        find_template_by_digest(ctx, DigestSearch{needed, header.origin_bytes, own, true}, what);
     if (!found && found.error().kind == FailureKind::TemplateNotFound) {
         return failure(FailureKind::TemplateMismatch, what, 0,
                        "the archive needs template \"" + header.template_name + "\" with digest " +

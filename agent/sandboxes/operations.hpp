@@ -24,7 +24,7 @@
 namespace wrenn::agent {
 
 struct CreateRequest {
-    std::string id;                         // empty: the agent makes one
+    std::string id;  // empty: the agent makes one
     // A loop origin from <templates-dir>/<name>.img, or the image whose digest this is
     // ("blocks-sha256-4k:<hex>"), whatever its name.
     std::string template_name;

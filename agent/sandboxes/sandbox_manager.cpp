@@ -286,11 +286,11 @@ void SandboxManager::upload_template(UploadRequest request, ReadBody read_body,
     if (!answer) {
         return;
     }
-    boost::asio::post(transfers_.pool(), [this, request = std::move(request),
-                                          read_body = std::move(read_body),
-                                          done = std::move(*answer)] {
-        done(agent::upload_template(context_, request, read_body));
-    });
+    boost::asio::post(transfers_.pool(),
+                      [this, request = std::move(request), read_body = std::move(read_body),
+                       done = std::move(*answer)] {
+                          done(agent::upload_template(context_, request, read_body));
+                      });
 }
 
 void SandboxManager::download_template(const std::string& name, bool compress, ExportBegin begin,
@@ -299,14 +299,14 @@ void SandboxManager::download_template(const std::string& name, bool compress, E
     if (!answer) {
         return;
     }
-    boost::asio::post(transfers_.pool(), [this, name, compress, begin = std::move(begin),
-                                          done = std::move(*answer)] {
-        auto prepared = prepare_download(context_, name, compress);
-        if (!prepared) {
-            return done(prepared.error());
-        }
-        done(stream_download(context_, *prepared, begin));
-    });
+    boost::asio::post(transfers_.pool(),
+                      [this, name, compress, begin = std::move(begin), done = std::move(*answer)] {
+                          auto prepared = prepare_download(context_, name, compress);
+                          if (!prepared) {
+                              return done(prepared.error());
+                          }
+                          done(stream_download(context_, *prepared, begin));
+                      });
 }
 
 void SandboxManager::delete_template(const std::string& name, Callback<Done> done) {

@@ -107,7 +107,7 @@ class BlockHasher {
     Result<void> close_group(std::uint64_t bytes);
 
     int leaves_fd_;
-    std::vector<Hash256> groups_;  // the groups closed so far, holes included
+    std::vector<Hash256> groups_;        // the groups closed so far, holes included
     std::optional<std::uint64_t> open_;  // the group whose leaves are being added
     std::array<Hash256, kLeavesPerGroup> page_{};
     std::array<bool, kLeavesPerGroup> added_{};

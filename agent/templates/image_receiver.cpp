@@ -19,8 +19,8 @@ constexpr std::size_t kWriteRunBytes = 1 << 20;
 constexpr std::array<std::uint8_t, 4> kZstdMagic{0x28, 0xB5, 0x2F, 0xFD};
 
 bool all_zero(std::span<const std::byte> data) {
-    return data.empty() ||
-           (data[0] == std::byte{0} && std::memcmp(data.data(), data.data() + 1, data.size() - 1) == 0);
+    return data.empty() || (data[0] == std::byte{0} &&
+                            std::memcmp(data.data(), data.data() + 1, data.size() - 1) == 0);
 }
 
 Error bad_image(std::string detail) {
@@ -49,7 +49,11 @@ struct ImageReceiver::State {
     };
 
     State(ImageForm f, int out, int leaves, std::uint64_t max, Hooks h)
-        : form(f), out_fd(out), hasher(leaves), max_bytes(max), hooks(std::move(h)),
+        : form(f),
+          out_fd(out),
+          hasher(leaves),
+          max_bytes(max),
+          hooks(std::move(h)),
           next_progress(hooks.room_every) {
         begin();
     }
@@ -222,8 +226,8 @@ struct ImageReceiver::State {
 
     Result<void> on_chunk(std::uint64_t index, std::span<const std::byte> data) {
         const std::uint64_t at = index * kLeafBytes;
-        return take_leaf(index, data.first(std::min<std::uint64_t>(data.size(),
-                                                                   header->origin_bytes - at)));
+        return take_leaf(
+            index, data.first(std::min<std::uint64_t>(data.size(), header->origin_bytes - at)));
     }
 
     Result<void> feed(std::span<const std::byte> bytes) {
@@ -301,9 +305,9 @@ struct ImageReceiver::State {
         ReceivedImage out{size, data_bytes, std::move(list).value(), {}};
         out.digest = out.list.digest();
         if (header && header->template_digest_name() != out.digest) {
-            return bad_image("the stream's header names digest " +
-                             header->template_digest_name() + " but its content hashes to " +
-                             out.digest + " (damaged, or the image changed while it was sent)");
+            return bad_image("the stream's header names digest " + header->template_digest_name() +
+                             " but its content hashes to " + out.digest +
+                             " (damaged, or the image changed while it was sent)");
         }
         return out;
     }

@@ -52,8 +52,7 @@ class ImageReceiver {
     };
 
     // Writes to `out_fd` (a new, empty file) and the leaf pages to leaves_fd (-1: none).
-    ImageReceiver(ImageForm form, int out_fd, int leaves_fd, std::uint64_t max_bytes,
-                  Hooks hooks);
+    ImageReceiver(ImageForm form, int out_fd, int leaves_fd, std::uint64_t max_bytes, Hooks hooks);
     ~ImageReceiver();
     ImageReceiver(ImageReceiver&&) noexcept;
     ImageReceiver& operator=(ImageReceiver&&) noexcept;

@@ -90,8 +90,8 @@ Result<SentImage> send_image(const std::string& path, const TemplateImage& image
             std::fill(buffer.begin(), buffer.end(), std::byte{0});
             std::uint64_t got = 0;
             while (got < want) {
-                const ssize_t r = ::pread(fd, buffer.data() + got, want - got,
-                                          static_cast<off_t>(offset + got));
+                const ssize_t r =
+                    ::pread(fd, buffer.data() + got, want - got, static_cast<off_t>(offset + got));
                 if (r < 0 && errno == EINTR) {
                     continue;
                 }

@@ -130,9 +130,10 @@ std::optional<Refusal> refusal(const std::optional<std::string>& bearer_token,
         if (type == req.end() && streamed->untyped) {
             return std::nullopt;
         }
-        const bool other = type != req.end() &&
-                           std::any_of(streamed->other_types.begin(), streamed->other_types.end(),
-                                       [&](const auto& t) { return is_media_type(type->value(), t); });
+        const bool other =
+            type != req.end() &&
+            std::any_of(streamed->other_types.begin(), streamed->other_types.end(),
+                        [&](const auto& t) { return is_media_type(type->value(), t); });
         if (type == req.end() || (!is_media_type(type->value(), streamed->media_type) && !other)) {
             std::string types = "\"Content-Type: " + streamed->media_type + "\"";
             for (const auto& t : streamed->other_types) {

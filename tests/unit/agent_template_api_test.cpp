@@ -38,8 +38,8 @@ Bytes noise_image(std::size_t size, unsigned seed) {
 }
 
 std::string digest_of(const Bytes& bytes) {
-    return expected_blocks_digest(std::string(reinterpret_cast<const char*>(bytes.data()),
-                                              bytes.size()));
+    return expected_blocks_digest(
+        std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
 }
 
 struct TemplateApiFixture : AgentFixture {
@@ -199,8 +199,9 @@ TEST_CASE("GET /templates/{name}/image streams what PUT takes back, under any na
     TemplateApiFixture f;
     const Bytes image = noise_image(1 << 20, 2);
     const std::string digest = digest_of(image);
-    REQUIRE(f.put("/templates/src?digest=" + digest, image, "application/octet-stream")
-                .result_int() == 201);
+    REQUIRE(
+        f.put("/templates/src?digest=" + digest, image, "application/octet-stream").result_int() ==
+        201);
     const bool compress = GENERATE(true, false);
     const Bytes stream = f.image_stream("src", compress ? "" : "?compress=false");
     CHECK(stream.size() < (compress ? 270u << 10 : (260u << 10) + 4096 + 8 * 256));
@@ -253,8 +254,8 @@ TEST_CASE("refused uploads leave nothing in the templates dir", "[api][templates
         auto res = f.put("/templates/up?digest=" + digest_of(big), big, "application/octet-stream");
         CHECK(res.result_int() == 413);
         CHECK_THAT(f.error_message(res), Catch::Contains("--max-template-bytes"));
-        auto streamed = f.put("/templates/up?digest=" + digest_of(big), zstd_of(big), "", true,
-                              false);
+        auto streamed =
+            f.put("/templates/up?digest=" + digest_of(big), zstd_of(big), "", true, false);
         CHECK(streamed.result_int() == 413);
     }
     SECTION("no room on the templates filesystem") {
@@ -268,8 +269,9 @@ TEST_CASE("refused uploads leave nothing in the templates dir", "[api][templates
         auto res = f.put("/templates/base?digest=" + digest, image);
         CHECK(res.result_int() == 409);
         CHECK(f.error_code(res) == "template_exists");
-        CHECK_THAT(f.error_message(res),
-                   Catch::Contains(expected_blocks_digest(std::string(f.platform.origin_size, '\0'))));
+        CHECK_THAT(
+            f.error_message(res),
+            Catch::Contains(expected_blocks_digest(std::string(f.platform.origin_size, '\0'))));
     }
     check_left_nothing();
 }
@@ -291,8 +293,8 @@ TEST_CASE("DELETE /templates/{name} refuses while sandboxes use it, then removes
     auto refused = f.answer(http::verb::delete_, "/templates/base");
     CHECK(refused.result_int() == 409);
     CHECK(f.error_code(refused) == "template_in_use");
-    CHECK_THAT(f.error_message(refused), Catch::Contains("sb1 (running)") &&
-                                             Catch::Contains("sb2 (paused)"));
+    CHECK_THAT(f.error_message(refused),
+               Catch::Contains("sb1 (running)") && Catch::Contains("sb2 (paused)"));
     CHECK(std::filesystem::exists(f.templates_dir() + "/base.img"));
 
     REQUIRE(f.destroy("sb1").ok());

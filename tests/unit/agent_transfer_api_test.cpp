@@ -122,9 +122,9 @@ struct TransferFixture : AgentFixture {
             }
         });
         api.handle_streamed(std::move(req), std::move(pipe->reader),
-                          [promise](wrenn::http::Reply reply) {
-                              promise->set_value(std::move(reply.response()));
-                          });
+                            [promise](wrenn::http::Reply reply) {
+                                promise->set_value(std::move(reply.response()));
+                            });
         auto res = future.get();
         client.join();
         return res;
@@ -443,9 +443,9 @@ TEST_CASE("import refusals leave no record, CoW or folder", "[api][transfer]") {
         auto promise = std::make_shared<std::promise<HttpResponse>>();
         auto future = promise->get_future();
         small.handle_streamed(HttpRequest{http::verb::post, "/sandboxes/import?id=sb2", 11},
-                            std::move(pipe->reader), [promise](wrenn::http::Reply reply) {
-                                promise->set_value(std::move(reply.response()));
-                            });
+                              std::move(pipe->reader), [promise](wrenn::http::Reply reply) {
+                                  promise->set_value(std::move(reply.response()));
+                              });
         auto res = future.get();
         client.join();
         CHECK(res.result_int() == 413);

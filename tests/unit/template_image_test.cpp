@@ -64,8 +64,8 @@ Bytes as_bytes(const std::string& s) {
 // What a receiver made of `body` fed in pieces of `piece` bytes.
 struct Received {
     Result<ReceivedImage> result = Error("not run", 0);
-    std::string bytes;             // the file's content
-    std::uint64_t allocated = 0;   // its blocks
+    std::string bytes;            // the file's content
+    std::uint64_t allocated = 0;  // its blocks
     ImageForm form = ImageForm::Detect;
 };
 Received receive(const std::string& out, ImageForm form, const Bytes& body,
@@ -156,9 +156,9 @@ TEST_CASE("a raw or zstd image is received with its digest, its zeros left as ho
     TempDir tmp;
     // 2 MiB fills zstd's output buffer exactly at the frame's end; 512 more does not.
     const std::uint64_t size = 2 * kMiB + GENERATE(0, 512);
-    auto image = make_image(tmp.path() + "/base.img", size,
-                            {{4096, noise(8192, 5)}, {kMiB + 100, noise(300, 6)},
-                             {size - 512, noise(512, 7)}});
+    auto image = make_image(
+        tmp.path() + "/base.img", size,
+        {{4096, noise(8192, 5)}, {kMiB + 100, noise(300, 6)}, {size - 512, noise(512, 7)}});
     const std::uint64_t data = size % 4096 == 0 ? 4 * 4096 : 3 * 4096 + 512;
     const std::string digest = expected_blocks_digest(image.bytes);
     const bool zstd = GENERATE(false, true);
