@@ -85,6 +85,12 @@ Result<TemplateMatch, Failure> find_template_by_digest(OperationContext& ctx,
 Result<TemplateGuards::Hold, Failure> share_template(OperationContext& ctx, const std::string& name,
                                                      const std::string& what);
 
+// The only hold on a template name for an upload or a delete (`doing`: "uploaded",
+// "deleted"), or 409 template_busy saying who holds it.
+Result<TemplateGuards::Hold, Failure> own_template(OperationContext& ctx, const std::string& name,
+                                                   const std::string& doing,
+                                                   const std::string& what);
+
 // ---- upload.cpp ----
 struct UploadRequest {
     std::string name;

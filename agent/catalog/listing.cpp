@@ -175,4 +175,20 @@ Result<TemplateGuards::Hold, Failure> share_template(OperationContext& ctx, cons
     return std::move(*hold);
 }
 
+Result<TemplateGuards::Hold, Failure> own_template(OperationContext& ctx, const std::string& name,
+                                                   const std::string& doing,
+                                                   const std::string& what) {
+    auto hold = ctx.guards.own(name);
+    if (!hold) {
+        const std::string owner = ctx.guards.owner(name);
+        return failure(FailureKind::TemplateBusy, what, EBUSY,
+                       owner.empty() ? "a create or import over template '" + name +
+                                           "' is in progress; retry when it has ended"
+                                     : "template '" + name + "' is being " + owner +
+                                           "; retry when that has ended");
+    }
+    hold->describe(doing);
+    return std::move(*hold);
+}
+
 }  // namespace wrenn::agent

@@ -17,16 +17,10 @@ Result<Done, Failure> delete_template(OperationContext& ctx, const std::string& 
         return *bad;
     }
     // Held alone: no create or import over it may start until it is gone.
-    auto hold = ctx.guards.own(name);
+    auto hold = own_template(ctx, name, "deleted", what);
     if (!hold) {
-        const std::string owner = ctx.guards.owner(name);
-        return failure(FailureKind::TemplateBusy, what, EBUSY,
-                       owner.empty() ? "a create or import over template '" + name +
-                                           "' is in progress; retry when it has ended"
-                                     : "template '" + name + "' is being " + owner +
-                                           "; retry when that has ended");
+        return hold.error();
     }
-    hold->describe("deleted");
     auto info = template_info(ctx, name);
     if (!info) {
         return info.error();

@@ -104,16 +104,10 @@ Result<TemplateInfo, Failure> upload_template(OperationContext& ctx, const Uploa
                        "GET /templates shows it on the host it comes from (or `wrenn-agent digest "
                        "FILE` prints it)");
     }
-    auto hold = ctx.guards.own(name);
+    auto hold = own_template(ctx, name, "uploaded", what);
     if (!hold) {
-        const std::string owner = ctx.guards.owner(name);
-        return failure(FailureKind::TemplateBusy, what, EBUSY,
-                       owner.empty() ? "a create or import over template '" + name +
-                                           "' is in progress; retry when it has ended"
-                                     : "template '" + name + "' is being " + owner +
-                                           "; retry when that has ended");
+        return hold.error();
     }
-    hold->describe("uploaded");
     if (auto there = already_there(ctx, request, what)) {
         return std::move(*there);
     }
