@@ -19,4 +19,5 @@ wrenn_kernel_test(NAME "agent state dirs" SCRIPT integration/agent_state_dirs.sh
 wrenn_kernel_test(NAME "agent space" SCRIPT integration/agent_space.sh)
 wrenn_kernel_test(NAME "agent fork" SCRIPT integration/agent_fork.sh)
 wrenn_kernel_test(NAME "agent transfer" SCRIPT integration/agent_transfer.sh)
+wrenn_kernel_test(NAME "agent template api" SCRIPT integration/agent_template_api.sh)
 wrenn_kernel_test(NAME "agent slow clients" SCRIPT integration/agent_slow_clients.sh)
