@@ -18,9 +18,11 @@
 #include "agent/daemon/fd_limit.hpp"
 #include "agent/daemon/logging.hpp"
 #include "agent/daemon/service_notify.hpp"
+#include "agent/daemon/service_status.hpp"
 #include "agent/daemon/state_dir_lock.hpp"
 #include "agent/platform/linux_platform.hpp"
 #include "agent/sandboxes/sandbox_manager.hpp"
+#include "agent/state/formats.hpp"
 #include "agent/state/state_store.hpp"
 #include "http/core/listen_address.hpp"
 #include "http/server.hpp"
@@ -113,6 +115,11 @@ int with_state_dir_claimed(const ServeOptions& options, Serve serve) {
         spdlog::error("{}", claim.error().message());
         return 1;
     }
+    // Before anything reads the state dir to change it: a newer agent's files stop us here.
+    if (auto formats = check_state_formats(options.state_dir); !formats) {
+        spdlog::error("{}", formats.error().message());
+        return kExitNewerFormat;
+    }
     return serve(*claim);
 }
 
@@ -204,6 +211,7 @@ int serve_locked(const ServeOptions& options, Platform& platform) {
     Metrics metrics;
     asio::thread_pool workers(options.workers);
     SandboxManager manager(platform, *store, manager_options(options), workers, metrics);
+    notify_status("recovering the sandboxes of " + store->state_dir());
     auto recovered = manager.recover();
     if (!recovered) {
         spdlog::error("{}", recovered.error().message());
@@ -264,13 +272,16 @@ int serve_locked(const ServeOptions& options, Platform& platform) {
                      store->state_dir(), options.templates_dir);
         addresses += (addresses.empty() ? "" : ", ") + address.to_string();
     }
-    const auto states = manager.count_by_state();
-    const auto count = [&states](const char* state) {
-        const auto it = states.find(state);
-        return it == states.end() ? std::size_t{0} : it->second;
-    };
-    notify_ready("serving on " + addresses + "; " + std::to_string(count("running")) +
-                 " sandbox(es) running, " + std::to_string(count("paused")) + " paused");
+    // READY=1 once every listener accepts, and from then on a STATUS= line kept current.
+    ServiceStatus status(
+        ioc,
+        [&] {
+            return ServiceFacts{addresses, manager.count_by_state(),
+                                options.space.min_free.disabled() ? SpaceStatus{}
+                                                                  : space.status()};
+        },
+        std::chrono::seconds(5));
+    status.start();
 
     // The watchdog (WatchdogSec= in the unit): WATCHDOG=1 from the event loop itself, so that
     // an io_context that stops turning is restarted by systemd.
@@ -322,6 +333,7 @@ int serve_locked(const ServeOptions& options, Platform& platform) {
         (*server)->stop_accepting();
         reload.cancel();
         watchdog.cancel();
+        status.stop();
         notify_stopping("stopping: finishing " + std::to_string(manager.in_flight()) +
                         " operation(s) in flight");
         drainer = std::thread([&] {

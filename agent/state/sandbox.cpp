@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <ctime>
 
+#include "agent/state/formats.hpp"
 #include "agent/state/template_blocks.hpp"
 
 namespace wrenn::agent {
@@ -119,7 +120,7 @@ Result<std::uint64_t> get_u64(const json::object& obj, std::string_view key) {
 
 json::object record_to_json(const Sandbox& s) {
     json::object out;
-    out["version"] = 1;
+    out["version"] = kRecordFormat;
     out["id"] = s.id;
     out["state"] = to_string(s.state);
     out["template"] = s.template_name.empty() ? json::value(nullptr) : json::value(s.template_name);
@@ -172,6 +173,11 @@ json::object api_view(const Sandbox& s) {
 Result<Sandbox> record_from_json(const json::value& value) {
     if (!value.is_object()) {
         return bad_record("not a JSON object");
+    }
+    if (const int version = format_version(value); version > kRecordFormat) {
+        return newer_format("the record", version, kRecordFormat);
+    } else if (version == 0) {
+        return bad_record("field 'version' is not a positive integer");
     }
     const auto& obj = value.as_object();
     Sandbox s;

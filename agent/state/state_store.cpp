@@ -14,6 +14,7 @@
 #include <string_view>
 #include <vector>
 
+#include "agent/state/formats.hpp"
 #include "common/file.hpp"
 #include "common/unique_fd.hpp"
 #include "flatten/image_copy.hpp"
@@ -22,7 +23,6 @@ namespace wrenn::agent {
 
 namespace {
 
-constexpr const char* kRecordName = "sandbox.json";
 constexpr const char* kCowName = "rootfs.cow";
 // A running sandbox's export reads a point-in-time copy of its CoW, made under this name's
 // temporary name (PendingOutput) and never committed.

@@ -15,6 +15,7 @@
 #include <map>
 #include <set>
 
+#include "agent/state/formats.hpp"
 #include "agent/state/state_store.hpp"
 #include "common/file.hpp"
 #include "flatten/flatten.hpp"
@@ -130,7 +131,7 @@ bool same(const std::string& path_a, const TemplateIdentity& a, const std::strin
 }  // namespace
 
 TemplateDigests::TemplateDigests(std::string state_dir, Platform& platform)
-    : index_file_(state_dir + "/template-digests.json"),
+    : index_file_(state_dir + "/" + kDigestIndexName),
       blocks_dir_(state_dir + "/template-blocks"),
       platform_(platform) {
     if (::mkdir(blocks_dir_.c_str(), 0700) != 0 && errno != EEXIST) {
@@ -527,7 +528,7 @@ void TemplateDigests::save_locked() {
         list.push_back(to_json(v.path, v.identity, v.whole));
     }
     const std::string text =
-        json::serialize(json::object{{"version", 2}, {"templates", std::move(list)}}) + "\n";
+        json::serialize(json::object{{"version", kDigestIndexFormat}, {"templates", std::move(list)}}) + "\n";
     // A cache: not fsynced (a crash leaves the old index or an unreadable one, which starts
     // empty and costs a read of each image).
     if (auto written = write_file_atomically(index_file_, text, false); !written) {

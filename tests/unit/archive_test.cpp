@@ -1,6 +1,10 @@
 #include <catch2/catch.hpp>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -414,4 +418,74 @@ TEST_CASE("archive: parse_sha256_hex", "[archive]") {
     CHECK(to_hex(d->data(), d->size()) == hex);
     CHECK_FALSE(parse_sha256_hex("abc").ok());
     CHECK_FALSE(parse_sha256_hex(std::string(63, 'a') + "g").ok());
+}
+
+// Archives as earlier agents wrote them, kept as files: every version an agent ever wrote must
+// stay readable (a paused sandbox exported before an upgrade is imported after it). Each holds
+// chunks 3 and 9 of pattern() over a 64-chunk origin of 4 KiB chunks, template "base.img".
+namespace {
+
+struct Fixture {
+    const char* file;
+    std::uint32_t version;
+    bool compressed;
+    bool image;
+};
+constexpr Fixture kFixtures[] = {
+    {"archive-v1.wrenn", 1, false, false},       // whole-image sha256 of "c"*64
+    {"archive-v2-zstd.wrenn", 2, true, false},   // blocks-sha256-4k a0a1..., zstd frames
+    {"template-image-v2.wrenn", 2, false, true}, // a template image stream (flag bit 1)
+};
+const std::string kFixtureDir = std::string(WRENN_SOURCE_DIR) + "/tests/unit/fixtures/";
+
+Header fixture_header(const Fixture& f) {
+    Header h = small_header(f.compressed, 2, 4096);
+    h.image = f.image;
+    if (f.version == 1) {
+        REQUIRE(set_template_digest(h, "sha256:" + std::string(64, 'c')).ok());
+    }
+    return h;
+}
+
+}  // namespace
+
+TEST_CASE("archive: the files of every earlier version are read", "[archive]") {
+    for (const auto& f : kFixtures) {
+        CAPTURE(f.file);
+        std::ifstream in(kFixtureDir + f.file, std::ios::binary);
+        REQUIRE(in.good());
+        const std::string text((std::istreambuf_iterator<char>(in)), {});
+        const auto* first = reinterpret_cast<const std::byte*>(text.data());
+        const auto got = read_stream(std::span(first, text.size()));
+        REQUIRE_FALSE(got.error.has_value());
+        CHECK(got.header->version == f.version);
+        CHECK(got.header->compressed == f.compressed);
+        CHECK(got.header->image == f.image);
+        CHECK(got.header->template_name == "base.img");
+        CHECK(got.header->template_digest_name() ==
+              fixture_header(f).template_digest_name());
+        REQUIRE(got.chunks.size() == 2);
+        const auto want = chunks_at({3, 9}, 4096);
+        for (std::size_t i = 0; i < 2; ++i) {
+            CHECK(got.chunks[i].index == want[i].index);
+            CHECK(got.chunks[i].data == want[i].data);
+        }
+    }
+}
+
+// Writes the files above; run by hand, once, when a new version is added (the files of the
+// versions before it are never written again):
+//   WRENN_WRITE_FIXTURES=1 build/tests/unit_tests "[.write-fixtures]"
+TEST_CASE("archive: write the fixture files", "[.write-fixtures]") {
+    REQUIRE(std::getenv("WRENN_WRITE_FIXTURES") != nullptr);
+    for (const auto& f : kFixtures) {
+        if (std::filesystem::exists(kFixtureDir + f.file)) {
+            continue;
+        }
+        const auto bytes = write_stream(fixture_header(f), chunks_at({3, 9}, 4096));
+        std::ofstream out(kFixtureDir + f.file, std::ios::binary);
+        out.write(reinterpret_cast<const char*>(bytes.data()),
+                  static_cast<std::streamsize>(bytes.size()));
+        REQUIRE(out.good());
+    }
 }
