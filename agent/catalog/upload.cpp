@@ -143,8 +143,8 @@ Result<TemplateInfo, Failure> upload_template(OperationContext& ctx, const Uploa
     // The templates folder is the agent's own: a first upload onto a new host makes it (the
     // default, <state-dir>/templates, exists only once someone put a template there).
     if (::mkdir(ctx.options.templates_dir.c_str(), 0755) != 0 && errno != EEXIST) {
-        return internal(errno_error("create the templates folder " + ctx.options.templates_dir)
-                            .within(what));
+        return internal(
+            errno_error("create the templates folder " + ctx.options.templates_dir).within(what));
     }
     auto out = flatten::PendingOutput::create(ctx.template_path(name), 0444);
     if (!out) {

@@ -277,8 +277,7 @@ int serve_locked(const ServeOptions& options, Platform& platform) {
         ioc,
         [&] {
             return ServiceFacts{addresses, manager.count_by_state(),
-                                options.space.min_free.disabled() ? SpaceStatus{}
-                                                                  : space.status()};
+                                options.space.min_free.disabled() ? SpaceStatus{} : space.status()};
         },
         std::chrono::seconds(5));
     status.start();

@@ -2,9 +2,8 @@
 
 #include <dirent.h>
 
-#include <string_view>
-
 #include <boost/json/parse.hpp>
+#include <string_view>
 
 #include "common/file.hpp"
 
@@ -62,8 +61,8 @@ Error newer_format(const std::string& file, int found, int newest) {
 }
 
 Result<void> check_state_formats(const std::string& state_dir) {
-    if (auto index = check_file(state_dir + "/" + kDigestIndexName, kMaxIndexBytes,
-                                kDigestIndexFormat);
+    if (auto index =
+            check_file(state_dir + "/" + kDigestIndexName, kMaxIndexBytes, kDigestIndexFormat);
         !index) {
         return index;
     }

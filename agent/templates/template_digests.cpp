@@ -527,8 +527,9 @@ void TemplateDigests::save_locked() {
     for (const auto& v : versions_) {
         list.push_back(to_json(v.path, v.identity, v.whole));
     }
-    const std::string text =
-        json::serialize(json::object{{"version", kDigestIndexFormat}, {"templates", std::move(list)}}) + "\n";
+    const std::string text = json::serialize(json::object{{"version", kDigestIndexFormat},
+                                                          {"templates", std::move(list)}}) +
+                             "\n";
     // A cache: not fsynced (a crash leaves the old index or an unreadable one, which starts
     // empty and costs a read of each image).
     if (auto written = write_file_atomically(index_file_, text, false); !written) {

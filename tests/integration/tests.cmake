@@ -3,6 +3,8 @@
 # order, and the groups that run beside it fill the time.
 wrenn_kernel_test(NAME "agent crash" SCRIPT integration/agent_crash.sh TIMEOUT 2400)
 wrenn_kernel_test(NAME "power cut" HOST_SCRIPT integration/power_cut.sh TIMEOUT 1800)
+# Builds the .deb (scripts/package --nocheck), then boots systemd as PID 1 twice.
+wrenn_kernel_test(NAME "package boot" HOST_SCRIPT integration/package_boot.sh TIMEOUT 2400)
 wrenn_kernel_test(NAME "harness" TAGS "[harness]")
 wrenn_kernel_test(NAME "loop" TAGS "[loop]")
 wrenn_kernel_test(NAME "dm" TAGS "[dm]")

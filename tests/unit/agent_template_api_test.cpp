@@ -343,3 +343,17 @@ TEST_CASE("POST /sandboxes with a digest as its template picks the image with th
     CHECK(f.error_code(missing) == "template_not_found");
     CHECK_THAT(f.error_message(missing), Catch::Contains(unknown));
 }
+
+TEST_CASE("PUT /templates/{name} on a host with no templates folder yet makes it",
+          "[api][templates]") {
+    TemplateApiFixture f;
+    std::filesystem::remove_all(f.templates_dir());
+    const Bytes image = noise_image(1 << 20, 5);
+    auto res = f.put("/templates/first?digest=" + digest_of(image), image, "");
+    INFO(res.body());
+    REQUIRE(res.result_int() == 201);
+    CHECK(f.content_of("first") == f.text_of(image));
+    struct stat st {};
+    REQUIRE(::stat(f.templates_dir().c_str(), &st) == 0);
+    CHECK((st.st_mode & 07777) == 0755);
+}

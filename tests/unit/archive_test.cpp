@@ -432,9 +432,9 @@ struct Fixture {
     bool image;
 };
 constexpr Fixture kFixtures[] = {
-    {"archive-v1.wrenn", 1, false, false},       // whole-image sha256 of "c"*64
-    {"archive-v2-zstd.wrenn", 2, true, false},   // blocks-sha256-4k a0a1..., zstd frames
-    {"template-image-v2.wrenn", 2, false, true}, // a template image stream (flag bit 1)
+    {"archive-v1.wrenn", 1, false, false},        // whole-image sha256 of "c"*64
+    {"archive-v2-zstd.wrenn", 2, true, false},    // blocks-sha256-4k a0a1..., zstd frames
+    {"template-image-v2.wrenn", 2, false, true},  // a template image stream (flag bit 1)
 };
 const std::string kFixtureDir = std::string(WRENN_SOURCE_DIR) + "/tests/unit/fixtures/";
 
@@ -462,8 +462,7 @@ TEST_CASE("archive: the files of every earlier version are read", "[archive]") {
         CHECK(got.header->compressed == f.compressed);
         CHECK(got.header->image == f.image);
         CHECK(got.header->template_name == "base.img");
-        CHECK(got.header->template_digest_name() ==
-              fixture_header(f).template_digest_name());
+        CHECK(got.header->template_digest_name() == fixture_header(f).template_digest_name());
         REQUIRE(got.chunks.size() == 2);
         const auto want = chunks_at({3, 9}, 4096);
         for (std::size_t i = 0; i < 2; ++i) {

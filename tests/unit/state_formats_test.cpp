@@ -1,12 +1,11 @@
 // The versions of the state dir's files: every earlier one is read, a newer one stops the agent
 // before it changes anything (agent/state/formats.hpp).
+#include <boost/json/parse.hpp>
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <string>
-
-#include <boost/json/parse.hpp>
 
 #include "agent/cli/cli.hpp"
 #include "agent/daemon/serve.hpp"
@@ -51,10 +50,12 @@ const std::string kRecordV1 = R"({"version": 1, "id": "sb1", "state": "paused",
 // The digest index of the first agents (no "version"; a bare whole-image sha256) and of today's.
 const std::string kIndexV1 = R"({"templates": [{"path": "/t/base.img", "device": 2049,
     "inode": 131, "size_bytes": 4096, "mtime_ns": 1, "ctime_ns": 2,
-    "sha256": ")" + std::string(64, 'c') + R"("}]})";
+    "sha256": ")" + std::string(64, 'c') +
+                             R"("}]})";
 const std::string kIndexV2 = R"({"version": 2, "templates": [{"path": "/t/base.img",
     "device": 2049, "inode": 131, "size_bytes": 4096, "mtime_ns": 1, "ctime_ns": 2,
-    "digest": "blocks-sha256-4k:)" + std::string(64, 'a') + R"("}]})";
+    "digest": "blocks-sha256-4k:)" +
+                             std::string(64, 'a') + R"("}]})";
 
 }  // namespace
 
