@@ -87,7 +87,7 @@ grep -q '^CUT-NOW' "$logs/boot1.log" || {
 kill -KILL "$(cat "$disks/qemu.pid")"
 wait "$vm_pid" 2>/dev/null
 vm_pid=""
-grep -E '^== |^FAIL|^STATUS=|^BOOT1 ' "$logs/boot1.log"
+grep -E '^== |^FAIL|^STATUS=|^BOOT1 |^systemd-analyze' "$logs/boot1.log"
 grep -q '^BOOT1 [0-9]* passed, 0 failed' "$logs/boot1.log" || die "boot 1's checks failed"
 
 stamp "boot 2: after the power cut"

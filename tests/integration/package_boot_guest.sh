@@ -106,6 +106,7 @@ UNIT
         "$(/usr/sbin/wrenn-agent --version | head -n 1 | awk '{print $2}')" "$(dpkg-query -W -f='${Version}' wrenn-agent | sed 's/+.*//')"
     expect_eq "the socket: 0660 root:wrenn" "$(stat -c '%a %U:%G' "$SOCK")" "660 root:wrenn"
     expect_true "the state dir: 0700 root" test "$(stat -c '%a %U' "$STATE_DIR")" == "700 root"
+    echo "systemd-analyze security: $(systemd-analyze security --no-pager wrenn-agent.service 2>&1 | tail -n 1)"
     status=$(unit_prop wrenn-agent.service StatusText)
     echo "STATUS=$status"
     expect_true "STATUS says it serves, with the counts ('$status')" \
