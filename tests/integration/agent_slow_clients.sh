@@ -90,7 +90,7 @@ api GET /sandboxes
 expect_eq "src and b, nothing else" "$(ids | tr '\n' ' ')" "b src "
 expect_true "it told the service manager it is ready" grep -qx "READY=1" "$WORK/notify.log"
 expect_true "with a status naming its socket and sandboxes" \
-    grep -q "^STATUS=serving on unix:$SOCK; 1 sandbox(es) running, 1 paused$" "$WORK/notify.log"
+    grep -q "^STATUS=serving on unix:$SOCK; 1 running, 1 paused$" "$WORK/notify.log"
 sleep 2
 expect_true "it feeds the watchdog (WatchdogSec=1s: every 0.5 s)" \
     test "$(grep -cx "WATCHDOG=1" "$WORK/notify.log")" -ge 3
