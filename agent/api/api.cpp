@@ -75,6 +75,20 @@ HttpResponse failure_response(const HttpRequest& request, const Failure& f) {
                       f.error.message());
 }
 
+// The answer of a removal (DELETE of a sandbox or a template): 204, or the failure.
+auto answer_no_content(std::shared_ptr<HttpRequest> request, Respond respond) {
+    return [request = std::move(request), respond = std::move(respond)](Result<Done, Failure> out) {
+        if (!out) {
+            return respond(failure_response(*request, out.error()));
+        }
+        HttpResponse res{http::status::no_content, request->version()};
+        res.set(http::field::server, "wrenn-agent");
+        res.keep_alive(request->keep_alive());
+        res.prepare_payload();
+        respond(std::move(res));
+    };
+}
+
 // Answers an operation's outcome: `view` of its value with `status`, or its failure.
 template <class T, class View>
 Callback<T> answer_json(std::shared_ptr<HttpRequest> request, Respond respond, unsigned status,
@@ -238,17 +252,7 @@ void Api::get_sandbox(const Call& call) {
 }
 
 void Api::destroy_sandbox(const Call& call) {
-    manager_.destroy(call.id,
-                     [request = call.request, respond = call.respond](Result<Done, Failure> out) {
-                         if (!out) {
-                             return respond(failure_response(*request, out.error()));
-                         }
-                         HttpResponse res{http::status::no_content, request->version()};
-                         res.set(http::field::server, "wrenn-agent");
-                         res.keep_alive(request->keep_alive());
-                         res.prepare_payload();
-                         respond(std::move(res));
-                     });
+    manager_.destroy(call.id, answer_no_content(call.request, call.respond));
 }
 
 void Api::pause_sandbox(const Call& call) {
@@ -313,17 +317,7 @@ void Api::upload_without_body(const Call& call) {
 }
 
 void Api::delete_template(const Call& call) {
-    manager_.delete_template(
-        call.id, [request = call.request, respond = call.respond](Result<Done, Failure> out) {
-            if (!out) {
-                return respond(failure_response(*request, out.error()));
-            }
-            HttpResponse res{http::status::no_content, request->version()};
-            res.set(http::field::server, "wrenn-agent");
-            res.keep_alive(request->keep_alive());
-            res.prepare_payload();
-            respond(std::move(res));
-        });
+    manager_.delete_template(call.id, answer_no_content(call.request, call.respond));
 }
 
 void Api::no_such_template_action(const Call& call) {
